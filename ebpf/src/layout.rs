@@ -24,16 +24,19 @@ pub unsafe trait MapPod: Copy + Default + 'static {
         unsafe { std::slice::from_raw_parts((self as *const Self).cast::<u8>(), std::mem::size_of::<Self>()) }
     }
 
+    /// The value's bytes, writable (for the kernel to fill in).
+    fn as_bytes_mut(&mut self) -> &mut [u8] {
+        // SAFETY: any bit pattern is a valid value of a padding-free integer-only type.
+        unsafe { std::slice::from_raw_parts_mut((self as *mut Self).cast::<u8>(), std::mem::size_of::<Self>()) }
+    }
+
     /// Reads a value from kernel bytes; `None` when the length differs.
     fn from_bytes(bytes: &[u8]) -> Option<Self> {
         if bytes.len() != std::mem::size_of::<Self>() {
             return None;
         }
         let mut v = Self::default();
-        // SAFETY: any bit pattern is valid for integer-only POD types; lengths match.
-        unsafe {
-            std::ptr::copy_nonoverlapping(bytes.as_ptr(), (&mut v as *mut Self).cast::<u8>(), bytes.len());
-        }
+        v.as_bytes_mut().copy_from_slice(bytes);
         Some(v)
     }
 }

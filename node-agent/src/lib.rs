@@ -1,1 +1,7 @@
+//! `baton-agent`: owns the datapath maps, programs them transactionally from a
+//! source, serves an admin socket and metrics.
 
+pub mod maps;
+pub mod model;
+pub mod programmer;
+pub mod sys;

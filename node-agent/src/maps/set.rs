@@ -1,0 +1,127 @@
+//! The six datapath maps together, and a point-in-time copy of their contents.
+
+use std::collections::BTreeMap;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+
+use baton_ebpf::{
+    map_spec, BackendKey, BackendValue, Counter, EndpointKey, EndpointValue, FrontendKey, FrontendValue, MetaValue,
+    ServiceKey, ServiceValue, MAPS,
+};
+use super::{MapError, MapHandle};
+use crate::sys;
+
+/// Handles on every datapath map.
+#[derive(Debug)]
+pub struct MapSet {
+    /// VIP → service id.
+    pub frontend: MapHandle,
+    /// Service id → counts, policy, ports.
+    pub service: MapHandle,
+    /// (service, prio, index) → backend uid.
+    pub endpoint: MapHandle,
+    /// Backend uid → address.
+    pub backend: MapHandle,
+    /// Per-CPU counters.
+    pub counters: MapHandle,
+    /// Layout version and generation.
+    pub meta: MapHandle,
+    cpus: usize,
+}
+
+/// Where map `name` is pinned under `pin_dir`.
+pub fn map_pin_path(pin_dir: &Path, name: &str) -> PathBuf {
+    pin_dir.join("maps").join(name)
+}
+
+impl MapSet {
+    /// Builds the set from one fd per map (in [`MAPS`] order), checking layouts.
+    pub fn from_fds(mut fds: BTreeMap<&'static str, OwnedFd>) -> Result<Self, MapError> {
+        let mut take = |name: &'static str| -> Result<MapHandle, MapError> {
+            let spec = map_spec(name).ok_or_else(|| MapError::Layout {
+                map: name.into(),
+                found: "unknown map".into(),
+                expected: "a map of this build".into(),
+            })?;
+            let fd = fds.remove(name).ok_or_else(|| MapError::Layout {
+                map: name.into(),
+                found: "nothing".into(),
+                expected: "a map fd".into(),
+            })?;
+            MapHandle::open(spec, fd)
+        };
+        Ok(Self {
+            frontend: take("frontend")?,
+            service: take("service")?,
+            endpoint: take("endpoint")?,
+            backend: take("backend")?,
+            counters: take("counters")?,
+            meta: take("meta")?,
+            cpus: sys::possible_cpus(),
+        })
+    }
+
+    /// Opens the maps pinned under `pin_dir`.
+    pub fn open_pinned(pin_dir: &Path) -> Result<Self, MapError> {
+        let mut fds = BTreeMap::new();
+        for spec in MAPS.iter() {
+            let fd = sys::obj_get(&map_pin_path(pin_dir, spec.name))
+                .map_err(|source| MapError::Sys { map: spec.name.into(), source })?;
+            fds.insert(spec.name, fd);
+        }
+        Self::from_fds(fds)
+    }
+
+    /// Every handle, in [`MAPS`] order.
+    pub fn all(&self) -> [&MapHandle; 6] {
+        [&self.frontend, &self.service, &self.endpoint, &self.backend, &self.counters, &self.meta]
+    }
+
+    /// Reads one counter summed over CPUs.
+    pub fn counter(&self, c: Counter) -> Result<u64, MapError> {
+        self.counters.percpu_sum(c as u32, self.cpus)
+    }
+
+    /// Reads the meta entry.
+    pub fn meta(&self) -> Result<MetaValue, MapError> {
+        Ok(self.meta.get::<u32, MetaValue>(&0)?.unwrap_or_default())
+    }
+
+    /// Writes the meta entry.
+    pub fn set_meta(&self, meta: &MetaValue) -> Result<(), MapError> {
+        self.meta.put(&0u32, meta)
+    }
+
+    /// Copies the contents of the four lookup maps.
+    pub fn snapshot(&self) -> Result<Snapshot, MapError> {
+        Ok(Snapshot {
+            frontends: self.frontend.entries::<FrontendKey, FrontendValue>()?.into_iter().collect(),
+            services: self.service.entries::<ServiceKey, ServiceValue>()?.into_iter().collect(),
+            endpoints: self.endpoint.entries::<EndpointKey, EndpointValue>()?.into_iter().collect(),
+            backends: self.backend.entries::<BackendKey, BackendValue>()?.into_iter().collect(),
+        })
+    }
+
+    /// Entry counts per map (frontend, service, endpoint, backend).
+    pub fn entry_counts(&self) -> Result<[(&'static str, usize); 4], MapError> {
+        Ok([
+            ("frontend", self.frontend.keys::<FrontendKey>()?.len()),
+            ("service", self.service.keys::<ServiceKey>()?.len()),
+            ("endpoint", self.endpoint.keys::<EndpointKey>()?.len()),
+            ("backend", self.backend.keys::<BackendKey>()?.len()),
+        ])
+    }
+}
+
+/// A copy of the lookup maps' contents.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// frontend map.
+    pub frontends: BTreeMap<FrontendKey, FrontendValue>,
+    /// service map.
+    pub services: BTreeMap<ServiceKey, ServiceValue>,
+    /// endpoint map.
+    pub endpoints: BTreeMap<EndpointKey, EndpointValue>,
+    /// backend map.
+    pub backends: BTreeMap<BackendKey, BackendValue>,
+}

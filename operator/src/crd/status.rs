@@ -1,0 +1,163 @@
+//! The observed state of a `KmeshUpgrade`, written by the operator.
+
+use std::fmt;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::KubeSchema;
+use serde::{Deserialize, Serialize};
+
+/// Status of a `KmeshUpgrade`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct KmeshUpgradeStatus {
+    /// The spec generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Selected nodes.
+    #[serde(default)]
+    pub nodes: i32,
+    /// Selected nodes whose active slot runs `spec.agentImage`.
+    #[serde(default)]
+    pub updated: i32,
+    /// Selected nodes whose active agent is ready.
+    #[serde(default)]
+    pub ready: i32,
+    /// Selected nodes whose last handover to `spec.agentImage` failed.
+    #[serde(default)]
+    pub failed: i32,
+    /// Where the rollout stands as a whole.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<RolloutPhase>,
+    /// Last image that every selected node ran; the target of a rollback.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stable_image: Option<String>,
+    /// Image whose handover failed; cleared by changing `spec.agentImage`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_image: Option<String>,
+    /// One entry per selected node.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["node".into()]))]
+    pub node_statuses: Vec<NodeStatus>,
+    /// Standard conditions (Progressing, Available, Degraded).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Vec<Condition>,
+}
+
+/// Where a rollout stands.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RolloutPhase {
+    /// Nodes are being created or upgraded.
+    Progressing,
+    /// Every selected node runs `spec.agentImage` (minus the partition).
+    Complete,
+    /// `spec.strategy.paused` holds the rollout.
+    Paused,
+    /// A handover failed and `onFailure: Pause` stopped the rollout.
+    Failed,
+    /// A handover failed and upgraded nodes are handed back to the stable image.
+    RollingBack,
+    /// The rollback finished; every node runs the stable image again.
+    RolledBack,
+}
+
+impl fmt::Display for RolloutPhase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+/// One of the two agent containers of a node's pod.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum Slot {
+    /// Container `slot-a`.
+    A,
+    /// Container `slot-b`.
+    B,
+}
+
+impl Slot {
+    /// The other slot of the pair.
+    pub fn other(self) -> Slot {
+        match self {
+            Slot::A => Slot::B,
+            Slot::B => Slot::A,
+        }
+    }
+
+    /// Container name of this slot in the agent pod.
+    pub fn container(self) -> &'static str {
+        match self {
+            Slot::A => "slot-a",
+            Slot::B => "slot-b",
+        }
+    }
+}
+
+impl fmt::Display for Slot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Slot::A => "a",
+            Slot::B => "b",
+        })
+    }
+}
+
+/// What one node is doing.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NodePhase {
+    /// The agent pod does not exist yet or is not running.
+    Pending,
+    /// The active slot runs the target image and no handover is under way.
+    Running,
+    /// The active slot runs an older image and waits for its turn.
+    Outdated,
+    /// A handover to the other slot is under way.
+    Upgrading,
+    /// The last handover failed; the old agent kept serving.
+    Failed,
+}
+
+/// Per-node status entry.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeStatus {
+    /// Node name.
+    pub node: String,
+    /// Slot whose agent owns the datapath.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_slot: Option<Slot>,
+    /// Image (version) of the active agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// What the node is doing.
+    pub phase: NodePhase,
+    /// Figures of the node's last handover, as the agent reported them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_handover: Option<HandoverFigures>,
+}
+
+/// What the last handover on a node cost and did.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct HandoverFigures {
+    /// Wall time from Hello to Committed.
+    #[serde(default)]
+    pub duration_ms: i64,
+    /// Time control-plane writes were frozen (the datapath never stops).
+    #[serde(default)]
+    pub freeze_ms: i64,
+    /// Maps taken over as they were.
+    #[serde(default)]
+    pub maps_reused: i32,
+    /// Maps whose layout changed and whose entries were copied.
+    #[serde(default)]
+    pub maps_migrated: i32,
+    /// Entries copied across all migrated maps.
+    #[serde(default)]
+    pub entries_copied: i64,
+    /// Free text from the agent (error on failure).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
