@@ -5,3 +5,6 @@ pub mod maps;
 pub mod model;
 pub mod programmer;
 pub mod sys;
+pub mod datapath;
+pub mod verify;
+pub mod source;

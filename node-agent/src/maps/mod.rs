@@ -1,7 +1,7 @@
 //! The datapath's maps as typed handles over kernel file descriptors.
 
 mod handle;
-mod set;
+pub mod set;
 
 pub use handle::{MapError, MapHandle};
 pub use set::{MapSet, Snapshot};

@@ -340,7 +340,7 @@ mod tests {
     #[test]
     fn attr_sizes_match_the_kernel_abi() {
         assert_eq!(std::mem::size_of::<ElemAttr>(), 32);
-        assert_eq!(std::mem::size_of::<MapInfo>(), 80);
+        assert_eq!(std::mem::size_of::<MapInfo>(), 88);
         assert_eq!(std::mem::size_of::<LinkUpdateAttr>(), 16);
     }
 }

@@ -4,6 +4,7 @@ use std::fmt;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::KubeSchema;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// Status of a `KmeshUpgrade`.
@@ -45,7 +46,7 @@ pub struct KmeshUpgradeStatus {
 }
 
 /// Where a rollout stands.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RolloutPhase {
     /// Nodes are being created or upgraded.
     Progressing,
@@ -68,7 +69,7 @@ impl fmt::Display for RolloutPhase {
 }
 
 /// One of the two agent containers of a node's pod.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 #[serde(rename_all = "lowercase")]
 pub enum Slot {
     /// Container `slot-a`.
@@ -105,7 +106,7 @@ impl fmt::Display for Slot {
 }
 
 /// What one node is doing.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NodePhase {
     /// The agent pod does not exist yet or is not running.
     Pending,
