@@ -76,3 +76,12 @@ pub fn check_cgroup2(dir: &Path) -> Result<(), FsError> {
         })
     }
 }
+
+/// The first cgroup v2 mount point in /proc/self/mountinfo (hybrid hosts mount it at /sys/fs/cgroup/unified).
+pub fn find_cgroup2_mount() -> Option<std::path::PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines().find_map(|l| {
+        let (pre, post) = l.split_once(" - ")?;
+        (post.split_whitespace().next()? == "cgroup2").then(|| pre.split_whitespace().nth(4).map(std::path::PathBuf::from))?
+    })
+}

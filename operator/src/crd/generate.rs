@@ -21,3 +21,54 @@ pub fn crd_yaml() -> Result<String, CrdError> {
     let body = serde_yaml::to_string(&KmeshUpgrade::crd())?;
     Ok(format!("{HEADER}{body}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules(yaml: &str) -> Vec<String> {
+        yaml.lines()
+            .filter_map(|l| l.trim().strip_prefix("rule: "))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    #[test]
+    fn crd_carries_every_cel_rule() {
+        let yaml = crd_yaml().expect("renders");
+        let rules = rules(&yaml);
+        for needle in [
+            "self.agentImage != self.emptyImage",
+            "self.matches('^[0-9]+%?$')",
+            "!self.matches(''^0+%?$'')",
+            "self >= 1 && self <= 3600",
+            "self.size() > 0",
+        ] {
+            assert!(
+                rules.iter().any(|r| r.contains(needle)),
+                "no CEL rule containing {needle:?} in {rules:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn crd_is_namespaced_with_short_name_and_status() {
+        let crd = KmeshUpgrade::crd();
+        assert_eq!(crd.spec.scope, "Namespaced");
+        assert_eq!(crd.spec.names.short_names, Some(vec!["kmu".to_string()]));
+        let version = &crd.spec.versions[0];
+        assert_eq!(version.name, "v1alpha1");
+        assert!(version
+            .subresources
+            .as_ref()
+            .and_then(|s| s.status.as_ref())
+            .is_some());
+        let columns: Vec<_> = version
+            .additional_printer_columns
+            .iter()
+            .flatten()
+            .map(|c| c.name.as_str())
+            .collect();
+        assert_eq!(columns, ["Nodes", "Updated", "Failed", "Phase", "Age"]);
+    }
+}

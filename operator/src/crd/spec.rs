@@ -88,6 +88,8 @@ pub struct PodSettings {
 pub struct Strategy {
     /// Most nodes upgrading (or unavailable) at once: a count or a percentage of
     /// the selected nodes, rounded down but at least 1.
+    // Optional rather than plain: kube marks int-or-string fields nullable, so
+    // an explicit `null` must read as "the default" instead of failing to parse.
     #[serde(default = "default_max_unavailable")]
     #[x_kube(
         validation = Rule::new("type(self) == int || self.matches('^[0-9]+%?$')")
@@ -95,7 +97,7 @@ pub struct Strategy {
         validation = Rule::new("type(self) == int ? self > 0 : !self.matches('^0+%?$')")
             .message("maxUnavailable must not be 0 or 0%: the rollout could never progress")
     )]
-    pub max_unavailable: IntOrString,
+    pub max_unavailable: Option<IntOrString>,
     /// Number of nodes to keep on the old version (a canary knob); 0 upgrades all.
     #[serde(default)]
     #[schemars(range(min = 0))]
@@ -135,10 +137,64 @@ pub enum OnFailure {
     Rollback,
 }
 
-fn default_max_unavailable() -> IntOrString {
-    IntOrString::Int(DEFAULT_MAX_UNAVAILABLE)
+fn default_max_unavailable() -> Option<IntOrString> {
+    Some(IntOrString::Int(DEFAULT_MAX_UNAVAILABLE))
 }
 
 fn default_handover_timeout() -> i32 {
     DEFAULT_HANDOVER_TIMEOUT_SECONDS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minimal_spec_gets_documented_defaults() {
+        let spec: KmeshUpgradeSpec =
+            serde_yaml::from_str("agentImage: baton/agent:v2\nemptyImage: baton/empty:1\n")
+                .expect("minimal spec parses");
+        assert!(spec.node_selector.match_labels.is_empty());
+        assert_eq!(spec.strategy, Strategy::default());
+        assert_eq!(
+            spec.strategy.max_unavailable,
+            Some(IntOrString::Int(DEFAULT_MAX_UNAVAILABLE))
+        );
+        assert_eq!(spec.strategy.handover_timeout_seconds, 120);
+        assert_eq!(spec.strategy.on_failure, OnFailure::Pause);
+    }
+
+    #[test]
+    fn full_spec_round_trips_in_camel_case() {
+        let yaml = r#"
+nodeSelector: {matchLabels: {baton.dev/mesh: "on"}}
+agentImage: baton/agent:v2
+emptyImage: baton/empty:1
+pod:
+  priorityClassName: system-node-critical
+  extraArgs: ["--log=debug"]
+  tolerations: [{operator: Exists}]
+  resources: {requests: {cpu: 100m}}
+strategy: {maxUnavailable: "25%", partition: 3, paused: true, handoverTimeoutSeconds: 30, onFailure: Rollback}
+"#;
+        let spec: KmeshUpgradeSpec = serde_yaml::from_str(yaml).expect("full spec parses");
+        assert_eq!(
+            spec.strategy.max_unavailable,
+            Some(IntOrString::String("25%".into()))
+        );
+        assert_eq!(spec.strategy.on_failure, OnFailure::Rollback);
+        assert_eq!(spec.pod.extra_args, vec!["--log=debug".to_string()]);
+        let back = serde_json::to_value(&spec).expect("serializes");
+        assert_eq!(back["strategy"]["handoverTimeoutSeconds"], 30);
+        assert_eq!(back["nodeSelector"]["matchLabels"]["baton.dev/mesh"], "on");
+    }
+
+    #[test]
+    fn explicit_null_max_unavailable_is_accepted() {
+        let spec: KmeshUpgradeSpec = serde_yaml::from_str(
+            "agentImage: a\nemptyImage: e\nstrategy: {maxUnavailable: null}\n",
+        )
+        .expect("null maxUnavailable parses");
+        assert_eq!(spec.strategy.max_unavailable, None);
+    }
 }
