@@ -8,3 +8,6 @@ pub mod sys;
 pub mod datapath;
 pub mod verify;
 pub mod source;
+pub mod admin;
+pub mod agent;
+pub mod metrics;

@@ -1,1 +1,176 @@
-fn main() {}
+//! `baton-agent`: run the node agent, or query / verify / tear down a running datapath.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use baton_agent::admin::{client, Request};
+use baton_agent::agent::{self, admin_socket, AgentConfig};
+use baton_agent::datapath::{self, DatapathConfig};
+use baton_agent::{maps::MapSet, sys, verify};
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "baton-agent", version, about = "Baton node agent: connect-time service load balancing in eBPF")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Args, Clone)]
+struct Paths {
+    /// Directory on a bpffs where maps and links are pinned.
+    #[arg(long, env = "BATON_BPFFS", default_value = "/sys/fs/bpf/baton")]
+    bpffs: PathBuf,
+    /// Directory for the admin socket.
+    #[arg(long, env = "BATON_RUN_DIR", default_value = "/run/baton")]
+    run_dir: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the agent.
+    Run {
+        #[command(flatten)]
+        paths: Paths,
+        /// Services file (YAML), watched for changes.
+        #[arg(long, env = "BATON_SERVICES")]
+        services: PathBuf,
+        /// cgroup v2 directory to attach to (default: the host's cgroup2 mount).
+        #[arg(long, env = "BATON_CGROUP")]
+        cgroup: Option<PathBuf>,
+        /// Mount a bpffs at --bpffs if it is not on one.
+        #[arg(long)]
+        mount_bpffs: bool,
+        /// Prometheus listener.
+        #[arg(long, env = "BATON_METRICS_ADDR", default_value = "127.0.0.1:9095")]
+        metrics_addr: String,
+        /// Disable the metrics listener.
+        #[arg(long)]
+        no_metrics: bool,
+        /// Leave the datapath pinned and attached on exit (for restarts).
+        #[arg(long)]
+        keep_datapath: bool,
+        /// Source poll interval in milliseconds.
+        #[arg(long, default_value_t = 200)]
+        poll_ms: u64,
+        /// Override a map's max_entries, e.g. `endpoint=4096` (repeatable).
+        #[arg(long = "map-max-entries", value_parser = parse_kv)]
+        map_max_entries: Vec<(String, u32)>,
+    },
+    /// Print the running agent's status (JSON).
+    Status {
+        #[command(flatten)]
+        paths: Paths,
+    },
+    /// Print the programmed services (JSON).
+    Dump {
+        #[command(flatten)]
+        paths: Paths,
+    },
+    /// Check map invariants; exit 1 on any violation. Uses the agent when it runs, else the pins.
+    Verify {
+        #[command(flatten)]
+        paths: Paths,
+    },
+    /// Detach the datapath and remove every pin.
+    Teardown {
+        #[command(flatten)]
+        paths: Paths,
+    },
+}
+
+fn parse_kv(s: &str) -> Result<(String, u32), String> {
+    let (k, v) = s.split_once('=').ok_or_else(|| format!("expected NAME=N, got {s:?}"))?;
+    if baton_ebpf::map_spec(k).is_none() {
+        return Err(format!("unknown map {k:?}"));
+    }
+    Ok((k.to_string(), v.parse().map_err(|e| format!("{v:?}: {e}"))?))
+}
+
+fn print(v: &serde_json::Value) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    match real_main() {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("baton-agent: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn real_main() -> Result<ExitCode> {
+    match Cli::parse().cmd {
+        Cmd::Run { paths, services, cgroup, mount_bpffs, metrics_addr, no_metrics, keep_datapath, poll_ms, map_max_entries } => {
+            let cgroup = match cgroup.or_else(sys::find_cgroup2_mount) {
+                Some(c) => c,
+                None => bail!("no cgroup v2 mount found; pass --cgroup"),
+            };
+            let metrics_addr = if no_metrics {
+                None
+            } else {
+                Some(metrics_addr.parse::<SocketAddr>().with_context(|| format!("--metrics-addr {metrics_addr}"))?)
+            };
+            let cfg = AgentConfig {
+                datapath: DatapathConfig {
+                    pin_dir: paths.bpffs,
+                    cgroup,
+                    mount_bpffs,
+                    max_entries: map_max_entries.into_iter().collect::<BTreeMap<_, _>>(),
+                },
+                services_file: services,
+                run_dir: paths.run_dir,
+                metrics_addr,
+                poll_interval: Duration::from_millis(poll_ms.max(10)),
+                keep_datapath,
+            };
+            let stop = Arc::new(AtomicBool::new(false));
+            for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+                signal_hook::flag::register(sig, stop.clone()).context("installing signal handlers")?;
+            }
+            agent::run(&cfg, stop)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Status { paths } => {
+            print(&client::request(&admin_socket(&paths.run_dir), Request::Status)?)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Dump { paths } => {
+            print(&client::request(&admin_socket(&paths.run_dir), Request::Dump)?)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Verify { paths } => {
+            let sock = admin_socket(&paths.run_dir);
+            let report = if sock.exists() {
+                client::request(&sock, Request::Verify)?
+            } else {
+                let maps = MapSet::open_pinned(&paths.bpffs).context("opening pinned maps")?;
+                serde_json::to_value(verify::check(&maps.snapshot()?))?
+            };
+            print(&report)?;
+            if let Some(e) = report.get("error") {
+                bail!("verify: {e}");
+            }
+            let clean = report["violations"].as_array().is_some_and(|v| v.is_empty());
+            Ok(if clean { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        }
+        Cmd::Teardown { paths } => {
+            datapath::remove_pins(&paths.bpffs)?;
+            eprintln!("removed pins under {}", paths.bpffs.display());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
