@@ -60,10 +60,7 @@ pub struct Backends {
 impl Backends {
     /// Binds every address (SO_REUSEADDR, backlog [`BACKLOG`]) and starts serving.
     pub fn start(addrs: &[SocketAddr]) -> Result<Backends, BackendError> {
-        let listeners = addrs
-            .iter()
-            .map(listen)
-            .collect::<Result<Vec<_>, _>>()?;
+        let listeners = addrs.iter().map(listen).collect::<Result<Vec<_>, _>>()?;
         let stop = Arc::new(AtomicBool::new(false));
         let accepted = Arc::new(AtomicU64::new(0));
         let mut backends = Backends {

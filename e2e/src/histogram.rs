@@ -71,7 +71,9 @@ fn upper_bound_of(idx: usize) -> u64 {
     let shift = (idx / SUB - 1) as u32;
     let mantissa = (idx % SUB + SUB) as u64;
     // (mantissa + 1) << shift may overflow for the very last bucket.
-    ((mantissa + 1) << shift).wrapping_sub(1).max(mantissa << shift)
+    ((mantissa + 1) << shift)
+        .wrapping_sub(1)
+        .max(mantissa << shift)
 }
 
 impl LatencyHistogram {
@@ -193,7 +195,10 @@ mod tests {
         for (q, exact) in [(0.5, 5_000_000u64), (0.9, 9_000_000), (0.99, 9_900_000)] {
             let got = h.quantile(q);
             assert!(got >= exact, "q{q}: {got} < {exact}");
-            assert!((got - exact) as f64 <= exact as f64 / 64.0, "q{q}: {got} vs {exact}");
+            assert!(
+                (got - exact) as f64 <= exact as f64 / 64.0,
+                "q{q}: {got} vs {exact}"
+            );
         }
         assert_eq!(h.quantile(1.0), 10_000_000);
     }
@@ -205,7 +210,11 @@ mod tests {
         let mut all = LatencyHistogram::new();
         for v in 0..5_000u64 {
             let x = v * 7_919 % 1_000_003;
-            if v % 3 == 0 { a.record(x) } else { b.record(x) }
+            if v % 3 == 0 {
+                a.record(x)
+            } else {
+                b.record(x)
+            }
             all.record(x);
         }
         a.merge(&b);

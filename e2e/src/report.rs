@@ -200,6 +200,8 @@ pub struct HoldReport {
     pub requested: u64,
     /// Connections that opened successfully.
     pub held: u64,
+    /// Connections that failed to open (= sum of `open_errors`).
+    pub open_failed: u64,
     /// Connections that failed to open, by kind.
     pub open_errors: ErrorCounts,
     /// Held connections that still echoed at the end.

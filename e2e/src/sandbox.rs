@@ -108,9 +108,7 @@ pub fn check_isolated() -> Result<(), SandboxError> {
     // Tunnel fallback devices (sit0, tunl0, ...) exist in every netns but stay down.
     let addrs = nix::ifaddrs::getifaddrs().map_err(SandboxError::Interfaces)?;
     for a in addrs {
-        if a.interface_name != "lo"
-            && a.flags.contains(nix::net::if_::InterfaceFlags::IFF_UP)
-        {
+        if a.interface_name != "lo" && a.flags.contains(nix::net::if_::InterfaceFlags::IFF_UP) {
             return Err(SandboxError::NotIsolated(a.interface_name));
         }
     }

@@ -1,0 +1,53 @@
+//! Baton end-to-end traffic tooling: the `baton-probe` binary and the library behind it.
+//!
+//! The datapath under test is a `cgroup/connect4` + `cgroup/connect6` BPF
+//! program attached to a test cgroup; it rewrites `connect()` to a service
+//! VIP:port into a backend addr:port. To exercise it with real TCP, a probe
+//! process joins that cgroup, starts backends on loopback addresses
+//! (`127.0.0.10:8080`, `[::1]:9001`, ...) and connects to VIPs.
+//!
+//! # Safety model
+//!
+//! Test traffic must never leave the machine, even when the datapath is
+//! broken and a VIP is *not* rewritten. The probe therefore:
+//!
+//! 1. **joins the test cgroup first** ([`sandbox::enter`] writes its pid to
+//!    `<cgroup>/cgroup.procs`; the caller creates and removes the directory),
+//!    so its connects are seen by the BPF program attached there and by
+//!    nothing else on the host;
+//! 2. **unshares a private network namespace** (`CLONE_NEWNET`) before any
+//!    thread exists (it refuses to run multi-threaded, since unshare only
+//!    moves the calling thread) and brings only `lo` up via `SIOCSIFFLAGS`.
+//!    The namespace has no routes except loopback, so a connect to an
+//!    un-rewritten VIP fails locally with `ENETUNREACH` (reported as
+//!    `unreachable`), and a rewrite to an address without a listener fails
+//!    with `ECONNREFUSED` (`refused`); nothing is ever sent on a real NIC.
+//!    [`sandbox::check_isolated`] verifies that no other interface is up;
+//! 3. cgroup connect hooks are netns-agnostic, so the BPF program still
+//!    rewrites the probe's connects inside the private namespace, and the
+//!    rewritten backend addresses are the probe's own loopback listeners.
+//!
+//! Per-netns tuning (wider ephemeral port range, larger `somaxconn`) is only
+//! applied inside that private namespace. `--no-netns` turns the namespace off
+//! for ad-hoc use and gives up guarantee 2.
+//!
+//! # Using it
+//!
+//! * Tests (in any crate) run the `baton-probe` binary as a child process:
+//!   see [`harness`] for a command builder and the report parser. A test
+//!   process must never call [`sandbox::enter`] itself.
+//! * Benchmarks that run in-process (already inside a prepared cgroup/netns)
+//!   call [`client::connect_once`] or [`client::run_load`] directly.
+//! * The JSON report is [`report::Report`].
+
+pub mod backend;
+pub mod client;
+pub mod harness;
+pub mod histogram;
+pub mod hold;
+pub mod probe;
+pub mod report;
+pub mod sandbox;
+
+pub use client::{connect_once, ConnectError};
+pub use report::Report;
