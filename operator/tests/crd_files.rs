@@ -3,7 +3,10 @@
 use std::path::PathBuf;
 
 /// Every copy of the generated CRD in the repository.
-const COPIES: &[&str] = &["crds/kmeshupgrade.yaml", "charts/baton/crds/kmeshupgrade.yaml"];
+const COPIES: &[&str] = &[
+    "crds/kmeshupgrade.yaml",
+    "charts/baton/crds/kmeshupgrade.yaml",
+];
 
 fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

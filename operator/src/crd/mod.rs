@@ -12,6 +12,4 @@ pub use spec::{
     KmeshUpgrade, KmeshUpgradeSpec, NodeSelector, OnFailure, PodSettings, Strategy,
     DEFAULT_HANDOVER_TIMEOUT_SECONDS, DEFAULT_MAX_UNAVAILABLE,
 };
-pub use status::{
-    HandoverFigures, KmeshUpgradeStatus, NodePhase, NodeStatus, RolloutPhase, Slot,
-};
+pub use status::{HandoverFigures, KmeshUpgradeStatus, NodePhase, NodeStatus, RolloutPhase, Slot};

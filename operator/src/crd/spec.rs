@@ -17,6 +17,9 @@ pub const DEFAULT_HANDOVER_TIMEOUT_SECONDS: i32 = 120;
 
 /// Runs the Baton agent as an (active, empty) slot pair on every selected node
 /// and hot-upgrades it when `agentImage` changes.
+// Every printcolumn repeats `type_ = "integer"`, which clippy mistakes for a
+// duplicated attribute.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "baton.dev",
@@ -31,7 +34,11 @@ pub const DEFAULT_HANDOVER_TIMEOUT_SECONDS: i32 = 120;
     printcolumn(name = "Updated", type_ = "integer", json_path = ".status.updated"),
     printcolumn(name = "Failed", type_ = "integer", json_path = ".status.failed"),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[x_kube(validation = Rule::new("self.agentImage != self.emptyImage").message(
     "agentImage and emptyImage must differ: the empty slot is told apart from the active one by its image"

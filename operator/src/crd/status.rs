@@ -69,7 +69,9 @@ impl fmt::Display for RolloutPhase {
 }
 
 /// One of the two agent containers of a node's pod.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Slot {
     /// Container `slot-a`.
