@@ -37,7 +37,7 @@ struct RunArgs {
     /// Do NOT enter a private network namespace (traffic to un-rewritten VIPs may leave the host).
     #[arg(long)]
     no_netns: bool,
-    /// Backend listen address (repeatable), e.g. 127.0.0.10:8080 or [::1]:9001.
+    /// Backend listen address (repeatable), e.g. `127.0.0.10:8080` or `[::1]:9001`.
     #[arg(long = "backend", value_name = "ADDR")]
     backends: Vec<SocketAddr>,
     /// Address to connect to (repeatable), e.g. a service VIP:port; used round-robin.
