@@ -45,6 +45,7 @@ pub mod client;
 pub mod harness;
 pub mod histogram;
 pub mod hold;
+pub mod kernel;
 pub mod probe;
 pub mod report;
 pub mod sandbox;

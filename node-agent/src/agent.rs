@@ -90,7 +90,9 @@ impl Shared {
         if let Some(d) = desired {
             g.desired = Some(d);
         }
-        let Some(desired) = g.desired.clone() else { return };
+        let Some(desired) = g.desired.clone() else {
+            return;
+        };
         let res = g.programmer.sync(&self.dp.maps, &desired);
         match res {
             Ok(r) => {
@@ -101,8 +103,14 @@ impl Shared {
                 g.stats.rolled_back += r.rolled_back as u64;
                 g.stats.writes += r.writes as u64;
                 if r.ok() {
-                    tracing::info!(created = r.created, updated = r.updated, removed = r.removed, writes = r.writes,
-                        micros = r.duration.as_micros() as u64, "synced");
+                    tracing::info!(
+                        created = r.created,
+                        updated = r.updated,
+                        removed = r.removed,
+                        writes = r.writes,
+                        micros = r.duration.as_micros() as u64,
+                        "synced"
+                    );
                 } else {
                     for f in &r.failed {
                         tracing::error!(service = %f.service, error = %f.error, "service not programmed; rolled back, will retry");
@@ -181,8 +189,11 @@ impl Shared {
     fn verify(&self) -> Value {
         let g = self.lock();
         match self.dp.maps.snapshot() {
-            Ok(snap) => serde_json::to_value(verify::check_against(&snap, &g.programmer.state().expected()))
-                .unwrap_or_else(|e| json!({"error": e.to_string()})),
+            Ok(snap) => serde_json::to_value(verify::check_against(
+                &snap,
+                &g.programmer.state().expected(),
+            ))
+            .unwrap_or_else(|e| json!({"error": e.to_string()})),
             Err(e) => json!({"error": e.to_string()}),
         }
     }
@@ -204,28 +215,117 @@ impl metrics::Render for Shared {
         let maps = &self.dp.maps;
         let samples: Vec<(String, f64)> = Counter::ALL
             .iter()
-            .filter_map(|(c, label)| maps.counter(*c).ok().map(|v| (format!("result=\"{label}\""), v as f64)))
+            .filter_map(|(c, label)| {
+                maps.counter(*c)
+                    .ok()
+                    .map(|v| (format!("result=\"{label}\""), v as f64))
+            })
             .collect();
-        family(&mut out, "baton_datapath_connects_total", "counter", "TCP connects seen by the connect hooks, by outcome.", &samples);
+        family(
+            &mut out,
+            "baton_datapath_connects_total",
+            "counter",
+            "TCP connects seen by the connect hooks, by outcome.",
+            &samples,
+        );
         if let Ok(counts) = maps.entry_counts() {
-            let entries: Vec<_> = counts.iter().map(|(m, n)| (format!("map=\"{m}\""), *n as f64)).collect();
-            family(&mut out, "baton_map_entries", "gauge", "Entries in each datapath map.", &entries);
+            let entries: Vec<_> = counts
+                .iter()
+                .map(|(m, n)| (format!("map=\"{m}\""), *n as f64))
+                .collect();
+            family(
+                &mut out,
+                "baton_map_entries",
+                "gauge",
+                "Entries in each datapath map.",
+                &entries,
+            );
         }
-        let caps: Vec<_> = maps.all().iter().map(|m| (format!("map=\"{}\"", m.name()), f64::from(m.max_entries()))).collect();
-        family(&mut out, "baton_map_capacity", "gauge", "max_entries of each datapath map.", &caps);
+        let caps: Vec<_> = maps
+            .all()
+            .iter()
+            .map(|m| (format!("map=\"{}\"", m.name()), f64::from(m.max_entries())))
+            .collect();
+        family(
+            &mut out,
+            "baton_map_capacity",
+            "gauge",
+            "max_entries of each datapath map.",
+            &caps,
+        );
         let g = self.lock();
         let s = &g.stats;
-        family(&mut out, "baton_sync_total", "counter", "Syncs of the maps to the source.", &[(String::new(), s.syncs as f64)]);
-        family(&mut out, "baton_sync_duration_seconds_sum", "counter", "Total time spent syncing.", &[(String::new(), s.duration_sum)]);
-        family(&mut out, "baton_sync_last_duration_seconds", "gauge", "Duration of the last sync.", &[(String::new(), s.last_duration)]);
-        family(&mut out, "baton_sync_service_failures_total", "counter", "Service transactions rolled back.", &[(String::new(), s.service_failures as f64)]);
-        family(&mut out, "baton_sync_rolled_back_writes_total", "counter", "Map writes undone by rollbacks.", &[(String::new(), s.rolled_back as f64)]);
-        family(&mut out, "baton_map_writes_total", "counter", "Map writes kept.", &[(String::new(), s.writes as f64)]);
-        family(&mut out, "baton_source_errors_total", "counter", "Source contents rejected.", &[(String::new(), s.source_errors as f64)]);
+        family(
+            &mut out,
+            "baton_sync_total",
+            "counter",
+            "Syncs of the maps to the source.",
+            &[(String::new(), s.syncs as f64)],
+        );
+        family(
+            &mut out,
+            "baton_sync_duration_seconds_sum",
+            "counter",
+            "Total time spent syncing.",
+            &[(String::new(), s.duration_sum)],
+        );
+        family(
+            &mut out,
+            "baton_sync_last_duration_seconds",
+            "gauge",
+            "Duration of the last sync.",
+            &[(String::new(), s.last_duration)],
+        );
+        family(
+            &mut out,
+            "baton_sync_service_failures_total",
+            "counter",
+            "Service transactions rolled back.",
+            &[(String::new(), s.service_failures as f64)],
+        );
+        family(
+            &mut out,
+            "baton_sync_rolled_back_writes_total",
+            "counter",
+            "Map writes undone by rollbacks.",
+            &[(String::new(), s.rolled_back as f64)],
+        );
+        family(
+            &mut out,
+            "baton_map_writes_total",
+            "counter",
+            "Map writes kept.",
+            &[(String::new(), s.writes as f64)],
+        );
+        family(
+            &mut out,
+            "baton_source_errors_total",
+            "counter",
+            "Source contents rejected.",
+            &[(String::new(), s.source_errors as f64)],
+        );
         let st = g.programmer.state();
-        family(&mut out, "baton_services", "gauge", "Services programmed.", &[(String::new(), st.services.len() as f64)]);
-        family(&mut out, "baton_endpoints", "gauge", "Endpoint slots programmed.", &[(String::new(), st.endpoint_count() as f64)]);
-        family(&mut out, "baton_generation", "gauge", "Agent generation recorded in the meta map.", &[(String::new(), self.dp.generation as f64)]);
+        family(
+            &mut out,
+            "baton_services",
+            "gauge",
+            "Services programmed.",
+            &[(String::new(), st.services.len() as f64)],
+        );
+        family(
+            &mut out,
+            "baton_endpoints",
+            "gauge",
+            "Endpoint slots programmed.",
+            &[(String::new(), st.endpoint_count() as f64)],
+        );
+        family(
+            &mut out,
+            "baton_generation",
+            "gauge",
+            "Agent generation recorded in the meta map.",
+            &[(String::new(), self.dp.generation as f64)],
+        );
         out
     }
 }
@@ -245,15 +345,29 @@ pub fn run(cfg: &AgentConfig, stop: Arc<AtomicBool>) -> Result<(), AgentError> {
     let dp = Datapath::start(&cfg.datapath)?;
     tracing::info!(pin_dir = %dp.pin_dir.display(), cgroup = %cfg.datapath.cgroup.display(), reused = dp.reused_maps,
         generation = dp.generation, "datapath attached");
-    let programmer = if dp.reused_maps { Programmer::adopt(&dp.maps)? } else { Programmer::new() };
+    let programmer = if dp.reused_maps {
+        Programmer::adopt(&dp.maps)?
+    } else {
+        Programmer::new()
+    };
     let shared = Arc::new(Shared {
         dp,
-        inner: Mutex::new(Inner { programmer, desired: None, last: None, source_error: None, stats: SyncStats::default() }),
+        inner: Mutex::new(Inner {
+            programmer,
+            desired: None,
+            last: None,
+            source_error: None,
+            stats: SyncStats::default(),
+        }),
         started: Instant::now(),
     });
 
     let admin_path = admin_socket(&cfg.run_dir);
-    let admin = admin::server::serve(admin::server::bind(&admin_path).map_err(io("bind admin socket"))?, shared.clone(), stop.clone());
+    let admin = admin::server::serve(
+        admin::server::bind(&admin_path).map_err(io("bind admin socket"))?,
+        shared.clone(),
+        stop.clone(),
+    );
     let metrics = match cfg.metrics_addr {
         Some(addr) => {
             let l = TcpListener::bind(addr).map_err(io("bind metrics listener"))?;

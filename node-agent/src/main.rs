@@ -16,7 +16,11 @@ use baton_agent::{maps::MapSet, sys, verify};
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "baton-agent", version, about = "Baton node agent: connect-time service load balancing in eBPF")]
+#[command(
+    name = "baton-agent",
+    version,
+    about = "Baton node agent: connect-time service load balancing in eBPF"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -86,7 +90,9 @@ enum Cmd {
 }
 
 fn parse_kv(s: &str) -> Result<(String, u32), String> {
-    let (k, v) = s.split_once('=').ok_or_else(|| format!("expected NAME=N, got {s:?}"))?;
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected NAME=N, got {s:?}"))?;
     if baton_ebpf::map_spec(k).is_none() {
         return Err(format!("unknown map {k:?}"));
     }
@@ -100,7 +106,9 @@ fn print(v: &serde_json::Value) -> Result<()> {
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     match real_main() {
@@ -114,7 +122,17 @@ fn main() -> ExitCode {
 
 fn real_main() -> Result<ExitCode> {
     match Cli::parse().cmd {
-        Cmd::Run { paths, services, cgroup, mount_bpffs, metrics_addr, no_metrics, keep_datapath, poll_ms, map_max_entries } => {
+        Cmd::Run {
+            paths,
+            services,
+            cgroup,
+            mount_bpffs,
+            metrics_addr,
+            no_metrics,
+            keep_datapath,
+            poll_ms,
+            map_max_entries,
+        } => {
             let cgroup = match cgroup.or_else(sys::find_cgroup2_mount) {
                 Some(c) => c,
                 None => bail!("no cgroup v2 mount found; pass --cgroup"),
@@ -122,7 +140,11 @@ fn real_main() -> Result<ExitCode> {
             let metrics_addr = if no_metrics {
                 None
             } else {
-                Some(metrics_addr.parse::<SocketAddr>().with_context(|| format!("--metrics-addr {metrics_addr}"))?)
+                Some(
+                    metrics_addr
+                        .parse::<SocketAddr>()
+                        .with_context(|| format!("--metrics-addr {metrics_addr}"))?,
+                )
             };
             let cfg = AgentConfig {
                 datapath: DatapathConfig {
@@ -139,17 +161,24 @@ fn real_main() -> Result<ExitCode> {
             };
             let stop = Arc::new(AtomicBool::new(false));
             for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-                signal_hook::flag::register(sig, stop.clone()).context("installing signal handlers")?;
+                signal_hook::flag::register(sig, stop.clone())
+                    .context("installing signal handlers")?;
             }
             agent::run(&cfg, stop)?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Status { paths } => {
-            print(&client::request(&admin_socket(&paths.run_dir), Request::Status)?)?;
+            print(&client::request(
+                &admin_socket(&paths.run_dir),
+                Request::Status,
+            )?)?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Dump { paths } => {
-            print(&client::request(&admin_socket(&paths.run_dir), Request::Dump)?)?;
+            print(&client::request(
+                &admin_socket(&paths.run_dir),
+                Request::Dump,
+            )?)?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Verify { paths } => {
@@ -164,8 +193,14 @@ fn real_main() -> Result<ExitCode> {
             if let Some(e) = report.get("error") {
                 bail!("verify: {e}");
             }
-            let clean = report["violations"].as_array().is_some_and(|v| v.is_empty());
-            Ok(if clean { ExitCode::SUCCESS } else { ExitCode::from(1) })
+            let clean = report["violations"]
+                .as_array()
+                .is_some_and(|v| v.is_empty());
+            Ok(if clean {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
         Cmd::Teardown { paths } => {
             datapath::remove_pins(&paths.bpffs)?;

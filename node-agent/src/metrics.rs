@@ -45,7 +45,11 @@ pub fn family(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(
 }
 
 /// Serves `GET /metrics` until `stop` is set.
-pub fn serve(listener: TcpListener, render: Arc<dyn Render>, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+pub fn serve(
+    listener: TcpListener,
+    render: Arc<dyn Render>,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         if let Err(e) = listener.set_nonblocking(true) {
             tracing::error!(error = %e, "metrics listener");
@@ -58,7 +62,9 @@ pub fn serve(listener: TcpListener, render: Arc<dyn Render>, stop: Arc<AtomicBoo
                         tracing::debug!(error = %e, "metrics client");
                     }
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(20)),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "metrics accept");
                     std::thread::sleep(Duration::from_millis(100));

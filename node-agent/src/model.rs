@@ -65,7 +65,12 @@ pub struct Capacity {
 impl Default for Capacity {
     fn default() -> Self {
         let cap = |n| baton_ebpf::map_spec(n).map_or(0, |s| s.max_entries);
-        Self { frontends: cap("frontend"), services: cap("service"), endpoints: cap("endpoint"), backends: cap("backend") }
+        Self {
+            frontends: cap("frontend"),
+            services: cap("service"),
+            endpoints: cap("endpoint"),
+            backends: cap("backend"),
+        }
     }
 }
 
@@ -80,7 +85,10 @@ pub struct Invalid {
 }
 
 fn invalid(path: String, reason: impl Into<String>) -> Invalid {
-    Invalid { path, reason: reason.into() }
+    Invalid {
+        path,
+        reason: reason.into(),
+    }
 }
 
 impl DesiredState {
@@ -96,7 +104,10 @@ impl DesiredState {
             if s.name.is_empty() {
                 errs.push(invalid(at(".name"), "name must not be empty"));
             } else if !names.insert(s.name.as_str()) {
-                errs.push(invalid(at(".name"), format!("duplicate service name {:?}", s.name)));
+                errs.push(invalid(
+                    at(".name"),
+                    format!("duplicate service name {:?}", s.name),
+                ));
             }
             if s.vips.is_empty() {
                 errs.push(invalid(at(".vips"), "at least one VIP is required"));
@@ -104,46 +115,77 @@ impl DesiredState {
             let v4 = s.vips.first().map(IpAddr::is_ipv4);
             for (j, vip) in s.vips.iter().enumerate() {
                 if let Some(prev) = vips.insert(*vip, i) {
-                    errs.push(invalid(at(&format!(".vips[{j}]")), format!("duplicate VIP {vip} (also used by services[{prev}])")));
+                    errs.push(invalid(
+                        at(&format!(".vips[{j}]")),
+                        format!("duplicate VIP {vip} (also used by services[{prev}])"),
+                    ));
                 }
                 if Some(vip.is_ipv4()) != v4 {
-                    errs.push(invalid(at(&format!(".vips[{j}]")), "all VIPs of a service must be of one address family"));
+                    errs.push(invalid(
+                        at(&format!(".vips[{j}]")),
+                        "all VIPs of a service must be of one address family",
+                    ));
                 }
                 if vip.is_unspecified() || vip.is_multicast() {
-                    errs.push(invalid(at(&format!(".vips[{j}]")), format!("{vip} cannot be a VIP")));
+                    errs.push(invalid(
+                        at(&format!(".vips[{j}]")),
+                        format!("{vip} cannot be a VIP"),
+                    ));
                 }
             }
             if s.ports.is_empty() {
                 errs.push(invalid(at(".ports"), "at least one port is required"));
             }
             if s.ports.len() > MAX_PORTS {
-                errs.push(invalid(at(".ports"), format!("{} ports, at most {MAX_PORTS} are supported", s.ports.len())));
+                errs.push(invalid(
+                    at(".ports"),
+                    format!("{} ports, at most {MAX_PORTS} are supported", s.ports.len()),
+                ));
             }
             let mut seen_ports = HashSet::new();
             for (j, p) in s.ports.iter().enumerate() {
                 if p.port == 0 {
-                    errs.push(invalid(at(&format!(".ports[{j}].port")), "port must be in 1..=65535"));
+                    errs.push(invalid(
+                        at(&format!(".ports[{j}].port")),
+                        "port must be in 1..=65535",
+                    ));
                 }
                 if !seen_ports.insert(p.port) {
-                    errs.push(invalid(at(&format!(".ports[{j}].port")), format!("duplicate port {}", p.port)));
+                    errs.push(invalid(
+                        at(&format!(".ports[{j}].port")),
+                        format!("duplicate port {}", p.port),
+                    ));
                 }
             }
             let mut seen_eps = HashSet::new();
             for (j, e) in s.endpoints.iter().enumerate() {
                 if Some(e.address.is_ipv4()) != v4 {
-                    errs.push(invalid(at(&format!(".endpoints[{j}].address")), "endpoint family differs from the service's VIPs"));
+                    errs.push(invalid(
+                        at(&format!(".endpoints[{j}].address")),
+                        "endpoint family differs from the service's VIPs",
+                    ));
                 }
                 if e.address.is_unspecified() || e.address.is_multicast() {
-                    errs.push(invalid(at(&format!(".endpoints[{j}].address")), format!("{} cannot be a backend", e.address)));
+                    errs.push(invalid(
+                        at(&format!(".endpoints[{j}].address")),
+                        format!("{} cannot be a backend", e.address),
+                    ));
                 }
                 if usize::from(e.priority) >= PRIO_COUNT {
                     errs.push(invalid(
                         at(&format!(".endpoints[{j}].priority")),
-                        format!("priority {} out of range 0..={}", e.priority, PRIO_COUNT - 1),
+                        format!(
+                            "priority {} out of range 0..={}",
+                            e.priority,
+                            PRIO_COUNT - 1
+                        ),
                     ));
                 }
                 if !seen_eps.insert((e.address, e.port)) {
-                    errs.push(invalid(at(&format!(".endpoints[{j}]")), format!("duplicate endpoint {}:{}", e.address, e.port)));
+                    errs.push(invalid(
+                        at(&format!(".endpoints[{j}]")),
+                        format!("duplicate endpoint {}:{}", e.address, e.port),
+                    ));
                 }
                 backends.insert((e.address, e.port));
             }
@@ -151,12 +193,21 @@ impl DesiredState {
             n_endpoints += s.endpoints.len() as u64;
         }
         let over = |what: &str, n: u64, max: u32| {
-            (n > u64::from(max)).then(|| invalid("services".into(), format!("{n} {what} exceed the map capacity of {max}")))
+            (n > u64::from(max)).then(|| {
+                invalid(
+                    "services".into(),
+                    format!("{n} {what} exceed the map capacity of {max}"),
+                )
+            })
         };
         errs.extend(over("services", self.services.len() as u64, cap.services));
         errs.extend(over("VIPs", n_frontends, cap.frontends));
         errs.extend(over("endpoints", n_endpoints, cap.endpoints));
-        errs.extend(over("distinct backends", backends.len() as u64, cap.backends));
+        errs.extend(over(
+            "distinct backends",
+            backends.len() as u64,
+            cap.backends,
+        ));
         errs
     }
 }

@@ -113,13 +113,24 @@ pub fn check(s: &Snapshot) -> VerifyReport {
     let mut v = BTreeSet::new();
     for (sk, sv) in &s.services {
         if LbPolicy::from_raw(sv.lb_policy).is_none() {
-            v.insert(Violation::BadPolicy { service: sk.service_id, policy: sv.lb_policy });
+            v.insert(Violation::BadPolicy {
+                service: sk.service_id,
+                policy: sv.lb_policy,
+            });
         }
         for p in 0..PRIO_COUNT {
             for index in 1..=sv.prio_endpoint_count[p] {
-                let key = EndpointKey { service_id: sk.service_id, prio: p as u32, backend_index: index };
+                let key = EndpointKey {
+                    service_id: sk.service_id,
+                    prio: p as u32,
+                    backend_index: index,
+                };
                 if !s.endpoints.contains_key(&key) {
-                    v.insert(Violation::Hole { service: sk.service_id, prio: p as u32, index });
+                    v.insert(Violation::Hole {
+                        service: sk.service_id,
+                        prio: p as u32,
+                        index,
+                    });
                 }
             }
         }
@@ -127,30 +138,59 @@ pub fn check(s: &Snapshot) -> VerifyReport {
     let mut used = HashSet::new();
     for (ek, ev) in &s.endpoints {
         let (service, prio, index) = (ek.service_id, ek.prio, ek.backend_index);
-        match s.services.get(&baton_ebpf::ServiceKey { service_id: service }) {
+        match s.services.get(&baton_ebpf::ServiceKey {
+            service_id: service,
+        }) {
             None => {
-                v.insert(Violation::OrphanEndpoint { service, prio, index });
+                v.insert(Violation::OrphanEndpoint {
+                    service,
+                    prio,
+                    index,
+                });
             }
             Some(sv) => {
-                let count = sv.prio_endpoint_count.get(prio as usize).copied().unwrap_or(0);
+                let count = sv
+                    .prio_endpoint_count
+                    .get(prio as usize)
+                    .copied()
+                    .unwrap_or(0);
                 if index == 0 || index > count {
-                    v.insert(Violation::PastCount { service, prio, index, count });
+                    v.insert(Violation::PastCount {
+                        service,
+                        prio,
+                        index,
+                        count,
+                    });
                 }
             }
         }
-        if !s.backends.contains_key(&baton_ebpf::BackendKey { backend_uid: ev.backend_uid }) {
-            v.insert(Violation::DanglingBackend { service, prio, index, backend: ev.backend_uid });
+        if !s.backends.contains_key(&baton_ebpf::BackendKey {
+            backend_uid: ev.backend_uid,
+        }) {
+            v.insert(Violation::DanglingBackend {
+                service,
+                prio,
+                index,
+                backend: ev.backend_uid,
+            });
         }
         used.insert(ev.backend_uid);
     }
     for bk in s.backends.keys() {
         if !used.contains(&bk.backend_uid) {
-            v.insert(Violation::UnusedBackend { backend: bk.backend_uid });
+            v.insert(Violation::UnusedBackend {
+                backend: bk.backend_uid,
+            });
         }
     }
     for (fk, fv) in &s.frontends {
-        if !s.services.contains_key(&baton_ebpf::ServiceKey { service_id: fv.service_id }) {
-            v.insert(Violation::DanglingFrontend { vip: ip_from_raw(&fk.addr).to_string(), service: fv.service_id });
+        if !s.services.contains_key(&baton_ebpf::ServiceKey {
+            service_id: fv.service_id,
+        }) {
+            v.insert(Violation::DanglingFrontend {
+                vip: ip_from_raw(&fk.addr).to_string(),
+                service: fv.service_id,
+            });
         }
     }
     VerifyReport {
@@ -169,17 +209,29 @@ fn diff<K: Ord, V: PartialEq>(
 ) -> Option<Violation> {
     let only_in_maps = maps.keys().filter(|k| !view.contains_key(k)).count();
     let only_in_view = view.keys().filter(|k| !maps.contains_key(k)).count();
-    let differing = maps.iter().filter(|(k, v)| view.get(k).is_some_and(|w| w != *v)).count();
-    (only_in_maps + only_in_view + differing > 0).then_some(Violation::ViewMismatch { map, only_in_maps, only_in_view, differing })
+    let differing = maps
+        .iter()
+        .filter(|(k, v)| view.get(k).is_some_and(|w| w != *v))
+        .count();
+    (only_in_maps + only_in_view + differing > 0).then_some(Violation::ViewMismatch {
+        map,
+        only_in_maps,
+        only_in_view,
+        differing,
+    })
 }
 
 /// Checks the invariants and that the maps equal the agent's expected contents.
 pub fn check_against(maps: &Snapshot, view: &Snapshot) -> VerifyReport {
     let mut r = check(maps);
-    r.violations.extend(diff("frontend", &maps.frontends, &view.frontends));
-    r.violations.extend(diff("service", &maps.services, &view.services));
-    r.violations.extend(diff("endpoint", &maps.endpoints, &view.endpoints));
-    r.violations.extend(diff("backend", &maps.backends, &view.backends));
+    r.violations
+        .extend(diff("frontend", &maps.frontends, &view.frontends));
+    r.violations
+        .extend(diff("service", &maps.services, &view.services));
+    r.violations
+        .extend(diff("endpoint", &maps.endpoints, &view.endpoints));
+    r.violations
+        .extend(diff("backend", &maps.backends, &view.backends));
     r
 }
 
@@ -193,11 +245,28 @@ mod tests {
         let mut sv = ServiceValue::default();
         sv.prio_endpoint_count[0] = 2;
         s.services.insert(ServiceKey { service_id: 1 }, sv);
-        s.endpoints.insert(EndpointKey { service_id: 1, prio: 0, backend_index: 1 }, EndpointValue { backend_uid: 7 });
-        s.endpoints.insert(EndpointKey { service_id: 1, prio: 0, backend_index: 3 }, EndpointValue { backend_uid: 8 });
-        s.backends.insert(BackendKey { backend_uid: 7 }, BackendValue::default());
-        s.backends.insert(BackendKey { backend_uid: 9 }, BackendValue::default());
-        s.frontends.insert(FrontendKey::default(), FrontendValue { service_id: 5 });
+        s.endpoints.insert(
+            EndpointKey {
+                service_id: 1,
+                prio: 0,
+                backend_index: 1,
+            },
+            EndpointValue { backend_uid: 7 },
+        );
+        s.endpoints.insert(
+            EndpointKey {
+                service_id: 1,
+                prio: 0,
+                backend_index: 3,
+            },
+            EndpointValue { backend_uid: 8 },
+        );
+        s.backends
+            .insert(BackendKey { backend_uid: 7 }, BackendValue::default());
+        s.backends
+            .insert(BackendKey { backend_uid: 9 }, BackendValue::default());
+        s.frontends
+            .insert(FrontendKey::default(), FrontendValue { service_id: 5 });
         s
     }
 
@@ -207,9 +276,20 @@ mod tests {
         let kinds: Vec<String> = r
             .violations
             .iter()
-            .map(|v| serde_json::to_value(v).ok().and_then(|j| j["kind"].as_str().map(String::from)).unwrap_or_default())
+            .map(|v| {
+                serde_json::to_value(v)
+                    .ok()
+                    .and_then(|j| j["kind"].as_str().map(String::from))
+                    .unwrap_or_default()
+            })
             .collect();
-        for k in ["hole", "past_count", "dangling_backend", "unused_backend", "dangling_frontend"] {
+        for k in [
+            "hole",
+            "past_count",
+            "dangling_backend",
+            "unused_backend",
+            "dangling_frontend",
+        ] {
             assert!(kinds.iter().any(|x| x == k), "{k} not reported: {kinds:?}");
         }
     }
@@ -220,11 +300,25 @@ mod tests {
         let mut sv = ServiceValue::default();
         sv.prio_endpoint_count[0] = 1;
         s.services.insert(ServiceKey { service_id: 1 }, sv);
-        s.endpoints.insert(EndpointKey { service_id: 1, prio: 0, backend_index: 1 }, EndpointValue { backend_uid: 7 });
-        s.backends.insert(BackendKey { backend_uid: 7 }, BackendValue::default());
+        s.endpoints.insert(
+            EndpointKey {
+                service_id: 1,
+                prio: 0,
+                backend_index: 1,
+            },
+            EndpointValue { backend_uid: 7 },
+        );
+        s.backends
+            .insert(BackendKey { backend_uid: 7 }, BackendValue::default());
         assert!(check(&s).is_clean());
         let mut view = s.clone();
-        view.backends.insert(BackendKey { backend_uid: 7 }, BackendValue { port: 1, ..Default::default() });
+        view.backends.insert(
+            BackendKey { backend_uid: 7 },
+            BackendValue {
+                port: 1,
+                ..Default::default()
+            },
+        );
         assert!(!check_against(&s, &view).is_clean());
     }
 }

@@ -30,7 +30,11 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
 }
 
 /// Serves until `stop` is set.
-pub fn serve(listener: UnixListener, handler: Arc<dyn Handler>, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+pub fn serve(
+    listener: UnixListener,
+    handler: Arc<dyn Handler>,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         if let Err(e) = listener.set_nonblocking(true) {
             tracing::error!(error = %e, "admin socket");
@@ -43,7 +47,9 @@ pub fn serve(listener: UnixListener, handler: Arc<dyn Handler>, stop: Arc<Atomic
                         tracing::debug!(error = %e, "admin client");
                     }
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(20)),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "admin accept");
                     std::thread::sleep(Duration::from_millis(100));

@@ -57,7 +57,9 @@ pub enum DatapathError {
         source: std::io::Error,
     },
     /// A pinned link is attached somewhere else.
-    #[error("pinned link {path} is attached to cgroup id {found}, not to {cgroup} (id {expected})")]
+    #[error(
+        "pinned link {path} is attached to cgroup id {found}, not to {cgroup} (id {expected})"
+    )]
     ForeignLink {
         /// Pin path.
         path: String,
@@ -111,7 +113,10 @@ pub struct Datapath {
 
 impl std::fmt::Debug for Datapath {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Datapath").field("pin_dir", &self.pin_dir).field("reused_maps", &self.reused_maps).finish()
+        f.debug_struct("Datapath")
+            .field("pin_dir", &self.pin_dir)
+            .field("reused_maps", &self.reused_maps)
+            .finish()
     }
 }
 
@@ -137,9 +142,19 @@ fn check_pins(cfg: &DatapathConfig) -> Result<bool, DatapathError> {
             continue;
         }
         present += 1;
-        let fd = sys::obj_get(&path).map_err(|source| DatapathError::Sys { what: format!("open {}", path.display()), source })?;
-        let info = sys::map_info(fd.as_fd()).map_err(|source| DatapathError::Sys { what: "map info".into(), source })?;
-        let want_max = cfg.max_entries.get(spec.name).copied().unwrap_or(spec.max_entries);
+        let fd = sys::obj_get(&path).map_err(|source| DatapathError::Sys {
+            what: format!("open {}", path.display()),
+            source,
+        })?;
+        let info = sys::map_info(fd.as_fd()).map_err(|source| DatapathError::Sys {
+            what: "map info".into(),
+            source,
+        })?;
+        let want_max = cfg
+            .max_entries
+            .get(spec.name)
+            .copied()
+            .unwrap_or(spec.max_entries);
         let mut detail = Vec::new();
         if info.map_type != spec.kind as u32 {
             detail.push(format!("type {} != {}", info.map_type, spec.kind as u32));
@@ -148,13 +163,19 @@ fn check_pins(cfg: &DatapathConfig) -> Result<bool, DatapathError> {
             detail.push(format!("key size {} != {}", info.key_size, spec.key_size));
         }
         if info.value_size != spec.value_size {
-            detail.push(format!("value size {} != {}", info.value_size, spec.value_size));
+            detail.push(format!(
+                "value size {} != {}",
+                info.value_size, spec.value_size
+            ));
         }
         if info.max_entries != want_max {
             detail.push(format!("max_entries {} != {}", info.max_entries, want_max));
         }
         if !detail.is_empty() {
-            return Err(DatapathError::IncompatiblePin { path: path.display().to_string(), detail: detail.join(", ") });
+            return Err(DatapathError::IncompatiblePin {
+                path: path.display().to_string(),
+                detail: detail.join(", "),
+            });
         }
     }
     Ok(present == MAPS.len())
@@ -162,7 +183,9 @@ fn check_pins(cfg: &DatapathConfig) -> Result<bool, DatapathError> {
 
 fn cgroup_id(dir: &Path) -> Result<u64, DatapathError> {
     use std::os::unix::fs::MetadataExt;
-    Ok(std::fs::metadata(dir).map_err(io(format!("stat {}", dir.display())))?.ino())
+    Ok(std::fs::metadata(dir)
+        .map_err(io(format!("stat {}", dir.display())))?
+        .ino())
 }
 
 impl Datapath {
@@ -171,37 +194,59 @@ impl Datapath {
         sys::ensure_bpffs(&cfg.pin_dir, cfg.mount_bpffs)?;
         sys::check_cgroup2(&cfg.cgroup)?;
         for sub in ["maps", "links"] {
-            std::fs::create_dir_all(cfg.pin_dir.join(sub)).map_err(io(format!("mkdir {}", cfg.pin_dir.display())))?;
+            std::fs::create_dir_all(cfg.pin_dir.join(sub))
+                .map_err(io(format!("mkdir {}", cfg.pin_dir.display())))?;
         }
         let reused = check_pins(cfg)?;
 
         let mut loader = EbpfLoader::new();
-        let paths: Vec<(&str, PathBuf)> = MAPS.iter().map(|s| (s.name, map_pin_path(&cfg.pin_dir, s.name))).collect();
+        let paths: Vec<(&str, PathBuf)> = MAPS
+            .iter()
+            .map(|s| (s.name, map_pin_path(&cfg.pin_dir, s.name)))
+            .collect();
         for (name, path) in &paths {
             loader.map_pin_path(name, path.as_path());
         }
         for (name, n) in &cfg.max_entries {
             loader.map_max_entries(name, *n);
         }
-        let mut ebpf = loader.load(baton_ebpf::object()).map_err(|e| DatapathError::Load(e.to_string()))?;
+        let mut ebpf = loader
+            .load(baton_ebpf::object())
+            .map_err(|e| DatapathError::Load(e.to_string()))?;
         let maps = MapSet::open_pinned(&cfg.pin_dir)?;
 
-        let cgroup = File::open(&cfg.cgroup).map_err(io(format!("open cgroup {}", cfg.cgroup.display())))?;
+        let cgroup =
+            File::open(&cfg.cgroup).map_err(io(format!("open cgroup {}", cfg.cgroup.display())))?;
         let cg_id = cgroup_id(&cfg.cgroup)?;
         let mut links = Vec::new();
-        for (prog, attach) in [(PROG_CONNECT4, AttachType::Connect4), (PROG_CONNECT6, AttachType::Connect6)] {
+        for (prog, attach) in [
+            (PROG_CONNECT4, AttachType::Connect4),
+            (PROG_CONNECT6, AttachType::Connect6),
+        ] {
             let p: &mut CgroupSockAddr = ebpf
                 .program_mut(prog)
-                .ok_or_else(|| DatapathError::Load(format!("program {prog} missing from the object")))?
+                .ok_or_else(|| {
+                    DatapathError::Load(format!("program {prog} missing from the object"))
+                })?
                 .try_into()
                 .map_err(|e: aya::programs::ProgramError| DatapathError::Load(e.to_string()))?;
-            p.load().map_err(|e| DatapathError::Load(format!("{prog}: {e:?}")))?;
-            let prog_fd = p.fd().map_err(|e| DatapathError::Load(e.to_string()))?.as_fd();
+            p.load()
+                .map_err(|e| DatapathError::Load(format!("{prog}: {e:?}")))?;
+            let prog_fd = p
+                .fd()
+                .map_err(|e| DatapathError::Load(e.to_string()))?
+                .as_fd();
             let pin = link_pin_path(&cfg.pin_dir, attach);
             let fd = if pin.exists() {
                 // Restart from pins: swap the program in place, no detach gap.
-                let fd = sys::obj_get(&pin).map_err(|source| DatapathError::Sys { what: format!("open {}", pin.display()), source })?;
-                let info = sys::link_info(fd.as_fd()).map_err(|source| DatapathError::Sys { what: "link info".into(), source })?;
+                let fd = sys::obj_get(&pin).map_err(|source| DatapathError::Sys {
+                    what: format!("open {}", pin.display()),
+                    source,
+                })?;
+                let info = sys::link_info(fd.as_fd()).map_err(|source| DatapathError::Sys {
+                    what: "link info".into(),
+                    source,
+                })?;
                 if info.cgroup_id != cg_id {
                     return Err(DatapathError::ForeignLink {
                         path: pin.display().to_string(),
@@ -210,23 +255,45 @@ impl Datapath {
                         expected: cg_id,
                     });
                 }
-                sys::link_update(fd.as_fd(), prog_fd, None)
-                    .map_err(|source| DatapathError::Sys { what: format!("link update {}", pin.display()), source })?;
+                sys::link_update(fd.as_fd(), prog_fd, None).map_err(|source| {
+                    DatapathError::Sys {
+                        what: format!("link update {}", pin.display()),
+                        source,
+                    }
+                })?;
                 fd
             } else {
-                let fd = sys::link_create(prog_fd, cgroup.as_fd(), attach)
-                    .map_err(|source| DatapathError::Sys { what: format!("attach {prog} to {}", cfg.cgroup.display()), source })?;
-                sys::obj_pin(fd.as_fd(), &pin).map_err(|source| DatapathError::Sys { what: format!("pin {}", pin.display()), source })?;
+                let fd = sys::link_create(prog_fd, cgroup.as_fd(), attach).map_err(|source| {
+                    DatapathError::Sys {
+                        what: format!("attach {prog} to {}", cfg.cgroup.display()),
+                        source,
+                    }
+                })?;
+                sys::obj_pin(fd.as_fd(), &pin).map_err(|source| DatapathError::Sys {
+                    what: format!("pin {}", pin.display()),
+                    source,
+                })?;
                 fd
             };
             links.push(AttachedLink { attach, fd, pin });
         }
 
-        let mut meta = if reused { maps.meta()? } else { MetaValue::default() };
+        let mut meta = if reused {
+            maps.meta()?
+        } else {
+            MetaValue::default()
+        };
         meta.layout_version = LAYOUT_VERSION;
         meta.generation += 1;
         maps.set_meta(&meta)?;
-        Ok(Self { maps, links, pin_dir: cfg.pin_dir.clone(), reused_maps: reused, generation: meta.generation, _ebpf: ebpf })
+        Ok(Self {
+            maps,
+            links,
+            pin_dir: cfg.pin_dir.clone(),
+            reused_maps: reused,
+            generation: meta.generation,
+            _ebpf: ebpf,
+        })
     }
 
     /// Detaches the programs and removes every pin (full teardown).
@@ -255,6 +322,9 @@ fn remove_if_exists(p: &Path) -> Result<(), DatapathError> {
     match std::fs::remove_file(p) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(DatapathError::Io { what: format!("unpin {}", p.display()), source: e }),
+        Err(e) => Err(DatapathError::Io {
+            what: format!("unpin {}", p.display()),
+            source: e,
+        }),
     }
 }

@@ -44,15 +44,35 @@ fn describe(t: u32, k: u32, v: u32, n: u32) -> String {
 impl MapHandle {
     /// Wraps `fd`, checking the kernel map matches `spec` (type, key and value size).
     pub fn open(spec: &MapSpec, fd: OwnedFd) -> Result<Self, MapError> {
-        let info = sys::map_info(fd.as_fd()).map_err(|source| MapError::Sys { map: spec.name.into(), source })?;
-        if info.map_type != spec.kind as u32 || info.key_size != spec.key_size || info.value_size != spec.value_size {
+        let info = sys::map_info(fd.as_fd()).map_err(|source| MapError::Sys {
+            map: spec.name.into(),
+            source,
+        })?;
+        if info.map_type != spec.kind as u32
+            || info.key_size != spec.key_size
+            || info.value_size != spec.value_size
+        {
             return Err(MapError::Layout {
                 map: spec.name.into(),
-                found: describe(info.map_type, info.key_size, info.value_size, info.max_entries),
-                expected: describe(spec.kind as u32, spec.key_size, spec.value_size, spec.max_entries),
+                found: describe(
+                    info.map_type,
+                    info.key_size,
+                    info.value_size,
+                    info.max_entries,
+                ),
+                expected: describe(
+                    spec.kind as u32,
+                    spec.key_size,
+                    spec.value_size,
+                    spec.max_entries,
+                ),
             });
         }
-        Ok(Self { name: spec.name, fd, info })
+        Ok(Self {
+            name: spec.name,
+            fd,
+            info,
+        })
     }
 
     /// Map name.
@@ -76,7 +96,10 @@ impl MapHandle {
     }
 
     fn err(&self, source: SysError) -> MapError {
-        MapError::Sys { map: self.name.into(), source }
+        MapError::Sys {
+            map: self.name.into(),
+            source,
+        }
     }
 
     /// Reads one value.
@@ -91,7 +114,8 @@ impl MapHandle {
 
     /// Writes one value (create or overwrite).
     pub fn put<K: MapPod, V: MapPod>(&self, key: &K, value: &V) -> Result<(), MapError> {
-        sys::map_update(self.fd(), key.as_bytes(), value.as_bytes(), sys::BPF_ANY).map_err(|e| self.err(e))
+        sys::map_update(self.fd(), key.as_bytes(), value.as_bytes(), sys::BPF_ANY)
+            .map_err(|e| self.err(e))
     }
 
     /// Deletes one key; `false` when it was absent.
@@ -105,8 +129,12 @@ impl MapHandle {
         let mut cur: Option<K> = None;
         loop {
             let mut next = K::default();
-            let found = sys::map_next_key(self.fd(), cur.as_ref().map(|k| k.as_bytes()), next.as_bytes_mut())
-                .map_err(|e| self.err(e))?;
+            let found = sys::map_next_key(
+                self.fd(),
+                cur.as_ref().map(|k| k.as_bytes()),
+                next.as_bytes_mut(),
+            )
+            .map_err(|e| self.err(e))?;
             if !found {
                 return Ok(out);
             }
@@ -131,6 +159,9 @@ impl MapHandle {
     pub fn percpu_sum(&self, slot: u32, cpus: usize) -> Result<u64, MapError> {
         let mut buf = vec![0u8; 8 * cpus];
         sys::map_lookup(self.fd(), &slot.to_ne_bytes(), &mut buf).map_err(|e| self.err(e))?;
-        Ok(buf.chunks_exact(8).map(|c| u64::from_ne_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]])).sum())
+        Ok(buf
+            .chunks_exact(8)
+            .map(|c| u64::from_ne_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+            .sum())
     }
 }

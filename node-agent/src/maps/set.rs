@@ -4,12 +4,12 @@ use std::collections::BTreeMap;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
-use baton_ebpf::{
-    map_spec, BackendKey, BackendValue, Counter, EndpointKey, EndpointValue, FrontendKey, FrontendValue, MetaValue,
-    ServiceKey, ServiceValue, MAPS,
-};
 use super::{MapError, MapHandle};
 use crate::sys;
+use baton_ebpf::{
+    map_spec, BackendKey, BackendValue, Counter, EndpointKey, EndpointValue, FrontendKey,
+    FrontendValue, MetaValue, ServiceKey, ServiceValue, MAPS,
+};
 
 /// Handles on every datapath map.
 #[derive(Debug)]
@@ -65,8 +65,12 @@ impl MapSet {
     pub fn open_pinned(pin_dir: &Path) -> Result<Self, MapError> {
         let mut fds = BTreeMap::new();
         for spec in MAPS.iter() {
-            let fd = sys::obj_get(&map_pin_path(pin_dir, spec.name))
-                .map_err(|source| MapError::Sys { map: spec.name.into(), source })?;
+            let fd = sys::obj_get(&map_pin_path(pin_dir, spec.name)).map_err(|source| {
+                MapError::Sys {
+                    map: spec.name.into(),
+                    source,
+                }
+            })?;
             fds.insert(spec.name, fd);
         }
         Self::from_fds(fds)
@@ -74,7 +78,14 @@ impl MapSet {
 
     /// Every handle, in [`MAPS`] order.
     pub fn all(&self) -> [&MapHandle; 6] {
-        [&self.frontend, &self.service, &self.endpoint, &self.backend, &self.counters, &self.meta]
+        [
+            &self.frontend,
+            &self.service,
+            &self.endpoint,
+            &self.backend,
+            &self.counters,
+            &self.meta,
+        ]
     }
 
     /// Reads one counter summed over CPUs.
@@ -95,10 +106,26 @@ impl MapSet {
     /// Copies the contents of the four lookup maps.
     pub fn snapshot(&self) -> Result<Snapshot, MapError> {
         Ok(Snapshot {
-            frontends: self.frontend.entries::<FrontendKey, FrontendValue>()?.into_iter().collect(),
-            services: self.service.entries::<ServiceKey, ServiceValue>()?.into_iter().collect(),
-            endpoints: self.endpoint.entries::<EndpointKey, EndpointValue>()?.into_iter().collect(),
-            backends: self.backend.entries::<BackendKey, BackendValue>()?.into_iter().collect(),
+            frontends: self
+                .frontend
+                .entries::<FrontendKey, FrontendValue>()?
+                .into_iter()
+                .collect(),
+            services: self
+                .service
+                .entries::<ServiceKey, ServiceValue>()?
+                .into_iter()
+                .collect(),
+            endpoints: self
+                .endpoint
+                .entries::<EndpointKey, EndpointValue>()?
+                .into_iter()
+                .collect(),
+            backends: self
+                .backend
+                .entries::<BackendKey, BackendValue>()?
+                .into_iter()
+                .collect(),
         })
     }
 

@@ -32,7 +32,11 @@ impl BucketPlan {
 pub fn plan(cur: &[u32], target: &[u32]) -> BucketPlan {
     let want: HashSet<u32> = target.iter().copied().collect();
     let have: HashSet<u32> = cur.iter().copied().collect();
-    let mut holes = cur.iter().enumerate().filter(|(_, u)| !want.contains(u)).map(|(i, _)| i);
+    let mut holes = cur
+        .iter()
+        .enumerate()
+        .filter(|(_, u)| !want.contains(u))
+        .map(|(i, _)| i);
     let mut after = cur.to_vec();
     let mut writes = Vec::new();
     let mut seen = HashSet::new();
@@ -64,12 +68,22 @@ pub fn plan(cur: &[u32], target: &[u32]) -> BucketPlan {
         }
         if m > 0 {
             let keep = after[0];
-            writes.extend(remaining.iter().copied().filter(|&h| h >= m).map(|h| (h, keep)));
+            writes.extend(
+                remaining
+                    .iter()
+                    .copied()
+                    .filter(|&h| h >= m)
+                    .map(|h| (h, keep)),
+            );
         }
         after.truncate(m);
         deletes = (m..n).collect();
     }
-    BucketPlan { writes, after, deletes }
+    BucketPlan {
+        writes,
+        after,
+        deletes,
+    }
 }
 
 #[cfg(test)]
@@ -82,10 +96,18 @@ mod tests {
         let p = plan(cur, target);
         let mut slots: Vec<Option<u32>> = cur.iter().map(|&u| Some(u)).collect();
         let count = cur.len();
-        let removed: HashSet<u32> = cur.iter().copied().filter(|u| !target.contains(u)).collect();
+        let removed: HashSet<u32> = cur
+            .iter()
+            .copied()
+            .filter(|u| !target.contains(u))
+            .collect();
         let visible_ok = |slots: &Vec<Option<u32>>, count: usize| {
             for i in 0..count {
-                assert!(slots.get(i).copied().flatten().is_some(), "hole at {} with count {count}", i + 1);
+                assert!(
+                    slots.get(i).copied().flatten().is_some(),
+                    "hole at {} with count {count}",
+                    i + 1
+                );
             }
         };
         for &(i, u) in &p.writes {
@@ -99,7 +121,11 @@ mod tests {
         let new_count = p.after.len();
         for i in 0..count.min(slots.len()) {
             if new_count > 0 {
-                assert!(!removed.contains(&slots[i].expect("visible")), "removed backend still at {}", i + 1);
+                assert!(
+                    !removed.contains(&slots[i].expect("visible")),
+                    "removed backend still at {}",
+                    i + 1
+                );
             }
         }
         // The count flips; then deletes.
@@ -157,7 +183,9 @@ mod tests {
     #[test]
     fn exhaustive_small_transitions() {
         // Every pair of subsets of {1..5} (as ordered lists): 32 x 32 cases.
-        let sets: Vec<Vec<u32>> = (0u32..32).map(|m| (1..=5).filter(|b| m & (1 << (b - 1)) != 0).collect()).collect();
+        let sets: Vec<Vec<u32>> = (0u32..32)
+            .map(|m| (1..=5).filter(|b| m & (1 << (b - 1)) != 0).collect())
+            .collect();
         for a in &sets {
             for b in &sets {
                 replay(a, b);

@@ -18,8 +18,8 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use baton_ebpf::{
-    raw_addr, BackendKey, BackendValue, EndpointKey, EndpointValue, FrontendKey, FrontendValue, LbPolicy, ServiceKey,
-    ServiceValue, PRIO_COUNT,
+    raw_addr, BackendKey, BackendValue, EndpointKey, EndpointValue, FrontendKey, FrontendValue,
+    LbPolicy, ServiceKey, ServiceValue, PRIO_COUNT,
 };
 use serde::Serialize;
 
@@ -82,7 +82,10 @@ struct Target {
 
 impl Target {
     fn of(spec: &ServiceSpec) -> Self {
-        let mut base = ServiceValue { lb_policy: spec.policy as u32, ..Default::default() };
+        let mut base = ServiceValue {
+            lb_policy: spec.policy as u32,
+            ..Default::default()
+        };
         for (i, p) in spec.ports.iter().enumerate().take(baton_ebpf::MAX_PORTS) {
             base.service_port[i] = u32::from(p.port);
             base.target_port[i] = u32::from(p.target_port);
@@ -90,18 +93,38 @@ impl Target {
         let mut buckets: [Vec<BackendValue>; PRIO_COUNT] = Default::default();
         for e in &spec.endpoints {
             // RANDOM balances over every endpoint: they all live in bucket 0.
-            let p = if spec.policy == LbPolicy::Random { 0 } else { usize::from(e.priority).min(PRIO_COUNT - 1) };
-            let bv = BackendValue { addr: raw_addr(e.address), port: u32::from(e.port) };
+            let p = if spec.policy == LbPolicy::Random {
+                0
+            } else {
+                usize::from(e.priority).min(PRIO_COUNT - 1)
+            };
+            let bv = BackendValue {
+                addr: raw_addr(e.address),
+                port: u32::from(e.port),
+            };
             if !buckets[p].contains(&bv) {
                 buckets[p].push(bv);
             }
         }
-        Self { vips: spec.vips.iter().map(|ip| FrontendKey { addr: raw_addr(*ip) }).collect(), base, buckets }
+        Self {
+            vips: spec
+                .vips
+                .iter()
+                .map(|ip| FrontendKey {
+                    addr: raw_addr(*ip),
+                })
+                .collect(),
+            base,
+            buckets,
+        }
     }
 }
 
 fn without_counts(v: &ServiceValue) -> ServiceValue {
-    ServiceValue { prio_endpoint_count: [0; PRIO_COUNT], ..*v }
+    ServiceValue {
+        prio_endpoint_count: [0; PRIO_COUNT],
+        ..*v
+    }
 }
 
 /// Errors that stop a whole sync (not one service).
@@ -129,7 +152,10 @@ impl Programmer {
 
     /// A view rebuilt from existing maps (restart from pins).
     pub fn adopt(maps: &MapSet) -> Result<Self, MapError> {
-        Ok(Self { state: State::adopt(&maps.snapshot()?), ..Self::default() })
+        Ok(Self {
+            state: State::adopt(&maps.snapshot()?),
+            ..Self::default()
+        })
     }
 
     /// The current view.
@@ -182,11 +208,20 @@ impl Programmer {
                 }
                 Err((e, undone)) => {
                     report.rolled_back += undone;
-                    report.failed.push(SyncFailure { service: spec.name.clone(), error: e.to_string() });
+                    report.failed.push(SyncFailure {
+                        service: spec.name.clone(),
+                        error: e.to_string(),
+                    });
                 }
             }
         }
-        let gone: Vec<String> = self.state.services.keys().filter(|n| !wanted.contains(n.as_str())).cloned().collect();
+        let gone: Vec<String> = self
+            .state
+            .services
+            .keys()
+            .filter(|n| !wanted.contains(n.as_str()))
+            .cloned()
+            .collect();
         for name in gone {
             match self.remove(maps, &name) {
                 Ok(w) => {
@@ -195,7 +230,10 @@ impl Programmer {
                 }
                 Err((e, undone)) => {
                     report.rolled_back += undone;
-                    report.failed.push(SyncFailure { service: name, error: e.to_string() });
+                    report.failed.push(SyncFailure {
+                        service: name,
+                        error: e.to_string(),
+                    });
                 }
             }
         }
@@ -203,7 +241,10 @@ impl Programmer {
             Ok(w) => report.writes += w,
             Err((e, undone)) => {
                 report.rolled_back += undone;
-                report.failed.push(SyncFailure { service: "(stale entries)".into(), error: e.to_string() });
+                report.failed.push(SyncFailure {
+                    service: "(stale entries)".into(),
+                    error: e.to_string(),
+                });
             }
         }
         report.duration = start.elapsed();
@@ -216,7 +257,8 @@ impl Programmer {
         if !st.services.keys().any(|n| n.starts_with(ADOPTED_PREFIX)) {
             return;
         }
-        let by_id: HashMap<u32, String> = st.services.iter().map(|(n, s)| (s.id, n.clone())).collect();
+        let by_id: HashMap<u32, String> =
+            st.services.iter().map(|(n, s)| (s.id, n.clone())).collect();
         for spec in &desired.services {
             if st.services.contains_key(&spec.name) {
                 continue;
@@ -224,7 +266,11 @@ impl Programmer {
             let owner = spec
                 .vips
                 .iter()
-                .filter_map(|ip| st.vip_owner.get(&FrontendKey { addr: raw_addr(*ip) }))
+                .filter_map(|ip| {
+                    st.vip_owner.get(&FrontendKey {
+                        addr: raw_addr(*ip),
+                    })
+                })
                 .filter_map(|id| by_id.get(id))
                 .find(|n| n.starts_with(ADOPTED_PREFIX) && st.services.contains_key(n.as_str()))
                 .cloned();
@@ -247,7 +293,10 @@ impl Programmer {
         svc.buckets.iter().zip(&t.buckets).all(|(cur, want)| {
             cur.len() == want.len()
                 && cur.iter().all(|uid| {
-                    self.state.backend_by_uid.get(uid).is_some_and(|bv| want.contains(bv))
+                    self.state
+                        .backend_by_uid
+                        .get(uid)
+                        .is_some_and(|bv| want.contains(bv))
                 })
         })
     }
@@ -256,7 +305,9 @@ impl Programmer {
     fn apply(&mut self, maps: &MapSet, name: &str, t: &Target) -> Result<usize, (MapError, usize)> {
         let st = &mut self.state;
         let existing = st.services.get(name).cloned();
-        let id = existing.as_ref().map_or_else(|| st.service_ids.alloc(), |s| s.id);
+        let id = existing
+            .as_ref()
+            .map_or_else(|| st.service_ids.alloc(), |s| s.id);
         // Fresh backend uids first, so the writes below only read the view.
         let mut fresh: HashMap<BackendValue, u32> = HashMap::new();
         for bv in t.buckets.iter().flatten() {
@@ -264,24 +315,50 @@ impl Programmer {
                 fresh.insert(*bv, st.backend_uids.alloc());
             }
         }
-        let uid_of = |bv: &BackendValue| st.backends.get(bv).map(|b| b.uid).or_else(|| fresh.get(bv).copied());
+        let uid_of = |bv: &BackendValue| {
+            st.backends
+                .get(bv)
+                .map(|b| b.uid)
+                .or_else(|| fresh.get(bv).copied())
+        };
         let targets: [Vec<u32>; PRIO_COUNT] =
             std::array::from_fn(|p| t.buckets[p].iter().filter_map(uid_of).collect::<Vec<u32>>());
         let empty: [Vec<u32>; PRIO_COUNT] = Default::default();
         let cur = existing.as_ref().map_or(&empty, |s| &s.buckets);
-        let plans: [bucket::BucketPlan; PRIO_COUNT] = std::array::from_fn(|p| bucket::plan(&cur[p], &targets[p]));
+        let plans: [bucket::BucketPlan; PRIO_COUNT] =
+            std::array::from_fn(|p| bucket::plan(&cur[p], &targets[p]));
         let mut value = t.base;
         for (p, plan) in plans.iter().enumerate() {
             value.prio_endpoint_count[p] = plan.after.len() as u32;
         }
 
         let mut txn = Txn::new(&mut self.faults);
-        let res = write_service(&mut txn, maps, st, id, existing.as_ref(), t, &fresh, &plans, &value);
+        let res = write_service(
+            &mut txn,
+            maps,
+            st,
+            id,
+            existing.as_ref(),
+            t,
+            &fresh,
+            &plans,
+            &value,
+        );
         match res {
             Ok(dead) => {
                 let writes = txn.commit();
                 let buckets = plans.map(|p| p.after);
-                commit_service(st, name, id, existing.as_ref(), t, fresh, buckets, value, dead);
+                commit_service(
+                    st,
+                    name,
+                    id,
+                    existing.as_ref(),
+                    t,
+                    fresh,
+                    buckets,
+                    value,
+                    dead,
+                );
                 Ok(writes)
             }
             Err(e) => {
@@ -301,7 +378,9 @@ impl Programmer {
 
     /// Removes one service in one transaction.
     fn remove(&mut self, maps: &MapSet, name: &str) -> Result<usize, (MapError, usize)> {
-        let Some(svc) = self.state.services.get(name).cloned() else { return Ok(0) };
+        let Some(svc) = self.state.services.get(name).cloned() else {
+            return Ok(0);
+        };
         let st = &self.state;
         let mut txn = Txn::new(&mut self.faults);
         let res = (|| -> Result<Vec<u32>, MapError> {
@@ -311,11 +390,19 @@ impl Programmer {
                     txn.delete(&maps.frontend, vip, &fv)?;
                 }
             }
-            txn.delete(&maps.service, &ServiceKey { service_id: svc.id }, &svc.value)?;
+            txn.delete(
+                &maps.service,
+                &ServiceKey { service_id: svc.id },
+                &svc.value,
+            )?;
             for (p, bucket) in svc.buckets.iter().enumerate() {
                 for (i, &uid) in bucket.iter().enumerate() {
                     if uid != MISSING {
-                        let key = EndpointKey { service_id: svc.id, prio: p as u32, backend_index: i as u32 + 1 };
+                        let key = EndpointKey {
+                            service_id: svc.id,
+                            prio: p as u32,
+                            backend_index: i as u32 + 1,
+                        };
                         txn.delete(&maps.endpoint, &key, &EndpointValue { backend_uid: uid })?;
                     }
                 }
@@ -354,7 +441,12 @@ impl Programmer {
     /// Deletes entries found at adoption that no service accounts for, and unreferenced backends.
     fn collect_garbage(&mut self, maps: &MapSet) -> Result<usize, (MapError, usize)> {
         let st = &self.state;
-        let orphans: Vec<u32> = st.backends.values().filter(|b| b.refs == 0).map(|b| b.uid).collect();
+        let orphans: Vec<u32> = st
+            .backends
+            .values()
+            .filter(|b| b.refs == 0)
+            .map(|b| b.uid)
+            .collect();
         if st.stale.is_empty() && orphans.is_empty() {
             return Ok(0);
         }
@@ -391,7 +483,6 @@ impl Programmer {
             }
         }
     }
-
 }
 
 /// Rolls `txn` back; the flag says the rollback itself failed.
@@ -431,9 +522,21 @@ fn write_service<'m>(
     let mut written: Vec<HashMap<usize, u32>> = vec![HashMap::new(); PRIO_COUNT];
     for (p, plan) in plans.iter().enumerate() {
         for &(i, uid) in &plan.writes {
-            let key = EndpointKey { service_id: id, prio: p as u32, backend_index: i as u32 + 1 };
-            let prev = cur[p].get(i).filter(|&&u| u != MISSING).map(|&u| EndpointValue { backend_uid: u });
-            txn.put(&maps.endpoint, &key, &EndpointValue { backend_uid: uid }, prev.as_ref())?;
+            let key = EndpointKey {
+                service_id: id,
+                prio: p as u32,
+                backend_index: i as u32 + 1,
+            };
+            let prev = cur[p]
+                .get(i)
+                .filter(|&&u| u != MISSING)
+                .map(|&u| EndpointValue { backend_uid: u });
+            txn.put(
+                &maps.endpoint,
+                &key,
+                &EndpointValue { backend_uid: uid },
+                prev.as_ref(),
+            )?;
             written[p].insert(i, uid);
         }
     }
@@ -445,9 +548,17 @@ fn write_service<'m>(
     // 4. Tail keys, now past the count.
     for (p, plan) in plans.iter().enumerate() {
         for &i in &plan.deletes {
-            let prev = written[p].get(&i).copied().or_else(|| cur[p].get(i).copied()).filter(|&u| u != MISSING);
+            let prev = written[p]
+                .get(&i)
+                .copied()
+                .or_else(|| cur[p].get(i).copied())
+                .filter(|&u| u != MISSING);
             if let Some(uid) = prev {
-                let key = EndpointKey { service_id: id, prio: p as u32, backend_index: i as u32 + 1 };
+                let key = EndpointKey {
+                    service_id: id,
+                    prio: p as u32,
+                    backend_index: i as u32 + 1,
+                };
                 txn.delete(&maps.endpoint, &key, &EndpointValue { backend_uid: uid })?;
             }
         }
@@ -457,7 +568,12 @@ fn write_service<'m>(
     for vip in &t.vips {
         let owner = st.vip_owner.get(vip).copied();
         if owner != Some(id) {
-            txn.put(&maps.frontend, vip, &fv, owner.map(|o| FrontendValue { service_id: o }).as_ref())?;
+            txn.put(
+                &maps.frontend,
+                vip,
+                &fv,
+                owner.map(|o| FrontendValue { service_id: o }).as_ref(),
+            )?;
         }
     }
     if let Some(svc) = existing {
@@ -490,7 +606,12 @@ fn dead_backends(st: &State, before: &[Vec<u32>; PRIO_COUNT], after: &[Vec<u32>]
     let mut dead: Vec<u32> = delta
         .into_iter()
         .filter(|&(uid, d)| {
-            d < 0 && st.backend_by_uid.get(&uid).and_then(|bv| st.backends.get(bv)).is_some_and(|b| i64::from(b.refs) + d <= 0)
+            d < 0
+                && st
+                    .backend_by_uid
+                    .get(&uid)
+                    .and_then(|bv| st.backends.get(bv))
+                    .is_some_and(|b| i64::from(b.refs) + d <= 0)
         })
         .map(|(uid, _)| uid)
         .collect();
@@ -500,7 +621,11 @@ fn dead_backends(st: &State, before: &[Vec<u32>; PRIO_COUNT], after: &[Vec<u32>]
 
 fn adjust_refs(st: &mut State, buckets: &[Vec<u32>; PRIO_COUNT], sign: i32) {
     for &uid in buckets.iter().flatten().filter(|&&u| u != MISSING) {
-        if let Some(b) = st.backend_by_uid.get(&uid).and_then(|bv| st.backends.get_mut(bv)) {
+        if let Some(b) = st
+            .backend_by_uid
+            .get(&uid)
+            .and_then(|bv| st.backends.get_mut(bv))
+        {
             b.refs = b.refs.saturating_add_signed(sign);
         }
     }
@@ -549,5 +674,13 @@ fn commit_service(
             }
         }
     }
-    st.services.insert(name.to_string(), Svc { id, vips: t.vips.clone(), value, buckets });
+    st.services.insert(
+        name.to_string(),
+        Svc {
+            id,
+            vips: t.vips.clone(),
+            value,
+            buckets,
+        },
+    );
 }

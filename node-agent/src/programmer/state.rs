@@ -4,8 +4,8 @@
 use std::collections::{BTreeMap, HashMap};
 
 use baton_ebpf::{
-    BackendKey, BackendValue, EndpointKey, EndpointValue, FrontendKey, FrontendValue, ServiceKey, ServiceValue,
-    PRIO_COUNT,
+    BackendKey, BackendValue, EndpointKey, EndpointValue, FrontendKey, FrontendValue, ServiceKey,
+    ServiceValue, PRIO_COUNT,
 };
 
 use crate::maps::Snapshot;
@@ -115,7 +115,13 @@ impl State {
                 st.stale.backends.push((*k, *v));
                 continue;
             }
-            st.backends.insert(*v, Backend { uid: k.backend_uid, refs: 0 });
+            st.backends.insert(
+                *v,
+                Backend {
+                    uid: k.backend_uid,
+                    refs: 0,
+                },
+            );
             by_uid.insert(k.backend_uid, *v);
         }
         let mut accounted = std::collections::HashSet::new();
@@ -124,7 +130,11 @@ impl State {
             let mut buckets: [Vec<u32>; PRIO_COUNT] = Default::default();
             for (p, bucket) in buckets.iter_mut().enumerate() {
                 for i in 1..=sv.prio_endpoint_count[p] {
-                    let key = EndpointKey { service_id: id, prio: p as u32, backend_index: i };
+                    let key = EndpointKey {
+                        service_id: id,
+                        prio: p as u32,
+                        backend_index: i,
+                    };
                     accounted.insert(key);
                     let uid = match snap.endpoints.get(&key) {
                         Some(ev) if by_uid.contains_key(&ev.backend_uid) => ev.backend_uid,
@@ -136,9 +146,18 @@ impl State {
                     bucket.push(uid);
                 }
             }
-            st.services.insert(format!("{ADOPTED_PREFIX}{id}"), Svc { id, vips: Vec::new(), value: *sv, buckets });
+            st.services.insert(
+                format!("{ADOPTED_PREFIX}{id}"),
+                Svc {
+                    id,
+                    vips: Vec::new(),
+                    value: *sv,
+                    buckets,
+                },
+            );
         }
-        let ids: HashMap<u32, String> = st.services.iter().map(|(n, s)| (s.id, n.clone())).collect();
+        let ids: HashMap<u32, String> =
+            st.services.iter().map(|(n, s)| (s.id, n.clone())).collect();
         for (fk, fv) in &snap.frontends {
             match ids.get(&fv.service_id).and_then(|n| st.services.get_mut(n)) {
                 Some(svc) => {
@@ -165,11 +184,16 @@ impl State {
     pub fn expected(&self) -> Snapshot {
         let mut s = Snapshot::default();
         for svc in self.services.values() {
-            s.services.insert(ServiceKey { service_id: svc.id }, svc.value);
+            s.services
+                .insert(ServiceKey { service_id: svc.id }, svc.value);
             for (p, bucket) in svc.buckets.iter().enumerate() {
                 for (i, &uid) in bucket.iter().enumerate() {
                     if uid != MISSING {
-                        let key = EndpointKey { service_id: svc.id, prio: p as u32, backend_index: i as u32 + 1 };
+                        let key = EndpointKey {
+                            service_id: svc.id,
+                            prio: p as u32,
+                            backend_index: i as u32 + 1,
+                        };
                         s.endpoints.insert(key, EndpointValue { backend_uid: uid });
                     }
                 }
@@ -195,6 +219,9 @@ impl State {
 
     /// Total endpoint slots programmed.
     pub fn endpoint_count(&self) -> usize {
-        self.services.values().map(|s| s.buckets.iter().map(Vec::len).sum::<usize>()).sum()
+        self.services
+            .values()
+            .map(|s| s.buckets.iter().map(Vec::len).sum::<usize>())
+            .sum()
     }
 }

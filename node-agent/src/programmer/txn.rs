@@ -21,7 +21,11 @@ pub struct FaultPlan {
 impl FaultPlan {
     /// Fails write number `n` (0-based) with `errno`.
     pub fn fail_at(n: u64, errno: Errno) -> Self {
-        Self { fail_write: Some(n), errno: Some(errno), writes: 0 }
+        Self {
+            fail_write: Some(n),
+            errno: Some(errno),
+            writes: 0,
+        }
     }
 
     /// Writes attempted so far under this plan.
@@ -34,7 +38,10 @@ impl FaultPlan {
         self.writes += 1;
         if self.fail_write == Some(n) {
             let errno = self.errno.unwrap_or(Errno::ENOMEM);
-            return Err(MapError::Sys { map: map.name().into(), source: SysError { op, errno } });
+            return Err(MapError::Sys {
+                map: map.name().into(),
+                source: SysError { op, errno },
+            });
         }
         Ok(())
     }
@@ -42,7 +49,11 @@ impl FaultPlan {
 
 enum Undo<'m> {
     /// Restore `prev` (or delete when `None`).
-    Restore { map: &'m MapHandle, key: Vec<u8>, prev: Option<Vec<u8>> },
+    Restore {
+        map: &'m MapHandle,
+        key: Vec<u8>,
+        prev: Option<Vec<u8>>,
+    },
 }
 
 /// An open transaction over the datapath maps.
@@ -55,24 +66,47 @@ pub struct Txn<'m, 'f> {
 impl<'m, 'f> Txn<'m, 'f> {
     /// Starts a transaction.
     pub fn new(faults: &'f mut FaultPlan) -> Self {
-        Self { undo: Vec::new(), faults, writes: 0 }
+        Self {
+            undo: Vec::new(),
+            faults,
+            writes: 0,
+        }
     }
 
     /// Writes `key` → `value`; `prev` is what the agent knows is there now.
-    pub fn put<K: MapPod, V: MapPod>(&mut self, map: &'m MapHandle, key: &K, value: &V, prev: Option<&V>) -> Result<(), MapError> {
+    pub fn put<K: MapPod, V: MapPod>(
+        &mut self,
+        map: &'m MapHandle,
+        key: &K,
+        value: &V,
+        prev: Option<&V>,
+    ) -> Result<(), MapError> {
         self.faults.check(map, "map_update_elem")?;
         map.put(key, value)?;
         self.writes += 1;
-        self.undo.push(Undo::Restore { map, key: key.as_bytes().to_vec(), prev: prev.map(|p| p.as_bytes().to_vec()) });
+        self.undo.push(Undo::Restore {
+            map,
+            key: key.as_bytes().to_vec(),
+            prev: prev.map(|p| p.as_bytes().to_vec()),
+        });
         Ok(())
     }
 
     /// Deletes `key`, whose current value is `prev`.
-    pub fn delete<K: MapPod, V: MapPod>(&mut self, map: &'m MapHandle, key: &K, prev: &V) -> Result<(), MapError> {
+    pub fn delete<K: MapPod, V: MapPod>(
+        &mut self,
+        map: &'m MapHandle,
+        key: &K,
+        prev: &V,
+    ) -> Result<(), MapError> {
         self.faults.check(map, "map_delete_elem")?;
         map.delete(key)?;
         self.writes += 1;
-        self.undo.push(Undo::Restore { map, key: key.as_bytes().to_vec(), prev: Some(prev.as_bytes().to_vec()) });
+        self.undo.push(Undo::Restore {
+            map,
+            key: key.as_bytes().to_vec(),
+            prev: Some(prev.as_bytes().to_vec()),
+        });
         Ok(())
     }
 
@@ -94,11 +128,16 @@ impl<'m, 'f> Txn<'m, 'f> {
         for u in self.undo.into_iter().rev() {
             let Undo::Restore { map, key, prev } = u;
             let r = match prev {
-                Some(v) => crate::sys::map_update(map.fd(), &key, &v, crate::sys::BPF_ANY).map(|_| ()),
+                Some(v) => {
+                    crate::sys::map_update(map.fd(), &key, &v, crate::sys::BPF_ANY).map(|_| ())
+                }
                 None => crate::sys::map_delete(map.fd(), &key).map(|_| ()),
             };
             if let Err(source) = r {
-                first_err.get_or_insert(MapError::Sys { map: map.name().into(), source });
+                first_err.get_or_insert(MapError::Sys {
+                    map: map.name().into(),
+                    source,
+                });
             }
         }
         match first_err {

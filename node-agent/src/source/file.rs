@@ -103,7 +103,14 @@ pub fn parse(file: &str, text: &str, cap: &Capacity) -> Result<DesiredState, Sou
         .map(|s| ServiceSpec {
             name: s.name,
             vips: s.vips,
-            ports: s.ports.iter().map(|p| PortSpec { port: p.port, target_port: p.target_port.unwrap_or(p.port) }).collect(),
+            ports: s
+                .ports
+                .iter()
+                .map(|p| PortSpec {
+                    port: p.port,
+                    target_port: p.target_port.unwrap_or(p.port),
+                })
+                .collect(),
             policy: match s.policy {
                 FilePolicy::Random => LbPolicy::Random,
                 FilePolicy::Strict => LbPolicy::Strict,
@@ -112,7 +119,11 @@ pub fn parse(file: &str, text: &str, cap: &Capacity) -> Result<DesiredState, Sou
             endpoints: s
                 .endpoints
                 .iter()
-                .map(|e| EndpointSpec { address: e.address, port: e.port, priority: e.priority })
+                .map(|e| EndpointSpec {
+                    address: e.address,
+                    port: e.port,
+                    priority: e.priority,
+                })
                 .collect(),
         })
         .collect();
@@ -123,14 +134,20 @@ pub fn parse(file: &str, text: &str, cap: &Capacity) -> Result<DesiredState, Sou
     }
     Err(SourceError::Invalid {
         file: file.into(),
-        problems: invalid.into_iter().map(|i| (line_of(text, &i.path), i.path, i.reason)).collect(),
+        problems: invalid
+            .into_iter()
+            .map(|i| (line_of(text, &i.path), i.path, i.reason))
+            .collect(),
     })
 }
 
 /// Loads a services file.
 pub fn load(path: &Path, cap: &Capacity) -> Result<DesiredState, SourceError> {
     let file = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|source| SourceError::Read { file: file.clone(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| SourceError::Read {
+        file: file.clone(),
+        source,
+    })?;
     parse(&file, &text, cap)
 }
 
@@ -164,10 +181,17 @@ impl FileSource {
                     return None;
                 }
                 self.seen = Some(key);
-                return Some(Err(SourceError::Read { file: self.path.display().to_string(), source }));
+                return Some(Err(SourceError::Read {
+                    file: self.path.display().to_string(),
+                    source,
+                }));
             }
         };
-        let key = (meta.ok().and_then(|m| m.modified().ok()), text.len() as u64, fnv1a(&text));
+        let key = (
+            meta.ok().and_then(|m| m.modified().ok()),
+            text.len() as u64,
+            fnv1a(&text),
+        );
         if self.seen == Some(key) {
             return None;
         }
@@ -175,13 +199,19 @@ impl FileSource {
         let file = self.path.display().to_string();
         Some(match String::from_utf8(text) {
             Ok(t) => parse(&file, &t, cap),
-            Err(_) => Err(SourceError::Syntax { file, line: 0, message: "not UTF-8 text".into() }),
+            Err(_) => Err(SourceError::Syntax {
+                file,
+                line: 0,
+                message: "not UTF-8 text".into(),
+            }),
         })
     }
 }
 
 fn fnv1a(b: &[u8]) -> u64 {
-    b.iter().fold(0xcbf29ce484222325u64, |h, &c| (h ^ u64::from(c)).wrapping_mul(0x100000001b3))
+    b.iter().fold(0xcbf29ce484222325u64, |h, &c| {
+        (h ^ u64::from(c)).wrapping_mul(0x100000001b3)
+    })
 }
 
 #[cfg(test)]
@@ -208,14 +238,22 @@ services:
 ";
 
     fn err(text: &str) -> String {
-        parse("svc.yaml", text, &Capacity::default()).expect_err("must be rejected").to_string()
+        parse("svc.yaml", text, &Capacity::default())
+            .expect_err("must be rejected")
+            .to_string()
     }
 
     #[test]
     fn parses_a_good_file() {
         let s = parse("svc.yaml", GOOD, &Capacity::default()).expect("valid");
         assert_eq!(s.services.len(), 2);
-        assert_eq!(s.services[0].ports[0], PortSpec { port: 80, target_port: 8080 });
+        assert_eq!(
+            s.services[0].ports[0],
+            PortSpec {
+                port: 80,
+                target_port: 8080
+            }
+        );
         assert_eq!(s.services[0].policy, LbPolicy::Failover);
         assert_eq!(s.services[0].endpoints[1].priority, 1);
         assert_eq!(s.services[1].ports[0].target_port, 443);
@@ -232,36 +270,62 @@ services:
     #[test]
     fn unknown_policy_is_rejected() {
         let e = err(&GOOD.replace("failover", "roundrobin"));
-        assert!(e.starts_with("svc.yaml:7:") && e.contains("unknown variant `roundrobin`"), "{e}");
+        assert!(
+            e.starts_with("svc.yaml:7:") && e.contains("unknown variant `roundrobin`"),
+            "{e}"
+        );
     }
 
     #[test]
     fn port_out_of_range_is_rejected() {
         let e = err(&GOOD.replace("targetPort: 8080", "targetPort: 70000"));
-        assert!(e.starts_with("svc.yaml:6:") && e.contains("targetPort"), "{e}");
+        assert!(
+            e.starts_with("svc.yaml:6:") && e.contains("targetPort"),
+            "{e}"
+        );
         let e = err(&GOOD.replace("port: 80\n", "port: 0\n"));
-        assert!(e.starts_with("svc.yaml:5:") && e.contains("services[0].ports[0].port"), "{e}");
+        assert!(
+            e.starts_with("svc.yaml:5:") && e.contains("services[0].ports[0].port"),
+            "{e}"
+        );
     }
 
     #[test]
     fn duplicate_vip_points_at_the_second_use() {
         let e = err(&GOOD.replace("\"fd00::10\"", "10.96.0.10"));
-        assert!(e.starts_with("svc.yaml:13:") && e.contains("duplicate VIP 10.96.0.10"), "{e}");
+        assert!(
+            e.starts_with("svc.yaml:13:") && e.contains("duplicate VIP 10.96.0.10"),
+            "{e}"
+        );
     }
 
     #[test]
     fn mixed_families_and_bad_priority_are_rejected() {
         let e = err(&GOOD.replace("\"::1\"", "127.0.0.1"));
-        assert!(e.contains("svc.yaml:16: services[1].endpoints[0].address"), "{e}");
+        assert!(
+            e.contains("svc.yaml:16: services[1].endpoints[0].address"),
+            "{e}"
+        );
         let e = err(&GOOD.replace("priority: 1", "priority: 9"));
-        assert!(e.contains("svc.yaml:11: services[0].endpoints[1].priority"), "{e}");
+        assert!(
+            e.contains("svc.yaml:11: services[0].endpoints[1].priority"),
+            "{e}"
+        );
     }
 
     #[test]
     fn too_many_endpoints_for_the_maps() {
-        let cap = Capacity { endpoints: 2, ..Capacity::default() };
-        let e = parse("svc.yaml", GOOD, &cap).expect_err("over capacity").to_string();
-        assert!(e.contains("3 endpoints exceed the map capacity of 2"), "{e}");
+        let cap = Capacity {
+            endpoints: 2,
+            ..Capacity::default()
+        };
+        let e = parse("svc.yaml", GOOD, &cap)
+            .expect_err("over capacity")
+            .to_string();
+        assert!(
+            e.contains("3 endpoints exceed the map capacity of 2"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -25,7 +25,8 @@ pub fn line_of(text: &str, path: &str) -> usize {
     for (key, index) in segments(path) {
         let Some(k) = (lo..hi).find(|&i| {
             let t = lines[i].trim_start().trim_start_matches("- ");
-            indent(lines[i]) >= min_indent && (t.starts_with(&format!("{key}:")) || t.starts_with(&format!("\"{key}\":")))
+            indent(lines[i]) >= min_indent
+                && (t.starts_with(&format!("{key}:")) || t.starts_with(&format!("\"{key}\":")))
         }) else {
             break;
         };
@@ -33,7 +34,12 @@ pub fn line_of(text: &str, path: &str) -> usize {
         let key_indent = indent(lines[k]);
         // The key's block ends at the next line indented at or left of the key.
         let end = (k + 1..hi)
-            .find(|&i| !lines[i].trim().is_empty() && indent(lines[i]) <= key_indent && !lines[i].trim_start().starts_with("- ") || (indent(lines[i]) < key_indent && !lines[i].trim().is_empty()))
+            .find(|&i| {
+                !lines[i].trim().is_empty()
+                    && indent(lines[i]) <= key_indent
+                    && !lines[i].trim_start().starts_with("- ")
+                    || (indent(lines[i]) < key_indent && !lines[i].trim().is_empty())
+            })
             .unwrap_or(hi);
         let Some(idx) = index else {
             lo = k;
@@ -45,9 +51,14 @@ pub fn line_of(text: &str, path: &str) -> usize {
         if lines[k].contains('[') {
             break;
         }
-        let items: Vec<usize> = (k + 1..end).filter(|&i| lines[i].trim_start().starts_with("- ")).collect();
+        let items: Vec<usize> = (k + 1..end)
+            .filter(|&i| lines[i].trim_start().starts_with("- "))
+            .collect();
         let item_indent = items.first().map(|&i| indent(lines[i]));
-        let items: Vec<usize> = items.into_iter().filter(|&i| Some(indent(lines[i])) == item_indent).collect();
+        let items: Vec<usize> = items
+            .into_iter()
+            .filter(|&i| Some(indent(lines[i])) == item_indent)
+            .collect();
         let Some(&start) = items.get(idx) else { break };
         found = start + 1;
         lo = start;

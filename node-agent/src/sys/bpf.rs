@@ -49,10 +49,18 @@ pub struct SysError {
 fn sys_bpf<T>(cmd: u32, attr: &mut T, op: &'static str) -> Result<i64, SysError> {
     // SAFETY: attr is a properly sized, zero-padded #[repr(C)] bpf_attr variant.
     let ret = unsafe {
-        libc::syscall(libc::SYS_bpf, cmd as libc::c_long, attr as *mut T as *mut libc::c_void, std::mem::size_of::<T>())
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd as libc::c_long,
+            attr as *mut T as *mut libc::c_void,
+            std::mem::size_of::<T>(),
+        )
     };
     if ret < 0 {
-        Err(SysError { op, errno: Errno::last() })
+        Err(SysError {
+            op,
+            errno: Errno::last(),
+        })
     } else {
         Ok(ret)
     }
@@ -89,7 +97,12 @@ pub fn map_lookup(fd: BorrowedFd<'_>, key: &[u8], value: &mut [u8]) -> Result<bo
 }
 
 /// Writes `key` → `value` with `flags` (BPF_ANY / BPF_NOEXIST / BPF_EXIST).
-pub fn map_update(fd: BorrowedFd<'_>, key: &[u8], value: &[u8], flags: u64) -> Result<(), SysError> {
+pub fn map_update(
+    fd: BorrowedFd<'_>,
+    key: &[u8],
+    value: &[u8],
+    flags: u64,
+) -> Result<(), SysError> {
     let mut a = ElemAttr {
         map_fd: fd.as_raw_fd() as u32,
         key: key.as_ptr() as u64,
@@ -102,7 +115,11 @@ pub fn map_update(fd: BorrowedFd<'_>, key: &[u8], value: &[u8], flags: u64) -> R
 
 /// Deletes `key`; `Ok(false)` when it was absent.
 pub fn map_delete(fd: BorrowedFd<'_>, key: &[u8]) -> Result<bool, SysError> {
-    let mut a = ElemAttr { map_fd: fd.as_raw_fd() as u32, key: key.as_ptr() as u64, ..Default::default() };
+    let mut a = ElemAttr {
+        map_fd: fd.as_raw_fd() as u32,
+        key: key.as_ptr() as u64,
+        ..Default::default()
+    };
     match sys_bpf(BPF_MAP_DELETE_ELEM, &mut a, "map_delete_elem") {
         Ok(_) => Ok(true),
         Err(e) if e.errno == Errno::ENOENT => Ok(false),
@@ -111,7 +128,11 @@ pub fn map_delete(fd: BorrowedFd<'_>, key: &[u8]) -> Result<bool, SysError> {
 }
 
 /// The key after `key` (the first key when `None`); `Ok(false)` at the end.
-pub fn map_next_key(fd: BorrowedFd<'_>, key: Option<&[u8]>, next: &mut [u8]) -> Result<bool, SysError> {
+pub fn map_next_key(
+    fd: BorrowedFd<'_>,
+    key: Option<&[u8]>,
+    next: &mut [u8],
+) -> Result<bool, SysError> {
     let mut a = ElemAttr {
         map_fd: fd.as_raw_fd() as u32,
         key: key.map_or(0, |k| k.as_ptr() as u64),
@@ -136,20 +157,31 @@ struct ObjAttr {
 /// Pins `fd` at `path` on a bpffs.
 pub fn obj_pin(fd: BorrowedFd<'_>, path: &Path) -> Result<(), SysError> {
     let c = cpath(path, "obj_pin")?;
-    let mut a = ObjAttr { pathname: c.as_ptr() as u64, bpf_fd: fd.as_raw_fd() as u32, file_flags: 0 };
+    let mut a = ObjAttr {
+        pathname: c.as_ptr() as u64,
+        bpf_fd: fd.as_raw_fd() as u32,
+        file_flags: 0,
+    };
     sys_bpf(BPF_OBJ_PIN, &mut a, "obj_pin").map(|_| ())
 }
 
 /// Opens the object pinned at `path`.
 pub fn obj_get(path: &Path) -> Result<OwnedFd, SysError> {
     let c = cpath(path, "obj_get")?;
-    let mut a = ObjAttr { pathname: c.as_ptr() as u64, bpf_fd: 0, file_flags: 0 };
+    let mut a = ObjAttr {
+        pathname: c.as_ptr() as u64,
+        bpf_fd: 0,
+        file_flags: 0,
+    };
     sys_bpf(BPF_OBJ_GET, &mut a, "obj_get").map(owned)
 }
 
 fn cpath(path: &Path, op: &'static str) -> Result<CString, SysError> {
     use std::os::unix::ffi::OsStrExt;
-    CString::new(path.as_os_str().as_bytes()).map_err(|_| SysError { op, errno: Errno::EINVAL })
+    CString::new(path.as_os_str().as_bytes()).map_err(|_| SysError {
+        op,
+        errno: Errno::EINVAL,
+    })
 }
 
 #[repr(C)]
@@ -200,7 +232,11 @@ pub struct MapInfo {
 impl MapInfo {
     /// The map's name as a string.
     pub fn name(&self) -> String {
-        let end = self.name.iter().position(|&c| c == 0).unwrap_or(self.name.len());
+        let end = self
+            .name
+            .iter()
+            .position(|&c| c == 0)
+            .unwrap_or(self.name.len());
         String::from_utf8_lossy(&self.name[..end]).into_owned()
     }
 }
@@ -272,7 +308,11 @@ struct LinkCreateAttr {
 }
 
 /// Attaches `prog` to the cgroup `cgroup` with a new bpf_link.
-pub fn link_create(prog: BorrowedFd<'_>, cgroup: BorrowedFd<'_>, attach: AttachType) -> Result<OwnedFd, SysError> {
+pub fn link_create(
+    prog: BorrowedFd<'_>,
+    cgroup: BorrowedFd<'_>,
+    attach: AttachType,
+) -> Result<OwnedFd, SysError> {
     let mut a = LinkCreateAttr {
         prog_fd: prog.as_raw_fd() as u32,
         target_fd: cgroup.as_raw_fd() as u32,
@@ -293,11 +333,19 @@ struct LinkUpdateAttr {
 
 /// Atomically replaces the program of a link. With `expected_old`, the kernel
 /// refuses (EPERM) when the link no longer runs that program.
-pub fn link_update(link: BorrowedFd<'_>, new_prog: BorrowedFd<'_>, expected_old: Option<BorrowedFd<'_>>) -> Result<(), SysError> {
+pub fn link_update(
+    link: BorrowedFd<'_>,
+    new_prog: BorrowedFd<'_>,
+    expected_old: Option<BorrowedFd<'_>>,
+) -> Result<(), SysError> {
     let mut a = LinkUpdateAttr {
         link_fd: link.as_raw_fd() as u32,
         new_prog_fd: new_prog.as_raw_fd() as u32,
-        flags: if expected_old.is_some() { BPF_F_REPLACE } else { 0 },
+        flags: if expected_old.is_some() {
+            BPF_F_REPLACE
+        } else {
+            0
+        },
         old_prog_fd: expected_old.map_or(0, |f| f.as_raw_fd() as u32),
     };
     sys_bpf(BPF_LINK_UPDATE, &mut a, "link_update").map(|_| ())

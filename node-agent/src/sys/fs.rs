@@ -37,8 +37,10 @@ pub enum FsError {
 }
 
 fn fs_magic(path: &Path) -> Result<i64, FsError> {
-    let st = nix::sys::statfs::statfs(path)
-        .map_err(|e| FsError::Io { path: path.display().to_string(), source: e.into() })?;
+    let st = nix::sys::statfs::statfs(path).map_err(|e| FsError::Io {
+        path: path.display().to_string(),
+        source: e.into(),
+    })?;
     Ok(st.filesystem_type().0 as i64)
 }
 
@@ -49,7 +51,10 @@ pub fn is_bpffs(path: &Path) -> Result<bool, FsError> {
 
 /// Makes sure `dir` exists on a bpffs, mounting one there when `mount` is set.
 pub fn ensure_bpffs(dir: &Path, mount: bool) -> Result<(), FsError> {
-    std::fs::create_dir_all(dir).map_err(|e| FsError::Io { path: dir.display().to_string(), source: e })?;
+    std::fs::create_dir_all(dir).map_err(|e| FsError::Io {
+        path: dir.display().to_string(),
+        source: e,
+    })?;
     if is_bpffs(dir)? {
         return Ok(());
     }
@@ -60,8 +65,17 @@ pub fn ensure_bpffs(dir: &Path, mount: bool) -> Result<(), FsError> {
             hint: format!("mount -t bpf bpf {}", dir.display()),
         });
     }
-    nix::mount::mount(Some("bpf"), dir, Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>)
-        .map_err(|source| FsError::Mount { path: dir.display().to_string(), source })
+    nix::mount::mount(
+        Some("bpf"),
+        dir,
+        Some("bpf"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .map_err(|source| FsError::Mount {
+        path: dir.display().to_string(),
+        source,
+    })
 }
 
 /// Checks that `dir` is a cgroup v2 directory.
@@ -82,6 +96,7 @@ pub fn find_cgroup2_mount() -> Option<std::path::PathBuf> {
     let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
     info.lines().find_map(|l| {
         let (pre, post) = l.split_once(" - ")?;
-        (post.split_whitespace().next()? == "cgroup2").then(|| pre.split_whitespace().nth(4).map(std::path::PathBuf::from))?
+        (post.split_whitespace().next()? == "cgroup2")
+            .then(|| pre.split_whitespace().nth(4).map(std::path::PathBuf::from))?
     })
 }

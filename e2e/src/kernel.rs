@@ -1,6 +1,5 @@
 //! Test environment on the real kernel: a child cgroup of its own, a private
 //! bpffs mount for pins, everything removed on drop (also when a test fails).
-#![allow(dead_code)]
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -38,14 +37,29 @@ impl TestEnv {
         let dir = tempfile::tempdir().expect("tempdir");
         let pin_dir = dir.path().join("bpf");
         std::fs::create_dir(&pin_dir).expect("mkdir pin dir");
-        nix::mount::mount(Some("bpf"), &pin_dir, Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>)
-            .expect("mount bpffs");
-        Self { cgroup, pin_dir, dir }
+        nix::mount::mount(
+            Some("bpf"),
+            &pin_dir,
+            Some("bpf"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .expect("mount bpffs");
+        Self {
+            cgroup,
+            pin_dir,
+            dir,
+        }
     }
 
     /// Datapath config for this sandbox.
     pub fn config(&self) -> DatapathConfig {
-        DatapathConfig { pin_dir: self.pin_dir.clone(), cgroup: self.cgroup.clone(), mount_bpffs: false, max_entries: BTreeMap::new() }
+        DatapathConfig {
+            pin_dir: self.pin_dir.clone(),
+            cgroup: self.cgroup.clone(),
+            mount_bpffs: false,
+            max_entries: BTreeMap::new(),
+        }
     }
 
     /// Path inside the scratch directory.
@@ -57,7 +71,10 @@ impl TestEnv {
 fn kill_members(cgroup: &Path) {
     if let Ok(procs) = std::fs::read_to_string(cgroup.join("cgroup.procs")) {
         for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
     }
 }
@@ -73,6 +90,9 @@ impl Drop for TestEnv {
             }
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
-        eprintln!("warning: could not remove test cgroup {}", self.cgroup.display());
+        eprintln!(
+            "warning: could not remove test cgroup {}",
+            self.cgroup.display()
+        );
     }
 }
