@@ -2,7 +2,8 @@
 use std::{env, path::PathBuf, process::Command};
 
 fn main() {
-    let manifest = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let manifest =
+        PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let out = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     let src = manifest.join("src/bpf/baton.bpf.c");
     println!("cargo:rerun-if-changed=src/bpf");
@@ -17,7 +18,12 @@ fn main() {
         .and_then(|o| String::from_utf8(o.stdout).ok())
         .map(|s| s.trim().to_string())
         .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| format!("{}-linux-gnu", env::var("CARGO_CFG_TARGET_ARCH").unwrap_or_default()));
+        .unwrap_or_else(|| {
+            format!(
+                "{}-linux-gnu",
+                env::var("CARGO_CFG_TARGET_ARCH").unwrap_or_default()
+            )
+        });
 
     let obj = out.join("baton.bpf.o");
     let status = Command::new(&clang)
@@ -35,7 +41,11 @@ fn main() {
                  or set CLANG to a clang binary"
             )
         });
-    assert!(status.success(), "{clang} failed to compile {}", src.display());
+    assert!(
+        status.success(),
+        "{clang} failed to compile {}",
+        src.display()
+    );
 }
 
 /// `CLANG` if set, else the first of clang-19 / clang found on PATH.
@@ -44,7 +54,10 @@ fn find_clang() -> String {
         return c;
     }
     for candidate in ["clang-19", "clang"] {
-        let found = Command::new(candidate).arg("--version").output().map(|o| o.status.success());
+        let found = Command::new(candidate)
+            .arg("--version")
+            .output()
+            .map(|o| o.status.success());
         if matches!(found, Ok(true)) {
             return candidate.to_string();
         }

@@ -213,14 +213,20 @@ fn u32_at(b: &[u8], off: usize) -> Result<u32, BtfError> {
 fn str_at(strings: &[u8], off: u32) -> Result<String, BtfError> {
     let start = off as usize;
     let tail = strings.get(start..).ok_or(BtfError::Truncated(start))?;
-    let end = tail.iter().position(|&c| c == 0).ok_or(BtfError::Truncated(start))?;
+    let end = tail
+        .iter()
+        .position(|&c| c == 0)
+        .ok_or(BtfError::Truncated(start))?;
     Ok(String::from_utf8_lossy(&tail[..end]).into_owned())
 }
 
 impl Btf {
     /// Parses a raw little-endian BTF blob (as in `.BTF` or from the kernel).
     pub fn parse(b: &[u8]) -> Result<Self, BtfError> {
-        let magic = b.get(0..2).map(|s| u16::from_le_bytes([s[0], s[1]])).ok_or(BtfError::Truncated(0))?;
+        let magic = b
+            .get(0..2)
+            .map(|s| u16::from_le_bytes([s[0], s[1]]))
+            .ok_or(BtfError::Truncated(0))?;
         if magic != BTF_MAGIC {
             return Err(BtfError::BadMagic(magic));
         }
@@ -230,9 +236,13 @@ impl Btf {
         let str_off = u32_at(b, 16)? as usize;
         let str_len = u32_at(b, 20)? as usize;
         let types_start = hdr_len + type_off;
-        let tsec = b.get(types_start..types_start + type_len).ok_or(BtfError::Truncated(types_start))?;
+        let tsec = b
+            .get(types_start..types_start + type_len)
+            .ok_or(BtfError::Truncated(types_start))?;
         let str_start = hdr_len + str_off;
-        let strings = b.get(str_start..str_start + str_len).ok_or(BtfError::Truncated(str_start))?;
+        let strings = b
+            .get(str_start..str_start + str_len)
+            .ok_or(BtfError::Truncated(str_start))?;
 
         let mut types = vec![Type::Void];
         let mut by_name = HashMap::new();
@@ -250,7 +260,12 @@ impl Btf {
                 KIND_INT => {
                     let enc = u32_at(tsec, off)?;
                     off += 4;
-                    Type::Int { name: name.clone(), size: size_or_type, bits: enc & 0xff, signed: (enc >> 24) & 1 == 1 }
+                    Type::Int {
+                        name: name.clone(),
+                        size: size_or_type,
+                        bits: enc & 0xff,
+                        signed: (enc >> 24) & 1 == 1,
+                    }
                 }
                 KIND_PTR => Type::Ptr,
                 KIND_ARRAY => {
@@ -266,42 +281,81 @@ impl Btf {
                         let type_id = u32_at(tsec, off + 4)?;
                         let raw_off = u32_at(tsec, off + 8)?;
                         off += 12;
-                        let (bit_offset, bitfield_size) =
-                            if kind_flag { (raw_off & 0xff_ffff, raw_off >> 24) } else { (raw_off, 0) };
-                        members.push(RawMember { name: mname, type_id, bit_offset, bitfield_size });
+                        let (bit_offset, bitfield_size) = if kind_flag {
+                            (raw_off & 0xff_ffff, raw_off >> 24)
+                        } else {
+                            (raw_off, 0)
+                        };
+                        members.push(RawMember {
+                            name: mname,
+                            type_id,
+                            bit_offset,
+                            bitfield_size,
+                        });
                     }
-                    Type::Composite { name: name.clone(), size: size_or_type, union: kind == KIND_UNION, members }
+                    Type::Composite {
+                        name: name.clone(),
+                        size: size_or_type,
+                        union: kind == KIND_UNION,
+                        members,
+                    }
                 }
                 KIND_ENUM => {
                     off += 8 * vlen;
-                    Type::Enum { name: name.clone(), size: size_or_type }
+                    Type::Enum {
+                        name: name.clone(),
+                        size: size_or_type,
+                    }
                 }
                 KIND_ENUM64 => {
                     off += 12 * vlen;
-                    Type::Enum { name: name.clone(), size: size_or_type }
+                    Type::Enum {
+                        name: name.clone(),
+                        size: size_or_type,
+                    }
                 }
                 KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG => {
-                    Type::Alias { name: name.clone(), target: size_or_type }
+                    Type::Alias {
+                        name: name.clone(),
+                        target: size_or_type,
+                    }
                 }
-                KIND_FWD | KIND_FUNC | KIND_FLOAT => Type::Other { name: name.clone(), size: size_or_type },
+                KIND_FWD | KIND_FUNC | KIND_FLOAT => Type::Other {
+                    name: name.clone(),
+                    size: size_or_type,
+                },
                 KIND_FUNC_PROTO => {
                     off += 8 * vlen;
-                    Type::Other { name: name.clone(), size: 0 }
+                    Type::Other {
+                        name: name.clone(),
+                        size: 0,
+                    }
                 }
                 KIND_VAR | KIND_DECL_TAG => {
                     off += 4;
-                    Type::Other { name: name.clone(), size: 0 }
+                    Type::Other {
+                        name: name.clone(),
+                        size: 0,
+                    }
                 }
                 KIND_DATASEC => {
                     off += 12 * vlen;
-                    Type::Other { name: name.clone(), size: size_or_type }
+                    Type::Other {
+                        name: name.clone(),
+                        size: size_or_type,
+                    }
                 }
                 other => return Err(BtfError::UnknownKind { id, kind: other }),
             };
             if off > tsec.len() {
                 return Err(BtfError::Truncated(types_start + off));
             }
-            if !name.is_empty() && matches!(ty, Type::Composite { .. } | Type::Int { .. } | Type::Alias { .. }) {
+            if !name.is_empty()
+                && matches!(
+                    ty,
+                    Type::Composite { .. } | Type::Int { .. } | Type::Alias { .. }
+                )
+            {
                 by_name.entry(name).or_insert(id);
             }
             types.push(ty);
@@ -313,7 +367,9 @@ impl Btf {
     pub fn from_elf(elf: &[u8]) -> Result<Self, BtfError> {
         use object::{Object, ObjectSection};
         let file = object::File::parse(elf).map_err(|e| BtfError::Elf(e.to_string()))?;
-        let section = file.section_by_name(".BTF").ok_or_else(|| BtfError::Elf("no .BTF section".into()))?;
+        let section = file
+            .section_by_name(".BTF")
+            .ok_or_else(|| BtfError::Elf("no .BTF section".into()))?;
         let data = section.data().map_err(|e| BtfError::Elf(e.to_string()))?;
         Self::parse(data)
     }
@@ -344,13 +400,28 @@ impl Btf {
         }
         Ok(match self.get(id)? {
             Type::Void => Shape::Opaque { size: 0 },
-            Type::Int { size, signed, .. } => Shape::Int { size: *size, signed: *signed },
-            Type::Array { elem, len } => Shape::Array { elem: Box::new(self.shape_depth(*elem, depth + 1)?), len: *len },
-            Type::Composite { name, size, members, .. } => {
+            Type::Int { size, signed, .. } => Shape::Int {
+                size: *size,
+                signed: *signed,
+            },
+            Type::Array { elem, len } => Shape::Array {
+                elem: Box::new(self.shape_depth(*elem, depth + 1)?),
+                len: *len,
+            },
+            Type::Composite {
+                name,
+                size,
+                members,
+                ..
+            } => {
                 let mut out = Vec::with_capacity(members.len());
                 for m in members {
                     let shape = self.shape_depth(m.type_id, depth + 1)?;
-                    let size = if m.bitfield_size > 0 { m.bitfield_size.div_ceil(8) } else { shape.size() };
+                    let size = if m.bitfield_size > 0 {
+                        m.bitfield_size.div_ceil(8)
+                    } else {
+                        shape.size()
+                    };
                     out.push(Member {
                         name: m.name.clone(),
                         offset: m.bit_offset / 8,
@@ -360,7 +431,11 @@ impl Btf {
                         shape,
                     });
                 }
-                Shape::Struct { name: name.clone(), size: *size, members: out }
+                Shape::Struct {
+                    name: name.clone(),
+                    size: *size,
+                    members: out,
+                }
             }
             Type::Enum { size, .. } => Shape::Enum { size: *size },
             Type::Alias { target, .. } => self.shape_depth(*target, depth + 1)?,
@@ -376,14 +451,22 @@ mod tests {
 
     #[test]
     fn rejects_garbage() {
-        assert!(matches!(Btf::parse(&[1, 2, 3]), Err(BtfError::BadMagic(_)) | Err(BtfError::Truncated(_))));
-        assert!(matches!(Btf::parse(&[0x9f, 0xeb, 1, 0, 24, 0, 0, 0]), Err(BtfError::Truncated(_))));
+        assert!(matches!(
+            Btf::parse(&[1, 2, 3]),
+            Err(BtfError::BadMagic(_)) | Err(BtfError::Truncated(_))
+        ));
+        assert!(matches!(
+            Btf::parse(&[0x9f, 0xeb, 1, 0, 24, 0, 0, 0]),
+            Err(BtfError::Truncated(_))
+        ));
     }
 
     #[test]
     fn parses_the_datapath_object() {
         let btf = Btf::from_elf(crate::object()).expect("object has BTF");
-        let shape = btf.shape_by_name("endpoint_key").expect("endpoint_key in BTF");
+        let shape = btf
+            .shape_by_name("endpoint_key")
+            .expect("endpoint_key in BTF");
         let names: Vec<_> = shape.members().iter().map(|m| m.name.as_str()).collect();
         assert_eq!(names, ["service_id", "prio", "backend_index"]);
     }

@@ -21,13 +21,23 @@ pub unsafe trait MapPod: Copy + Default + 'static {
     /// The value's bytes as the kernel sees them.
     fn as_bytes(&self) -> &[u8] {
         // SAFETY: the trait contract guarantees a padding-free POD type.
-        unsafe { std::slice::from_raw_parts((self as *const Self).cast::<u8>(), std::mem::size_of::<Self>()) }
+        unsafe {
+            std::slice::from_raw_parts(
+                (self as *const Self).cast::<u8>(),
+                std::mem::size_of::<Self>(),
+            )
+        }
     }
 
     /// The value's bytes, writable (for the kernel to fill in).
     fn as_bytes_mut(&mut self) -> &mut [u8] {
         // SAFETY: any bit pattern is a valid value of a padding-free integer-only type.
-        unsafe { std::slice::from_raw_parts_mut((self as *mut Self).cast::<u8>(), std::mem::size_of::<Self>()) }
+        unsafe {
+            std::slice::from_raw_parts_mut(
+                (self as *mut Self).cast::<u8>(),
+                std::mem::size_of::<Self>(),
+            )
+        }
     }
 
     /// Reads a value from kernel bytes; `None` when the length differs.
@@ -44,7 +54,19 @@ pub unsafe trait MapPod: Copy + Default + 'static {
 macro_rules! pod {
     ($($t:ty),*) => { $(unsafe impl MapPod for $t {})* };
 }
-pod!(u32, u64, FrontendKey, FrontendValue, ServiceKey, ServiceValue, EndpointKey, EndpointValue, BackendKey, BackendValue, MetaValue);
+pod!(
+    u32,
+    u64,
+    FrontendKey,
+    FrontendValue,
+    ServiceKey,
+    ServiceValue,
+    EndpointKey,
+    EndpointValue,
+    BackendKey,
+    BackendValue,
+    MetaValue
+);
 
 /// A 16-byte address in network order; IPv4 is stored v4-mapped.
 pub type RawAddr = [u32; 4];
@@ -265,12 +287,60 @@ const fn size<T>() -> u32 {
 
 /// The maps of this build, in load order.
 pub const MAPS: [MapSpec; 6] = [
-    MapSpec { name: "frontend", kind: MapKind::Hash, key_size: size::<FrontendKey>(), value_size: size::<FrontendValue>(), max_entries: 131_072, key_type: "frontend_key", value_type: "frontend_value" },
-    MapSpec { name: "service", kind: MapKind::Hash, key_size: size::<ServiceKey>(), value_size: size::<ServiceValue>(), max_entries: 16_384, key_type: "service_key", value_type: "service_value" },
-    MapSpec { name: "endpoint", kind: MapKind::Hash, key_size: size::<EndpointKey>(), value_size: size::<EndpointValue>(), max_entries: 131_072, key_type: "endpoint_key", value_type: "endpoint_value" },
-    MapSpec { name: "backend", kind: MapKind::Hash, key_size: size::<BackendKey>(), value_size: size::<BackendValue>(), max_entries: 131_072, key_type: "backend_key", value_type: "backend_value" },
-    MapSpec { name: "counters", kind: MapKind::PerCpuArray, key_size: 4, value_size: 8, max_entries: COUNTER_SLOTS, key_type: "__u32", value_type: "__u64" },
-    MapSpec { name: "meta", kind: MapKind::Array, key_size: 4, value_size: size::<MetaValue>(), max_entries: 1, key_type: "__u32", value_type: "meta_value" },
+    MapSpec {
+        name: "frontend",
+        kind: MapKind::Hash,
+        key_size: size::<FrontendKey>(),
+        value_size: size::<FrontendValue>(),
+        max_entries: 131_072,
+        key_type: "frontend_key",
+        value_type: "frontend_value",
+    },
+    MapSpec {
+        name: "service",
+        kind: MapKind::Hash,
+        key_size: size::<ServiceKey>(),
+        value_size: size::<ServiceValue>(),
+        max_entries: 16_384,
+        key_type: "service_key",
+        value_type: "service_value",
+    },
+    MapSpec {
+        name: "endpoint",
+        kind: MapKind::Hash,
+        key_size: size::<EndpointKey>(),
+        value_size: size::<EndpointValue>(),
+        max_entries: 131_072,
+        key_type: "endpoint_key",
+        value_type: "endpoint_value",
+    },
+    MapSpec {
+        name: "backend",
+        kind: MapKind::Hash,
+        key_size: size::<BackendKey>(),
+        value_size: size::<BackendValue>(),
+        max_entries: 131_072,
+        key_type: "backend_key",
+        value_type: "backend_value",
+    },
+    MapSpec {
+        name: "counters",
+        kind: MapKind::PerCpuArray,
+        key_size: 4,
+        value_size: 8,
+        max_entries: COUNTER_SLOTS,
+        key_type: "__u32",
+        value_type: "__u64",
+    },
+    MapSpec {
+        name: "meta",
+        kind: MapKind::Array,
+        key_size: 4,
+        value_size: size::<MetaValue>(),
+        max_entries: 1,
+        key_type: "__u32",
+        value_type: "meta_value",
+    },
 ];
 
 /// Looks up a map of this build by name.
@@ -297,7 +367,11 @@ mod tests {
 
     #[test]
     fn pod_bytes_round_trip() {
-        let v = ServiceValue { prio_endpoint_count: [3, 0, 1, 0, 0, 0, 0], lb_policy: 2, ..Default::default() };
+        let v = ServiceValue {
+            prio_endpoint_count: [3, 0, 1, 0, 0, 0, 0],
+            lb_policy: 2,
+            ..Default::default()
+        };
         assert_eq!(ServiceValue::from_bytes(v.as_bytes()), Some(v));
         assert_eq!(ServiceValue::from_bytes(&[0u8; 3]), None);
     }
