@@ -2,3 +2,4 @@
 //! pods and drives hot upgrades of the node agent.
 
 pub mod crd;
+pub mod plan;

@@ -1,0 +1,128 @@
+//! What the planner tells the controller to do.
+
+use crate::crd::{NodePhase, RolloutPhase, Slot};
+
+use super::model::Memory;
+
+/// One step for the controller. Actions of one node are listed in the order
+/// they must run; nodes come in name order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Create the node's pair pod with `image` in slot a and the empty image in slot b.
+    CreatePod {
+        /// Node name.
+        node: String,
+        /// Agent image for the first slot.
+        image: String,
+    },
+    /// Delete the pair pod of a node that is no longer selected.
+    DeletePod {
+        /// Node name.
+        node: String,
+    },
+    /// Put `image` into the empty `slot` so its agent takes over (an upgrade).
+    StartUpgrade {
+        /// Node name.
+        node: String,
+        /// The empty slot that receives the new agent.
+        slot: Slot,
+        /// Image of the new agent.
+        image: String,
+    },
+    /// Like [`Action::StartUpgrade`], but handing back to the stable image after a failure.
+    StartRollback {
+        /// Node name.
+        node: String,
+        /// The empty slot that receives the stable agent.
+        slot: Slot,
+        /// The stable image.
+        image: String,
+    },
+    /// The handover committed: record `active` as active and park `retired` on the empty image.
+    FinishUpgrade {
+        /// Node name.
+        node: String,
+        /// The slot that now owns the datapath.
+        active: Slot,
+        /// The old slot, to reset to the empty image.
+        retired: Slot,
+    },
+    /// Record that `image` failed on the node (status, event, failure latch).
+    MarkFailed {
+        /// Node name.
+        node: String,
+        /// The image whose handover failed.
+        image: String,
+        /// Why, for the event and the node status.
+        reason: String,
+    },
+    /// Park a slot whose handover failed back on the empty image.
+    ResetStandby {
+        /// Node name.
+        node: String,
+        /// The slot that ran the failed agent.
+        slot: Slot,
+    },
+}
+
+impl Action {
+    /// The node this action touches.
+    pub fn node(&self) -> &str {
+        match self {
+            Action::CreatePod { node, .. }
+            | Action::DeletePod { node }
+            | Action::StartUpgrade { node, .. }
+            | Action::StartRollback { node, .. }
+            | Action::FinishUpgrade { node, .. }
+            | Action::MarkFailed { node, .. }
+            | Action::ResetStandby { node, .. } => node,
+        }
+    }
+}
+
+/// Counts over the selected nodes after the planned actions.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Summary {
+    /// Selected nodes.
+    pub nodes: u32,
+    /// Nodes whose active agent runs the spec's image, with no handover under way.
+    pub updated: u32,
+    /// Nodes whose active agent is ready.
+    pub ready: u32,
+    /// Nodes where the spec's image failed.
+    pub failed: u32,
+    /// Nodes with a handover under way (including those started by this plan).
+    pub upgrading: u32,
+    /// maxUnavailable resolved against the selected node count.
+    pub max_unavailable: u32,
+}
+
+/// Per-node result for the status entries.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeOutcome {
+    /// Node name.
+    pub name: String,
+    /// What the node is doing after the plan.
+    pub phase: NodePhase,
+    /// Active slot after the plan (None without a pod).
+    pub active_slot: Option<Slot>,
+    /// Active image after the plan (None without a pod).
+    pub version: Option<String>,
+    /// Failed image to remember for the node.
+    pub failed_image: Option<String>,
+}
+
+/// The planner's answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Plan {
+    /// Steps to take, in order.
+    pub actions: Vec<Action>,
+    /// Fleet counts after the steps.
+    pub summary: Summary,
+    /// Phase of the rollout as a whole.
+    pub phase: RolloutPhase,
+    /// Memory to persist in the status.
+    pub memory: Memory,
+    /// One entry per selected node, in name order.
+    pub nodes: Vec<NodeOutcome>,
+}

@@ -1,0 +1,20 @@
+//! Rollout planner: a pure function from (spec, remembered status, observed
+//! nodes) to the actions the controller should take next.
+//!
+//! Pure so that every knob (maxUnavailable, partition, paused, onFailure) can
+//! be tested on fleets of thousands of nodes without an API server; the
+//! controller only translates observed pods into [`NodeView`]s and
+//! [`Action`]s into API calls.
+
+mod action;
+mod budget;
+mod model;
+mod planner;
+
+#[cfg(test)]
+mod tests;
+
+pub use action::{Action, NodeOutcome, Plan, Summary};
+pub use budget::{max_unavailable, BudgetError};
+pub use model::{HandoverReport, Memory, NodeView, PairView, Standby};
+pub use planner::{plan, PlanError};

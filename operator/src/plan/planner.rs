@@ -1,0 +1,368 @@
+//! The planning algorithm.
+
+use crate::crd::{KmeshUpgradeSpec, NodePhase, OnFailure, RolloutPhase, Slot};
+
+use super::action::{Action, NodeOutcome, Plan, Summary};
+use super::budget::{max_unavailable, BudgetError};
+use super::model::{HandoverReport, Memory, NodeView, Standby};
+
+/// Input the planner cannot work with.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    /// `maxUnavailable` could not be resolved.
+    #[error(transparent)]
+    Budget(#[from] BudgetError),
+    /// Two views describe the same node; the controller's index is corrupt.
+    #[error("node {0:?} appears more than once in the planner input")]
+    DuplicateNode(String),
+}
+
+/// How the rollout may move this round.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    /// Upgrade towards the spec's image.
+    Normal,
+    /// `spec.strategy.paused`: finish what runs, start nothing.
+    Paused,
+    /// A failure holds the rollout (onFailure: Pause, or nothing to roll back to).
+    Halted,
+    /// A failure sends upgraded nodes back to the stable image.
+    RollingBack,
+}
+
+/// A node after this round's transitions (before new starts).
+#[derive(Clone, Copy, Debug)]
+enum State<'a> {
+    /// Not selected: nothing to report.
+    Unselected,
+    /// Selected, no pod yet: created this round.
+    Missing,
+    /// No handover under way; `image` runs in `active`.
+    Idle {
+        active: Slot,
+        image: &'a str,
+        ready: bool,
+        /// Finished or reset this round: leave it alone until the next one.
+        touched: bool,
+    },
+    /// A handover to `image` is under way.
+    InFlight { image: &'a str, ready: bool },
+}
+
+/// Plans the next round of a rollout. Deterministic: nodes are handled in
+/// name order whatever the input order, and the same input gives the same plan.
+pub fn plan(
+    spec: &KmeshUpgradeSpec,
+    memory: &Memory,
+    nodes: &[NodeView],
+) -> Result<Plan, PlanError> {
+    let mut order: Vec<&NodeView> = nodes.iter().collect();
+    order.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+    if let Some(pair) = order.windows(2).find(|w| w[0].name == w[1].name) {
+        return Err(PlanError::DuplicateNode(pair[0].name.clone()));
+    }
+    let selected = order.iter().filter(|n| n.selected).count();
+    let selected_u32 = u32::try_from(selected).unwrap_or(u32::MAX);
+    let budget = max_unavailable(spec.strategy.max_unavailable.as_ref(), selected_u32)?;
+    let desired = spec.agent_image.as_str();
+    let timeout = u64::try_from(spec.strategy.handover_timeout_seconds.max(1)).unwrap_or(1);
+
+    // Pass 1: per-node transitions that do not depend on the fleet (finish,
+    // fail, create, delete). Actions are collected per node so that the
+    // output stays in node order once starts are added.
+    let mut actions: Vec<Vec<Action>> = vec![Vec::new(); order.len()];
+    let mut states: Vec<State> = Vec::with_capacity(order.len());
+    let mut failed_now: Vec<Option<String>> = vec![None; order.len()];
+    for (i, node) in order.iter().enumerate() {
+        let state = transition(node, timeout, &mut actions[i], &mut failed_now[i]);
+        states.push(state);
+    }
+
+    // The failure latch: a failure of the spec's image, now or remembered,
+    // changes what this round may start.
+    let latched = memory.failed_image.as_deref() == Some(desired)
+        || failed_now.iter().flatten().any(|img| img == desired);
+    let stable = memory.stable_image.as_deref();
+    let (mode, goal) = match (latched, spec.strategy.on_failure, stable) {
+        (true, OnFailure::Rollback, Some(s)) if s != desired => (Mode::RollingBack, s),
+        (true, _, _) => (Mode::Halted, desired),
+        (false, _, _) if spec.strategy.paused => (Mode::Paused, desired),
+        (false, _, _) => (Mode::Normal, desired),
+    };
+    // New pods never get an image known to fail.
+    let create_image = if latched {
+        stable.unwrap_or(desired)
+    } else {
+        desired
+    };
+
+    let mut unavailable = 0usize;
+    let mut on_goal = 0usize;
+    for (i, state) in states.iter().enumerate() {
+        match *state {
+            State::Unselected => {}
+            State::Missing => {
+                unavailable += 1;
+                on_goal += usize::from(create_image == goal);
+                actions[i].push(Action::CreatePod {
+                    node: order[i].name.clone(),
+                    image: create_image.to_owned(),
+                });
+            }
+            State::Idle { image, ready, .. } => {
+                unavailable += usize::from(!ready);
+                on_goal += usize::from(image == goal);
+            }
+            State::InFlight { image, .. } => {
+                unavailable += 1;
+                on_goal += usize::from(image == goal);
+            }
+        }
+    }
+
+    // Pass 2: starts, within maxUnavailable and the partition.
+    let mut started = vec![false; order.len()];
+    let may_start = matches!(mode, Mode::Normal | Mode::RollingBack) && !spec.strategy.paused;
+    if may_start {
+        // A rollback restores every node; the partition only limits upgrades.
+        let partition = if mode == Mode::RollingBack {
+            0
+        } else {
+            usize::try_from(spec.strategy.partition.max(0)).unwrap_or(0)
+        };
+        let mut partition_room = selected.saturating_sub(partition).saturating_sub(on_goal);
+        let mut budget_room = usize::try_from(budget)
+            .unwrap_or(usize::MAX)
+            .saturating_sub(unavailable);
+        let candidate = |i: usize| -> Option<bool> {
+            match states[i] {
+                State::Idle {
+                    image,
+                    ready,
+                    touched: false,
+                    ..
+                } if image != goal && order[i].failed_image.as_deref() != Some(goal) => Some(ready),
+                _ => None,
+            }
+        };
+        // Nodes that are already unavailable first: upgrading them costs no
+        // budget (as a DaemonSet rolling update does), and may well heal them.
+        for want_ready in [false, true] {
+            for (i, start) in started.iter_mut().enumerate() {
+                if partition_room == 0 {
+                    break;
+                }
+                if candidate(i) != Some(want_ready) {
+                    continue;
+                }
+                if want_ready {
+                    if budget_room == 0 {
+                        break;
+                    }
+                    budget_room -= 1;
+                }
+                partition_room -= 1;
+                *start = true;
+            }
+        }
+    }
+
+    // Pass 3: emit starts, outcomes and counts in node order.
+    let mut summary = Summary {
+        nodes: selected_u32,
+        max_unavailable: budget,
+        ..Summary::default()
+    };
+    let mut outcomes = Vec::with_capacity(selected);
+    let mut all_idle_on_goal = true;
+    let mut idle_on_goal = 0usize;
+    for (i, state) in states.iter().enumerate() {
+        let node = order[i];
+        if matches!(state, State::Unselected) {
+            continue;
+        }
+        let failed_image = failed_now[i].clone().or_else(|| {
+            // Forget failures of images nobody aims at any more.
+            node.failed_image
+                .clone()
+                .filter(|img| img == desired || img == goal)
+        });
+        if failed_image.as_deref() == Some(desired) {
+            summary.failed += 1;
+        }
+        let (phase, active_slot, version) = match *state {
+            State::Unselected | State::Missing => {
+                all_idle_on_goal = false;
+                (NodePhase::Pending, None, None)
+            }
+            State::InFlight { ready, .. } => {
+                all_idle_on_goal = false;
+                summary.upgrading += 1;
+                summary.ready += u32::from(ready);
+                let pod = node.pod.as_ref();
+                (
+                    NodePhase::Upgrading,
+                    pod.map(|p| p.active),
+                    pod.map(|p| p.active_image.clone()),
+                )
+            }
+            State::Idle {
+                active,
+                image,
+                ready,
+                ..
+            } => {
+                summary.ready += u32::from(ready);
+                let phase = if started[i] {
+                    summary.upgrading += 1;
+                    let start = if mode == Mode::RollingBack {
+                        Action::StartRollback {
+                            node: node.name.clone(),
+                            slot: active.other(),
+                            image: goal.to_owned(),
+                        }
+                    } else {
+                        Action::StartUpgrade {
+                            node: node.name.clone(),
+                            slot: active.other(),
+                            image: goal.to_owned(),
+                        }
+                    };
+                    actions[i].push(start);
+                    NodePhase::Upgrading
+                } else if !ready {
+                    NodePhase::Pending
+                } else if image != desired && failed_image.as_deref() == Some(desired) {
+                    NodePhase::Failed
+                } else if image == goal {
+                    NodePhase::Running
+                } else {
+                    NodePhase::Outdated
+                };
+                if image == desired && !started[i] {
+                    summary.updated += 1;
+                }
+                if image == goal && !started[i] {
+                    idle_on_goal += 1;
+                } else {
+                    all_idle_on_goal = false;
+                }
+                (phase, Some(active), Some(image.to_owned()))
+            }
+        };
+        outcomes.push(NodeOutcome {
+            name: node.name.clone(),
+            phase,
+            active_slot,
+            version,
+            failed_image,
+        });
+    }
+
+    let partition = usize::try_from(spec.strategy.partition.max(0)).unwrap_or(0);
+    let settled = summary.upgrading == 0 && outcomes.iter().all(|o| o.active_slot.is_some());
+    let complete = settled && idle_on_goal >= selected.saturating_sub(partition);
+    let phase = match mode {
+        Mode::Halted => RolloutPhase::Failed,
+        Mode::RollingBack if all_idle_on_goal => RolloutPhase::RolledBack,
+        Mode::RollingBack => RolloutPhase::RollingBack,
+        _ if complete => RolloutPhase::Complete,
+        Mode::Paused => RolloutPhase::Paused,
+        Mode::Normal => RolloutPhase::Progressing,
+    };
+    let memory = Memory {
+        // Only a fleet wholly on the spec's image becomes the rollback target.
+        stable_image: if !latched && all_idle_on_goal && selected > 0 {
+            Some(desired.to_owned())
+        } else {
+            memory.stable_image.clone()
+        },
+        failed_image: latched.then(|| desired.to_owned()),
+    };
+    Ok(Plan {
+        actions: actions.into_iter().flatten().collect(),
+        summary,
+        phase,
+        memory,
+        nodes: outcomes,
+    })
+}
+
+/// Applies the node-local transitions: delete, finish, fail, or nothing.
+fn transition<'a>(
+    node: &'a NodeView,
+    timeout_seconds: u64,
+    actions: &mut Vec<Action>,
+    failed: &mut Option<String>,
+) -> State<'a> {
+    let Some(pod) = node.pod.as_ref() else {
+        return if node.selected {
+            State::Missing
+        } else {
+            State::Unselected
+        };
+    };
+    if !node.selected {
+        actions.push(Action::DeletePod {
+            node: node.name.clone(),
+        });
+        return State::Unselected;
+    }
+    let Standby::Upgrading {
+        image,
+        elapsed_seconds,
+        report,
+    } = &pod.standby
+    else {
+        return State::Idle {
+            active: pod.active,
+            image: &pod.active_image,
+            ready: pod.ready,
+            touched: false,
+        };
+    };
+    let new_slot = pod.active.other();
+    let reason = match report {
+        Some(HandoverReport::Committed) => {
+            actions.push(Action::FinishUpgrade {
+                node: node.name.clone(),
+                active: new_slot,
+                retired: pod.active,
+            });
+            // The committed agent serves from now on; its readiness is the
+            // pod's from the next observation, assume the old one's until then.
+            return State::Idle {
+                active: new_slot,
+                image,
+                ready: pod.ready,
+                touched: true,
+            };
+        }
+        Some(HandoverReport::Failed { message }) => message.clone(),
+        None if *elapsed_seconds >= timeout_seconds => {
+            format!("handover did not commit within {timeout_seconds}s")
+        }
+        None => {
+            return State::InFlight {
+                image,
+                ready: pod.ready,
+            }
+        }
+    };
+    actions.push(Action::MarkFailed {
+        node: node.name.clone(),
+        image: image.clone(),
+        reason,
+    });
+    actions.push(Action::ResetStandby {
+        node: node.name.clone(),
+        slot: new_slot,
+    });
+    *failed = Some(image.clone());
+    State::Idle {
+        active: pod.active,
+        image: &pod.active_image,
+        ready: pod.ready,
+        touched: true,
+    }
+}
