@@ -119,10 +119,10 @@ mod tests {
         }
         // After the writes, removed backends are gone from every visible slot.
         let new_count = p.after.len();
-        for i in 0..count.min(slots.len()) {
-            if new_count > 0 {
+        if new_count > 0 {
+            for (i, slot) in slots.iter().take(count).enumerate() {
                 assert!(
-                    !removed.contains(&slots[i].expect("visible")),
+                    !removed.contains(&slot.expect("visible")),
                     "removed backend still at {}",
                     i + 1
                 );
