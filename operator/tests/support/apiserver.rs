@@ -1,0 +1,279 @@
+//! A real etcd + kube-apiserver on loopback, per test, torn down on drop.
+//!
+//! The binaries come from `e2e/cluster/k8s-bins.sh`. Missing binaries fail
+//! the test (with the command to run) unless `BATON_SKIP_APISERVER=1`.
+
+use std::fs;
+use std::io::Read;
+use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use tempfile::TempDir;
+
+/// Kubernetes version `k8s-bins.sh` builds by default.
+const DEFAULT_K8S_VERSION: &str = "v1.34.4";
+/// Bearer token of the test's cluster-admin user (system:masters).
+const ADMIN_TOKEN: &str = "baton-test-admin-token";
+
+/// A running API server and its etcd.
+pub struct ApiServer {
+    dir: TempDir,
+    etcd: Child,
+    apiserver: Child,
+    kubeconfig: PathBuf,
+}
+
+/// Where the binaries are expected.
+pub fn bin_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("BATON_K8S_BIN_DIR") {
+        return dir.into();
+    }
+    let cache = std::env::var_os("BATON_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
+                .join(".cache/baton")
+        });
+    let version =
+        std::env::var("BATON_K8S_VERSION").unwrap_or_else(|_| DEFAULT_K8S_VERSION.to_owned());
+    cache.join("k8s").join(version)
+}
+
+/// A free loopback port (bound then released; the race is acceptable in tests).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("binding an ephemeral loopback port")
+}
+
+/// Spawns `bin` with output to `log`, killed if the test thread dies first.
+fn spawn(bin: &Path, args: &[String], log: &Path) -> Child {
+    let out = fs::File::create(log).expect("creating log file");
+    let err = out.try_clone().expect("cloning log handle");
+    let mut cmd = Command::new(bin);
+    cmd.args(args).stdin(Stdio::null()).stdout(out).stderr(err);
+    // SAFETY: prctl is async-signal-safe; it only sets a flag on the child so
+    // that a test process killed without unwinding does not leak servers.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn()
+        .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()))
+}
+
+impl ApiServer {
+    /// Starts etcd and kube-apiserver; `None` when skipped by `BATON_SKIP_APISERVER=1`.
+    pub async fn start() -> Option<ApiServer> {
+        if std::env::var("BATON_SKIP_APISERVER").as_deref() == Ok("1") {
+            eprintln!(
+                "SKIPPED: real API server test (BATON_SKIP_APISERVER=1); \
+                 nothing about the API server was checked"
+            );
+            return None;
+        }
+        let bins = bin_dir();
+        let (etcd_bin, apiserver_bin) = (bins.join("etcd"), bins.join("kube-apiserver"));
+        assert!(
+            etcd_bin.is_file() && apiserver_bin.is_file(),
+            "kube-apiserver/etcd not found in {}.\nBuild them once (about 7 min on 2 cores) with\n  \
+             e2e/cluster/k8s-bins.sh\nor point BATON_K8S_BIN_DIR at a directory holding both, \
+             or set BATON_SKIP_APISERVER=1 to skip these tests explicitly.",
+            bins.display()
+        );
+        let dir = tempfile::Builder::new()
+            .prefix("baton-apiserver-")
+            .tempdir()
+            .expect("creating temp dir");
+        let d = dir.path();
+        let (client_port, peer_port, secure_port) = (free_port(), free_port(), free_port());
+
+        let etcd = spawn(
+            &etcd_bin,
+            &[
+                format!("--data-dir={}", d.join("etcd").display()),
+                "--name=default".into(),
+                format!("--listen-client-urls=http://127.0.0.1:{client_port}"),
+                format!("--advertise-client-urls=http://127.0.0.1:{client_port}"),
+                format!("--listen-peer-urls=http://127.0.0.1:{peer_port}"),
+                format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer_port}"),
+                format!("--initial-cluster=default=http://127.0.0.1:{peer_port}"),
+                "--log-level=warn".into(),
+                // Throwaway data: skip fsync so tests stay fast on small disks.
+                "--unsafe-no-fsync".into(),
+            ],
+            &d.join("etcd.log"),
+        );
+
+        // Service-account tokens need a signing key pair (ECDSA P-256).
+        let sa_key = rcgen::KeyPair::generate().expect("generating service-account key");
+        fs::write(d.join("sa.key"), sa_key.serialize_pem()).expect("writing sa.key");
+        fs::write(d.join("sa.pub"), sa_key.public_key_pem()).expect("writing sa.pub");
+        fs::write(
+            d.join("tokens.csv"),
+            format!("{ADMIN_TOKEN},baton-admin,baton-admin-uid,\"system:masters\"\n"),
+        )
+        .expect("writing tokens.csv");
+        let certs = d.join("certs");
+        let apiserver = spawn(
+            &apiserver_bin,
+            &[
+                format!("--etcd-servers=http://127.0.0.1:{client_port}"),
+                "--bind-address=127.0.0.1".into(),
+                "--advertise-address=127.0.0.1".into(),
+                format!("--secure-port={secure_port}"),
+                // Self-signed serving cert (with its CA) written here.
+                format!("--cert-dir={}", certs.display()),
+                format!("--token-auth-file={}", d.join("tokens.csv").display()),
+                "--authorization-mode=RBAC".into(),
+                "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
+                format!("--service-account-key-file={}", d.join("sa.pub").display()),
+                format!(
+                    "--service-account-signing-key-file={}",
+                    d.join("sa.key").display()
+                ),
+                "--service-cluster-ip-range=10.96.0.0/24".into(),
+                "--allow-privileged=true".into(),
+                "--enable-priority-and-fairness=false".into(),
+                "--profiling=false".into(),
+                "--v=1".into(),
+            ],
+            &d.join("kube-apiserver.log"),
+        );
+        let kubeconfig = d.join("kubeconfig");
+        let mut server = ApiServer {
+            dir,
+            etcd,
+            apiserver,
+            kubeconfig,
+        };
+        server.wait_ready(&certs, secure_port).await;
+        Some(server)
+    }
+
+    /// Polls `/readyz` until the server is ready; panics with the logs if it dies or hangs.
+    async fn wait_ready(&mut self, certs: &Path, port: u16) {
+        let timeout = Duration::from_secs(
+            std::env::var("BATON_APISERVER_START_TIMEOUT")
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(120),
+        );
+        let start = Instant::now();
+        let cert = certs.join("apiserver.crt");
+        let mut last_error = String::from("serving certificate not written yet");
+        while start.elapsed() < timeout {
+            let exited = [
+                ("etcd", &mut self.etcd),
+                ("kube-apiserver", &mut self.apiserver),
+            ]
+            .into_iter()
+            .find_map(|(name, child)| Some((name, child.try_wait().ok()??)));
+            if let Some((name, status)) = exited {
+                panic!("{name} exited early ({status})\n{}", self.logs());
+            }
+            if cert.is_file() {
+                self.write_kubeconfig(&cert, port);
+                match self.readyz().await {
+                    Ok(()) => {
+                        eprintln!(
+                            "kube-apiserver ready on 127.0.0.1:{port} after {:.1}s (kubeconfig {})",
+                            start.elapsed().as_secs_f64(),
+                            self.kubeconfig.display()
+                        );
+                        return;
+                    }
+                    Err(e) => last_error = e,
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        panic!(
+            "kube-apiserver not ready within {timeout:?}: {last_error}\n{}",
+            self.logs()
+        );
+    }
+
+    async fn readyz(&self) -> Result<(), String> {
+        let client = self.client().await;
+        let req = http::Request::get("/readyz")
+            .body(Vec::new())
+            .map_err(|e| e.to_string())?;
+        match client.request_text(req).await {
+            Ok(body) if body.trim() == "ok" => Ok(()),
+            Ok(body) => Err(body),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    fn write_kubeconfig(&self, ca: &Path, port: u16) {
+        let yaml = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    \
+             server: https://127.0.0.1:{port}\n    certificate-authority: {}\n\
+             users:\n- name: admin\n  user:\n    token: {ADMIN_TOKEN}\n\
+             contexts:\n- name: test\n  context: {{cluster: test, user: admin, namespace: default}}\n\
+             current-context: test\n",
+            ca.display()
+        );
+        fs::write(&self.kubeconfig, yaml).expect("writing kubeconfig");
+    }
+
+    /// A cluster-admin client.
+    pub async fn client(&self) -> kube::Client {
+        let kubeconfig = Kubeconfig::read_from(&self.kubeconfig).expect("reading kubeconfig");
+        let config =
+            kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+                .await
+                .expect("loading kubeconfig");
+        kube::Client::try_from(config).expect("building client")
+    }
+
+    /// Path of a kubeconfig for this server (handy with kubectl when debugging).
+    pub fn kubeconfig(&self) -> &Path {
+        &self.kubeconfig
+    }
+
+    /// The last lines of both logs, for failure messages.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        for name in ["etcd.log", "kube-apiserver.log"] {
+            let mut text = String::new();
+            if let Ok(mut f) = fs::File::open(self.dir.path().join(name)) {
+                let _ = f.read_to_string(&mut text);
+            }
+            let tail: Vec<&str> = text.lines().rev().take(40).collect();
+            out.push_str(&format!("--- {name} (last {} lines) ---\n", tail.len()));
+            for line in tail.into_iter().rev() {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        out
+    }
+}
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        // API server first so it does not log etcd connection errors forever.
+        for child in [&mut self.apiserver, &mut self.etcd] {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::env::var_os("BATON_KEEP_APISERVER_DIR").is_some() {
+            let kept = std::mem::replace(
+                &mut self.dir,
+                tempfile::tempdir().expect("placeholder temp dir"),
+            );
+            eprintln!("keeping {}", kept.keep().display());
+        }
+    }
+}
