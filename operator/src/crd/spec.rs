@@ -75,7 +75,8 @@ pub struct NodeSelector {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct PodSettings {
-    /// Resources of the active agent container (the empty slot gets none).
+    /// Resources of each agent slot. Both slots reserve them: a pod's requests
+    /// cannot follow an in-place image swap from one slot to the other.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
     /// Tolerations of the agent pod; the mesh usually needs to run on tainted nodes too.
@@ -84,7 +85,8 @@ pub struct PodSettings {
     /// Priority class of the agent pod (e.g. system-node-critical).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority_class_name: Option<String>,
-    /// Extra command-line arguments passed to the agent.
+    /// Extra command-line arguments of both slots (the empty image must ignore them:
+    /// a running pod's arguments cannot change, only its images).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub extra_args: Vec<String>,
 }

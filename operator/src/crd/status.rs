@@ -136,6 +136,9 @@ pub struct NodeStatus {
     pub version: Option<String>,
     /// What the node is doing.
     pub phase: NodePhase,
+    /// Image whose handover last failed on this node; it is not retried there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_image: Option<String>,
     /// Figures of the node's last handover, as the agent reported them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_handover: Option<HandoverFigures>,

@@ -1,0 +1,212 @@
+//! Carries out planner actions against the API server.
+
+use k8s_openapi::api::core::v1::{ObjectReference, Pod};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::runtime::events::{Event, EventType, Recorder};
+use serde_json::{json, Value};
+
+use super::expect::{Expectation, PodExpectation};
+use super::names::{pod_name, slot_version_annotation, ANN_ACTIVE_SLOT, ANN_HANDOVER_STARTED};
+use super::podspec::{build_pod, PodTarget};
+use crate::crd::{KmeshUpgradeSpec, Slot};
+use crate::plan::Action;
+
+/// A failed API call of one action.
+#[derive(Debug, thiserror::Error)]
+#[error("{action} on node {node}: {source}")]
+pub struct ExecuteError {
+    /// The action's kind.
+    pub action: &'static str,
+    /// The node it concerned.
+    pub node: String,
+    /// The API error.
+    #[source]
+    pub source: kube::Error,
+}
+
+/// What one executor needs to act for one `KmeshUpgrade`.
+pub struct Executor<'a> {
+    /// Pods in the upgrade's namespace.
+    pub pods: Api<Pod>,
+    /// The upgrade's spec.
+    pub spec: &'a KmeshUpgradeSpec,
+    /// Identity for new pods.
+    pub target: PodTarget<'a>,
+    /// Event sink.
+    pub recorder: &'a Recorder,
+    /// The upgrade, as events' subject.
+    pub reference: ObjectReference,
+}
+
+/// Short stable name of an action kind (metrics label, error context).
+pub fn kind(action: &Action) -> &'static str {
+    match action {
+        Action::CreatePod { .. } => "create_pod",
+        Action::DeletePod { .. } => "delete_pod",
+        Action::StartUpgrade { .. } => "start_upgrade",
+        Action::StartRollback { .. } => "start_rollback",
+        Action::FinishUpgrade { .. } => "finish_upgrade",
+        Action::MarkFailed { .. } => "mark_failed",
+        Action::ResetStandby { .. } => "reset_standby",
+    }
+}
+
+impl Executor<'_> {
+    /// Runs one action; returns what the pod store must show before the next plan.
+    pub async fn run(&self, action: &Action) -> Result<Option<PodExpectation>, ExecuteError> {
+        let node = action.node();
+        let pod = pod_name(self.target.upgrade, node);
+        let fail = |source| ExecuteError {
+            action: kind(action),
+            node: node.to_owned(),
+            source,
+        };
+        let expectation = match action {
+            Action::CreatePod { image, .. } => {
+                let target = PodTarget {
+                    node,
+                    ..self.target.clone()
+                };
+                let body = build_pod(&target, self.spec, image);
+                match self.pods.create(&PostParams::default(), &body).await {
+                    Ok(_) => {}
+                    // Created by a previous round whose watch event is still on its way.
+                    Err(kube::Error::Api(s)) if s.code == 409 => {}
+                    Err(e) => return Err(fail(e)),
+                }
+                self.event(
+                    EventType::Normal,
+                    "PodCreated",
+                    "Create",
+                    format!("agent pod {pod} on {node} with {image}"),
+                )
+                .await;
+                Some(Expectation::Exists)
+            }
+            Action::DeletePod { .. } => {
+                match self.pods.delete(&pod, &DeleteParams::default()).await {
+                    Ok(_) => {}
+                    Err(kube::Error::Api(s)) if s.code == 404 => {}
+                    Err(e) => return Err(fail(e)),
+                }
+                self.event(
+                    EventType::Normal,
+                    "PodDeleted",
+                    "Delete",
+                    format!("node {node} is no longer selected"),
+                )
+                .await;
+                Some(Expectation::Gone)
+            }
+            Action::StartUpgrade { slot, image, .. }
+            | Action::StartRollback { slot, image, .. } => {
+                let started = Timestamp::now().to_string();
+                let rv = self
+                    .patch(&pod, *slot, image, json!({ANN_HANDOVER_STARTED: started}))
+                    .await
+                    .map_err(fail)?;
+                let (reason, verb) = match action {
+                    Action::StartRollback { .. } => ("RollbackStarted", "Rollback"),
+                    _ => ("UpgradeStarted", "Upgrade"),
+                };
+                self.event(
+                    EventType::Normal,
+                    reason,
+                    verb,
+                    format!("{node}: slot {slot} takes over with {image}"),
+                )
+                .await;
+                rv
+            }
+            Action::FinishUpgrade {
+                active, retired, ..
+            } => {
+                let rv = self
+                    .patch(
+                        &pod,
+                        *retired,
+                        &self.spec.empty_image,
+                        json!({ANN_ACTIVE_SLOT: active.to_string(), ANN_HANDOVER_STARTED: null}),
+                    )
+                    .await
+                    .map_err(fail)?;
+                self.event(
+                    EventType::Normal,
+                    "HandoverCommitted",
+                    "Commit",
+                    format!("{node}: slot {active} is active, slot {retired} parked"),
+                )
+                .await;
+                rv
+            }
+            Action::ResetStandby { slot, .. } => {
+                let rv = self
+                    .patch(
+                        &pod,
+                        *slot,
+                        &self.spec.empty_image,
+                        json!({ANN_HANDOVER_STARTED: null}),
+                    )
+                    .await
+                    .map_err(fail)?;
+                self.event(
+                    EventType::Normal,
+                    "StandbyReset",
+                    "Reset",
+                    format!("{node}: slot {slot} parked again"),
+                )
+                .await;
+                rv
+            }
+            Action::MarkFailed { image, reason, .. } => {
+                self.event(
+                    EventType::Warning,
+                    "HandoverFailed",
+                    "Upgrade",
+                    format!("{node}: handover to {image} failed: {reason}"),
+                )
+                .await;
+                None
+            }
+        };
+        Ok(expectation.map(|e| (pod, e)))
+    }
+
+    /// Puts `image` into `slot` and records it in the slot's version annotation,
+    /// in one request so the downward API never disagrees with the image.
+    async fn patch(
+        &self,
+        pod: &str,
+        slot: Slot,
+        image: &str,
+        mut annotations: Value,
+    ) -> Result<Option<Expectation>, kube::Error> {
+        annotations[slot_version_annotation(slot)] = json!(image);
+        let body = json!({
+            "metadata": {"annotations": annotations},
+            "spec": {"containers": [{"name": slot.container(), "image": image}]},
+        });
+        let patched = self
+            .pods
+            .patch(pod, &PatchParams::default(), &Patch::Strategic(&body))
+            .await?;
+        Ok(Some(Expectation::from_resource_version(
+            patched.metadata.resource_version.as_deref(),
+        )))
+    }
+
+    async fn event(&self, type_: EventType, reason: &str, action: &str, note: String) {
+        let event = Event {
+            type_,
+            reason: reason.to_owned(),
+            note: Some(note),
+            action: action.to_owned(),
+            secondary: None,
+        };
+        // Events are best effort: a lost event must not fail the rollout.
+        if let Err(e) = self.recorder.publish(&event, &self.reference).await {
+            tracing::warn!(reason, error = %e, "publishing event failed");
+        }
+    }
+}

@@ -1,0 +1,351 @@
+//! The `KmeshUpgrade` controller: observes nodes and agent pods, asks the
+//! planner what to do, does it, and writes the status.
+
+mod execute;
+mod expect;
+pub mod names;
+pub mod observe;
+pub mod podspec;
+mod status;
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::runtime::controller::{self, Action as Requeue, Controller};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::{Client, Resource, ResourceExt};
+use serde_json::json;
+
+use crate::crd::KmeshUpgrade;
+use crate::metrics::{ActionLabels, Metrics, UpgradeLabels};
+use crate::plan::{plan, Memory, NodeView, PlanError};
+use execute::{ExecuteError, Executor};
+use expect::Expectations;
+use names::{APP_NAME, LABEL_UPGRADE};
+use podspec::PodTarget;
+
+/// Field manager of the operator's status writes.
+pub const FIELD_MANAGER: &str = "baton-operator";
+
+/// Operator settings that are not part of any `KmeshUpgrade`.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Service account the agent pods run as (must exist in each upgrade's namespace).
+    pub agent_service_account: String,
+    /// Identity in events (usually the operator pod's name).
+    pub instance: String,
+    /// Re-plan this often while handovers run, to notice timeouts.
+    pub in_flight_poll: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            agent_service_account: "baton-agent".into(),
+            instance: "baton-operator".into(),
+            in_flight_poll: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Why the controller could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    /// The CRD is not installed (or not readable with our RBAC).
+    #[error("cannot list KmeshUpgrades; is crds/kmeshupgrade.yaml installed? {0}")]
+    CrdNotServed(#[source] kube::Error),
+}
+
+/// Why one reconcile failed (it is retried).
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    /// The object has no namespace (the CRD is namespaced, so a bug elsewhere).
+    #[error("KmeshUpgrade {0} has no namespace")]
+    NoNamespace(String),
+    /// The planner refused the input.
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    /// An action failed.
+    #[error(transparent)]
+    Execute(#[from] ExecuteError),
+    /// Writing the status failed.
+    #[error("writing status: {0}")]
+    Status(#[source] kube::Error),
+}
+
+struct Context {
+    client: Client,
+    nodes: Store<Node>,
+    pods: Store<Pod>,
+    settings: Settings,
+    recorder: Recorder,
+    metrics: Arc<Metrics>,
+    expectations: Expectations,
+}
+
+/// Runs the controller until `shutdown` resolves.
+pub async fn run(
+    client: Client,
+    settings: Settings,
+    metrics: Arc<Metrics>,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) -> Result<(), ControllerError> {
+    let upgrades: Api<KmeshUpgrade> = Api::all(client.clone());
+    upgrades
+        .list(&ListParams::default().limit(1))
+        .await
+        .map_err(ControllerError::CrdNotServed)?;
+    let pod_api: Api<Pod> = Api::all(client.clone());
+    let node_api: Api<Node> = Api::all(client.clone());
+    let pod_watch =
+        watcher::Config::default().labels(&format!("app.kubernetes.io/name={APP_NAME}"));
+
+    // Caches the planner reads; the controller's own watches only trigger.
+    let (pods, pod_writer) = reflector::store();
+    let (nodes, node_writer) = reflector::store();
+    let pod_cache = reflector::reflector(pod_writer, watcher(pod_api.clone(), pod_watch.clone()))
+        .default_backoff()
+        .for_each(|_| std::future::ready(()));
+    let node_cache = reflector::reflector(
+        node_writer,
+        watcher(node_api.clone(), watcher::Config::default()),
+    )
+    .default_backoff()
+    .for_each(|_| std::future::ready(()));
+
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: FIELD_MANAGER.into(),
+            instance: Some(settings.instance.clone()),
+        },
+    );
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        nodes: nodes.clone(),
+        pods: pods.clone(),
+        settings,
+        recorder,
+        metrics,
+        expectations: Expectations::default(),
+    });
+
+    let controller = Controller::new(upgrades, watcher::Config::default())
+        .with_config(controller::Config::default().debounce(Duration::from_millis(300)));
+    let all_upgrades = controller.store();
+    let controller = controller
+        .owns(pod_api, pod_watch)
+        // Any node change may change the selection of any upgrade.
+        .watches(node_api, watcher::Config::default(), move |_node| {
+            all_upgrades
+                .state()
+                .into_iter()
+                .map(|u| ObjectRef::from_obj(&*u))
+                .collect::<Vec<_>>()
+        })
+        .graceful_shutdown_on(shutdown);
+
+    let stores_ready = async {
+        // Planning on half-filled caches would create pods that exist already.
+        let _ = futures::join!(pods.wait_until_ready(), nodes.wait_until_ready());
+    };
+    let run = async move {
+        stores_ready.await;
+        controller
+            .run(reconcile, error_policy, ctx)
+            .for_each(|result| async move {
+                match result {
+                    Ok((obj, _)) => tracing::debug!(upgrade = %obj, "reconciled"),
+                    Err(e) => tracing::warn!(error = %e, "reconcile failed"),
+                }
+            })
+            .await;
+    };
+    tokio::select! {
+        _ = run => {}
+        _ = pod_cache => tracing::error!("pod watch ended"),
+        _ = node_cache => tracing::error!("node watch ended"),
+    }
+    Ok(())
+}
+
+fn error_policy(upgrade: Arc<KmeshUpgrade>, error: &ReconcileError, ctx: Arc<Context>) -> Requeue {
+    ctx.metrics.reconcile_errors.inc();
+    tracing::warn!(upgrade = %upgrade.name_any(), %error, "reconcile failed; retrying");
+    Requeue::requeue(Duration::from_secs(5))
+}
+
+async fn reconcile(
+    upgrade: Arc<KmeshUpgrade>,
+    ctx: Arc<Context>,
+) -> Result<Requeue, ReconcileError> {
+    let name = upgrade.name_any();
+    let namespace = upgrade
+        .namespace()
+        .ok_or_else(|| ReconcileError::NoNamespace(name.clone()))?;
+    let key = format!("{namespace}/{name}");
+    let find_pod = |pod: &str| ctx.pods.get(&ObjectRef::new(pod).within(&namespace));
+    if !ctx.expectations.satisfied(&key, find_pod) {
+        return Ok(Requeue::requeue(Duration::from_millis(200)));
+    }
+
+    let now = Timestamp::now();
+    let uid = upgrade.uid();
+    let mut by_node: BTreeMap<String, Arc<Pod>> = BTreeMap::new();
+    for pod in ctx.pods.state() {
+        let ours = pod.metadata.namespace.as_deref() == Some(namespace.as_str())
+            && pod.labels().get(LABEL_UPGRADE) == Some(&name)
+            && pod
+                .owner_references()
+                .iter()
+                .any(|o| Some(&o.uid) == uid.as_ref());
+        if let (true, Some(node)) = (ours, pod.spec.as_ref().and_then(|s| s.node_name.clone())) {
+            by_node.insert(node, pod);
+        }
+    }
+    let status = upgrade.status.as_ref();
+    let failed_by_node: HashMap<&str, &str> = status
+        .into_iter()
+        .flat_map(|s| &s.node_statuses)
+        .filter_map(|n| Some((n.node.as_str(), n.failed_image.as_deref()?)))
+        .collect();
+    let mut figures = HashMap::new();
+    let mut view = |node: String, selected: bool, pod: Option<Arc<Pod>>| {
+        let pod = pod.map(|p| {
+            let observed = observe::observe(&p, now);
+            if let Some(f) = observed.figures {
+                figures.insert(node.clone(), f);
+            }
+            observed.view
+        });
+        NodeView {
+            failed_image: failed_by_node.get(node.as_str()).map(|s| s.to_string()),
+            name: node,
+            selected,
+            pod,
+        }
+    };
+    let mut views = Vec::new();
+    for node in ctx.nodes.state() {
+        let node_name = node.name_any();
+        let selected = node.metadata.deletion_timestamp.is_none()
+            && observe::selects(&upgrade.spec.node_selector.match_labels, &node);
+        let pod = by_node.remove(&node_name);
+        views.push(view(node_name, selected, pod));
+    }
+    // Pods on nodes that no longer exist: delete them.
+    for (node_name, pod) in by_node {
+        views.push(view(node_name, false, Some(pod)));
+    }
+    let memory = Memory {
+        stable_image: status.and_then(|s| s.stable_image.clone()),
+        failed_image: status.and_then(|s| s.failed_image.clone()),
+    };
+    let plan = plan(&upgrade.spec, &memory, &views)?;
+
+    let executor = Executor {
+        pods: Api::namespaced(ctx.client.clone(), &namespace),
+        spec: &upgrade.spec,
+        target: PodTarget {
+            namespace: &namespace,
+            upgrade: &name,
+            owner: owner_reference(&upgrade),
+            node: "",
+            service_account: &ctx.settings.agent_service_account,
+        },
+        recorder: &ctx.recorder,
+        reference: upgrade.object_ref(&()),
+    };
+    let mut expected = Vec::new();
+    let mut result = Ok(());
+    for action in &plan.actions {
+        match executor.run(action).await {
+            Ok(e) => expected.extend(e),
+            Err(e) => {
+                result = Err(e);
+                break;
+            }
+        }
+        ctx.metrics
+            .actions
+            .get_or_create(&ActionLabels {
+                action: execute::kind(action).into(),
+            })
+            .inc();
+        if let crate::plan::Action::FinishUpgrade { node, .. } = action {
+            if let Some(f) = figures.get(node) {
+                ctx.metrics
+                    .handover_seconds
+                    .observe(f.duration_ms as f64 / 1000.0);
+            }
+        }
+    }
+    // Even after a failed action, wait for what did happen to show in the cache.
+    ctx.expectations.expect(&key, expected);
+    result?;
+
+    let new_status =
+        status::build_status(&plan, &figures, status, upgrade.metadata.generation, now);
+    if status != Some(&new_status) {
+        let api: Api<KmeshUpgrade> = Api::namespaced(ctx.client.clone(), &namespace);
+        let patch = json!({
+            "apiVersion": "baton.dev/v1alpha1",
+            "kind": "KmeshUpgrade",
+            "status": new_status,
+        });
+        api.patch_status(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+        .map_err(ReconcileError::Status)?;
+    }
+    let labels = UpgradeLabels { namespace, name };
+    let gauge = |v: u32| i64::from(v);
+    ctx.metrics
+        .nodes
+        .get_or_create(&labels)
+        .set(gauge(plan.summary.nodes));
+    ctx.metrics
+        .updated
+        .get_or_create(&labels)
+        .set(gauge(plan.summary.updated));
+    ctx.metrics
+        .failed
+        .get_or_create(&labels)
+        .set(gauge(plan.summary.failed));
+    ctx.metrics
+        .upgrading
+        .get_or_create(&labels)
+        .set(gauge(plan.summary.upgrading));
+
+    Ok(if plan.summary.upgrading > 0 {
+        Requeue::requeue(ctx.settings.in_flight_poll)
+    } else {
+        Requeue::requeue(Duration::from_secs(300))
+    })
+}
+
+/// Controller owner reference: pods go when their `KmeshUpgrade` goes.
+fn owner_reference(upgrade: &KmeshUpgrade) -> OwnerReference {
+    upgrade
+        .controller_owner_ref(&())
+        .unwrap_or_else(|| OwnerReference {
+            api_version: KmeshUpgrade::api_version(&()).into_owned(),
+            kind: KmeshUpgrade::kind(&()).into_owned(),
+            name: upgrade.name_any(),
+            uid: upgrade.uid().unwrap_or_default(),
+            controller: Some(true),
+            block_owner_deletion: Some(true),
+        })
+}

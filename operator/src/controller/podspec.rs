@@ -1,0 +1,265 @@
+//! Builds the per-node agent pair pod.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, HostPathVolumeSource,
+    ObjectFieldSelector, Pod, PodSpec, SecurityContext, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+
+use super::names::{slot_version_annotation, ANN_ACTIVE_SLOT, APP_NAME, LABEL_UPGRADE, RUN_DIR};
+use crate::crd::{KmeshUpgradeSpec, Slot};
+
+/// Capabilities the agent needs, and nothing else: load programs and maps
+/// (BPF), attach to cgroups and pin (SYS_ADMIN), program sockets (NET_ADMIN),
+/// and lift memlock limits on older kernels (SYS_RESOURCE).
+pub const AGENT_CAPABILITIES: [&str; 4] = ["BPF", "NET_ADMIN", "SYS_ADMIN", "SYS_RESOURCE"];
+
+/// Everything that identifies one agent pod.
+#[derive(Clone)]
+pub struct PodTarget<'a> {
+    /// Namespace of the `KmeshUpgrade` (and of the pod).
+    pub namespace: &'a str,
+    /// Name of the `KmeshUpgrade`.
+    pub upgrade: &'a str,
+    /// Owner reference to the `KmeshUpgrade`, so deleting it deletes the pods.
+    pub owner: OwnerReference,
+    /// Node the pod is bound to.
+    pub node: &'a str,
+    /// Service account of the agent.
+    pub service_account: &'a str,
+}
+
+/// The pair pod: `image` active in slot a, slot b parked on the empty image.
+pub fn build_pod(target: &PodTarget<'_>, spec: &KmeshUpgradeSpec, image: &str) -> Pod {
+    let mut annotations = BTreeMap::new();
+    annotations.insert(ANN_ACTIVE_SLOT.to_owned(), Slot::A.to_string());
+    annotations.insert(slot_version_annotation(Slot::A), image.to_owned());
+    annotations.insert(slot_version_annotation(Slot::B), spec.empty_image.clone());
+    let labels = BTreeMap::from([
+        ("app.kubernetes.io/name".to_owned(), APP_NAME.to_owned()),
+        (LABEL_UPGRADE.to_owned(), target.upgrade.to_owned()),
+    ]);
+    Pod {
+        metadata: ObjectMeta {
+            name: Some(super::names::pod_name(target.upgrade, target.node)),
+            namespace: Some(target.namespace.to_owned()),
+            labels: Some(labels),
+            annotations: Some(annotations),
+            owner_references: Some(vec![target.owner.clone()]),
+            ..ObjectMeta::default()
+        },
+        spec: Some(PodSpec {
+            // Bound directly: one pod per node, like a DaemonSet, no scheduler round trip.
+            node_name: Some(target.node.to_owned()),
+            service_account_name: Some(target.service_account.to_owned()),
+            containers: vec![
+                slot_container(Slot::A, image, spec),
+                slot_container(Slot::B, &spec.empty_image, spec),
+            ],
+            volumes: Some(volumes()),
+            tolerations: (!spec.pod.tolerations.is_empty()).then(|| spec.pod.tolerations.clone()),
+            priority_class_name: spec.pod.priority_class_name.clone(),
+            restart_policy: Some("Always".into()),
+            ..PodSpec::default()
+        }),
+        status: None,
+    }
+}
+
+fn slot_container(slot: Slot, image: &str, spec: &KmeshUpgradeSpec) -> Container {
+    Container {
+        name: slot.container().to_owned(),
+        image: Some(image.to_owned()),
+        args: (!spec.pod.extra_args.is_empty()).then(|| spec.pod.extra_args.clone()),
+        env: Some(slot_env(slot)),
+        resources: spec.pod.resources.clone(),
+        security_context: Some(SecurityContext {
+            privileged: Some(false),
+            allow_privilege_escalation: Some(false),
+            capabilities: Some(Capabilities {
+                add: Some(AGENT_CAPABILITIES.iter().map(|c| c.to_string()).collect()),
+                drop: Some(vec!["ALL".into()]),
+            }),
+            ..SecurityContext::default()
+        }),
+        volume_mounts: Some(vec![
+            mount("bpffs", "/sys/fs/bpf", false),
+            mount("cgroup", "/sys/fs/cgroup", true),
+            mount("run", RUN_DIR, false),
+        ]),
+        ..Container::default()
+    }
+}
+
+/// Slot identity through the downward API: a restarted container reads the
+/// annotations as they are now, so a retired agent learns it is older than the
+/// active one and stays idle.
+fn slot_env(slot: Slot) -> Vec<EnvVar> {
+    let field = |name: &str, path: String| EnvVar {
+        name: name.to_owned(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: path,
+                ..ObjectFieldSelector::default()
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    };
+    let annotation = |key: String| format!("metadata.annotations['{key}']");
+    vec![
+        EnvVar {
+            name: "BATON_SLOT".into(),
+            value: Some(slot.to_string()),
+            ..EnvVar::default()
+        },
+        field(
+            "BATON_SLOT_VERSION",
+            annotation(slot_version_annotation(slot)),
+        ),
+        field(
+            "BATON_SLOT_VERSION_ALT",
+            annotation(slot_version_annotation(slot.other())),
+        ),
+        field("BATON_ACTIVE_SLOT", annotation(ANN_ACTIVE_SLOT.to_owned())),
+        EnvVar {
+            name: "BATON_RUN_DIR".into(),
+            value: Some(RUN_DIR.into()),
+            ..EnvVar::default()
+        },
+        field("NODE_NAME", "spec.nodeName".into()),
+        field("POD_NAME", "metadata.name".into()),
+        field("POD_NAMESPACE", "metadata.namespace".into()),
+    ]
+}
+
+fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
+    VolumeMount {
+        name: name.to_owned(),
+        mount_path: path.to_owned(),
+        read_only: read_only.then_some(true),
+        ..VolumeMount::default()
+    }
+}
+
+fn volumes() -> Vec<Volume> {
+    let host = |name: &str, path: &str, type_: &str| Volume {
+        name: name.to_owned(),
+        host_path: Some(HostPathVolumeSource {
+            path: path.to_owned(),
+            type_: Some(type_.to_owned()),
+        }),
+        ..Volume::default()
+    };
+    vec![
+        host("bpffs", "/sys/fs/bpf", "DirectoryOrCreate"),
+        host("cgroup", "/sys/fs/cgroup", "Directory"),
+        Volume {
+            name: "run".into(),
+            // Both slots share it for handover.sock; memory-backed, gone with the pod.
+            empty_dir: Some(EmptyDirVolumeSource {
+                medium: Some("Memory".into()),
+                ..EmptyDirVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> KmeshUpgradeSpec {
+        serde_yaml::from_str(
+            "agentImage: agent:v2\nemptyImage: empty:1\npod: {extraArgs: [--x], priorityClassName: p}\n",
+        )
+        .expect("spec parses")
+    }
+
+    fn pod() -> Pod {
+        let target = PodTarget {
+            namespace: "mesh",
+            upgrade: "baton",
+            owner: OwnerReference::default(),
+            node: "n1",
+            service_account: "baton-agent",
+        };
+        build_pod(&target, &spec(), "agent:v1")
+    }
+
+    #[test]
+    fn pair_pod_runs_the_image_in_slot_a_and_parks_slot_b() {
+        let pod = pod();
+        let ps = pod.spec.as_ref().expect("spec");
+        let images: Vec<_> = ps
+            .containers
+            .iter()
+            .map(|c| (c.name.as_str(), c.image.as_deref()))
+            .collect();
+        assert_eq!(
+            images,
+            [("slot-a", Some("agent:v1")), ("slot-b", Some("empty:1"))]
+        );
+        assert_eq!(ps.node_name.as_deref(), Some("n1"));
+        assert_eq!(ps.priority_class_name.as_deref(), Some("p"));
+        let ann = pod.metadata.annotations.expect("annotations");
+        assert_eq!(ann["baton.dev/active-slot"], "a");
+        assert_eq!(ann["baton.dev/slot-a-version"], "agent:v1");
+        assert_eq!(ann["baton.dev/slot-b-version"], "empty:1");
+        assert_eq!(pod.metadata.name.as_deref(), Some("baton-n1"));
+    }
+
+    #[test]
+    fn slots_get_exactly_the_agent_capabilities_and_no_privilege() {
+        for c in &pod().spec.expect("spec").containers {
+            let sc = c.security_context.as_ref().expect("security context");
+            assert_eq!(sc.privileged, Some(false));
+            let caps = sc.capabilities.as_ref().expect("caps");
+            assert_eq!(
+                caps.add.as_deref(),
+                Some(&["BPF", "NET_ADMIN", "SYS_ADMIN", "SYS_RESOURCE"].map(String::from)[..])
+            );
+            assert_eq!(caps.drop.as_deref(), Some(&["ALL".to_string()][..]));
+            let mounts: Vec<_> = c
+                .volume_mounts
+                .iter()
+                .flatten()
+                .map(|m| m.mount_path.as_str())
+                .collect();
+            assert_eq!(mounts, ["/sys/fs/bpf", "/sys/fs/cgroup", "/run/baton"]);
+            assert_eq!(c.args.as_deref(), Some(&["--x".to_string()][..]));
+        }
+    }
+
+    #[test]
+    fn each_slot_reads_its_own_and_the_other_version_from_annotations() {
+        let pod = pod();
+        let b = &pod.spec.as_ref().expect("spec").containers[1];
+        let env = |name: &str| {
+            b.env
+                .iter()
+                .flatten()
+                .find(|e| e.name == name)
+                .unwrap_or_else(|| panic!("no env {name}"))
+                .clone()
+        };
+        assert_eq!(env("BATON_SLOT").value.as_deref(), Some("b"));
+        let path = |name: &str| {
+            env(name)
+                .value_from
+                .and_then(|v| v.field_ref)
+                .map(|f| f.field_path)
+        };
+        assert_eq!(
+            path("BATON_SLOT_VERSION").as_deref(),
+            Some("metadata.annotations['baton.dev/slot-b-version']")
+        );
+        assert_eq!(
+            path("BATON_SLOT_VERSION_ALT").as_deref(),
+            Some("metadata.annotations['baton.dev/slot-a-version']")
+        );
+    }
+}

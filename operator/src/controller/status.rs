@@ -1,0 +1,246 @@
+//! Turns a plan into the `KmeshUpgrade` status.
+
+use std::collections::HashMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+
+use crate::crd::{HandoverFigures, KmeshUpgradeStatus, NodeStatus, RolloutPhase};
+use crate::plan::Plan;
+
+/// Builds the status for `plan`. `figures` are this observation's handover
+/// reports by node; older figures are kept from `previous`.
+pub fn build_status(
+    plan: &Plan,
+    figures: &HashMap<String, HandoverFigures>,
+    previous: Option<&KmeshUpgradeStatus>,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> KmeshUpgradeStatus {
+    let old_nodes: HashMap<&str, &NodeStatus> = previous
+        .into_iter()
+        .flat_map(|s| &s.node_statuses)
+        .map(|n| (n.node.as_str(), n))
+        .collect();
+    let node_statuses = plan
+        .nodes
+        .iter()
+        .map(|n| NodeStatus {
+            node: n.name.clone(),
+            active_slot: n.active_slot,
+            version: n.version.clone(),
+            phase: n.phase,
+            failed_image: n.failed_image.clone(),
+            last_handover: figures.get(&n.name).cloned().or_else(|| {
+                old_nodes
+                    .get(n.name.as_str())
+                    .and_then(|o| o.last_handover.clone())
+            }),
+        })
+        .collect();
+    let s = &plan.summary;
+    let count = |v: u32| i32::try_from(v).unwrap_or(i32::MAX);
+    let phase = plan.phase;
+    let progressing = matches!(phase, RolloutPhase::Progressing | RolloutPhase::RollingBack);
+    let degraded = matches!(
+        phase,
+        RolloutPhase::Failed | RolloutPhase::RollingBack | RolloutPhase::RolledBack
+    ) || s.failed > 0;
+    let failed_message = plan
+        .memory
+        .failed_image
+        .as_ref()
+        .map(|img| format!("handover to {img} failed on {} node(s)", s.failed))
+        .unwrap_or_else(|| format!("{} node(s) failed their last handover", s.failed));
+    let old_conditions = previous
+        .map(|p| p.conditions.as_slice())
+        .unwrap_or_default();
+    let condition = |type_: &str, ok: bool, reason: &str, message: String| {
+        make_condition(old_conditions, type_, ok, reason, message, generation, now)
+    };
+    KmeshUpgradeStatus {
+        observed_generation: generation,
+        nodes: count(s.nodes),
+        updated: count(s.updated),
+        ready: count(s.ready),
+        failed: count(s.failed),
+        phase: Some(phase),
+        stable_image: plan.memory.stable_image.clone(),
+        failed_image: plan.memory.failed_image.clone(),
+        node_statuses,
+        conditions: vec![
+            condition(
+                "Available",
+                s.ready == s.nodes,
+                if s.ready == s.nodes {
+                    "AgentsReady"
+                } else {
+                    "AgentsNotReady"
+                },
+                format!("{} of {} agents ready", s.ready, s.nodes),
+            ),
+            condition(
+                "Progressing",
+                progressing,
+                &phase.to_string(),
+                format!(
+                    "{} of {} nodes updated, {} upgrading (maxUnavailable {})",
+                    s.updated, s.nodes, s.upgrading, s.max_unavailable
+                ),
+            ),
+            condition(
+                "Degraded",
+                degraded,
+                if degraded {
+                    "HandoverFailed"
+                } else {
+                    "AsExpected"
+                },
+                failed_message,
+            ),
+        ],
+    }
+}
+
+/// A condition that keeps its transition time while its status stays the same.
+fn make_condition(
+    old: &[Condition],
+    type_: &str,
+    ok: bool,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> Condition {
+    let status = if ok { "True" } else { "False" };
+    let last_transition_time = old
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or(Time(now));
+    Condition {
+        type_: type_.to_owned(),
+        status: status.to_owned(),
+        reason: reason.to_owned(),
+        message,
+        observed_generation: generation,
+        last_transition_time,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{NodePhase, Slot};
+    use crate::plan::{Memory, NodeOutcome, Summary};
+
+    fn plan(phase: RolloutPhase, failed: u32) -> Plan {
+        Plan {
+            actions: vec![],
+            summary: Summary {
+                nodes: 2,
+                updated: 1,
+                ready: 2,
+                failed,
+                upgrading: 1,
+                max_unavailable: 1,
+            },
+            phase,
+            memory: Memory {
+                stable_image: Some("v1".into()),
+                failed_image: (failed > 0).then(|| "v2".into()),
+            },
+            nodes: vec![NodeOutcome {
+                name: "n1".into(),
+                phase: NodePhase::Running,
+                active_slot: Some(Slot::B),
+                version: Some("v2".into()),
+                failed_image: None,
+            }],
+        }
+    }
+
+    fn t(s: &str) -> Timestamp {
+        s.parse().expect("timestamp")
+    }
+
+    #[test]
+    fn counts_phase_and_nodes_come_from_the_plan() {
+        let figures = HashMap::from([(
+            "n1".to_string(),
+            HandoverFigures {
+                duration_ms: 12,
+                ..HandoverFigures::default()
+            },
+        )]);
+        let s = build_status(
+            &plan(RolloutPhase::Progressing, 0),
+            &figures,
+            None,
+            Some(4),
+            t("2026-01-01T00:00:00Z"),
+        );
+        assert_eq!((s.nodes, s.updated, s.ready, s.failed), (2, 1, 2, 0));
+        assert_eq!(s.phase, Some(RolloutPhase::Progressing));
+        assert_eq!(s.observed_generation, Some(4));
+        assert_eq!(
+            s.node_statuses[0]
+                .last_handover
+                .as_ref()
+                .map(|f| f.duration_ms),
+            Some(12)
+        );
+        let cond = |ty: &str| {
+            s.conditions
+                .iter()
+                .find(|c| c.type_ == ty)
+                .map(|c| c.status.as_str())
+        };
+        assert_eq!(cond("Available"), Some("True"));
+        assert_eq!(cond("Progressing"), Some("True"));
+        assert_eq!(cond("Degraded"), Some("False"));
+    }
+
+    #[test]
+    fn transition_times_move_only_when_a_condition_flips_and_figures_are_kept() {
+        let first = build_status(
+            &plan(RolloutPhase::Progressing, 0),
+            &HashMap::from([("n1".to_string(), HandoverFigures::default())]),
+            None,
+            Some(1),
+            t("2026-01-01T00:00:00Z"),
+        );
+        let later = t("2026-01-01T01:00:00Z");
+        let second = build_status(
+            &plan(RolloutPhase::Failed, 1),
+            &HashMap::new(),
+            Some(&first),
+            Some(1),
+            later,
+        );
+        let time = |s: &KmeshUpgradeStatus, ty: &str| {
+            s.conditions
+                .iter()
+                .find(|c| c.type_ == ty)
+                .map(|c| c.last_transition_time.0)
+        };
+        assert_eq!(time(&second, "Available"), time(&first, "Available"));
+        assert_eq!(time(&second, "Degraded"), Some(later));
+        assert_eq!(time(&second, "Progressing"), Some(later));
+        assert!(
+            second.node_statuses[0].last_handover.is_some(),
+            "old figures kept"
+        );
+        let again = build_status(
+            &plan(RolloutPhase::Failed, 1),
+            &HashMap::new(),
+            Some(&second),
+            Some(1),
+            t("2026-01-01T02:00:00Z"),
+        );
+        assert_eq!(
+            again, second,
+            "an unchanged plan gives an identical status: no write needed"
+        );
+    }
+}
