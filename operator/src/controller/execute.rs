@@ -101,7 +101,10 @@ impl Executor<'_> {
             }
             Action::StartUpgrade { slot, image, .. }
             | Action::StartRollback { slot, image, .. } => {
-                let started = Timestamp::now().to_string();
+                // Whole seconds, like the condition times it is compared with.
+                let started = Timestamp::from_second(Timestamp::now().as_second())
+                    .map(|t| t.to_string())
+                    .unwrap_or_else(|_| Timestamp::now().to_string());
                 let rv = self
                     .patch(&pod, *slot, image, json!({ANN_HANDOVER_STARTED: started}))
                     .await

@@ -39,7 +39,9 @@ impl Expectation {
     fn met_by(&self, pod: Option<&Pod>) -> bool {
         match (self, pod) {
             (Expectation::Gone, None) => true,
-            (Expectation::Gone, Some(_)) | (_, None) => false,
+            // Bound pods linger until their kubelet confirms; deletion started is enough.
+            (Expectation::Gone, Some(pod)) => pod.metadata.deletion_timestamp.is_some(),
+            (_, None) => false,
             (Expectation::Exists, Some(_)) => true,
             (Expectation::AtLeast(want), Some(pod)) => pod
                 .metadata
@@ -141,6 +143,20 @@ mod tests {
         assert!(!e.satisfied("ns/u", |n| (n == "a").then(|| pod("9"))));
         assert!(e.satisfied("ns/u", |n| (n == "a").then(|| pod("11"))));
         assert!(e.satisfied("other", |_| None));
+    }
+
+    #[test]
+    fn a_terminating_pod_counts_as_gone() {
+        let e = Expectations::default();
+        e.expect("k", vec![("a".into(), Expectation::Gone)]);
+        assert!(!e.satisfied("k", |_| Some(pod("3"))));
+        let mut terminating = Pod::default();
+        terminating.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+            ));
+        let terminating = Arc::new(terminating);
+        assert!(e.satisfied("k", |_| Some(terminating.clone())));
     }
 
     #[test]

@@ -220,6 +220,9 @@ async fn reconcile(
         .collect();
     let mut figures = HashMap::new();
     let mut view = |node: String, selected: bool, pod: Option<Arc<Pod>>| {
+        // A terminating pod on a node we are leaving is as good as gone; on a
+        // selected node it stays in view (not ready) so nothing is created twice.
+        let pod = pod.filter(|p| selected || p.metadata.deletion_timestamp.is_none());
         let pod = pod.map(|p| {
             let observed = observe::observe(&p, now);
             if let Some(f) = observed.figures {

@@ -94,7 +94,8 @@ pub fn observe(pod: &Pod, now: Timestamp) -> Observed {
         // A retry of the same version into the same slot must not pick up the
         // previous attempt's report: it has to be newer than this start.
         let fresh = match (started_at, c.last_transition_time.as_ref()) {
-            (Some(start), Some(at)) => at.0 >= start,
+            // Condition times have whole seconds only.
+            (Some(start), Some(at)) => at.0.as_second() >= start.as_second(),
             _ => true,
         };
         (fresh
@@ -219,6 +220,8 @@ mod tests {
             o.view.standby,
             Standby::Upgrading { report: None, .. }
         ));
+        // Same second as the start: condition times have no fractions, so it counts.
+        let ann = json!({"baton.dev/handover-started": "2026-01-01T00:00:31.5Z"});
         cond[0]["lastTransitionTime"] = json!("2026-01-01T00:00:31Z");
         let o = observe(&pod(ann, cond), now());
         assert!(matches!(

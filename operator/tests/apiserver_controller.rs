@@ -1,0 +1,417 @@
+//! The controller against a real kube-apiserver with fake Node objects. There
+//! is no kubelet: the test plays it (pod status) and the agents (handover
+//! condition), and checks what the operator does in response.
+//!
+//! Needs `e2e/cluster/k8s-bins.sh` (or `BATON_SKIP_APISERVER=1`).
+
+mod support;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use baton_operator::controller::{self, Settings};
+use baton_operator::crd::{KmeshUpgrade, RolloutPhase};
+use baton_operator::leader::LeaseLock;
+use baton_operator::metrics::Metrics;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, ServiceAccount};
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use serde_json::{json, Value};
+use support::apiserver::ApiServer;
+
+const NS: &str = "mesh";
+const WAIT: Duration = Duration::from_secs(40);
+
+/// Polls `check` until it returns `Some`, or panics with `what` after `WAIT`.
+async fn wait_for<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let start = std::time::Instant::now();
+    while start.elapsed() < WAIT {
+        if let Some(v) = check().await {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("timed out after {WAIT:?} waiting for {what}");
+}
+
+async fn create<K>(api: &Api<K>, value: Value)
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+{
+    let obj: K = serde_json::from_value(value).expect("test object parses");
+    api.create(&PostParams::default(), &obj)
+        .await
+        .unwrap_or_else(|e| panic!("creating test object: {e}"));
+}
+
+fn annotation(pod: &Pod, key: &str) -> Option<String> {
+    pod.metadata.annotations.as_ref()?.get(key).cloned()
+}
+
+fn image(pod: &Pod, container: &str) -> Option<String> {
+    pod.spec
+        .as_ref()?
+        .containers
+        .iter()
+        .find(|c| c.name == container)?
+        .image
+        .clone()
+}
+
+fn upgrading(pod: &Pod) -> bool {
+    annotation(pod, "baton.dev/handover-started").is_some()
+}
+
+/// Plays the kubelet: both slots running and ready.
+async fn kubelet_runs(pods: &Api<Pod>, name: &str) {
+    let status = |c: &str| {
+        json!({"name": c, "ready": true, "restartCount": 0, "image": "", "imageID": "",
+               "state": {"running": {}}})
+    };
+    let body = json!({"status": {"phase": "Running",
+        "containerStatuses": [status("slot-a"), status("slot-b")]}});
+    pods.patch_status(name, &PatchParams::default(), &Patch::Merge(&body))
+        .await
+        .unwrap_or_else(|e| panic!("kubelet status of {name}: {e}"));
+}
+
+/// Plays the new agent: reports its handover through the pod condition.
+async fn agent_reports(pods: &Api<Pod>, name: &str, slot: &str, version: &str, committed: bool) {
+    let message = json!({"slot": slot, "version": version, "durationMs": 42, "freezeMs": 3,
+                         "mapsReused": 5, "mapsMigrated": 1, "entriesCopied": 1234,
+                         "message": if committed { "ok" } else { "frontend map refused" }});
+    let body = json!({"status": {"conditions": [{
+        "type": "baton.dev/Handover",
+        "status": if committed { "True" } else { "False" },
+        "reason": if committed { "Committed" } else { "Failed" },
+        "message": message.to_string(),
+        "lastTransitionTime": Timestamp::now().to_string(),
+    }]}});
+    pods.patch_status(name, &PatchParams::default(), &Patch::Strategic(&body))
+        .await
+        .unwrap_or_else(|e| panic!("agent condition on {name}: {e}"));
+}
+
+async fn pods_by_name(pods: &Api<Pod>) -> Vec<Pod> {
+    let mut list = pods
+        .list(&ListParams::default().labels("baton.dev/upgrade=baton"))
+        .await
+        .expect("listing pods")
+        .items;
+    list.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+    list
+}
+
+async fn status_where(
+    upgrades: &Api<KmeshUpgrade>,
+    what: &str,
+    check: impl Fn(&baton_operator::crd::KmeshUpgradeStatus) -> bool,
+) -> baton_operator::crd::KmeshUpgradeStatus {
+    wait_for(what, || async {
+        let s = upgrades.get("baton").await.ok()?.status?;
+        check(&s).then_some(s)
+    })
+    .await
+}
+
+/// Runs one node's handover to `version` through: waits for the start, reports commit.
+async fn commit_next(pods: &Api<Pod>, node: &str, slot: &str, version: &str) {
+    let name = format!("baton-{node}");
+    let pod = wait_for(
+        &format!("{name} to start a handover to {version}"),
+        || async {
+            let p = pods.get(&name).await.ok()?;
+            (upgrading(&p) && image(&p, &format!("slot-{slot}")).as_deref() == Some(version))
+                .then_some(p)
+        },
+    )
+    .await;
+    assert_eq!(
+        annotation(&pod, &format!("baton.dev/slot-{slot}-version")).as_deref(),
+        Some(version),
+        "the slot's version annotation moves with its image"
+    );
+    // maxUnavailable 1: nobody else may be in flight meanwhile.
+    let others: Vec<_> = pods_by_name(pods)
+        .await
+        .into_iter()
+        .filter(|p| upgrading(p) && p.metadata.name.as_deref() != Some(&name))
+        .filter_map(|p| p.metadata.name)
+        .collect();
+    assert!(
+        others.is_empty(),
+        "{others:?} upgrading at the same time as {name}"
+    );
+    agent_reports(pods, &name, slot, version, true).await;
+    wait_for(&format!("{name} to finish its handover"), || async {
+        let p = pods.get(&name).await.ok()?;
+        (!upgrading(&p) && annotation(&p, "baton.dev/active-slot").as_deref() == Some(slot))
+            .then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn controller_rolls_out_upgrades_and_stops_on_failure() {
+    let Some(server) = ApiServer::start().await else {
+        return;
+    };
+    let client = server.client().await;
+    support::install_crd(&client).await;
+    create(
+        &Api::<Namespace>::all(client.clone()),
+        json!({"metadata": {"name": NS}}),
+    )
+    .await;
+    create(
+        &Api::<ServiceAccount>::namespaced(client.clone(), NS),
+        json!({"metadata": {"name": "baton-agent"}}),
+    )
+    .await;
+    let nodes: Api<Node> = Api::all(client.clone());
+    for (name, mesh) in [("n1", true), ("n2", true), ("n3", true), ("n4", false)] {
+        let labels = if mesh {
+            json!({"baton.dev/mesh": "on"})
+        } else {
+            json!({})
+        };
+        create(
+            &nodes,
+            json!({"metadata": {"name": name, "labels": labels}}),
+        )
+        .await;
+    }
+    let upgrades: Api<KmeshUpgrade> = Api::namespaced(client.clone(), NS);
+    create(
+        &upgrades,
+        json!({"apiVersion": "baton.dev/v1alpha1", "kind": "KmeshUpgrade",
+               "metadata": {"name": "baton"},
+               "spec": {"nodeSelector": {"matchLabels": {"baton.dev/mesh": "on"}},
+                        "agentImage": "agent:v1", "emptyImage": "empty:1",
+                        "strategy": {"maxUnavailable": 1, "handoverTimeoutSeconds": 60}}}),
+    )
+    .await;
+
+    let metrics = Arc::new(Metrics::default());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let settings = Settings {
+        in_flight_poll: Duration::from_millis(300),
+        ..Settings::default()
+    };
+    let operator = tokio::spawn(controller::run(
+        client.clone(),
+        settings,
+        metrics.clone(),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+
+    // 1. One pair pod per selected node, none on the unselected one.
+    let created = wait_for("three agent pods", || async {
+        let list = pods_by_name(&pods).await;
+        (list.len() == 3).then_some(list)
+    })
+    .await;
+    let names: Vec<_> = created
+        .iter()
+        .filter_map(|p| p.metadata.name.clone())
+        .collect();
+    assert_eq!(names, ["baton-n1", "baton-n2", "baton-n3"]);
+    for pod in &created {
+        let spec = pod.spec.as_ref().expect("pod spec");
+        assert_eq!(image(pod, "slot-a").as_deref(), Some("agent:v1"));
+        assert_eq!(image(pod, "slot-b").as_deref(), Some("empty:1"));
+        assert_eq!(spec.service_account_name.as_deref(), Some("baton-agent"));
+        let owner = &pod.metadata.owner_references.as_ref().expect("owner")[0];
+        assert_eq!(
+            (owner.kind.as_str(), owner.controller),
+            ("KmeshUpgrade", Some(true))
+        );
+        kubelet_runs(&pods, pod.metadata.name.as_deref().expect("name")).await;
+    }
+    let s = status_where(&upgrades, "a complete v1 rollout", |s| {
+        s.phase == Some(RolloutPhase::Complete) && s.ready == 3
+    })
+    .await;
+    assert_eq!((s.nodes, s.updated, s.failed), (3, 3, 0));
+    assert_eq!(s.stable_image.as_deref(), Some("agent:v1"));
+
+    // 2. A new image is a hot upgrade, one node at a time, in name order.
+    let merge = |v: Value| Patch::Merge(v);
+    upgrades
+        .patch(
+            "baton",
+            &PatchParams::default(),
+            &merge(json!({"spec": {"agentImage": "agent:v2"}})),
+        )
+        .await
+        .expect("patching agentImage");
+    for node in ["n1", "n2", "n3"] {
+        commit_next(&pods, node, "b", "agent:v2").await;
+    }
+    let s = status_where(&upgrades, "a complete v2 rollout", |s| {
+        s.phase == Some(RolloutPhase::Complete) && s.updated == 3
+    })
+    .await;
+    assert_eq!(s.stable_image.as_deref(), Some("agent:v2"));
+    for pod in pods_by_name(&pods).await {
+        assert_eq!(
+            image(&pod, "slot-a").as_deref(),
+            Some("empty:1"),
+            "old slot parked"
+        );
+        assert_eq!(image(&pod, "slot-b").as_deref(), Some("agent:v2"));
+    }
+    let n1 = s
+        .node_statuses
+        .iter()
+        .find(|n| n.node == "n1")
+        .expect("n1 status");
+    assert_eq!(n1.version.as_deref(), Some("agent:v2"));
+    let figures = n1
+        .last_handover
+        .as_ref()
+        .expect("handover figures in status");
+    assert_eq!((figures.duration_ms, figures.entries_copied), (42, 1234));
+
+    // 3. A failed handover parks the new slot again and halts the rollout.
+    upgrades
+        .patch(
+            "baton",
+            &PatchParams::default(),
+            &merge(json!({"spec": {"agentImage": "agent:v3"}})),
+        )
+        .await
+        .expect("patching agentImage");
+    wait_for("n1 to start v3 in slot a", || async {
+        let p = pods.get("baton-n1").await.ok()?;
+        (upgrading(&p) && image(&p, "slot-a").as_deref() == Some("agent:v3")).then_some(())
+    })
+    .await;
+    agent_reports(&pods, "baton-n1", "a", "agent:v3", false).await;
+    let s = status_where(&upgrades, "the rollout to fail", |s| {
+        s.phase == Some(RolloutPhase::Failed)
+    })
+    .await;
+    assert_eq!((s.failed, s.failed_image.as_deref()), (1, Some("agent:v3")));
+    let n1 = pods.get("baton-n1").await.expect("n1 pod");
+    assert!(!upgrading(&n1));
+    assert_eq!(
+        image(&n1, "slot-a").as_deref(),
+        Some("empty:1"),
+        "failed slot parked"
+    );
+    assert_eq!(
+        annotation(&n1, "baton.dev/active-slot").as_deref(),
+        Some("b"),
+        "old agent still active"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let busy: Vec<_> = pods_by_name(&pods)
+        .await
+        .into_iter()
+        .filter(upgrading)
+        .collect();
+    assert!(
+        busy.is_empty(),
+        "no handover may start after a failure with onFailure: Pause"
+    );
+
+    // 4. Events tell the story.
+    let events: Api<Event> = Api::namespaced(client.clone(), NS);
+    let reasons = wait_for("HandoverFailed event", || async {
+        let list = events.list(&ListParams::default()).await.ok()?;
+        let reasons: Vec<String> = list.items.into_iter().filter_map(|e| e.reason).collect();
+        reasons
+            .iter()
+            .any(|r| r == "HandoverFailed")
+            .then_some(reasons)
+    })
+    .await;
+    for want in [
+        "PodCreated",
+        "UpgradeStarted",
+        "HandoverCommitted",
+        "StandbyReset",
+    ] {
+        assert!(
+            reasons.iter().any(|r| r == want),
+            "no {want} event in {reasons:?}"
+        );
+    }
+
+    // 5. A node that leaves the selection loses its pod.
+    nodes
+        .patch(
+            "n3",
+            &PatchParams::default(),
+            &merge(json!({"metadata": {"labels": {"baton.dev/mesh": null}}})),
+        )
+        .await
+        .expect("unlabelling n3");
+    // Without a kubelet a bound pod stays Terminating: deletion requested is the check.
+    wait_for("n3's pod to be deleted", || async {
+        let pod = pods.get_opt("baton-n3").await.ok()?;
+        pod.is_none_or(|p| p.metadata.deletion_timestamp.is_some())
+            .then_some(())
+    })
+    .await;
+    status_where(&upgrades, "two selected nodes", |s| s.nodes == 2).await;
+
+    let text = metrics.render();
+    assert!(
+        text.contains(r#"baton_operator_actions_total{action="start_upgrade"} 4"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"baton_operator_failed_nodes{namespace="mesh",name="baton"} 1"#),
+        "{text}"
+    );
+
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(20), operator)
+        .await
+        .expect("controller stops on shutdown")
+        .expect("controller task did not panic")
+        .expect("controller ended cleanly");
+}
+
+#[tokio::test]
+async fn lease_has_one_holder_at_a_time() {
+    let Some(server) = ApiServer::start().await else {
+        return;
+    };
+    let client = server.client().await;
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "default");
+    let duration = Duration::from_secs(2);
+    let a = LeaseLock::new(leases.clone(), "baton-operator", "replica-a", duration);
+    let b = LeaseLock::new(leases.clone(), "baton-operator", "replica-b", duration);
+    assert!(a.try_acquire_or_renew().await.expect("a acquires"));
+    assert!(
+        !b.try_acquire_or_renew().await.expect("b asks"),
+        "b must not lead while a renews"
+    );
+    assert!(a.try_acquire_or_renew().await.expect("a renews"));
+    // a stops renewing: once the lease expires, b takes over and a has lost it.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(b.try_acquire_or_renew().await.expect("b takes over"));
+    assert!(!a.try_acquire_or_renew().await.expect("a asks again"));
+    let lease = leases.get("baton-operator").await.expect("lease");
+    let spec = lease.spec.expect("lease spec");
+    assert_eq!(spec.holder_identity.as_deref(), Some("replica-b"));
+    assert_eq!(spec.lease_transitions, Some(1));
+    // hold() reports the loss instead of leading on.
+    let lost = tokio::time::timeout(Duration::from_secs(10), a.hold())
+        .await
+        .expect("a notices it lost the lease");
+    assert!(lost.to_string().contains("replica-b"), "{lost}");
+}
