@@ -2,7 +2,11 @@
 //! is no kubelet: the test plays it (pod status) and the agents (handover
 //! condition), and checks what the operator does in response.
 //!
-//! Needs `e2e/cluster/k8s-bins.sh` (or `BATON_SKIP_APISERVER=1`).
+//! The operator and the agents act as the chart's service accounts, bound by
+//! the chart's own RBAC: a missing permission fails these tests.
+//!
+//! Needs `e2e/cluster/k8s-bins.sh` (or `BATON_SKIP_APISERVER=1`) and the chart
+//! test requirements (`pip install -r charts/tests/requirements.txt`).
 
 mod support;
 
@@ -15,14 +19,17 @@ use baton_operator::crd::{KmeshUpgrade, RolloutPhase};
 use baton_operator::leader::LeaseLock;
 use baton_operator::metrics::Metrics;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod, ServiceAccount};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Secret, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{json, Value};
 use support::apiserver::ApiServer;
 
-const NS: &str = "mesh";
+const NS: &str = support::chart::RELEASE_NAMESPACE;
+const OPERATOR_SA: &str = "system:serviceaccount:baton-system:baton-operator";
+const AGENT_SA: &str = "system:serviceaccount:baton-system:baton-agent";
 const WAIT: Duration = Duration::from_secs(40);
 
 /// Polls `check` until it returns `Some`, or panics with `what` after `WAIT`.
@@ -122,7 +129,13 @@ async fn status_where(
 }
 
 /// Runs one node's handover to `version` through: waits for the start, reports commit.
-async fn commit_next(pods: &Api<Pod>, node: &str, slot: &str, version: &str) {
+async fn commit_next(
+    pods: &Api<Pod>,
+    agent_pods: &Api<Pod>,
+    node: &str,
+    slot: &str,
+    version: &str,
+) {
     let name = format!("baton-{node}");
     let pod = wait_for(
         &format!("{name} to start a handover to {version}"),
@@ -149,13 +162,76 @@ async fn commit_next(pods: &Api<Pod>, node: &str, slot: &str, version: &str) {
         others.is_empty(),
         "{others:?} upgrading at the same time as {name}"
     );
-    agent_reports(pods, &name, slot, version, true).await;
+    agent_reports(agent_pods, &name, slot, version, true).await;
     wait_for(&format!("{name} to finish its handover"), || async {
         let p = pods.get(&name).await.ok()?;
         (!upgrading(&p) && annotation(&p, "baton.dev/active-slot").as_deref() == Some(slot))
             .then_some(())
     })
     .await;
+}
+
+/// Creates the release namespace and applies the chart's accounts and RBAC for real.
+async fn install_chart_rbac(client: &kube::Client) {
+    create(
+        &Api::<Namespace>::all(client.clone()),
+        json!({"metadata": {"name": NS}}),
+    )
+    .await;
+    let docs = support::chart::render(r#"{"upgrade": {"enabled": false}}"#);
+    let rbac = support::chart::of_kind(
+        &docs,
+        &[
+            "ServiceAccount",
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "Role",
+            "RoleBinding",
+        ],
+    );
+    assert_eq!(rbac.len(), 10, "chart RBAC objects");
+    let failures = support::chart::apply(client, &rbac, false).await;
+    assert!(failures.is_empty(), "applying chart RBAC: {failures:?}");
+}
+
+fn forbidden<T>(result: Result<T, kube::Error>) -> bool {
+    matches!(result, Err(kube::Error::Api(s)) if s.code == 403)
+}
+
+#[tokio::test]
+async fn chart_accounts_get_what_they_need_and_no_more() {
+    let Some(server) = ApiServer::start().await else {
+        return;
+    };
+    install_chart_rbac(&server.client().await).await;
+    let agent = server.client_as(AGENT_SA).await;
+    let all = ListParams::default();
+    Api::<Service>::all(agent.clone())
+        .list(&all)
+        .await
+        .expect("agent lists services");
+    Api::<EndpointSlice>::all(agent.clone())
+        .list(&all)
+        .await
+        .expect("agent lists endpoint slices");
+    assert!(forbidden(Api::<Node>::all(agent.clone()).list(&all).await));
+    assert!(forbidden(
+        Api::<Secret>::namespaced(agent.clone(), NS)
+            .list(&all)
+            .await
+    ));
+    assert!(forbidden(
+        Api::<Pod>::namespaced(agent, NS)
+            .delete("anything", &Default::default())
+            .await
+    ));
+    let operator = server.client_as(OPERATOR_SA).await;
+    assert!(forbidden(
+        Api::<Secret>::namespaced(operator.clone(), NS)
+            .list(&all)
+            .await
+    ));
+    assert!(forbidden(Api::<Service>::all(operator).list(&all).await));
 }
 
 #[tokio::test]
@@ -165,16 +241,7 @@ async fn controller_rolls_out_upgrades_and_stops_on_failure() {
     };
     let client = server.client().await;
     support::install_crd(&client).await;
-    create(
-        &Api::<Namespace>::all(client.clone()),
-        json!({"metadata": {"name": NS}}),
-    )
-    .await;
-    create(
-        &Api::<ServiceAccount>::namespaced(client.clone(), NS),
-        json!({"metadata": {"name": "baton-agent"}}),
-    )
-    .await;
+    install_chart_rbac(&client).await;
     let nodes: Api<Node> = Api::all(client.clone());
     for (name, mesh) in [("n1", true), ("n2", true), ("n3", true), ("n4", false)] {
         let labels = if mesh {
@@ -205,8 +272,9 @@ async fn controller_rolls_out_upgrades_and_stops_on_failure() {
         in_flight_poll: Duration::from_millis(300),
         ..Settings::default()
     };
+    let operator_client = server.client_as(OPERATOR_SA).await;
     let operator = tokio::spawn(controller::run(
-        client.clone(),
+        operator_client,
         settings,
         metrics.clone(),
         async {
@@ -214,6 +282,8 @@ async fn controller_rolls_out_upgrades_and_stops_on_failure() {
         },
     ));
     let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+    // Reports go through the agent's own account, so its RBAC is exercised too.
+    let agent_pods: Api<Pod> = Api::namespaced(server.client_as(AGENT_SA).await, NS);
 
     // 1. One pair pod per selected node, none on the unselected one.
     let created = wait_for("three agent pods", || async {
@@ -256,7 +326,7 @@ async fn controller_rolls_out_upgrades_and_stops_on_failure() {
         .await
         .expect("patching agentImage");
     for node in ["n1", "n2", "n3"] {
-        commit_next(&pods, node, "b", "agent:v2").await;
+        commit_next(&pods, &agent_pods, node, "b", "agent:v2").await;
     }
     let s = status_where(&upgrades, "a complete v2 rollout", |s| {
         s.phase == Some(RolloutPhase::Complete) && s.updated == 3
@@ -297,7 +367,7 @@ async fn controller_rolls_out_upgrades_and_stops_on_failure() {
         (upgrading(&p) && image(&p, "slot-a").as_deref() == Some("agent:v3")).then_some(())
     })
     .await;
-    agent_reports(&pods, "baton-n1", "a", "agent:v3", false).await;
+    agent_reports(&agent_pods, "baton-n1", "a", "agent:v3", false).await;
     let s = status_where(&upgrades, "the rollout to fail", |s| {
         s.phase == Some(RolloutPhase::Failed)
     })
@@ -373,7 +443,9 @@ async fn controller_rolls_out_upgrades_and_stops_on_failure() {
         "{text}"
     );
     assert!(
-        text.contains(r#"baton_operator_failed_nodes{namespace="mesh",name="baton"} 1"#),
+        text.contains(&format!(
+            r#"baton_operator_failed_nodes{{namespace="{NS}",name="baton"}} 1"#
+        )),
         "{text}"
     );
 
@@ -390,8 +462,8 @@ async fn lease_has_one_holder_at_a_time() {
     let Some(server) = ApiServer::start().await else {
         return;
     };
-    let client = server.client().await;
-    let leases: Api<Lease> = Api::namespaced(client.clone(), "default");
+    install_chart_rbac(&server.client().await).await;
+    let leases: Api<Lease> = Api::namespaced(server.client_as(OPERATOR_SA).await, NS);
     let duration = Duration::from_secs(2);
     let a = LeaseLock::new(leases.clone(), "baton-operator", "replica-a", duration);
     let b = LeaseLock::new(leases.clone(), "baton-operator", "replica-b", duration);

@@ -15,7 +15,6 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Pod};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{self, Action as Requeue, Controller};
@@ -71,6 +70,9 @@ pub enum ReconcileError {
     /// The object has no namespace (the CRD is namespaced, so a bug elsewhere).
     #[error("KmeshUpgrade {0} has no namespace")]
     NoNamespace(String),
+    /// The object has no uid yet, so pods cannot name it as their owner.
+    #[error("KmeshUpgrade {0} has no uid")]
+    NoUid(String),
     /// The planner refused the input.
     #[error(transparent)]
     Plan(#[from] PlanError),
@@ -261,7 +263,11 @@ async fn reconcile(
         target: PodTarget {
             namespace: &namespace,
             upgrade: &name,
-            owner: owner_reference(&upgrade),
+            // Pods go when their KmeshUpgrade goes. No blockOwnerDeletion, so
+            // no RBAC on kmeshupgrades/finalizers is needed.
+            owner: upgrade
+                .controller_owner_ref(&())
+                .ok_or_else(|| ReconcileError::NoUid(key.clone()))?,
             node: "",
             service_account: &ctx.settings.agent_service_account,
         },
@@ -337,18 +343,4 @@ async fn reconcile(
     } else {
         Requeue::requeue(Duration::from_secs(300))
     })
-}
-
-/// Controller owner reference: pods go when their `KmeshUpgrade` goes.
-fn owner_reference(upgrade: &KmeshUpgrade) -> OwnerReference {
-    upgrade
-        .controller_owner_ref(&())
-        .unwrap_or_else(|| OwnerReference {
-            api_version: KmeshUpgrade::api_version(&()).into_owned(),
-            kind: KmeshUpgrade::kind(&()).into_owned(),
-            name: upgrade.name_any(),
-            uid: upgrade.uid().unwrap_or_default(),
-            controller: Some(true),
-            block_owner_deletion: Some(true),
-        })
 }

@@ -143,6 +143,9 @@ impl ApiServer {
                 ),
                 "--service-cluster-ip-range=10.96.0.0/24".into(),
                 "--allow-privileged=true".into(),
+                // Stricter than the default: owner references with
+                // blockOwnerDeletion need RBAC on the owner's finalizers.
+                "--enable-admission-plugins=OwnerReferencesPermissionEnforcement".into(),
                 "--enable-priority-and-fairness=false".into(),
                 "--profiling=false".into(),
                 "--v=1".into(),
@@ -229,12 +232,22 @@ impl ApiServer {
 
     /// A cluster-admin client.
     pub async fn client(&self) -> kube::Client {
+        kube::Client::try_from(self.config().await).expect("building client")
+    }
+
+    /// A client acting as `user` (impersonated by the admin), e.g. a service
+    /// account, to check that its RBAC really suffices.
+    pub async fn client_as(&self, user: &str) -> kube::Client {
+        let mut config = self.config().await;
+        config.auth_info.impersonate = Some(user.to_owned());
+        kube::Client::try_from(config).expect("building impersonating client")
+    }
+
+    async fn config(&self) -> kube::Config {
         let kubeconfig = Kubeconfig::read_from(&self.kubeconfig).expect("reading kubeconfig");
-        let config =
-            kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-                .await
-                .expect("loading kubeconfig");
-        kube::Client::try_from(config).expect("building client")
+        kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+            .await
+            .expect("loading kubeconfig")
     }
 
     /// Path of a kubeconfig for this server (handy with kubectl when debugging).
