@@ -1,6 +1,6 @@
 //! The committed CRD manifests must equal what the Rust types generate.
 
-use std::path::PathBuf;
+mod support;
 
 /// Every copy of the generated CRD in the repository.
 const COPIES: &[&str] = &[
@@ -8,18 +8,11 @@ const COPIES: &[&str] = &[
     "charts/baton/crds/kmeshupgrade.yaml",
 ];
 
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("operator/ has a parent")
-        .to_path_buf()
-}
-
 #[test]
 fn committed_crds_match_the_rust_types() {
     let generated = baton_operator::crd::crd_yaml().expect("CRD renders");
     for copy in COPIES {
-        let path = repo_root().join(copy);
+        let path = support::repo_root().join(copy);
         let committed = std::fs::read_to_string(&path)
             .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
         assert!(

@@ -64,11 +64,7 @@ impl Executor<'_> {
         };
         let expectation = match action {
             Action::CreatePod { image, .. } => {
-                let target = PodTarget {
-                    node,
-                    ..self.target.clone()
-                };
-                let body = build_pod(&target, self.spec, image);
+                let body = build_pod(&self.target, node, self.spec, image);
                 match self.pods.create(&PostParams::default(), &body).await {
                     Ok(_) => {}
                     // Created by a previous round whose watch event is still on its way.

@@ -3,12 +3,12 @@
 
 mod execute;
 mod expect;
+mod fleet;
 pub mod names;
 pub mod observe;
 pub mod podspec;
 mod status;
 
-use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,10 +26,10 @@ use serde_json::json;
 
 use crate::crd::KmeshUpgrade;
 use crate::metrics::{ActionLabels, Metrics, UpgradeLabels};
-use crate::plan::{plan, Memory, NodeView, PlanError};
+use crate::plan::{plan, Memory, PlanError};
 use execute::{ExecuteError, Executor};
 use expect::Expectations;
-use names::{APP_NAME, LABEL_UPGRADE};
+use names::APP_NAME;
 use podspec::PodTarget;
 
 /// Field manager of the operator's status writes.
@@ -201,61 +201,19 @@ async fn reconcile(
     }
 
     let now = Timestamp::now();
-    let uid = upgrade.uid();
-    let mut by_node: BTreeMap<String, Arc<Pod>> = BTreeMap::new();
-    for pod in ctx.pods.state() {
-        let ours = pod.metadata.namespace.as_deref() == Some(namespace.as_str())
-            && pod.labels().get(LABEL_UPGRADE) == Some(&name)
-            && pod
-                .owner_references()
-                .iter()
-                .any(|o| Some(&o.uid) == uid.as_ref());
-        if let (true, Some(node)) = (ours, pod.spec.as_ref().and_then(|s| s.node_name.clone())) {
-            by_node.insert(node, pod);
-        }
-    }
+    let fleet = fleet::observe_fleet(
+        &upgrade,
+        &namespace,
+        &ctx.nodes.state(),
+        &ctx.pods.state(),
+        now,
+    );
     let status = upgrade.status.as_ref();
-    let failed_by_node: HashMap<&str, &str> = status
-        .into_iter()
-        .flat_map(|s| &s.node_statuses)
-        .filter_map(|n| Some((n.node.as_str(), n.failed_image.as_deref()?)))
-        .collect();
-    let mut figures = HashMap::new();
-    let mut view = |node: String, selected: bool, pod: Option<Arc<Pod>>| {
-        // A terminating pod on a node we are leaving is as good as gone; on a
-        // selected node it stays in view (not ready) so nothing is created twice.
-        let pod = pod.filter(|p| selected || p.metadata.deletion_timestamp.is_none());
-        let pod = pod.map(|p| {
-            let observed = observe::observe(&p, now);
-            if let Some(f) = observed.figures {
-                figures.insert(node.clone(), f);
-            }
-            observed.view
-        });
-        NodeView {
-            failed_image: failed_by_node.get(node.as_str()).map(|s| s.to_string()),
-            name: node,
-            selected,
-            pod,
-        }
-    };
-    let mut views = Vec::new();
-    for node in ctx.nodes.state() {
-        let node_name = node.name_any();
-        let selected = node.metadata.deletion_timestamp.is_none()
-            && observe::selects(&upgrade.spec.node_selector.match_labels, &node);
-        let pod = by_node.remove(&node_name);
-        views.push(view(node_name, selected, pod));
-    }
-    // Pods on nodes that no longer exist: delete them.
-    for (node_name, pod) in by_node {
-        views.push(view(node_name, false, Some(pod)));
-    }
     let memory = Memory {
         stable_image: status.and_then(|s| s.stable_image.clone()),
         failed_image: status.and_then(|s| s.failed_image.clone()),
     };
-    let plan = plan(&upgrade.spec, &memory, &views)?;
+    let plan = plan(&upgrade.spec, &memory, &fleet.views)?;
 
     let executor = Executor {
         pods: Api::namespaced(ctx.client.clone(), &namespace),
@@ -268,7 +226,6 @@ async fn reconcile(
             owner: upgrade
                 .controller_owner_ref(&())
                 .ok_or_else(|| ReconcileError::NoUid(key.clone()))?,
-            node: "",
             service_account: &ctx.settings.agent_service_account,
         },
         recorder: &ctx.recorder,
@@ -291,7 +248,7 @@ async fn reconcile(
             })
             .inc();
         if let crate::plan::Action::FinishUpgrade { node, .. } = action {
-            if let Some(f) = figures.get(node) {
+            if let Some(f) = fleet.figures.get(node) {
                 ctx.metrics
                     .handover_seconds
                     .observe(f.duration_ms as f64 / 1000.0);
@@ -302,8 +259,13 @@ async fn reconcile(
     ctx.expectations.expect(&key, expected);
     result?;
 
-    let new_status =
-        status::build_status(&plan, &figures, status, upgrade.metadata.generation, now);
+    let new_status = status::build_status(
+        &plan,
+        &fleet.figures,
+        status,
+        upgrade.metadata.generation,
+        now,
+    );
     if status != Some(&new_status) {
         let api: Api<KmeshUpgrade> = Api::namespaced(ctx.client.clone(), &namespace);
         let patch = json!({

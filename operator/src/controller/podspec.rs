@@ -16,8 +16,7 @@ use crate::crd::{KmeshUpgradeSpec, Slot};
 /// and lift memlock limits on older kernels (SYS_RESOURCE).
 pub const AGENT_CAPABILITIES: [&str; 4] = ["BPF", "NET_ADMIN", "SYS_ADMIN", "SYS_RESOURCE"];
 
-/// Everything that identifies one agent pod.
-#[derive(Clone)]
+/// What the agent pods of one `KmeshUpgrade` share.
 pub struct PodTarget<'a> {
     /// Namespace of the `KmeshUpgrade` (and of the pod).
     pub namespace: &'a str,
@@ -25,14 +24,12 @@ pub struct PodTarget<'a> {
     pub upgrade: &'a str,
     /// Owner reference to the `KmeshUpgrade`, so deleting it deletes the pods.
     pub owner: OwnerReference,
-    /// Node the pod is bound to.
-    pub node: &'a str,
     /// Service account of the agent.
     pub service_account: &'a str,
 }
 
-/// The pair pod: `image` active in slot a, slot b parked on the empty image.
-pub fn build_pod(target: &PodTarget<'_>, spec: &KmeshUpgradeSpec, image: &str) -> Pod {
+/// The pair pod on `node`: `image` active in slot a, slot b parked on the empty image.
+pub fn build_pod(target: &PodTarget<'_>, node: &str, spec: &KmeshUpgradeSpec, image: &str) -> Pod {
     let mut annotations = BTreeMap::new();
     annotations.insert(ANN_ACTIVE_SLOT.to_owned(), Slot::A.to_string());
     annotations.insert(slot_version_annotation(Slot::A), image.to_owned());
@@ -43,7 +40,7 @@ pub fn build_pod(target: &PodTarget<'_>, spec: &KmeshUpgradeSpec, image: &str) -
     ]);
     Pod {
         metadata: ObjectMeta {
-            name: Some(super::names::pod_name(target.upgrade, target.node)),
+            name: Some(super::names::pod_name(target.upgrade, node)),
             namespace: Some(target.namespace.to_owned()),
             labels: Some(labels),
             annotations: Some(annotations),
@@ -52,7 +49,7 @@ pub fn build_pod(target: &PodTarget<'_>, spec: &KmeshUpgradeSpec, image: &str) -
         },
         spec: Some(PodSpec {
             // Bound directly: one pod per node, like a DaemonSet, no scheduler round trip.
-            node_name: Some(target.node.to_owned()),
+            node_name: Some(node.to_owned()),
             service_account_name: Some(target.service_account.to_owned()),
             containers: vec![
                 slot_container(Slot::A, image, spec),
@@ -184,10 +181,9 @@ mod tests {
             namespace: "mesh",
             upgrade: "baton",
             owner: OwnerReference::default(),
-            node: "n1",
             service_account: "baton-agent",
         };
-        build_pod(&target, &spec(), "agent:v1")
+        build_pod(&target, "n1", &spec(), "agent:v1")
     }
 
     #[test]

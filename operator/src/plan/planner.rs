@@ -66,6 +66,7 @@ pub fn plan(
     let budget = max_unavailable(spec.strategy.max_unavailable.as_ref(), selected_u32)?;
     let desired = spec.agent_image.as_str();
     let timeout = u64::try_from(spec.strategy.handover_timeout_seconds.max(1)).unwrap_or(1);
+    let partition = usize::try_from(spec.strategy.partition.max(0)).unwrap_or(0);
 
     // Pass 1: per-node transitions that do not depend on the fleet (finish,
     // fail, create, delete). Actions are collected per node so that the
@@ -125,12 +126,12 @@ pub fn plan(
     let may_start = matches!(mode, Mode::Normal | Mode::RollingBack) && !spec.strategy.paused;
     if may_start {
         // A rollback restores every node; the partition only limits upgrades.
-        let partition = if mode == Mode::RollingBack {
+        let kept = if mode == Mode::RollingBack {
             0
         } else {
-            usize::try_from(spec.strategy.partition.max(0)).unwrap_or(0)
+            partition
         };
-        let mut partition_room = selected.saturating_sub(partition).saturating_sub(on_goal);
+        let mut partition_room = selected.saturating_sub(kept).saturating_sub(on_goal);
         let mut budget_room = usize::try_from(budget)
             .unwrap_or(usize::MAX)
             .saturating_sub(unavailable);
@@ -259,7 +260,6 @@ pub fn plan(
         });
     }
 
-    let partition = usize::try_from(spec.strategy.partition.max(0)).unwrap_or(0);
     let settled = summary.upgrading == 0 && outcomes.iter().all(|o| o.active_slot.is_some());
     let complete = settled && idle_on_goal >= selected.saturating_sub(partition);
     let phase = match mode {
