@@ -234,63 +234,127 @@ async fn chart_accounts_get_what_they_need_and_no_more() {
     assert!(forbidden(Api::<Service>::all(operator).list(&all).await));
 }
 
+/// A cluster with chart RBAC, nodes n1..n3 (selected) and n4 (not), a
+/// KmeshUpgrade `baton` on agent:v1 with `strategy`, and the operator running.
+struct Harness {
+    client: kube::Client,
+    pods: Api<Pod>,
+    /// Pods as the agents' service account sees them (for their reports).
+    agent_pods: Api<Pod>,
+    upgrades: Api<KmeshUpgrade>,
+    metrics: Arc<Metrics>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    operator: tokio::task::JoinHandle<Result<(), controller::ControllerError>>,
+}
+
+impl Harness {
+    async fn start(server: &ApiServer, strategy: Value) -> Harness {
+        let client = server.client().await;
+        support::install_crd(&client).await;
+        install_chart_rbac(&client).await;
+        let nodes: Api<Node> = Api::all(client.clone());
+        for (name, mesh) in [("n1", true), ("n2", true), ("n3", true), ("n4", false)] {
+            let labels = if mesh {
+                json!({"baton.dev/mesh": "on"})
+            } else {
+                json!({})
+            };
+            create(
+                &nodes,
+                json!({"metadata": {"name": name, "labels": labels}}),
+            )
+            .await;
+        }
+        let upgrades: Api<KmeshUpgrade> = Api::namespaced(client.clone(), NS);
+        create(
+            &upgrades,
+            json!({"apiVersion": "baton.dev/v1alpha1", "kind": "KmeshUpgrade",
+                   "metadata": {"name": "baton"},
+                   "spec": {"nodeSelector": {"matchLabels": {"baton.dev/mesh": "on"}},
+                            "agentImage": "agent:v1", "emptyImage": "empty:1",
+                            "strategy": strategy}}),
+        )
+        .await;
+        let metrics = Arc::new(Metrics::default());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let settings = Settings {
+            in_flight_poll: Duration::from_millis(300),
+            ..Settings::default()
+        };
+        // The operator acts as the chart's service account, under the chart's RBAC.
+        let operator = tokio::spawn(controller::run(
+            server.client_as(OPERATOR_SA).await,
+            settings,
+            metrics.clone(),
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        Harness {
+            pods: Api::namespaced(client.clone(), NS),
+            agent_pods: Api::namespaced(server.client_as(AGENT_SA).await, NS),
+            client,
+            upgrades,
+            metrics,
+            stop,
+            operator,
+        }
+    }
+
+    /// Plays the kubelet for the three pods and waits for a complete v1 rollout.
+    async fn run_v1(&self) -> Vec<Pod> {
+        let created = wait_for("three agent pods", || async {
+            let list = pods_by_name(&self.pods).await;
+            (list.len() == 3).then_some(list)
+        })
+        .await;
+        for pod in &created {
+            kubelet_runs(&self.pods, pod.metadata.name.as_deref().expect("name")).await;
+        }
+        let s = status_where(&self.upgrades, "a complete v1 rollout", |s| {
+            s.phase == Some(RolloutPhase::Complete) && s.ready == 3
+        })
+        .await;
+        assert_eq!((s.nodes, s.updated, s.failed), (3, 3, 0));
+        assert_eq!(s.stable_image.as_deref(), Some("agent:v1"));
+        created
+    }
+
+    async fn set_image(&self, image: &str) {
+        self.upgrades
+            .patch(
+                "baton",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"agentImage": image}})),
+            )
+            .await
+            .expect("patching agentImage");
+    }
+
+    async fn shutdown(self) {
+        let _ = self.stop.send(());
+        tokio::time::timeout(Duration::from_secs(20), self.operator)
+            .await
+            .expect("controller stops on shutdown")
+            .expect("controller task did not panic")
+            .expect("controller ended cleanly");
+    }
+}
+
 #[tokio::test]
 async fn controller_rolls_out_upgrades_and_stops_on_failure() {
     let Some(server) = ApiServer::start().await else {
         return;
     };
-    let client = server.client().await;
-    support::install_crd(&client).await;
-    install_chart_rbac(&client).await;
-    let nodes: Api<Node> = Api::all(client.clone());
-    for (name, mesh) in [("n1", true), ("n2", true), ("n3", true), ("n4", false)] {
-        let labels = if mesh {
-            json!({"baton.dev/mesh": "on"})
-        } else {
-            json!({})
-        };
-        create(
-            &nodes,
-            json!({"metadata": {"name": name, "labels": labels}}),
-        )
-        .await;
-    }
-    let upgrades: Api<KmeshUpgrade> = Api::namespaced(client.clone(), NS);
-    create(
-        &upgrades,
-        json!({"apiVersion": "baton.dev/v1alpha1", "kind": "KmeshUpgrade",
-               "metadata": {"name": "baton"},
-               "spec": {"nodeSelector": {"matchLabels": {"baton.dev/mesh": "on"}},
-                        "agentImage": "agent:v1", "emptyImage": "empty:1",
-                        "strategy": {"maxUnavailable": 1, "handoverTimeoutSeconds": 60}}}),
+    let h = Harness::start(
+        &server,
+        json!({"maxUnavailable": 1, "handoverTimeoutSeconds": 60}),
     )
     .await;
-
-    let metrics = Arc::new(Metrics::default());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let settings = Settings {
-        in_flight_poll: Duration::from_millis(300),
-        ..Settings::default()
-    };
-    let operator_client = server.client_as(OPERATOR_SA).await;
-    let operator = tokio::spawn(controller::run(
-        operator_client,
-        settings,
-        metrics.clone(),
-        async {
-            let _ = stopped.await;
-        },
-    ));
-    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
-    // Reports go through the agent's own account, so its RBAC is exercised too.
-    let agent_pods: Api<Pod> = Api::namespaced(server.client_as(AGENT_SA).await, NS);
+    let (client, pods, agent_pods, upgrades) = (&h.client, &h.pods, &h.agent_pods, &h.upgrades);
 
     // 1. One pair pod per selected node, none on the unselected one.
-    let created = wait_for("three agent pods", || async {
-        let list = pods_by_name(&pods).await;
-        (list.len() == 3).then_some(list)
-    })
-    .await;
+    let created = h.run_v1().await;
     let names: Vec<_> = created
         .iter()
         .filter_map(|p| p.metadata.name.clone())
@@ -306,34 +370,19 @@ async fn controller_rolls_out_upgrades_and_stops_on_failure() {
             (owner.kind.as_str(), owner.controller),
             ("KmeshUpgrade", Some(true))
         );
-        kubelet_runs(&pods, pod.metadata.name.as_deref().expect("name")).await;
     }
-    let s = status_where(&upgrades, "a complete v1 rollout", |s| {
-        s.phase == Some(RolloutPhase::Complete) && s.ready == 3
-    })
-    .await;
-    assert_eq!((s.nodes, s.updated, s.failed), (3, 3, 0));
-    assert_eq!(s.stable_image.as_deref(), Some("agent:v1"));
 
     // 2. A new image is a hot upgrade, one node at a time, in name order.
-    let merge = |v: Value| Patch::Merge(v);
-    upgrades
-        .patch(
-            "baton",
-            &PatchParams::default(),
-            &merge(json!({"spec": {"agentImage": "agent:v2"}})),
-        )
-        .await
-        .expect("patching agentImage");
+    h.set_image("agent:v2").await;
     for node in ["n1", "n2", "n3"] {
-        commit_next(&pods, &agent_pods, node, "b", "agent:v2").await;
+        commit_next(pods, agent_pods, node, "b", "agent:v2").await;
     }
-    let s = status_where(&upgrades, "a complete v2 rollout", |s| {
+    let s = status_where(upgrades, "a complete v2 rollout", |s| {
         s.phase == Some(RolloutPhase::Complete) && s.updated == 3
     })
     .await;
     assert_eq!(s.stable_image.as_deref(), Some("agent:v2"));
-    for pod in pods_by_name(&pods).await {
+    for pod in pods_by_name(pods).await {
         assert_eq!(
             image(&pod, "slot-a").as_deref(),
             Some("empty:1"),
@@ -354,21 +403,14 @@ async fn controller_rolls_out_upgrades_and_stops_on_failure() {
     assert_eq!((figures.duration_ms, figures.entries_copied), (42, 1234));
 
     // 3. A failed handover parks the new slot again and halts the rollout.
-    upgrades
-        .patch(
-            "baton",
-            &PatchParams::default(),
-            &merge(json!({"spec": {"agentImage": "agent:v3"}})),
-        )
-        .await
-        .expect("patching agentImage");
+    h.set_image("agent:v3").await;
     wait_for("n1 to start v3 in slot a", || async {
         let p = pods.get("baton-n1").await.ok()?;
         (upgrading(&p) && image(&p, "slot-a").as_deref() == Some("agent:v3")).then_some(())
     })
     .await;
-    agent_reports(&agent_pods, "baton-n1", "a", "agent:v3", false).await;
-    let s = status_where(&upgrades, "the rollout to fail", |s| {
+    agent_reports(agent_pods, "baton-n1", "a", "agent:v3", false).await;
+    let s = status_where(upgrades, "the rollout to fail", |s| {
         s.phase == Some(RolloutPhase::Failed)
     })
     .await;
@@ -386,7 +428,7 @@ async fn controller_rolls_out_upgrades_and_stops_on_failure() {
         "old agent still active"
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let busy: Vec<_> = pods_by_name(&pods)
+    let busy: Vec<_> = pods_by_name(pods)
         .await
         .into_iter()
         .filter(upgrading)
@@ -420,11 +462,11 @@ async fn controller_rolls_out_upgrades_and_stops_on_failure() {
     }
 
     // 5. A node that leaves the selection loses its pod.
-    nodes
+    Api::<Node>::all(client.clone())
         .patch(
             "n3",
             &PatchParams::default(),
-            &merge(json!({"metadata": {"labels": {"baton.dev/mesh": null}}})),
+            &Patch::Merge(json!({"metadata": {"labels": {"baton.dev/mesh": null}}})),
         )
         .await
         .expect("unlabelling n3");
@@ -435,9 +477,9 @@ async fn controller_rolls_out_upgrades_and_stops_on_failure() {
             .then_some(())
     })
     .await;
-    status_where(&upgrades, "two selected nodes", |s| s.nodes == 2).await;
+    status_where(upgrades, "two selected nodes", |s| s.nodes == 2).await;
 
-    let text = metrics.render();
+    let text = h.metrics.render();
     assert!(
         text.contains(r#"baton_operator_actions_total{action="start_upgrade"} 4"#),
         "{text}"
@@ -449,12 +491,62 @@ async fn controller_rolls_out_upgrades_and_stops_on_failure() {
         "{text}"
     );
 
-    let _ = stop.send(());
-    tokio::time::timeout(Duration::from_secs(20), operator)
-        .await
-        .expect("controller stops on shutdown")
-        .expect("controller task did not panic")
-        .expect("controller ended cleanly");
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn controller_rolls_back_after_a_failure() {
+    let Some(server) = ApiServer::start().await else {
+        return;
+    };
+    let h = Harness::start(
+        &server,
+        json!({"maxUnavailable": 1, "onFailure": "Rollback"}),
+    )
+    .await;
+    h.run_v1().await;
+    h.set_image("agent:v2").await;
+    commit_next(&h.pods, &h.agent_pods, "n1", "b", "agent:v2").await;
+    // n2's handover fails: n1, already on v2, is handed back to v1.
+    wait_for("n2 to start v2", || async {
+        let p = h.pods.get("baton-n2").await.ok()?;
+        upgrading(&p).then_some(())
+    })
+    .await;
+    agent_reports(&h.agent_pods, "baton-n2", "b", "agent:v2", false).await;
+    status_where(&h.upgrades, "a rollback", |s| {
+        s.phase == Some(RolloutPhase::RollingBack)
+    })
+    .await;
+    commit_next(&h.pods, &h.agent_pods, "n1", "a", "agent:v1").await;
+    let s = status_where(&h.upgrades, "the rollback to finish", |s| {
+        s.phase == Some(RolloutPhase::RolledBack)
+    })
+    .await;
+    assert_eq!(s.failed_image.as_deref(), Some("agent:v2"));
+    assert_eq!(s.stable_image.as_deref(), Some("agent:v1"));
+    for pod in pods_by_name(&h.pods).await {
+        let active = annotation(&pod, "baton.dev/active-slot").unwrap_or_default();
+        assert_eq!(
+            image(&pod, &format!("slot-{active}")).as_deref(),
+            Some("agent:v1"),
+            "{:?} runs v1 again",
+            pod.metadata.name
+        );
+        assert!(!upgrading(&pod));
+    }
+    // n3 never moved: the rollback started before its turn.
+    let n3 = h.pods.get("baton-n3").await.expect("n3");
+    assert_eq!(
+        annotation(&n3, "baton.dev/active-slot").as_deref(),
+        Some("a")
+    );
+    let text = h.metrics.render();
+    assert!(
+        text.contains(r#"baton_operator_actions_total{action="start_rollback"} 1"#),
+        "{text}"
+    );
+    h.shutdown().await;
 }
 
 #[tokio::test]
