@@ -84,7 +84,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .await
         .context("connecting to the cluster")?;
     let metrics = Arc::new(Metrics::default());
-    let listener = metrics::bind(args.metrics_addr)
+    let listener = tokio::net::TcpListener::bind(args.metrics_addr)
         .await
         .with_context(|| format!("binding {}", args.metrics_addr))?;
     tokio::spawn(metrics::serve(listener, metrics.clone()));

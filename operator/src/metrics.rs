@@ -1,6 +1,5 @@
 //! Prometheus metrics and the `/metrics` + `/healthz` endpoint.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use prometheus_client::encoding::text::encode;
@@ -150,11 +149,6 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
     }
 }
 
-/// Binds the metrics endpoint.
-pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).await
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -169,9 +163,7 @@ mod tests {
                 name: "baton".into(),
             })
             .set(7);
-        let listener = bind("127.0.0.1:0".parse().expect("addr"))
-            .await
-            .expect("bind");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let server = tokio::spawn(serve(listener, metrics));
         let get = |path: &'static str| async move {

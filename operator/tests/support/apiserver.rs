@@ -90,10 +90,18 @@ impl ApiServer {
              or set BATON_SKIP_APISERVER=1 to skip these tests explicitly.",
             bins.display()
         );
+        let keep = std::env::var_os("BATON_KEEP_APISERVER_DIR").is_some();
         let dir = tempfile::Builder::new()
             .prefix("baton-apiserver-")
+            .disable_cleanup(keep)
             .tempdir()
             .expect("creating temp dir");
+        if keep {
+            eprintln!(
+                "keeping {} (BATON_KEEP_APISERVER_DIR)",
+                dir.path().display()
+            );
+        }
         let d = dir.path();
         let (client_port, peer_port, secure_port) = (free_port(), free_port(), free_port());
 
@@ -280,13 +288,6 @@ impl Drop for ApiServer {
         for child in [&mut self.apiserver, &mut self.etcd] {
             let _ = child.kill();
             let _ = child.wait();
-        }
-        if std::env::var_os("BATON_KEEP_APISERVER_DIR").is_some() {
-            let kept = std::mem::replace(
-                &mut self.dir,
-                tempfile::tempdir().expect("placeholder temp dir"),
-            );
-            eprintln!("keeping {}", kept.keep().display());
         }
     }
 }
