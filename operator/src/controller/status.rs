@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 
-use crate::crd::{HandoverFigures, KmeshUpgradeStatus, NodeStatus, RolloutPhase};
+use crate::crd::{HandoverFigures, KmeshUpgradeStatus, NodePhase, NodeStatus, RolloutPhase};
 use crate::plan::Plan;
 
 /// Builds the status for `plan`. `figures` are this observation's handover
@@ -22,7 +22,7 @@ pub fn build_status(
         .flat_map(|s| &s.node_statuses)
         .map(|n| (n.node.as_str(), n))
         .collect();
-    let node_statuses = plan
+    let mut node_statuses: Vec<NodeStatus> = plan
         .nodes
         .iter()
         .map(|n| NodeStatus {
@@ -38,6 +38,7 @@ pub fn build_status(
             }),
         })
         .collect();
+    let omitted = compact(&mut node_statuses);
     let s = &plan.summary;
     let count = |v: u32| i32::try_from(v).unwrap_or(i32::MAX);
     let phase = plan.phase;
@@ -68,6 +69,7 @@ pub fn build_status(
         stable_image: plan.memory.stable_image.clone(),
         failed_image: plan.memory.failed_image.clone(),
         node_statuses,
+        node_statuses_omitted: (omitted > 0).then(|| i32::try_from(omitted).unwrap_or(i32::MAX)),
         conditions: vec![
             condition(
                 "Available",
@@ -102,6 +104,34 @@ pub fn build_status(
     }
 }
 
+/// Fleets up to this size list every node in `nodeStatuses`.
+const FULL_LIST_UP_TO: usize = 1000;
+/// Larger fleets list at most this many nodes (plus every failed one).
+const LISTED_AT_MOST: usize = 1000;
+
+/// Keeps the status well under etcd's object size limit on large fleets:
+/// past [`FULL_LIST_UP_TO`] nodes, steady nodes (Running, nothing failed) are
+/// left out, and of the rest at most [`LISTED_AT_MOST`] stay, failed ones
+/// always (their `failedImage` is what stops a retry on that node). Returns
+/// how many entries were left out.
+fn compact(nodes: &mut Vec<NodeStatus>) -> usize {
+    if nodes.len() <= FULL_LIST_UP_TO {
+        return 0;
+    }
+    let before = nodes.len();
+    let mut room =
+        LISTED_AT_MOST.saturating_sub(nodes.iter().filter(|n| n.failed_image.is_some()).count());
+    nodes.retain(|n| {
+        if n.failed_image.is_some() {
+            return true;
+        }
+        let keep = n.phase != NodePhase::Running && room > 0;
+        room -= usize::from(keep);
+        keep
+    });
+    before - nodes.len()
+}
+
 /// A condition that keeps its transition time while its status stays the same.
 fn make_condition(
     old: &[Condition],
@@ -131,7 +161,7 @@ fn make_condition(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::{NodePhase, Slot};
+    use crate::crd::Slot;
     use crate::plan::{Memory, NodeOutcome, Summary};
 
     fn plan(phase: RolloutPhase, failed: u32) -> Plan {
@@ -242,5 +272,116 @@ mod tests {
             again, second,
             "an unchanged plan gives an identical status: no write needed"
         );
+    }
+
+    fn outcome(i: usize, phase: NodePhase, failed: bool) -> NodeOutcome {
+        NodeOutcome {
+            // Realistic cloud node names and image references.
+            name: format!(
+                "ip-10-{}-{}-{}.eu-west-1.compute.internal",
+                i / 65536,
+                (i / 256) % 256,
+                i % 256
+            ),
+            phase,
+            active_slot: Some(Slot::A),
+            version: Some("registry.example.com/baton/baton-agent:v0.2.0-rc.1".into()),
+            failed_image: failed.then(|| "registry.example.com/baton/baton-agent:v0.3.0".into()),
+        }
+    }
+
+    fn big_status(nodes: Vec<NodeOutcome>) -> KmeshUpgradeStatus {
+        let mut p = plan(RolloutPhase::Progressing, 0);
+        let figures: HashMap<String, HandoverFigures> = nodes
+            .iter()
+            .map(|n| {
+                let f = HandoverFigures {
+                    duration_ms: 41,
+                    freeze_ms: 3,
+                    maps_reused: 5,
+                    maps_migrated: 1,
+                    entries_copied: 105_000,
+                    message: Some("committed".into()),
+                };
+                (n.name.clone(), f)
+            })
+            .collect();
+        p.nodes = nodes;
+        build_status(&p, &figures, None, Some(1), t("2026-01-01T00:00:00Z"))
+    }
+
+    #[test]
+    fn small_fleets_list_every_node() {
+        let s = big_status(
+            (0..1000)
+                .map(|i| outcome(i, NodePhase::Running, false))
+                .collect(),
+        );
+        assert_eq!(s.node_statuses.len(), 1000);
+        assert_eq!(s.node_statuses_omitted, None);
+    }
+
+    #[test]
+    fn five_thousand_nodes_fit_well_inside_etcds_limit() {
+        // Worst case: every node mid-upgrade and 300 failed.
+        let nodes = (0..5000)
+            .map(|i| {
+                outcome(
+                    i,
+                    if i < 300 {
+                        NodePhase::Failed
+                    } else {
+                        NodePhase::Upgrading
+                    },
+                    i < 300,
+                )
+            })
+            .collect();
+        let s = big_status(nodes);
+        assert_eq!(s.node_statuses.len(), 1000);
+        assert_eq!(
+            s.node_statuses
+                .iter()
+                .filter(|n| n.failed_image.is_some())
+                .count(),
+            300
+        );
+        assert_eq!(s.node_statuses_omitted, Some(4000));
+        let bytes = serde_json::to_vec(&s).expect("serializes").len();
+        assert!(bytes < 512 * 1024, "status of {bytes} bytes");
+
+        // Steady fleet: only what needs attention is listed.
+        let nodes = (0..5000)
+            .map(|i| {
+                outcome(
+                    i,
+                    if i % 1000 == 7 {
+                        NodePhase::Pending
+                    } else {
+                        NodePhase::Running
+                    },
+                    false,
+                )
+            })
+            .collect();
+        let s = big_status(nodes);
+        assert_eq!(s.node_statuses.len(), 5);
+        assert_eq!(s.node_statuses_omitted, Some(4995));
+    }
+
+    #[test]
+    fn failed_nodes_are_never_left_out() {
+        let nodes = (0..3000)
+            .map(|i| outcome(i, NodePhase::Failed, i % 2 == 0))
+            .collect();
+        let s = big_status(nodes);
+        assert_eq!(
+            s.node_statuses
+                .iter()
+                .filter(|n| n.failed_image.is_some())
+                .count(),
+            1500
+        );
+        assert_eq!(s.node_statuses.len(), 1500, "no room left for the others");
     }
 }

@@ -35,10 +35,15 @@ pub struct KmeshUpgradeStatus {
     /// Image whose handover failed; cleared by changing `spec.agentImage`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failed_image: Option<String>,
-    /// One entry per selected node.
+    /// One entry per selected node (see `nodeStatusesOmitted` for large fleets).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["node".into()]))]
     pub node_statuses: Vec<NodeStatus>,
+    /// Nodes left out of `nodeStatuses` to keep the object small (fleets over
+    /// 1 000 nodes list only nodes that are not Running, at most 1 000, and
+    /// every failed one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_statuses_omitted: Option<i32>,
     /// Standard conditions (Progressing, Available, Degraded).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
