@@ -249,12 +249,18 @@ struct Harness {
 
 impl Harness {
     async fn start(server: &ApiServer, strategy: Value) -> Harness {
+        let nodes = [("n1", true), ("n2", true), ("n3", true), ("n4", false)];
+        Self::start_with(server, strategy, &nodes.map(|(n, m)| (n.to_owned(), m))).await
+    }
+
+    /// Like `start`, with `(name, selected)` nodes.
+    async fn start_with(server: &ApiServer, strategy: Value, fleet: &[(String, bool)]) -> Harness {
         let client = server.client().await;
         support::install_crd(&client).await;
         install_chart_rbac(&client).await;
         let nodes: Api<Node> = Api::all(client.clone());
-        for (name, mesh) in [("n1", true), ("n2", true), ("n3", true), ("n4", false)] {
-            let labels = if mesh {
+        for (name, mesh) in fleet {
+            let labels = if *mesh {
                 json!({"baton.dev/mesh": "on"})
             } else {
                 json!({})
@@ -578,4 +584,66 @@ async fn lease_has_one_holder_at_a_time() {
         .await
         .expect("a notices it lost the lease");
     assert!(lost.to_string().contains("replica-b"), "{lost}");
+}
+
+#[tokio::test]
+async fn controller_never_exceeds_max_unavailable_on_a_hundred_nodes() {
+    let Some(server) = ApiServer::start().await else {
+        return;
+    };
+    let fleet: Vec<_> = (0..100).map(|i| (format!("w{i:03}"), true)).collect();
+    let h = Harness::start_with(&server, json!({"maxUnavailable": "10%"}), &fleet).await;
+    let created = wait_for("a hundred agent pods", || async {
+        let list = pods_by_name(&h.pods).await;
+        (list.len() == 100).then_some(list)
+    })
+    .await;
+    for pod in &created {
+        kubelet_runs(&h.pods, pod.metadata.name.as_deref().expect("name")).await;
+    }
+    status_where(&h.upgrades, "a complete v1 rollout", |s| {
+        s.phase == Some(RolloutPhase::Complete) && s.ready == 100
+    })
+    .await;
+
+    // The agents commit every handover as soon as they see it; meanwhile the
+    // test counts handovers in flight on every pass.
+    h.set_image("agent:v2").await;
+    let mut most_in_flight = 0;
+    let start = std::time::Instant::now();
+    loop {
+        assert!(
+            start.elapsed() < Duration::from_secs(180),
+            "rollout too slow"
+        );
+        let pods = pods_by_name(&h.pods).await;
+        let in_flight: Vec<_> = pods.iter().filter(|p| upgrading(p)).collect();
+        most_in_flight = most_in_flight.max(in_flight.len());
+        assert!(
+            in_flight.len() <= 10,
+            "{} handovers in flight > maxUnavailable 10",
+            in_flight.len()
+        );
+        for pod in &in_flight {
+            let name = pod.metadata.name.as_deref().expect("name");
+            agent_reports(&h.agent_pods, name, "b", "agent:v2", true).await;
+        }
+        let done = pods
+            .iter()
+            .all(|p| !upgrading(p) && image(p, "slot-b").as_deref() == Some("agent:v2"));
+        if done {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        most_in_flight >= 5,
+        "the budget was used ({most_in_flight} at most in flight)"
+    );
+    let s = status_where(&h.upgrades, "a complete v2 rollout", |s| {
+        s.phase == Some(RolloutPhase::Complete) && s.updated == 100
+    })
+    .await;
+    assert_eq!(s.node_statuses.len(), 100);
+    h.shutdown().await;
 }
