@@ -116,7 +116,7 @@ impl Executor<'_> {
                     format!("{node}: slot {slot} takes over with {image}"),
                 )
                 .await;
-                rv
+                Some(rv)
             }
             Action::FinishUpgrade {
                 active, retired, ..
@@ -137,7 +137,7 @@ impl Executor<'_> {
                     format!("{node}: slot {active} is active, slot {retired} parked"),
                 )
                 .await;
-                rv
+                Some(rv)
             }
             Action::ResetStandby { slot, .. } => {
                 let rv = self
@@ -156,7 +156,7 @@ impl Executor<'_> {
                     format!("{node}: slot {slot} parked again"),
                 )
                 .await;
-                rv
+                Some(rv)
             }
             Action::MarkFailed { image, reason, .. } => {
                 self.event(
@@ -180,7 +180,7 @@ impl Executor<'_> {
         slot: Slot,
         image: &str,
         mut annotations: Value,
-    ) -> Result<Option<Expectation>, kube::Error> {
+    ) -> Result<Expectation, kube::Error> {
         annotations[slot_version_annotation(slot)] = json!(image);
         let body = json!({
             "metadata": {"annotations": annotations},
@@ -190,9 +190,9 @@ impl Executor<'_> {
             .pods
             .patch(pod, &PatchParams::default(), &Patch::Strategic(&body))
             .await?;
-        Ok(Some(Expectation::from_resource_version(
+        Ok(Expectation::from_resource_version(
             patched.metadata.resource_version.as_deref(),
-        )))
+        ))
     }
 
     async fn event(&self, type_: EventType, reason: &str, action: &str, note: String) {
