@@ -19,7 +19,7 @@ use baton_operator::crd::{KmeshUpgrade, RolloutPhase};
 use baton_operator::leader::LeaseLock;
 use baton_operator::metrics::Metrics;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{Node, Pod, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::jiff::Timestamp;
@@ -171,29 +171,6 @@ async fn commit_next(
     .await;
 }
 
-/// Creates the release namespace and applies the chart's accounts and RBAC for real.
-async fn install_chart_rbac(client: &kube::Client) {
-    create(
-        &Api::<Namespace>::all(client.clone()),
-        json!({"metadata": {"name": NS}}),
-    )
-    .await;
-    let docs = support::chart::render(r#"{"upgrade": {"enabled": false}}"#);
-    let rbac = support::chart::of_kind(
-        &docs,
-        &[
-            "ServiceAccount",
-            "ClusterRole",
-            "ClusterRoleBinding",
-            "Role",
-            "RoleBinding",
-        ],
-    );
-    assert_eq!(rbac.len(), 10, "chart RBAC objects");
-    let failures = support::chart::apply(client, &rbac, false).await;
-    assert!(failures.is_empty(), "applying chart RBAC: {failures:?}");
-}
-
 fn forbidden<T>(result: Result<T, kube::Error>) -> bool {
     matches!(result, Err(kube::Error::Api(s)) if s.code == 403)
 }
@@ -203,7 +180,7 @@ async fn chart_accounts_get_what_they_need_and_no_more() {
     let Some(server) = ApiServer::start().await else {
         return;
     };
-    install_chart_rbac(&server.client().await).await;
+    support::chart::install_rbac(&server.client().await).await;
     let agent = server.client_as(AGENT_SA).await;
     let all = ListParams::default();
     Api::<Service>::all(agent.clone())
@@ -257,7 +234,7 @@ impl Harness {
     async fn start_with(server: &ApiServer, strategy: Value, fleet: &[(String, bool)]) -> Harness {
         let client = server.client().await;
         support::install_crd(&client).await;
-        install_chart_rbac(&client).await;
+        support::chart::install_rbac(&client).await;
         let nodes: Api<Node> = Api::all(client.clone());
         for (name, mesh) in fleet {
             let labels = if *mesh {
@@ -560,7 +537,7 @@ async fn lease_has_one_holder_at_a_time() {
     let Some(server) = ApiServer::start().await else {
         return;
     };
-    install_chart_rbac(&server.client().await).await;
+    support::chart::install_rbac(&server.client().await).await;
     let leases: Api<Lease> = Api::namespaced(server.client_as(OPERATOR_SA).await, NS);
     let duration = Duration::from_secs(2);
     let a = LeaseLock::new(leases.clone(), "baton-operator", "replica-a", duration);

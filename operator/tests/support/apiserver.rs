@@ -258,6 +258,26 @@ impl ApiServer {
             .expect("loading kubeconfig")
     }
 
+    /// A kubeconfig that impersonates `user` (for processes such as the
+    /// operator binary), next to the admin one.
+    pub fn kubeconfig_as(&self, user: &str) -> PathBuf {
+        let admin = fs::read_to_string(&self.kubeconfig).expect("reading kubeconfig");
+        let token_line = format!("    token: {ADMIN_TOKEN}\n");
+        assert!(admin.contains(&token_line), "kubeconfig layout changed");
+        let text = admin.replace(&token_line, &format!("{token_line}    as: \"{user}\"\n"));
+        let path = self
+            .dir
+            .path()
+            .join(format!("kubeconfig-{}", user.replace(':', "_")));
+        fs::write(&path, text).expect("writing impersonating kubeconfig");
+        path
+    }
+
+    /// The directory holding this server's logs, kubeconfigs and data.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
     /// Path of a kubeconfig for this server (handy with kubectl when debugging).
     pub fn kubeconfig(&self) -> &Path {
         &self.kubeconfig

@@ -3,8 +3,9 @@
 
 use std::process::Command;
 
+use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
 use kube::core::GroupVersionKind;
 use kube::discovery::{self, Scope};
 use serde::Deserialize;
@@ -103,4 +104,30 @@ pub async fn apply(
         }
     }
     failures
+}
+
+/// Creates the release namespace and applies the chart's service accounts and
+/// RBAC for real, so tests can act as those accounts.
+pub async fn install_rbac(client: &kube::Client) {
+    let ns: Namespace =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": RELEASE_NAMESPACE}}))
+            .expect("namespace object");
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+        .expect("creating the release namespace");
+    let docs = render(r#"{"upgrade": {"enabled": false}}"#);
+    let rbac = of_kind(
+        &docs,
+        &[
+            "ServiceAccount",
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "Role",
+            "RoleBinding",
+        ],
+    );
+    assert_eq!(rbac.len(), 10, "chart RBAC objects");
+    let failures = apply(client, &rbac, false).await;
+    assert!(failures.is_empty(), "applying chart RBAC: {failures:?}");
 }
