@@ -6,10 +6,8 @@
 
 mod support;
 
-use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{Api, PostParams};
 use support::apiserver::ApiServer;
-use support::chart::{self, RELEASE_NAMESPACE};
+use support::chart;
 
 #[tokio::test]
 async fn rendered_chart_passes_server_side_dry_run() {
@@ -17,13 +15,7 @@ async fn rendered_chart_passes_server_side_dry_run() {
         return;
     };
     let client = server.client().await;
-    let ns: Namespace =
-        serde_json::from_value(serde_json::json!({"metadata": {"name": RELEASE_NAMESPACE}}))
-            .expect("namespace object");
-    Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &ns)
-        .await
-        .expect("creating the release namespace");
+    chart::create_release_namespace(&client).await;
 
     let variants = [
         "{}",

@@ -109,13 +109,7 @@ pub async fn apply(
 /// Creates the release namespace and applies the chart's service accounts and
 /// RBAC for real, so tests can act as those accounts.
 pub async fn install_rbac(client: &kube::Client) {
-    let ns: Namespace =
-        serde_json::from_value(serde_json::json!({"metadata": {"name": RELEASE_NAMESPACE}}))
-            .expect("namespace object");
-    Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &ns)
-        .await
-        .expect("creating the release namespace");
+    create_release_namespace(client).await;
     let docs = render(r#"{"upgrade": {"enabled": false}}"#);
     let rbac = of_kind(
         &docs,
@@ -130,4 +124,15 @@ pub async fn install_rbac(client: &kube::Client) {
     assert_eq!(rbac.len(), 10, "chart RBAC objects");
     let failures = apply(client, &rbac, false).await;
     assert!(failures.is_empty(), "applying chart RBAC: {failures:?}");
+}
+
+/// Creates the namespace the release goes into.
+pub async fn create_release_namespace(client: &kube::Client) {
+    let ns: Namespace =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": RELEASE_NAMESPACE}}))
+            .expect("namespace object");
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+        .expect("creating the release namespace");
 }
