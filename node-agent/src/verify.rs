@@ -240,27 +240,23 @@ mod tests {
     use super::*;
     use baton_ebpf::*;
 
+    /// Adds endpoint (service 1, prio 0, `index`) → `uid`.
+    fn add_ep(s: &mut Snapshot, index: u32, uid: u32) {
+        let key = EndpointKey {
+            service_id: 1,
+            prio: 0,
+            backend_index: index,
+        };
+        s.endpoints.insert(key, EndpointValue { backend_uid: uid });
+    }
+
     fn snap_with_hole() -> Snapshot {
         let mut s = Snapshot::default();
         let mut sv = ServiceValue::default();
         sv.prio_endpoint_count[0] = 2;
         s.services.insert(ServiceKey { service_id: 1 }, sv);
-        s.endpoints.insert(
-            EndpointKey {
-                service_id: 1,
-                prio: 0,
-                backend_index: 1,
-            },
-            EndpointValue { backend_uid: 7 },
-        );
-        s.endpoints.insert(
-            EndpointKey {
-                service_id: 1,
-                prio: 0,
-                backend_index: 3,
-            },
-            EndpointValue { backend_uid: 8 },
-        );
+        add_ep(&mut s, 1, 7);
+        add_ep(&mut s, 3, 8);
         s.backends
             .insert(BackendKey { backend_uid: 7 }, BackendValue::default());
         s.backends
@@ -300,14 +296,7 @@ mod tests {
         let mut sv = ServiceValue::default();
         sv.prio_endpoint_count[0] = 1;
         s.services.insert(ServiceKey { service_id: 1 }, sv);
-        s.endpoints.insert(
-            EndpointKey {
-                service_id: 1,
-                prio: 0,
-                backend_index: 1,
-            },
-            EndpointValue { backend_uid: 7 },
-        );
+        add_ep(&mut s, 1, 7);
         s.backends
             .insert(BackendKey { backend_uid: 7 }, BackendValue::default());
         assert!(check(&s).is_clean());

@@ -18,8 +18,8 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use baton_ebpf::{
-    raw_addr, BackendKey, BackendValue, EndpointKey, EndpointValue, FrontendKey, FrontendValue,
-    LbPolicy, ServiceKey, ServiceValue, PRIO_COUNT,
+    raw_addr, BackendKey, BackendValue, EndpointValue, FrontendKey, FrontendValue, LbPolicy,
+    ServiceKey, ServiceValue, PRIO_COUNT,
 };
 use serde::Serialize;
 
@@ -395,17 +395,8 @@ impl Programmer {
                 &ServiceKey { service_id: svc.id },
                 &svc.value,
             )?;
-            for (p, bucket) in svc.buckets.iter().enumerate() {
-                for (i, &uid) in bucket.iter().enumerate() {
-                    if uid != MISSING {
-                        let key = EndpointKey {
-                            service_id: svc.id,
-                            prio: p as u32,
-                            backend_index: i as u32 + 1,
-                        };
-                        txn.delete(&maps.endpoint, &key, &EndpointValue { backend_uid: uid })?;
-                    }
-                }
+            for (key, ev) in svc.endpoints() {
+                txn.delete(&maps.endpoint, &key, &ev)?;
             }
             let dead = dead_backends(st, &svc.buckets, &[]);
             for uid in &dead {
@@ -522,11 +513,7 @@ fn write_service<'m>(
     let mut written: Vec<HashMap<usize, u32>> = vec![HashMap::new(); PRIO_COUNT];
     for (p, plan) in plans.iter().enumerate() {
         for &(i, uid) in &plan.writes {
-            let key = EndpointKey {
-                service_id: id,
-                prio: p as u32,
-                backend_index: i as u32 + 1,
-            };
+            let key = state::endpoint_key(id, p, i);
             let prev = cur[p]
                 .get(i)
                 .filter(|&&u| u != MISSING)
@@ -554,11 +541,7 @@ fn write_service<'m>(
                 .or_else(|| cur[p].get(i).copied())
                 .filter(|&u| u != MISSING);
             if let Some(uid) = prev {
-                let key = EndpointKey {
-                    service_id: id,
-                    prio: p as u32,
-                    backend_index: i as u32 + 1,
-                };
+                let key = state::endpoint_key(id, p, i);
                 txn.delete(&maps.endpoint, &key, &EndpointValue { backend_uid: uid })?;
             }
         }

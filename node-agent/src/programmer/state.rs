@@ -28,6 +28,36 @@ pub struct Svc {
     pub buckets: [Vec<u32>; PRIO_COUNT],
 }
 
+/// The endpoint key of 0-based slot `slot` in bucket `prio` of service `service_id`.
+pub fn endpoint_key(service_id: u32, prio: usize, slot: usize) -> EndpointKey {
+    EndpointKey {
+        service_id,
+        prio: prio as u32,
+        backend_index: slot as u32 + 1,
+    }
+}
+
+impl Svc {
+    /// The endpoint entries this service has in the map (missing slots skipped).
+    pub fn endpoints(&self) -> impl Iterator<Item = (EndpointKey, EndpointValue)> + '_ {
+        self.buckets
+            .iter()
+            .enumerate()
+            .flat_map(move |(p, bucket)| {
+                bucket
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, &uid)| uid != MISSING)
+                    .map(move |(i, &uid)| {
+                        (
+                            endpoint_key(self.id, p, i),
+                            EndpointValue { backend_uid: uid },
+                        )
+                    })
+            })
+    }
+}
+
 /// A programmed backend.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Backend {
@@ -129,12 +159,8 @@ impl State {
             let id = sk.service_id;
             let mut buckets: [Vec<u32>; PRIO_COUNT] = Default::default();
             for (p, bucket) in buckets.iter_mut().enumerate() {
-                for i in 1..=sv.prio_endpoint_count[p] {
-                    let key = EndpointKey {
-                        service_id: id,
-                        prio: p as u32,
-                        backend_index: i,
-                    };
+                for slot in 0..sv.prio_endpoint_count[p] as usize {
+                    let key = endpoint_key(id, p, slot);
                     accounted.insert(key);
                     let uid = match snap.endpoints.get(&key) {
                         Some(ev) if by_uid.contains_key(&ev.backend_uid) => ev.backend_uid,
@@ -186,18 +212,7 @@ impl State {
         for svc in self.services.values() {
             s.services
                 .insert(ServiceKey { service_id: svc.id }, svc.value);
-            for (p, bucket) in svc.buckets.iter().enumerate() {
-                for (i, &uid) in bucket.iter().enumerate() {
-                    if uid != MISSING {
-                        let key = EndpointKey {
-                            service_id: svc.id,
-                            prio: p as u32,
-                            backend_index: i as u32 + 1,
-                        };
-                        s.endpoints.insert(key, EndpointValue { backend_uid: uid });
-                    }
-                }
-            }
+            s.endpoints.extend(svc.endpoints());
         }
         for (fk, id) in &self.vip_owner {
             s.frontends.insert(*fk, FrontendValue { service_id: *id });
