@@ -1,7 +1,30 @@
-//! Where the desired state comes from: a YAML file on one machine (Services +
-//! EndpointSlices in a cluster come later through the same `DesiredState`).
+//! Where the desired state comes from: a YAML file on one machine, Services +
+//! EndpointSlices in a cluster. Both produce the same `DesiredState`.
 
 pub mod file;
 mod locate;
 
 pub use file::{FileSource, SourceError};
+
+use crate::model::{Capacity, DesiredState};
+
+/// A source of desired state, polled by the agent's loop.
+pub trait Source: Send {
+    /// The new desired state when it changed since the last call (always on
+    /// the first call once the source has something); `None` when unchanged.
+    /// An `Err` is reported and the previously applied state keeps serving.
+    fn poll(&mut self, cap: &Capacity) -> Option<Result<DesiredState, SourceError>>;
+
+    /// Human-readable description for logs and status (`file:/etc/…`, `kubernetes`).
+    fn describe(&self) -> String;
+}
+
+impl Source for FileSource {
+    fn poll(&mut self, cap: &Capacity) -> Option<Result<DesiredState, SourceError>> {
+        FileSource::poll(self, cap)
+    }
+
+    fn describe(&self) -> String {
+        format!("file:{}", self.path().display())
+    }
+}
