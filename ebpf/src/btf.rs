@@ -124,7 +124,7 @@ pub struct RawMember {
 }
 
 /// Flattened description of one member of a key or value.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Member {
     /// Member name.
     pub name: String,
@@ -141,7 +141,7 @@ pub struct Member {
 }
 
 /// The shape of a type, independent of type ids: comparable across objects.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Shape {
     /// Integer.
     Int {
