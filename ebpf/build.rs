@@ -1,5 +1,11 @@
-//! Compiles the C datapath with clang and leaves the object in OUT_DIR.
+//! Compiles the C datapath with clang, once per map layout, and leaves
+//! `baton-v1.bpf.o` and `baton-v2.bpf.o` in OUT_DIR. Both are always built so
+//! any build can read the other layout's BTF; the `layout-v2` feature only
+//! chooses which one the crate calls its own.
 use std::{env, path::PathBuf, process::Command};
+
+/// Layout generations known to `src/bpf/layout.h`.
+const LAYOUTS: [u32; 2] = [1, 2];
 
 fn main() {
     let manifest =
@@ -9,7 +15,6 @@ fn main() {
     println!("cargo:rerun-if-changed=src/bpf");
     println!("cargo:rerun-if-env-changed=CLANG");
 
-    let layout = 1;
     let clang = find_clang();
     let multiarch = Command::new("gcc")
         .arg("-print-multiarch")
@@ -25,27 +30,29 @@ fn main() {
             )
         });
 
-    let obj = out.join("baton.bpf.o");
-    let status = Command::new(&clang)
-        .args(["-g", "-O2", "-target", "bpf", "-Wall", "-Werror"])
-        .arg(format!("-I/usr/include/{multiarch}"))
-        .arg(format!("-DBATON_LAYOUT={layout}"))
-        .arg("-c")
-        .arg(&src)
-        .arg("-o")
-        .arg(&obj)
-        .status()
-        .unwrap_or_else(|e| {
-            panic!(
-                "cannot run {clang}: {e}. Install clang (apt-get install clang-19 libbpf-dev) \
-                 or set CLANG to a clang binary"
-            )
-        });
-    assert!(
-        status.success(),
-        "{clang} failed to compile {}",
-        src.display()
-    );
+    for layout in LAYOUTS {
+        let obj = out.join(format!("baton-v{layout}.bpf.o"));
+        let status = Command::new(&clang)
+            .args(["-g", "-O2", "-target", "bpf", "-Wall", "-Werror"])
+            .arg(format!("-I/usr/include/{multiarch}"))
+            .arg(format!("-DBATON_LAYOUT={layout}"))
+            .arg("-c")
+            .arg(&src)
+            .arg("-o")
+            .arg(&obj)
+            .status()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot run {clang}: {e}. Install clang (apt-get install clang-19 libbpf-dev) \
+                     or set CLANG to a clang binary"
+                )
+            });
+        assert!(
+            status.success(),
+            "{clang} failed to compile {} with BATON_LAYOUT={layout}",
+            src.display()
+        );
+    }
 }
 
 /// `CLANG` if set, else the first of clang-19 / clang found on PATH.

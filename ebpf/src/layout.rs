@@ -1,16 +1,37 @@
 //! Rust mirrors of `src/bpf/layout.h`. `tests/btf_layout.rs` checks every
 //! member's name, offset and size against the compiled object's BTF.
+//!
+//! The mirrors follow the active layout: 1 by default, 2 with the `layout-v2`
+//! feature. Member names are the same in both, and [`EndpointValue::new`],
+//! [`BackendValue::new`] and [`BackendValue::port`] hide the differences, so
+//! code using them compiles under either layout.
 
 use std::net::{IpAddr, Ipv6Addr};
 
 /// Layout generation of the maps built into this crate.
+#[cfg(not(feature = "layout-v2"))]
 pub const LAYOUT_VERSION: u32 = 1;
+/// Layout generation of the maps built into this crate.
+#[cfg(feature = "layout-v2")]
+pub const LAYOUT_VERSION: u32 = 2;
 /// Number of priority buckets per service.
 pub const PRIO_COUNT: usize = 7;
 /// Number of service ports per service.
 pub const MAX_PORTS: usize = 10;
 /// Number of per-CPU counter slots.
 pub const COUNTER_SLOTS: u32 = 16;
+/// Default capacity of the `endpoint` map.
+pub const MAX_ENDPOINTS: u32 = if LAYOUT_VERSION == 2 {
+    262_144
+} else {
+    131_072
+};
+/// Default capacity of the `backend` map.
+pub const MAX_BACKENDS: u32 = if LAYOUT_VERSION == 2 {
+    262_144
+} else {
+    131_072
+};
 
 /// Plain-old-data values that can be copied to and from map memory.
 ///
@@ -200,9 +221,10 @@ pub struct ServiceValue {
     pub target_port: [u32; MAX_PORTS],
 }
 
-/// `struct endpoint_key`.
+/// `struct endpoint_key` (layout 1).
+#[cfg(not(feature = "layout-v2"))]
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct EndpointKey {
     /// Owning service.
     pub service_id: u32,
@@ -212,12 +234,70 @@ pub struct EndpointKey {
     pub backend_index: u32,
 }
 
-/// `struct endpoint_value`.
+/// `struct endpoint_key` (layout 2: `backend_index` before `prio`).
+#[cfg(feature = "layout-v2")]
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct EndpointKey {
+    /// Owning service.
+    pub service_id: u32,
+    /// 1-based dense index.
+    pub backend_index: u32,
+    /// Priority bucket.
+    pub prio: u32,
+}
+
+impl EndpointKey {
+    /// The sort key: (service, bucket, index) whatever the member order in memory.
+    fn rank(&self) -> (u32, u32, u32) {
+        (self.service_id, self.prio, self.backend_index)
+    }
+}
+
+// Ordered by hand, not derived, so maps of keys iterate the same under every layout.
+impl Ord for EndpointKey {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.rank().cmp(&other.rank())
+    }
+}
+
+impl PartialOrd for EndpointKey {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// `struct endpoint_value` (layout 1).
+#[cfg(not(feature = "layout-v2"))]
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct EndpointValue {
     /// Backend this endpoint points to.
     pub backend_uid: u32,
+}
+
+/// `struct endpoint_value` (layout 2: adds `weight`).
+#[cfg(feature = "layout-v2")]
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct EndpointValue {
+    /// Backend this endpoint points to.
+    pub backend_uid: u32,
+    /// Relative weight; 0 = unweighted (the program does not read it).
+    pub weight: u32,
+}
+
+impl EndpointValue {
+    /// An endpoint pointing at `backend_uid`, every other member at its default.
+    pub fn new(backend_uid: u32) -> Self {
+        #[cfg(not(feature = "layout-v2"))]
+        return Self { backend_uid };
+        #[cfg(feature = "layout-v2")]
+        return Self {
+            backend_uid,
+            ..Default::default()
+        };
+    }
 }
 
 /// `struct backend_key`.
@@ -228,7 +308,8 @@ pub struct BackendKey {
     pub backend_uid: u32,
 }
 
-/// `struct backend_value`.
+/// `struct backend_value` (layout 1).
+#[cfg(not(feature = "layout-v2"))]
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct BackendValue {
@@ -236,6 +317,47 @@ pub struct BackendValue {
     pub addr: RawAddr,
     /// Port override, host order; 0 = the service's target port.
     pub port: u32,
+}
+
+/// `struct backend_value` (layout 2: `port` narrowed and first, adds `zone` and `flags`).
+#[cfg(feature = "layout-v2")]
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct BackendValue {
+    /// Port override, host order; 0 = the service's target port.
+    pub port: u16,
+    /// Locality zone id; 0 = unknown (the program does not read it).
+    pub zone: u16,
+    /// Backend address, network order.
+    pub addr: RawAddr,
+    /// Reserved, 0.
+    pub flags: u32,
+}
+
+impl BackendValue {
+    /// A backend at `addr` with port override `port` (0 = none), every other member at its default.
+    pub fn new(addr: RawAddr, port: u16) -> Self {
+        #[cfg(not(feature = "layout-v2"))]
+        return Self {
+            addr,
+            port: u32::from(port),
+        };
+        #[cfg(feature = "layout-v2")]
+        return Self {
+            addr,
+            port,
+            ..Default::default()
+        };
+    }
+
+    /// The port override (0 = none). Layout 1 stores 32 bits but the agent
+    /// only ever writes a `u16`, so the high bits are always zero.
+    pub fn port(&self) -> u16 {
+        #[cfg(not(feature = "layout-v2"))]
+        return self.port as u16;
+        #[cfg(feature = "layout-v2")]
+        return self.port;
+    }
 }
 
 /// `struct meta_value`.
@@ -310,7 +432,7 @@ pub const MAPS: [MapSpec; 6] = [
         kind: MapKind::Hash,
         key_size: size::<EndpointKey>(),
         value_size: size::<EndpointValue>(),
-        max_entries: 131_072,
+        max_entries: MAX_ENDPOINTS,
         key_type: "endpoint_key",
         value_type: "endpoint_value",
     },
@@ -319,7 +441,7 @@ pub const MAPS: [MapSpec; 6] = [
         kind: MapKind::Hash,
         key_size: size::<BackendKey>(),
         value_size: size::<BackendValue>(),
-        max_entries: 131_072,
+        max_entries: MAX_BACKENDS,
         key_type: "backend_key",
         value_type: "backend_value",
     },
@@ -374,5 +496,28 @@ mod tests {
         };
         assert_eq!(ServiceValue::from_bytes(v.as_bytes()), Some(v));
         assert_eq!(ServiceValue::from_bytes(&[0u8; 3]), None);
+    }
+
+    #[test]
+    fn constructors_leave_the_layouts_extra_members_zero() {
+        let nonzero = |b: &[u8]| b.iter().filter(|&&x| x != 0).count();
+        let ev = EndpointValue::new(7);
+        assert_eq!((ev.backend_uid, nonzero(ev.as_bytes())), (7, 1));
+        // ::ffff:10.0.0.1 has four non-zero bytes, port 0x20fb two.
+        let bv = BackendValue::new(raw_addr("10.0.0.1".parse().expect("literal")), 0x20fb);
+        assert_eq!((bv.port(), nonzero(bv.as_bytes())), (0x20fb, 6));
+        assert_eq!(BackendValue::from_bytes(bv.as_bytes()), Some(bv));
+    }
+
+    #[test]
+    fn endpoint_keys_sort_by_service_then_bucket_then_index() {
+        let k = |service_id, prio, backend_index| EndpointKey {
+            service_id,
+            prio,
+            backend_index,
+        };
+        let mut keys = vec![k(2, 0, 1), k(1, 1, 1), k(1, 0, 2), k(1, 0, 1)];
+        keys.sort();
+        assert_eq!(keys, [k(1, 0, 1), k(1, 0, 2), k(1, 1, 1), k(2, 0, 1)]);
     }
 }

@@ -9,12 +9,32 @@ pub use layout::*;
 #[repr(C, align(8))]
 struct Aligned<T: ?Sized>(T);
 
-static OBJECT: &Aligned<[u8]> = &Aligned(*include_bytes!(concat!(env!("OUT_DIR"), "/baton.bpf.o")));
+static OBJECT_V1: &Aligned<[u8]> =
+    &Aligned(*include_bytes!(concat!(env!("OUT_DIR"), "/baton-v1.bpf.o")));
+static OBJECT_V2: &Aligned<[u8]> =
+    &Aligned(*include_bytes!(concat!(env!("OUT_DIR"), "/baton-v2.bpf.o")));
 
-/// The compiled eBPF object (ELF, with BTF), 8-byte aligned for the ELF parser.
+/// The compiled eBPF object (ELF, with BTF) of this build's [`LAYOUT_VERSION`],
+/// 8-byte aligned for the ELF parser.
 pub fn object() -> &'static [u8] {
-    &OBJECT.0
+    match LAYOUT_VERSION {
+        2 => &OBJECT_V2.0,
+        _ => &OBJECT_V1.0,
+    }
 }
+
+/// The object compiled for map layout `v` (1 or 2) whatever this build's own
+/// layout is, so tools and tests can compare both BTFs; `None` for other `v`.
+pub fn object_of_layout(v: u32) -> Option<&'static [u8]> {
+    match v {
+        1 => Some(&OBJECT_V1.0),
+        2 => Some(&OBJECT_V2.0),
+        _ => None,
+    }
+}
+
+/// Every layout generation this crate carries an object for.
+pub const LAYOUTS: [u32; 2] = [1, 2];
 
 /// Program name of the IPv4 connect hook.
 pub const PROG_CONNECT4: &str = "baton_connect4";

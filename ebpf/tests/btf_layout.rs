@@ -1,5 +1,7 @@
 //! The Rust mirrors in `layout.rs` must match the C structs member by member,
-//! as the compiler recorded them in the object's BTF.
+//! as the compiler recorded them in the active layout's object BTF (run under
+//! both features), and layouts 1 and 2 must differ exactly as documented in
+//! `src/bpf/layout.h` and docs/architecture.md.
 
 use baton_ebpf::btf::{Btf, Shape};
 use baton_ebpf::*;
@@ -67,6 +69,7 @@ fn rust_mirrors_match_c_structs() {
             target_port: [u32; MAX_PORTS],
         }),
     );
+    #[cfg(not(feature = "layout-v2"))]
     check(
         &btf,
         "endpoint_key",
@@ -76,22 +79,54 @@ fn rust_mirrors_match_c_structs() {
             backend_index: u32
         }),
     );
+    #[cfg(feature = "layout-v2")]
+    check(
+        &btf,
+        "endpoint_key",
+        fields!(EndpointKey {
+            service_id: u32,
+            backend_index: u32,
+            prio: u32
+        }),
+    );
+    #[cfg(not(feature = "layout-v2"))]
     check(
         &btf,
         "endpoint_value",
         fields!(EndpointValue { backend_uid: u32 }),
+    );
+    #[cfg(feature = "layout-v2")]
+    check(
+        &btf,
+        "endpoint_value",
+        fields!(EndpointValue {
+            backend_uid: u32,
+            weight: u32
+        }),
     );
     check(
         &btf,
         "backend_key",
         fields!(BackendKey { backend_uid: u32 }),
     );
+    #[cfg(not(feature = "layout-v2"))]
     check(
         &btf,
         "backend_value",
         fields!(BackendValue {
             addr: RawAddr,
             port: u32
+        }),
+    );
+    #[cfg(feature = "layout-v2")]
+    check(
+        &btf,
+        "backend_value",
+        fields!(BackendValue {
+            port: u16,
+            zone: u16,
+            addr: RawAddr,
+            flags: u32
         }),
     );
     check(
@@ -103,6 +138,41 @@ fn rust_mirrors_match_c_structs() {
             generation: u64
         }),
     );
+}
+
+#[test]
+fn the_active_object_is_this_builds_layout() {
+    let active = object_of_layout(LAYOUT_VERSION).expect("LAYOUT_VERSION has an object");
+    assert!(std::ptr::eq(object(), active));
+    assert_eq!(LAYOUTS, [1, 2]);
+    assert!(object_of_layout(3).is_none());
+}
+
+/// The maps of an object as the loader sees them: name → (type, key size, value size, max_entries).
+fn object_maps(obj: &[u8]) -> std::collections::BTreeMap<String, (u32, u32, u32, u32)> {
+    let o = aya_obj::Object::parse(obj).expect("the datapath object parses");
+    o.maps
+        .iter()
+        .map(|(name, m)| {
+            let shape = (m.map_type(), m.key_size(), m.value_size(), m.max_entries());
+            (name.clone(), shape)
+        })
+        .collect()
+}
+
+#[test]
+fn map_specs_match_the_object() {
+    let maps = object_maps(object());
+    assert_eq!(maps.len(), MAPS.len(), "{maps:?}");
+    for spec in MAPS {
+        let want = (
+            spec.kind as u32,
+            spec.key_size,
+            spec.value_size,
+            spec.max_entries,
+        );
+        assert_eq!(maps.get(spec.name), Some(&want), "map {}", spec.name);
+    }
 }
 
 #[test]
@@ -143,4 +213,110 @@ fn a_drifted_mirror_is_caught() {
         )
     });
     assert!(r.is_err(), "a reordered mirror must be rejected");
+}
+
+/// (name, byte offset, size) of every member of `c_name` in `btf`.
+fn members(btf: &Btf, c_name: &str) -> (u32, Vec<(String, u32, u32)>) {
+    let shape = btf
+        .shape_by_name(c_name)
+        .unwrap_or_else(|| panic!("struct {c_name} missing from BTF"));
+    let m = shape
+        .members()
+        .iter()
+        .map(|m| (m.name.clone(), m.offset, m.size))
+        .collect();
+    (shape.size(), m)
+}
+
+/// A struct's size and its (member, offset, size) list, as documented.
+type Struct = (u32, &'static [(&'static str, u32, u32)]);
+
+fn owned(m: &[(&str, u32, u32)]) -> Vec<(String, u32, u32)> {
+    m.iter().map(|&(n, o, s)| (n.to_string(), o, s)).collect()
+}
+
+/// The documented differences between layouts 1 and 2, checked on both
+/// objects whatever the active layout, so the two cannot silently converge.
+#[test]
+fn layouts_1_and_2_differ_exactly_as_documented() {
+    let obj = |v| object_of_layout(v).expect("both layouts are built");
+    let (b1, b2) = (
+        Btf::from_elf(obj(1)).expect("v1 BTF"),
+        Btf::from_elf(obj(2)).expect("v2 BTF"),
+    );
+
+    // (struct, layout 1, layout 2).
+    let changed: [(&str, Struct, Struct); 3] = [
+        (
+            "endpoint_key",
+            (
+                12,
+                &[
+                    ("service_id", 0, 4),
+                    ("prio", 4, 4),
+                    ("backend_index", 8, 4),
+                ],
+            ),
+            (
+                12,
+                &[
+                    ("service_id", 0, 4),
+                    ("backend_index", 4, 4),
+                    ("prio", 8, 4),
+                ],
+            ),
+        ),
+        (
+            "endpoint_value",
+            (4, &[("backend_uid", 0, 4)]),
+            (8, &[("backend_uid", 0, 4), ("weight", 4, 4)]),
+        ),
+        (
+            "backend_value",
+            (20, &[("addr", 0, 16), ("port", 16, 4)]),
+            (
+                24,
+                &[
+                    ("port", 0, 2),
+                    ("zone", 2, 2),
+                    ("addr", 4, 16),
+                    ("flags", 20, 4),
+                ],
+            ),
+        ),
+    ];
+    for (name, (s1, m1), (s2, m2)) in changed {
+        assert_eq!(members(&b1, name), (s1, owned(m1)), "layout 1 {name}");
+        assert_eq!(members(&b2, name), (s2, owned(m2)), "layout 2 {name}");
+    }
+
+    // Everything else is identical, so an upgrade reuses those maps as they are.
+    for name in [
+        "frontend_key",
+        "frontend_value",
+        "service_key",
+        "service_value",
+        "backend_key",
+        "meta_value",
+    ] {
+        let (s1, s2) = (b1.shape_by_name(name), b2.shape_by_name(name));
+        assert!(s1.is_some(), "{name} missing");
+        assert_eq!(s1, s2, "{name} must be the same in both layouts");
+    }
+
+    // Map definitions: only endpoint and backend differ, in value size and capacity.
+    let (m1, m2) = (object_maps(obj(1)), object_maps(obj(2)));
+    assert_eq!(m1.keys().collect::<Vec<_>>(), m2.keys().collect::<Vec<_>>());
+    for (name, d1) in &m1 {
+        let d2 = m2[name];
+        match name.as_str() {
+            "endpoint" => {
+                assert_eq!((*d1, d2), ((1, 12, 4, 131_072), (1, 12, 8, 262_144)))
+            }
+            "backend" => {
+                assert_eq!((*d1, d2), ((1, 4, 20, 131_072), (1, 4, 24, 262_144)))
+            }
+            _ => assert_eq!(*d1, d2, "map {name} must be the same in both layouts"),
+        }
+    }
 }

@@ -4,8 +4,12 @@
  * ebpf/src/layout.rs; a test compares both against this object's BTF, so any
  * change here must be made there too.
  *
- * BATON_LAYOUT selects the layout generation. Layout 1 is the default; other
- * values exist so hot upgrades can be tested across a real layout change.
+ * BATON_LAYOUT selects the layout generation. Layout 1 is the default;
+ * layout 2 exists so hot upgrades (and downgrades) can be tested across a real
+ * layout change: it differs only in `endpoint` and `backend` (members added,
+ * reordered, narrowed; larger max_entries), so the other maps are reused as
+ * they are and those two must be migrated. The program behaves the same in
+ * both: the members layout 2 adds are carried, never read.
  */
 #ifndef BATON_LAYOUT_H
 #define BATON_LAYOUT_H
@@ -19,8 +23,15 @@
 
 #define BATON_MAX_FRONTENDS 131072
 #define BATON_MAX_SERVICES 16384
+#if BATON_LAYOUT == 1
 #define BATON_MAX_ENDPOINTS 131072
 #define BATON_MAX_BACKENDS 131072
+#elif BATON_LAYOUT == 2
+#define BATON_MAX_ENDPOINTS 262144
+#define BATON_MAX_BACKENDS 262144
+#else
+#error "BATON_LAYOUT must be 1 or 2"
+#endif
 #define BATON_COUNTER_SLOTS 16
 
 enum baton_lb_policy {
@@ -62,6 +73,7 @@ struct service_value {
 	__u32 target_port[BATON_MAX_PORTS];
 };
 
+#if BATON_LAYOUT == 1
 struct endpoint_key {
 	__u32 service_id;
 	__u32 prio;
@@ -71,15 +83,41 @@ struct endpoint_key {
 struct endpoint_value {
 	__u32 backend_uid;
 };
+#else
+/* Same members as layout 1, prio and backend_index swapped: equal size, different key bytes. */
+struct endpoint_key {
+	__u32 service_id;
+	__u32 backend_index; /* 1-based, dense: 1..prio_endpoint_count[prio] */
+	__u32 prio;
+};
+
+struct endpoint_value {
+	__u32 backend_uid;
+	__u32 weight; /* relative weight; 0 = unweighted (not read by the program) */
+};
+#endif
 
 struct backend_key {
 	__u32 backend_uid;
 };
 
+#if BATON_LAYOUT == 1
 struct backend_value {
 	__u32 addr[4];
 	__u32 port; /* host order; 0 = use the service's target port */
 };
+#else
+/*
+ * port is narrowed to 16 bits and moved first, and two members are added, so
+ * a value copied byte for byte from layout 1 reads as a wrong address.
+ */
+struct backend_value {
+	__u16 port;    /* host order; 0 = use the service's target port */
+	__u16 zone;    /* locality zone id; 0 = unknown (not read by the program) */
+	__u32 addr[4];
+	__u32 flags;   /* reserved, 0 */
+};
+#endif
 
 struct meta_value {
 	__u32 layout_version;
