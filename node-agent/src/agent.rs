@@ -166,7 +166,7 @@ impl Shared {
                             .map(|uid| match st.backend_by_uid.get(uid) {
                                 Some(bv) if *uid != MISSING => {
                                     let ip = ip_from_raw(&bv.addr);
-                                    if bv.port == 0 { ip.to_string() } else { std::net::SocketAddr::new(ip, bv.port as u16).to_string() }
+                                    if bv.port() == 0 { ip.to_string() } else { std::net::SocketAddr::new(ip, bv.port()).to_string() }
                                 }
                                 _ => "<missing>".into(),
                             })

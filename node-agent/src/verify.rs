@@ -247,7 +247,7 @@ mod tests {
             prio: 0,
             backend_index: index,
         };
-        s.endpoints.insert(key, EndpointValue { backend_uid: uid });
+        s.endpoints.insert(key, EndpointValue::new(uid));
     }
 
     fn snap_with_hole() -> Snapshot {

@@ -98,10 +98,7 @@ impl Target {
             } else {
                 usize::from(e.priority).min(PRIO_COUNT - 1)
             };
-            let bv = BackendValue {
-                addr: raw_addr(e.address),
-                port: u32::from(e.port),
-            };
+            let bv = BackendValue::new(raw_addr(e.address), e.port);
             if !buckets[p].contains(&bv) {
                 buckets[p].push(bv);
             }
@@ -517,11 +514,11 @@ fn write_service<'m>(
             let prev = cur[p]
                 .get(i)
                 .filter(|&&u| u != MISSING)
-                .map(|&u| EndpointValue { backend_uid: u });
+                .map(|&u| EndpointValue::new(u));
             txn.put(
                 &maps.endpoint,
                 &key,
-                &EndpointValue { backend_uid: uid },
+                &EndpointValue::new(uid),
                 prev.as_ref(),
             )?;
             written[p].insert(i, uid);
@@ -542,7 +539,7 @@ fn write_service<'m>(
                 .filter(|&u| u != MISSING);
             if let Some(uid) = prev {
                 let key = state::endpoint_key(id, p, i);
-                txn.delete(&maps.endpoint, &key, &EndpointValue { backend_uid: uid })?;
+                txn.delete(&maps.endpoint, &key, &EndpointValue::new(uid))?;
             }
         }
     }

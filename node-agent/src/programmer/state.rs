@@ -48,12 +48,7 @@ impl Svc {
                     .iter()
                     .enumerate()
                     .filter(|(_, &uid)| uid != MISSING)
-                    .map(move |(i, &uid)| {
-                        (
-                            endpoint_key(self.id, p, i),
-                            EndpointValue { backend_uid: uid },
-                        )
-                    })
+                    .map(move |(i, &uid)| (endpoint_key(self.id, p, i), EndpointValue::new(uid)))
             })
     }
 }
