@@ -6,6 +6,7 @@ pub mod agent;
 pub mod datapath;
 pub mod maps;
 pub mod metrics;
+pub mod migrate;
 pub mod model;
 pub mod programmer;
 pub mod source;
