@@ -1,7 +1,10 @@
 //! A real etcd + kube-apiserver on loopback, per test, torn down on drop.
 //!
-//! The binaries come from `e2e/cluster/k8s-bins.sh`. Missing binaries fail
-//! the test (with the command to run) unless `BATON_SKIP_APISERVER=1`.
+//! Shared by the agent's and the operator's Kubernetes tests (feature
+//! `apiserver`). The binaries come from `e2e/cluster/k8s-bins.sh`. Missing
+//! binaries fail the test (with the command to run) unless
+//! `BATON_SKIP_APISERVER=1`. A test harness: it panics with the logs instead
+//! of returning errors.
 
 use std::fs;
 use std::io::Read;

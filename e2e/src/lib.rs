@@ -39,7 +39,11 @@
 //! * Benchmarks that run in-process (already inside a prepared cgroup/netns)
 //!   call [`client::connect_once`] or [`client::run_load`] directly.
 //! * The JSON report is [`report::Report`].
+//! * Kubernetes tests (agent and operator) start a real etcd + kube-apiserver
+//!   with `apiserver::ApiServer` (feature `apiserver`).
 
+#[cfg(feature = "apiserver")]
+pub mod apiserver;
 pub mod backend;
 pub mod client;
 pub mod harness;

@@ -2,8 +2,11 @@
 
 #![allow(dead_code)] // each test binary uses a different subset
 
-pub mod apiserver;
 pub mod chart;
+
+/// The real etcd + kube-apiserver harness, shared with the agent's tests.
+#[allow(unused_imports)] // crd_files.rs needs no API server
+pub use baton_e2e::apiserver;
 
 use std::path::PathBuf;
 
