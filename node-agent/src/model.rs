@@ -28,7 +28,7 @@ pub struct EndpointSpec {
 }
 
 /// One service.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct ServiceSpec {
     /// Unique name (namespace/name in a cluster).
     pub name: String,

@@ -39,12 +39,21 @@ struct Opts {
     rounds: usize,
     /// CPU to pin the whole bench (client, backends, agent) to; `None` = no pinning.
     cpu: Option<usize>,
+    /// Sections to run (latency, programming, rss); empty = all.
+    only: Vec<String>,
+}
+
+impl Opts {
+    fn runs(&self, section: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|s| s == section)
+    }
 }
 
 fn parse_args() -> Result<Opts> {
     let mut quick = false;
     let mut rounds = None;
     let mut cpu = Some(0);
+    let mut only = Vec::new();
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -58,15 +67,29 @@ fn parse_args() -> Result<Opts> {
                 cpu = Some(v.parse().with_context(|| format!("--cpu {v}"))?);
             }
             "--no-pin" => cpu = None,
+            "--only" => {
+                let v = args
+                    .next()
+                    .context("--only needs latency, programming or rss")?;
+                if !["latency", "programming", "rss"].contains(&v.as_str()) {
+                    bail!("--only {v}: expected latency, programming or rss");
+                }
+                only.push(v);
+            }
             "-h" | "--help" => {
-                println!("usage: baton-bench [--quick] [--rounds N] [--cpu N | --no-pin]   (run as root)");
+                println!("usage: baton-bench [--quick] [--rounds N] [--cpu N | --no-pin] [--only latency|programming|rss]...   (run as root)");
                 std::process::exit(0);
             }
             other => bail!("unknown argument {other:?} (try --help)"),
         }
     }
     let rounds = rounds.unwrap_or(if quick { 300 } else { 20_000 });
-    Ok(Opts { quick, rounds, cpu })
+    Ok(Opts {
+        quick,
+        rounds,
+        cpu,
+        only,
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -874,9 +897,15 @@ fn real_main() -> Result<()> {
             .map_or("not pinned".to_string(), |c| format!("pinned to CPU {c}"))
     );
     let t0 = Instant::now();
-    latency(&opts, bpffs.path(), &cgroup.dir, &mut out)?;
-    programming(&opts, bpffs.path(), &cgroup.dir, &mut out)?;
-    agent_rss(bpffs.path(), &cgroup.dir, &mut out)?;
+    if opts.runs("latency") {
+        latency(&opts, bpffs.path(), &cgroup.dir, &mut out)?;
+    }
+    if opts.runs("programming") {
+        programming(&opts, bpffs.path(), &cgroup.dir, &mut out)?;
+    }
+    if opts.runs("rss") {
+        agent_rss(bpffs.path(), &cgroup.dir, &mut out)?;
+    }
     let _ = writeln!(
         out,
         "\n(total bench time {:.0} s)",

@@ -117,6 +117,57 @@ impl Target {
     }
 }
 
+/// Hashes specs for the unchanged-service fast path. Keyed per process
+/// (a source's user cannot aim for a collision that hides an update), and
+/// fed one contiguous encoding per spec: one hasher call instead of dozens.
+#[derive(Debug, Default)]
+struct Fingerprinter {
+    keys: std::hash::RandomState,
+    buf: Vec<u8>,
+}
+
+impl Fingerprinter {
+    fn of(&mut self, spec: &ServiceSpec) -> u64 {
+        use std::hash::BuildHasher;
+        let b = &mut self.buf;
+        b.clear();
+        b.extend_from_slice(&(spec.name.len() as u32).to_le_bytes());
+        b.extend_from_slice(spec.name.as_bytes());
+        b.push(spec.policy as u8);
+        b.push(spec.vips.len() as u8);
+        for ip in &spec.vips {
+            b.extend_from_slice(&ip_bytes(ip));
+        }
+        b.push(spec.ports.len() as u8);
+        for p in &spec.ports {
+            b.extend_from_slice(&p.port.to_le_bytes());
+            b.extend_from_slice(&p.target_port.to_le_bytes());
+        }
+        for e in &spec.endpoints {
+            b.extend_from_slice(&ip_bytes(&e.address));
+            b.extend_from_slice(&e.port.to_le_bytes());
+            b.push(e.priority);
+        }
+        self.keys.hash_one(&b[..])
+    }
+}
+
+/// 16 bytes plus the family, so a v4 address never equals its v4-mapped v6 twin.
+fn ip_bytes(ip: &std::net::IpAddr) -> [u8; 17] {
+    let mut out = [0u8; 17];
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            out[0] = 4;
+            out[13..].copy_from_slice(&v4.octets());
+        }
+        std::net::IpAddr::V6(v6) => {
+            out[0] = 6;
+            out[1..].copy_from_slice(&v6.octets());
+        }
+    }
+    out
+}
+
 fn without_counts(v: &ServiceValue) -> ServiceValue {
     ServiceValue {
         prio_endpoint_count: [0; PRIO_COUNT],
@@ -136,6 +187,7 @@ pub enum SyncError {
 #[derive(Debug, Default)]
 pub struct Programmer {
     state: State,
+    fingerprinter: Fingerprinter,
     faults: FaultPlan,
     /// A rollback failed: the view may differ from the maps; rebuild before the next sync.
     dirty: bool,
@@ -185,17 +237,23 @@ impl Programmer {
             report.resynced = true;
         }
         self.claim_adopted(desired);
-        let wanted: HashSet<&str> = desired.services.iter().map(|s| s.name.as_str()).collect();
         for spec in &desired.services {
+            let fp = self.fingerprinter.of(spec);
+            if self.state.fingerprints.get(&spec.name) == Some(&fp) {
+                report.unchanged += 1;
+                continue;
+            }
             let target = Target::of(spec);
             let existing = self.state.services.get(&spec.name);
             if existing.is_some_and(|svc| self.unchanged(svc, &target)) {
+                self.state.fingerprints.insert(spec.name.clone(), fp);
                 report.unchanged += 1;
                 continue;
             }
             let created = existing.is_none();
             match self.apply(maps, &spec.name, &target) {
                 Ok(w) => {
+                    self.state.fingerprints.insert(spec.name.clone(), fp);
                     report.writes += w;
                     if created {
                         report.created += 1;
@@ -212,13 +270,24 @@ impl Programmer {
                 }
             }
         }
-        let gone: Vec<String> = self
-            .state
+        // Names are unique in a desired state: when the view holds exactly the
+        // desired services, nothing is gone and the name set need not be built.
+        let present = desired
             .services
-            .keys()
-            .filter(|n| !wanted.contains(n.as_str()))
-            .cloned()
-            .collect();
+            .iter()
+            .filter(|s| self.state.fingerprints.contains_key(&s.name))
+            .count();
+        let gone: Vec<String> = if present == self.state.services.len() {
+            Vec::new()
+        } else {
+            let wanted: HashSet<&str> = desired.services.iter().map(|s| s.name.as_str()).collect();
+            self.state
+                .services
+                .keys()
+                .filter(|n| !wanted.contains(n.as_str()))
+                .cloned()
+                .collect()
+        };
         for name in gone {
             match self.remove(maps, &name) {
                 Ok(w) => {
@@ -408,6 +477,7 @@ impl Programmer {
                 let writes = txn.commit();
                 let st = &mut self.state;
                 st.services.remove(name);
+                st.fingerprints.remove(name);
                 for vip in &svc.vips {
                     if st.vip_owner.get(vip) == Some(&svc.id) {
                         st.vip_owner.remove(vip);
@@ -429,15 +499,15 @@ impl Programmer {
     /// Deletes entries found at adoption that no service accounts for, and unreferenced backends.
     fn collect_garbage(&mut self, maps: &MapSet) -> Result<usize, (MapError, usize)> {
         let st = &self.state;
+        if st.stale.is_empty() && !st.orphans_possible {
+            return Ok(0);
+        }
         let orphans: Vec<u32> = st
             .backends
             .values()
             .filter(|b| b.refs == 0)
             .map(|b| b.uid)
             .collect();
-        if st.stale.is_empty() && orphans.is_empty() {
-            return Ok(0);
-        }
         let mut txn = Txn::new(&mut self.faults);
         let res = (|| -> Result<(), MapError> {
             for (k, v) in &st.stale.frontends {
@@ -461,6 +531,7 @@ impl Programmer {
                 let writes = txn.commit();
                 let st = &mut self.state;
                 st.stale = Default::default();
+                st.orphans_possible = false;
                 drop_backends(st, &orphans);
                 Ok(writes)
             }
@@ -648,9 +719,11 @@ fn commit_service(
     drop_backends(st, &dead);
     for vip in &t.vips {
         if let Some(prev) = st.vip_owner.insert(*vip, id).filter(|&p| p != id) {
-            // The VIP moved here from another service: that one no longer owns it.
-            if let Some(other) = st.services.values_mut().find(|s| s.id == prev) {
+            // The VIP moved here from another service: that one no longer owns
+            // it, and no longer matches its spec's fingerprint.
+            if let Some((other_name, other)) = st.services.iter_mut().find(|(_, s)| s.id == prev) {
                 other.vips.retain(|v| v != vip);
+                st.fingerprints.remove(other_name.as_str());
             }
         }
     }

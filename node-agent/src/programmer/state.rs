@@ -110,6 +110,12 @@ pub struct State {
     pub backend_uids: IdPool,
     /// Map keys found at adoption that nothing accounts for (deleted by the next sync).
     pub stale: Stale,
+    /// Hash of the spec each service was last programmed from, so a sync skips
+    /// unchanged services without rebuilding them. Absent = compare in full.
+    pub fingerprints: HashMap<String, u64>,
+    /// Backends may have lost their last reference outside a transaction
+    /// (adoption): the next sync scans for them.
+    pub orphans_possible: bool,
 }
 
 /// Leftovers found when adopting maps.
@@ -198,6 +204,7 @@ impl State {
         let uids: Vec<u32> = snap.backends.keys().map(|k| k.backend_uid).collect();
         st.backend_uids.reserve_seen(&uids);
         st.backend_by_uid = by_uid;
+        st.orphans_possible = true;
         st
     }
 

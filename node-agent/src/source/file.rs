@@ -92,11 +92,14 @@ struct FileEndpoint {
 
 /// Parses and validates a services file's text.
 pub fn parse(file: &str, text: &str, cap: &Capacity) -> Result<DesiredState, SourceError> {
-    let doc: FileDoc = serde_yaml::from_str(text).map_err(|e| SourceError::Syntax {
-        file: file.into(),
-        line: e.location().map_or(0, |l| l.line()),
-        message: e.to_string(),
-    })?;
+    let doc = match super::items::parse_items::<FileService>(text) {
+        Some(services) => FileDoc { services },
+        None => serde_yaml::from_str(text).map_err(|e| SourceError::Syntax {
+            file: file.into(),
+            line: e.location().map_or(0, |l| l.line()),
+            message: e.to_string(),
+        })?,
+    };
     let services = doc
         .services
         .into_iter()

@@ -2,6 +2,7 @@
 //! EndpointSlices in a cluster. Both produce the same `DesiredState`.
 
 pub mod file;
+mod items;
 mod locate;
 
 pub use file::{FileSource, SourceError};
