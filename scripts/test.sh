@@ -15,6 +15,8 @@ fi
 
 echo ">> cargo build"
 cargo build --workspace --all-targets --locked 2>&1 | tail -n 3
+echo ">> cargo build: the agent for the other map layout (e2e upgrades across layouts)"
+cargo build -p baton-agent --features layout-v2 --locked --target-dir target/layout-v2 2>&1 | tail -n 3
 echo ">> cargo test"
 cargo test --workspace --locked -- --test-threads="${BATON_TEST_THREADS:-2}"
 if [ -d charts/tests ]; then

@@ -161,3 +161,131 @@ pub fn wait_for_file(path: &Path, timeout: Duration) -> bool {
     }
     path.exists()
 }
+
+/// Environment variable naming the `baton-agent` binary to use for map layout
+/// `layout` (`BATON_AGENT_V1`, `BATON_AGENT_V2`).
+pub fn agent_bin_env(layout: u32) -> String {
+    format!("BATON_AGENT_V{layout}")
+}
+
+/// Cargo's arguments that build `baton-agent` for `layout` in `profile`.
+fn agent_build_args(layout: u32, profile: &str) -> Vec<String> {
+    let mut args = vec!["build".into(), "-p".into(), "baton-agent".into()];
+    if layout == 2 {
+        args.extend(["--features".into(), "layout-v2".into()]);
+    }
+    match profile {
+        "debug" => {}
+        "release" => args.push("--release".into()),
+        other => args.extend(["--profile".into(), other.into()]),
+    }
+    args
+}
+
+/// `(target dir, profile name)` of the running executable, which lives in
+/// `<target>/<profile>/` or, for tests, `<target>/<profile>/deps/`.
+fn own_target_and_profile() -> Option<(PathBuf, String)> {
+    let exe = std::env::current_exe().ok()?;
+    let mut dir = exe.parent()?;
+    if dir.file_name()? == "deps" {
+        dir = dir.parent()?;
+    }
+    let profile = dir.file_name()?.to_str()?.to_string();
+    Some((dir.parent()?.to_path_buf(), profile))
+}
+
+/// The `baton-agent` binary for map layout `layout` (1 or 2).
+///
+/// `$BATON_AGENT_V<layout>` wins when set. For the layout this crate was built
+/// with ([`baton_ebpf::LAYOUT_VERSION`]), it is the agent next to the running
+/// executable (`$BATON_AGENT_BIN` if set), as `cargo build --workspace`
+/// leaves it. For the other layout it runs
+/// `cargo build -p baton-agent [--features layout-v2] [--release]
+/// --target-dir <target>/layout-v<layout>` (a no-op when fresh; `scripts/test.sh`
+/// builds it beforehand) and returns `<target>/layout-v<layout>/<profile>/baton-agent`.
+/// A separate target dir keeps feature flags from invalidating the main build
+/// and avoids the lock `cargo test` holds on its own.
+pub fn agent_bin_for_layout(layout: u32) -> std::io::Result<PathBuf> {
+    use std::io::{Error, ErrorKind};
+    if !baton_ebpf::LAYOUTS.contains(&layout) {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            format!("no map layout {layout} (known: {:?})", baton_ebpf::LAYOUTS),
+        ));
+    }
+    let env = agent_bin_env(layout);
+    if let Some(p) = std::env::var_os(&env) {
+        let p = PathBuf::from(p);
+        return if p.is_file() {
+            Ok(p)
+        } else {
+            Err(Error::new(
+                ErrorKind::NotFound,
+                format!("{env}={} is not a file", p.display()),
+            ))
+        };
+    }
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap_or(Path::new(".."))
+        .to_path_buf();
+    let (target, profile) = own_target_and_profile().unwrap_or_else(|| {
+        let profile = if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        };
+        (workspace.join("target"), profile.to_string())
+    });
+
+    if layout == baton_ebpf::LAYOUT_VERSION {
+        let bin = match std::env::var_os("BATON_AGENT_BIN") {
+            Some(p) => PathBuf::from(p),
+            None => target.join(&profile).join("baton-agent"),
+        };
+        return if bin.is_file() {
+            Ok(bin)
+        } else {
+            Err(Error::new(
+                ErrorKind::NotFound,
+                format!(
+                    "baton-agent (layout {layout}) not found at {}: run `cargo {}` or set {env}",
+                    bin.display(),
+                    agent_build_args(layout, &profile).join(" ")
+                ),
+            ))
+        };
+    }
+
+    let dir = target.join(format!("layout-v{layout}"));
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(&cargo);
+    cmd.args(agent_build_args(layout, &profile))
+        .arg("--target-dir")
+        .arg(&dir)
+        .arg("--manifest-path")
+        .arg(workspace.join("Cargo.toml"));
+    let shown = format!("{cmd:?}");
+    let out = cmd
+        .output()
+        .map_err(|e| Error::new(e.kind(), format!("cannot run {shown}: {e}")))?;
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let lines: Vec<&str> = stderr.lines().collect();
+        let tail = &lines[lines.len().saturating_sub(20)..];
+        return Err(Error::other(format!(
+            "{shown} failed ({}); set {env} to use a prebuilt agent:\n{}",
+            out.status,
+            tail.join("\n")
+        )));
+    }
+    let bin = dir.join(&profile).join("baton-agent");
+    if bin.is_file() {
+        Ok(bin)
+    } else {
+        Err(Error::new(
+            ErrorKind::NotFound,
+            format!("{shown} succeeded but left no {}", bin.display()),
+        ))
+    }
+}
