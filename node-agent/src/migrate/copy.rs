@@ -1,6 +1,7 @@
 //! Moving entries: the bulk pre-copy ([`copy_all`]), the journal tail
 //! ([`replay`]) and reading a whole map ([`dump`], [`live_entries`]).
 
+use std::collections::hash_map::{Entry, HashMap};
 use std::os::fd::BorrowedFd;
 use std::time::{Duration, Instant};
 
@@ -195,7 +196,6 @@ struct Writer<'a> {
     map: &'a str,
     batch: bool,
     wrote_batch: bool,
-    flags: u64,
     max_entries: u32,
 }
 
@@ -229,7 +229,7 @@ impl Writer<'_> {
         before: usize,
     ) -> Result<(), MigrateError> {
         if self.batch && n > 0 {
-            match sys::map_update_batch(self.fd, keys, kl, values, vl, n as u32, self.flags) {
+            match sys::map_update_batch(self.fd, keys, kl, values, vl, n as u32, sys::BPF_ANY) {
                 Ok(()) => {
                     self.wrote_batch = true;
                     return Ok(());
@@ -246,7 +246,7 @@ impl Writer<'_> {
                 self.fd,
                 &keys[i * kl..(i + 1) * kl],
                 &values[i * vl..(i + 1) * vl],
-                self.flags,
+                sys::BPF_ANY,
             )
             .map_err(|e| self.fail(e, before + i))?;
         }
@@ -294,14 +294,13 @@ pub fn copy_all_with(
         map,
         batch: opts.batch == BatchMode::Auto,
         wrote_batch: false,
-        // Dropped key members could merge two entries: refuse instead.
-        flags: if conv.lossy_key() && !is_array {
-            sys::BPF_NOEXIST
-        } else {
-            sys::BPF_ANY
-        },
         max_entries: info.max_entries,
     };
+    // Dropped key members could merge two entries: refuse instead. Batch
+    // writes take no BPF_NOEXIST (EINVAL), so collisions are caught here, by
+    // new key holding its old key (an old key read twice is no collision).
+    let mut seen: Option<HashMap<Vec<u8>, Vec<u8>>> =
+        (conv.lossy_key() && !is_array).then(HashMap::new);
     let mut nk = Vec::new();
     let mut nv = Vec::new();
     let mut entries = 0;
@@ -320,13 +319,22 @@ pub fn copy_all_with(
                 &mut nk[m * nkl..(m + 1) * nkl],
                 &mut nv[m * nvl..(m + 1) * nvl],
             );
-            match conv.entry(
-                &reader.keys[i * okl..(i + 1) * okl],
-                &reader.values[i * ovl..(i + 1) * ovl],
-                k,
-                v,
-            )? {
-                Outcome::Write => m += 1,
+            let ok = &reader.keys[i * okl..(i + 1) * okl];
+            match conv.entry(ok, &reader.values[i * ovl..(i + 1) * ovl], k, v)? {
+                Outcome::Write => {
+                    if let Some(seen) = seen.as_mut() {
+                        match seen.entry(k.to_vec()) {
+                            Entry::Occupied(o) if o.get() != ok => {
+                                return Err(MigrateError::KeyCollision { map: map.into() });
+                            }
+                            Entry::Occupied(_) => {}
+                            Entry::Vacant(e) => {
+                                e.insert(ok.to_vec());
+                            }
+                        }
+                    }
+                    m += 1;
+                }
                 Outcome::Skip => {
                     k.fill(0);
                     v.fill(0);
@@ -408,11 +416,11 @@ pub fn replay(
     Ok(stats)
 }
 
+/// One entry as (key, value) bytes.
+pub type RawEntry = (Vec<u8>, Vec<u8>);
+
 /// Every entry of a map as (key, value) bytes (per-CPU values: all CPUs).
-pub fn dump(
-    fd: BorrowedFd<'_>,
-    layout: &MapLayout,
-) -> Result<Vec<(Vec<u8>, Vec<u8>)>, MigrateError> {
+pub fn dump(fd: BorrowedFd<'_>, layout: &MapLayout) -> Result<Vec<RawEntry>, MigrateError> {
     dump_with(fd, layout, &CopyOptions::default())
 }
 
@@ -421,7 +429,7 @@ pub fn dump_with(
     fd: BorrowedFd<'_>,
     layout: &MapLayout,
     opts: &CopyOptions,
-) -> Result<Vec<(Vec<u8>, Vec<u8>)>, MigrateError> {
+) -> Result<Vec<RawEntry>, MigrateError> {
     let (kl, vl) = (
         layout.key_size as usize,
         layout.value_stride(sys::possible_cpus()),

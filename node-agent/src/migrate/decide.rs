@@ -32,7 +32,7 @@ pub enum Decision {
     /// Same layout: hand the old fd to the new build.
     Reuse,
     /// Create the new map and copy every entry through the converter.
-    Migrate(Converter),
+    Migrate(Box<Converter>),
     /// Use the new build's map, empty.
     RecreateEmpty,
 }
@@ -90,7 +90,7 @@ pub fn decide(
                 max_entries = new.max_entries,
                 "map layout changed: migrating"
             );
-            Ok(Decision::Migrate(conv))
+            Ok(Decision::Migrate(Box::new(conv)))
         }
     }
 }

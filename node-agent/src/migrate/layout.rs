@@ -42,13 +42,9 @@ pub struct MapLayout {
 }
 
 impl MapLayout {
-    /// Layout of one map of a build: its spec, the object's BTF for the key and
-    /// value types, and an optional max_entries override.
-    pub fn from_spec(
-        spec: &MapSpec,
-        btf: &Btf,
-        max_entries: Option<u32>,
-    ) -> Result<Self, MigrateError> {
+    /// Layout of one map described by `btf` (sizes from the BTF shapes),
+    /// named and typed by `spec`.
+    pub fn from_btf(spec: &MapSpec, btf: &Btf, max_entries: u32) -> Result<Self, MigrateError> {
         let shape = |ty: &str| {
             btf.shape_by_name(ty)
                 .ok_or_else(|| MigrateError::MissingType {
@@ -56,40 +52,63 @@ impl MapLayout {
                     type_name: ty.into(),
                 })
         };
-        let layout = Self {
+        let (key, value) = (shape(spec.key_type)?, shape(spec.value_type)?);
+        Ok(Self {
             name: spec.name.into(),
             map_type: spec.kind as u32,
-            key_size: spec.key_size,
-            value_size: spec.value_size,
-            max_entries: max_entries.unwrap_or(spec.max_entries),
+            key_size: key.size(),
+            value_size: value.size(),
+            max_entries,
             map_flags: 0,
-            key: shape(spec.key_type)?,
-            value: shape(spec.value_type)?,
-        };
-        layout.check_sizes()?;
+            key,
+            value,
+        })
+    }
+
+    /// Layout of one map of this build: its spec, the object's BTF and an
+    /// optional max_entries override; the spec's sizes must match the BTF.
+    pub fn from_spec(
+        spec: &MapSpec,
+        btf: &Btf,
+        max_entries: Option<u32>,
+    ) -> Result<Self, MigrateError> {
+        let layout = Self::from_btf(spec, btf, max_entries.unwrap_or(spec.max_entries))?;
+        if (layout.key_size, layout.value_size) != (spec.key_size, spec.value_size) {
+            return Err(MigrateError::SizeMismatch {
+                map: spec.name.into(),
+                detail: format!(
+                    "BTF key {}B value {}B, this build's mirrors key {}B value {}B",
+                    layout.key_size, layout.value_size, spec.key_size, spec.value_size
+                ),
+            });
+        }
         Ok(layout)
     }
 
     /// Layouts of every map of the running build (`baton_ebpf::MAPS` and the
     /// embedded object's BTF), with `--map-max-entries` style overrides.
     pub fn of_build(overrides: &BTreeMap<String, u32>) -> Result<Vec<Self>, MigrateError> {
-        Self::of_object(baton_ebpf::object(), &baton_ebpf::MAPS, overrides)
-    }
-
-    /// Layouts of `specs` described by the BTF of the ELF `object`.
-    pub fn of_object(
-        object: &[u8],
-        specs: &[MapSpec],
-        overrides: &BTreeMap<String, u32>,
-    ) -> Result<Vec<Self>, MigrateError> {
-        let btf = Btf::from_elf(object).map_err(|source| MigrateError::Btf {
-            map: "*".into(),
-            source,
-        })?;
-        specs
+        let btf = object_btf(baton_ebpf::object())?;
+        baton_ebpf::MAPS
             .iter()
             .map(|s| Self::from_spec(s, &btf, overrides.get(s.name).copied()))
             .collect()
+    }
+
+    /// Layouts of the maps of layout generation `version` (the meta map's
+    /// `layout_version`) when this build carries its object: the fallback for
+    /// kernel maps without BTF. Capacities are this build's defaults; the
+    /// kernel's own values replace them in [`from_fd_or_known`](Self::from_fd_or_known).
+    pub fn known(version: u32) -> Result<Option<Vec<Self>>, MigrateError> {
+        let Some(object) = baton_ebpf::object_of_layout(version) else {
+            return Ok(None);
+        };
+        let btf = object_btf(object)?;
+        baton_ebpf::MAPS
+            .iter()
+            .map(|s| Self::from_btf(s, &btf, s.max_entries))
+            .collect::<Result<_, _>>()
+            .map(Some)
     }
 
     /// Layout of a live kernel map, from its info and the kernel's copy of its
@@ -274,4 +293,11 @@ pub fn same_shape(a: &Shape, b: &Shape) -> bool {
         }
         _ => a == b,
     }
+}
+
+fn object_btf(object: &[u8]) -> Result<Btf, MigrateError> {
+    Btf::from_elf(object).map_err(|source| MigrateError::Btf {
+        map: "*".into(),
+        source,
+    })
 }

@@ -31,7 +31,7 @@ mod tests;
 pub use convert::{Converter, Outcome};
 pub use copy::{
     copy_all, copy_all_with, dump, dump_with, live_entries, replay, BatchMode, CopyOptions,
-    CopyStats, BATCH_ENV,
+    CopyStats, RawEntry, BATCH_ENV,
 };
 pub use create::create_map;
 pub use decide::{decide, policy, summary, Decision, Policy};

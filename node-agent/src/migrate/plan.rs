@@ -141,7 +141,7 @@ impl Builder {
         nbf: u32,
         path: &str,
     ) -> Result<(), Incompatible> {
-        let aligned = obf == 0 && nbf == 0 && ob % 8 == 0 && nb % 8 == 0;
+        let aligned = obf == 0 && nbf == 0 && ob.is_multiple_of(8) && nb.is_multiple_of(8);
         if aligned && same_shape(old, new) {
             self.copy((ob / 8) as usize, (nb / 8) as usize, old.size() as usize);
             return Ok(());
@@ -307,7 +307,7 @@ pub(super) fn compile(old: &Shape, new: &Shape, root: &str) -> Result<Plan, Inco
 }
 
 fn read_bits(buf: &[u8], f: IntField) -> i128 {
-    let raw: u64 = if f.bit_off % 8 == 0 && matches!(f.bits, 8 | 16 | 32 | 64) {
+    let raw: u64 = if f.bit_off.is_multiple_of(8) && matches!(f.bits, 8 | 16 | 32 | 64) {
         let at = (f.bit_off / 8) as usize;
         let mut b = [0u8; 8];
         let n = (f.bits / 8) as usize;
@@ -348,7 +348,7 @@ fn fits(v: i128, f: IntField) -> bool {
 
 fn write_bits(buf: &mut [u8], f: IntField, v: i128) {
     let raw = v as u64;
-    if f.bit_off % 8 == 0 && matches!(f.bits, 8 | 16 | 32 | 64) {
+    if f.bit_off.is_multiple_of(8) && matches!(f.bits, 8 | 16 | 32 | 64) {
         let at = (f.bit_off / 8) as usize;
         let n = (f.bits / 8) as usize;
         if cfg!(target_endian = "little") {

@@ -85,7 +85,7 @@ fn bytes(size: u32, fields: &[(u32, u32, i128)]) -> Vec<u8> {
 
 fn conv(old: &MapLayout, new: &MapLayout) -> Converter {
     match decide(old, new, None) {
-        Ok(Decision::Migrate(c)) => c,
+        Ok(Decision::Migrate(c)) => *c,
         other => panic!("expected a migration, got {other:?}"),
     }
 }

@@ -110,8 +110,9 @@ pub struct BatchUpdateError {
     pub source: SysError,
 }
 
-/// Writes `count` entries (keys and values packed back to back) with
-/// `elem_flags` (BPF_ANY / BPF_NOEXIST / BPF_EXIST).
+/// Writes `count` entries (keys and values packed back to back). The generic
+/// kernel implementation refuses every `elem_flags` but `BPF_F_LOCK` (EINVAL):
+/// a batch write is always create-or-overwrite.
 pub fn map_update_batch(
     fd: BorrowedFd<'_>,
     keys: &[u8],
@@ -140,7 +141,9 @@ pub fn map_update_batch(
     bpf(BPF_MAP_UPDATE_BATCH, &mut a, op)
         .map(|_| ())
         .map_err(|source| BatchUpdateError {
-            done: a.count.min(count),
+            // The kernel reports the entries written in `count`, but leaves it
+            // untouched when it refuses the call before the first entry.
+            done: if a.count >= count { 0 } else { a.count },
             source,
         })
 }

@@ -46,14 +46,14 @@ fn load(blob: &[u8], log: &mut [u8]) -> Result<OwnedFd, SysError> {
 
 /// Loads a raw BTF blob; on refusal, retries once to fetch the kernel's log.
 pub fn btf_load(blob: &[u8]) -> Result<OwnedFd, BtfLoadError> {
-    load(blob, &mut []).or_else(|source| {
+    load(blob, &mut []).map_err(|source| {
         let mut log = vec![0u8; 64 * 1024];
         let _ = load(blob, &mut log);
         let end = log.iter().position(|&c| c == 0).unwrap_or(log.len());
-        Err(BtfLoadError {
+        BtfLoadError {
             source,
             log: String::from_utf8_lossy(&log[..end]).trim().to_string(),
-        })
+        }
     })
 }
 
