@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod agent;
+pub mod cluster;
 pub mod datapath;
 pub mod maps;
 pub mod metrics;

@@ -11,7 +11,7 @@ use serde::Deserialize;
 use super::locate::line_of;
 use crate::model::{Capacity, DesiredState, EndpointSpec, PortSpec, ServiceSpec};
 
-/// Why a services file was not applied.
+/// Why a source's desired state was not applied (file or cluster).
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
     /// The file could not be read.
@@ -39,6 +39,13 @@ pub enum SourceError {
         file: String,
         /// (line, field path, reason).
         problems: Vec<(usize, String, String)>,
+    },
+    /// The cluster's Services/EndpointSlices could not be watched, or their
+    /// state breaks a rule or the map capacities (services named `ns/name`).
+    #[error("kubernetes: {message}")]
+    Cluster {
+        /// What failed, e.g. `ns/web: endpoints[3].address: …`.
+        message: String,
     },
 }
 

@@ -3,8 +3,10 @@
 
 pub mod file;
 mod items;
+pub mod kube;
 mod locate;
 
+pub use self::kube::{KubeOptions, KubeSource};
 pub use file::{FileSource, SourceError};
 
 use crate::model::{Capacity, DesiredState};
@@ -27,5 +29,15 @@ impl Source for FileSource {
 
     fn describe(&self) -> String {
         format!("file:{}", self.path().display())
+    }
+}
+
+impl Source for KubeSource {
+    fn poll(&mut self, cap: &Capacity) -> Option<Result<DesiredState, SourceError>> {
+        KubeSource::poll(self, cap)
+    }
+
+    fn describe(&self) -> String {
+        KubeSource::describe(self)
     }
 }

@@ -1,0 +1,180 @@
+//! The new agent's handover report: the pod condition `baton.dev/Handover`
+//! whose message is a JSON object the operator parses
+//! (`operator/src/controller/observe.rs`, `HandoverConditionBody`).
+
+use k8s_openapi::api::core::v1::{Pod, PodCondition};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams};
+use kube::Client;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::slot::Slot;
+use super::ClusterError;
+
+/// Pod condition type of the report.
+pub const CONDITION_HANDOVER: &str = "baton.dev/Handover";
+
+/// How the handover ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HandoverOutcome {
+    /// The new agent owns the datapath (`status: "True"`, `reason: Committed`).
+    Committed,
+    /// The old agent keeps it (`status: "False"`, `reason: Failed`).
+    Failed,
+}
+
+impl HandoverOutcome {
+    /// Condition `status` and `reason`.
+    pub fn status_reason(self) -> (&'static str, &'static str) {
+        match self {
+            Self::Committed => ("True", "Committed"),
+            Self::Failed => ("False", "Failed"),
+        }
+    }
+}
+
+/// The condition message: which agent reports, and what the handover cost.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HandoverReport {
+    /// Slot of the reporting (new) agent.
+    pub slot: Slot,
+    /// Its version: the value of `BATON_SLOT_VERSION` (its image).
+    pub version: String,
+    /// Wall time from Hello to Committed.
+    pub duration_ms: u64,
+    /// Time control-plane writes were frozen.
+    pub freeze_ms: u64,
+    /// Maps taken over as they were.
+    pub maps_reused: u32,
+    /// Maps whose layout changed and whose entries were copied.
+    pub maps_migrated: u32,
+    /// Entries copied across all migrated maps.
+    pub entries_copied: u64,
+    /// Free text (the error on failure).
+    pub message: String,
+}
+
+/// The condition for `report`, stamped now (whole seconds, as the API keeps).
+pub fn handover_condition(
+    outcome: HandoverOutcome,
+    report: &HandoverReport,
+) -> Result<PodCondition, ClusterError> {
+    let (status, reason) = outcome.status_reason();
+    let now =
+        Timestamp::from_second(Timestamp::now().as_second()).unwrap_or_else(|_| Timestamp::now());
+    Ok(PodCondition {
+        type_: CONDITION_HANDOVER.into(),
+        status: status.into(),
+        reason: Some(reason.into()),
+        message: Some(serde_json::to_string(report).map_err(ClusterError::Encode)?),
+        last_transition_time: Some(Time(now)),
+        ..PodCondition::default()
+    })
+}
+
+/// Sets the `baton.dev/Handover` condition on pod `namespace/pod`. A
+/// strategic merge patch of `status.conditions` (merged by `type`, as the
+/// kubelet writes its own) leaves every other condition as it is. Needs
+/// `patch` on `pods/status`.
+pub async fn report_handover(
+    client: &Client,
+    namespace: &str,
+    pod: &str,
+    outcome: HandoverOutcome,
+    report: &HandoverReport,
+) -> Result<(), ClusterError> {
+    let condition = handover_condition(outcome, report)?;
+    let body = json!({"status": {"conditions": [condition]}});
+    Api::<Pod>::namespaced(client.clone(), namespace)
+        .patch_status(pod, &PatchParams::default(), &Patch::Strategic(&body))
+        .await
+        .map_err(|source| ClusterError::Api {
+            what: format!("patching the status of pod {namespace}/{pod}"),
+            source,
+        })?;
+    tracing::info!(pod, ?outcome, version = %report.version, "handover reported on the pod");
+    Ok(())
+}
+
+/// The handover condition of `pod`, its outcome (`None` while neither
+/// Committed nor Failed) and its parsed message (`None` if unreadable).
+pub fn read_report(
+    pod: &Pod,
+) -> Option<(
+    &PodCondition,
+    Option<HandoverOutcome>,
+    Option<HandoverReport>,
+)> {
+    let c = pod
+        .status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == CONDITION_HANDOVER)?;
+    let outcome = match (c.reason.as_deref(), c.status.as_str()) {
+        (Some("Committed"), "True") => Some(HandoverOutcome::Committed),
+        (Some("Failed"), _) => Some(HandoverOutcome::Failed),
+        _ => None,
+    };
+    let report = c
+        .message
+        .as_deref()
+        .and_then(|m| serde_json::from_str(m).ok());
+    Some((c, outcome, report))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report() -> HandoverReport {
+        HandoverReport {
+            slot: Slot::B,
+            version: "agent:v2".into(),
+            duration_ms: 41,
+            freeze_ms: 3,
+            maps_reused: 5,
+            maps_migrated: 1,
+            entries_copied: 100_000,
+            message: "ok".into(),
+        }
+    }
+
+    #[test]
+    fn message_has_exactly_the_documented_keys() {
+        let c = handover_condition(HandoverOutcome::Committed, &report()).expect("condition");
+        let msg: serde_json::Value =
+            serde_json::from_str(c.message.as_deref().expect("message")).expect("JSON");
+        assert_eq!(
+            msg,
+            json!({"slot": "b", "version": "agent:v2", "durationMs": 41, "freezeMs": 3,
+                   "mapsReused": 5, "mapsMigrated": 1, "entriesCopied": 100000,
+                   "message": "ok"})
+        );
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_deref()),
+            ("True", Some("Committed"))
+        );
+        let at = c.last_transition_time.expect("time").0;
+        assert_eq!(at.subsec_nanosecond(), 0, "whole seconds");
+    }
+
+    #[test]
+    fn failure_reads_back() {
+        let c = handover_condition(HandoverOutcome::Failed, &report()).expect("condition");
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_deref()),
+            ("False", Some("Failed"))
+        );
+        let pod: Pod = serde_json::from_value(json!({"status": {"conditions": [
+            {"type": "Ready", "status": "True"}, c]}}))
+        .expect("pod");
+        let (_, outcome, parsed) = read_report(&pod).expect("condition present");
+        assert_eq!(outcome, Some(HandoverOutcome::Failed));
+        assert_eq!(parsed, Some(report()));
+    }
+}

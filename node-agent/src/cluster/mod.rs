@@ -1,0 +1,64 @@
+//! The agent inside its operator-managed pod: which slot it is and whether it
+//! may own the datapath (`slot`), and its handover report on the pod (`condition`).
+//! The strings here are the contract of docs/operator.md, mirrored from
+//! `operator/src/controller/names.rs`.
+
+pub mod condition;
+pub mod slot;
+
+pub use condition::{report_handover, HandoverOutcome, HandoverReport, CONDITION_HANDOVER};
+pub use slot::{Role, Slot, SlotInfo};
+
+use std::time::Duration;
+
+/// Why talking to the cluster, or reading the pod's environment, failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// No API server configuration (neither in-cluster nor a kubeconfig).
+    #[error("no Kubernetes API access (in-cluster or KUBECONFIG): {0}")]
+    Config(#[source] kube::config::InferConfigError),
+    /// The client could not be built from the configuration.
+    #[error("building the Kubernetes client: {0}")]
+    Client(#[source] kube::Error),
+    /// An API request failed.
+    #[error("{what}: {source}")]
+    Api {
+        /// The request, e.g. `patching pod baton-system/baton-n1 status`.
+        what: String,
+        /// The API error.
+        source: kube::Error,
+    },
+    /// A downward-API variable is missing or malformed.
+    #[error("environment variable {var}: {reason}")]
+    Env {
+        /// Variable name.
+        var: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The report could not be encoded.
+    #[error("encoding the handover report: {0}")]
+    Encode(#[source] serde_json::Error),
+    /// The background runtime or thread could not start or stopped.
+    #[error("kubernetes runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+    /// A request did not finish in time.
+    #[error("{what} timed out after {after:?}")]
+    Timeout {
+        /// The request.
+        what: String,
+        /// The limit.
+        after: Duration,
+    },
+}
+
+/// A client for the API server: `config`, or inferred (the pod's service
+/// account in a cluster, else `KUBECONFIG` / `~/.kube/config`). Must run
+/// inside a tokio runtime, which the client's connections then belong to.
+pub async fn connect(config: Option<kube::Config>) -> Result<kube::Client, ClusterError> {
+    let config = match config {
+        Some(c) => c,
+        None => kube::Config::infer().await.map_err(ClusterError::Config)?,
+    };
+    kube::Client::try_from(config).map_err(ClusterError::Client)
+}

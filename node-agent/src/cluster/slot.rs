@@ -1,0 +1,243 @@
+//! Which slot of the operator's pair pod this agent runs in, and what it may do.
+//!
+//! The operator (docs/operator.md, `operator/src/controller/{podspec,execute}.rs`)
+//! hands each container, through the downward API, the pod annotations as they
+//! were when the kubelet (re)started it:
+//!
+//! | operator step | annotations after it |
+//! |---|---|
+//! | create pod | `active-slot=a`, `slot-a-version=<agent>`, `slot-b-version=<empty image>` |
+//! | StartUpgrade/StartRollback | standby slot's image and `slot-X-version=<new>`, `handover-started` |
+//! | FinishUpgrade (after Committed) | `active-slot=<new slot>`, old slot parked on the empty image, no `handover-started` |
+//! | ResetStandby (after Failed/timeout) | standby parked on the empty image, no `handover-started` |
+//!
+//! A parked slot runs the empty image, not an agent. So an agent process sees
+//! one of: its slot is active (it owns the datapath); its slot is the standby
+//! with its own new version (a handover into it is running); or its slot is
+//! active but the other slot holds another agent version. The last case is
+//! ambiguous from the environment alone: the active agent restarted during a
+//! handover, or the *retired* agent restarted by the kubelet after its
+//! successor committed and before the operator parked it. [`SlotInfo::role`]
+//! answers from the environment; [`SlotInfo::role_in`] resolves the ambiguity
+//! with the pod as it is now (its handover condition), and should be preferred.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::Api;
+use kube::Client;
+use serde::{Deserialize, Serialize};
+
+use super::condition::{read_report, HandoverOutcome};
+use super::ClusterError;
+
+/// Annotation: the slot (`a`/`b`) whose agent owns the datapath.
+pub const ANN_ACTIVE_SLOT: &str = "baton.dev/active-slot";
+/// Annotation: when the running handover started (RFC 3339); absent when idle.
+pub const ANN_HANDOVER_STARTED: &str = "baton.dev/handover-started";
+/// Shared directory of both slots when `BATON_RUN_DIR` is unset.
+pub const DEFAULT_RUN_DIR: &str = "/run/baton";
+
+/// One of the two agent containers of the pod.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Slot {
+    /// Container `slot-a`.
+    A,
+    /// Container `slot-b`.
+    B,
+}
+
+impl Slot {
+    /// The other slot of the pair.
+    pub fn other(self) -> Slot {
+        match self {
+            Slot::A => Slot::B,
+            Slot::B => Slot::A,
+        }
+    }
+
+    /// `a` → A, `b` → B, anything else `None`.
+    pub fn parse(s: &str) -> Option<Slot> {
+        match s {
+            "a" => Some(Slot::A),
+            "b" => Some(Slot::B),
+            _ => None,
+        }
+    }
+
+    /// Annotation holding this slot's version (image).
+    pub fn version_annotation(self) -> String {
+        format!("baton.dev/slot-{self}-version")
+    }
+}
+
+impl fmt::Display for Slot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Slot::A => "a",
+            Slot::B => "b",
+        })
+    }
+}
+
+/// What this agent may do with the datapath.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Owns the datapath: adopt the pins and program the maps.
+    Active,
+    /// A handover into this slot runs: take over from the active agent
+    /// through `handover.sock`, then report on the pod.
+    Successor,
+    /// Must not touch the datapath. Stay idle, do not exit (the kubelet would
+    /// restart it): the operator replaces this container with the empty image.
+    Retired,
+}
+
+/// The downward-API environment of an agent container.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SlotInfo {
+    /// `BATON_SLOT`.
+    pub slot: Slot,
+    /// `BATON_SLOT_VERSION`: this slot's version annotation (empty if unset).
+    pub version: String,
+    /// `BATON_SLOT_VERSION_ALT`: the other slot's version annotation.
+    pub alt_version: String,
+    /// `BATON_ACTIVE_SLOT`; slot a when missing or garbled, as the operator reads it.
+    pub active_slot: Slot,
+    /// `NODE_NAME`.
+    pub node_name: String,
+    /// `POD_NAME`.
+    pub pod_name: String,
+    /// `POD_NAMESPACE`.
+    pub pod_namespace: String,
+    /// `BATON_RUN_DIR` (default `/run/baton`), shared by both slots.
+    pub run_dir: PathBuf,
+}
+
+impl SlotInfo {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Self, ClusterError> {
+        Self::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    /// Reads the variables through `get` (tests, or another source of env).
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ClusterError> {
+        let required = |var: &'static str| {
+            get(var).filter(|v| !v.is_empty()).ok_or(ClusterError::Env {
+                var,
+                reason: "not set (is the agent running in its operator-managed pod?)".into(),
+            })
+        };
+        let slot_var = required("BATON_SLOT")?;
+        let slot = Slot::parse(&slot_var).ok_or_else(|| ClusterError::Env {
+            var: "BATON_SLOT",
+            reason: format!("{slot_var:?} is neither a nor b"),
+        })?;
+        Ok(Self {
+            slot,
+            version: get("BATON_SLOT_VERSION").unwrap_or_default(),
+            alt_version: get("BATON_SLOT_VERSION_ALT").unwrap_or_default(),
+            active_slot: get("BATON_ACTIVE_SLOT")
+                .and_then(|s| Slot::parse(&s))
+                .unwrap_or(Slot::A),
+            node_name: required("NODE_NAME")?,
+            pod_name: required("POD_NAME")?,
+            pod_namespace: required("POD_NAMESPACE")?,
+            run_dir: get("BATON_RUN_DIR")
+                .filter(|v| !v.is_empty())
+                .unwrap_or_else(|| DEFAULT_RUN_DIR.into())
+                .into(),
+        })
+    }
+
+    /// The role from the environment alone: active slot → `Active`; standby
+    /// slot with a version of its own that differs from the active one →
+    /// `Successor`; otherwise `Retired`. An active slot whose partner holds
+    /// another agent version is `Active` here though it may be a retired agent
+    /// restarted before the operator parked it: use [`SlotInfo::role_in`].
+    pub fn role(&self) -> Role {
+        if self.slot == self.active_slot {
+            Role::Active
+        } else if !self.version.is_empty() && self.version != self.alt_version {
+            Role::Successor
+        } else {
+            Role::Retired
+        }
+    }
+
+    /// The role given the pod as it is now (annotations and the handover
+    /// condition, whose report counts only if not older than
+    /// `handover-started`, as the operator reads it). In order:
+    /// 1. this slot's version annotation moved on → `Retired` (the kubelet is
+    ///    about to replace this container);
+    /// 2. this slot is active: `Retired` if the other slot's agent reported
+    ///    Committed at its current version (the flip is pending), else `Active`;
+    /// 3. this agent reported Committed → `Active` (the flip is pending);
+    /// 4. this agent reported Failed → `Retired` (the operator parks it);
+    /// 5. a handover is running (`handover-started`) → `Successor`;
+    /// 6. otherwise `Retired`.
+    pub fn role_in(&self, pod: &Pod) -> Role {
+        let annotations = pod.metadata.annotations.clone().unwrap_or_default();
+        let ann = |k: &str| annotations.get(k).map(String::as_str);
+        if ann(&self.slot.version_annotation()).is_some_and(|v| v != self.version) {
+            return Role::Retired;
+        }
+        let active = ann(ANN_ACTIVE_SLOT)
+            .and_then(Slot::parse)
+            .unwrap_or(Slot::A);
+        let started = ann(ANN_HANDOVER_STARTED);
+        let other = self.slot.other();
+        let other_version = ann(&other.version_annotation()).unwrap_or(&self.alt_version);
+        let report = read_report(pod).and_then(|(c, outcome, report)| {
+            let start = started.and_then(|s| s.parse::<Timestamp>().ok());
+            let fresh = match (start, c.last_transition_time.as_ref()) {
+                (Some(start), Some(at)) => at.0.as_second() >= start.as_second(),
+                _ => true,
+            };
+            Some((outcome?, report?)).filter(|_| fresh)
+        });
+        let reported = |slot: Slot, version: &str| {
+            report
+                .as_ref()
+                .filter(|(_, r)| r.slot == slot && r.version == version)
+                .map(|(o, _)| *o)
+        };
+        if active == self.slot {
+            return match reported(other, other_version) {
+                Some(HandoverOutcome::Committed) => Role::Retired,
+                _ => Role::Active,
+            };
+        }
+        match reported(self.slot, &self.version) {
+            Some(HandoverOutcome::Committed) => Role::Active,
+            Some(HandoverOutcome::Failed) => Role::Retired,
+            None if started.is_some() => Role::Successor,
+            None => Role::Retired,
+        }
+    }
+
+    /// Reads this agent's pod and decides with [`SlotInfo::role_in`]. Needs
+    /// `get` on `pods` in the pod's namespace.
+    pub async fn current_role(&self, client: &Client) -> Result<Role, ClusterError> {
+        let pod = Api::<Pod>::namespaced(client.clone(), &self.pod_namespace)
+            .get(&self.pod_name)
+            .await
+            .map_err(|source| ClusterError::Api {
+                what: format!("reading pod {}/{}", self.pod_namespace, self.pod_name),
+                source,
+            })?;
+        Ok(self.role_in(&pod))
+    }
+
+    /// `<run dir>/handover.sock`, where the active agent listens for its successor.
+    pub fn handover_socket(&self) -> PathBuf {
+        self.run_dir.join("handover.sock")
+    }
+}
+
+#[cfg(test)]
+#[path = "slot_tests.rs"]
+mod tests;

@@ -1,0 +1,168 @@
+//! The background half of the Kubernetes source: reflectors that keep the
+//! Service and EndpointSlice caches and tell the polling side what happened.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::Api;
+use kube::runtime::reflector::store::Writer;
+use kube::runtime::watcher::Event;
+// Both the module and the function of that name.
+use kube::runtime::{reflector, watcher, WatchStreamExt};
+use kube::{Client, Resource, ResourceExt};
+use tokio::sync::oneshot;
+
+use super::build::SERVICE_NAME_LABEL;
+
+/// What the watches did, read by `poll` without locking the caches.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Bumped on every cache change and when a failing watch recovers.
+    changes: AtomicU64,
+    /// Bumped on every watch error.
+    errors: AtomicU64,
+    /// The latest error while the watches have not recovered from it.
+    error: Mutex<Option<String>>,
+    services_ready: AtomicBool,
+    slices_ready: AtomicBool,
+}
+
+impl Progress {
+    /// Number of changes so far.
+    pub fn changes(&self) -> u64 {
+        self.changes.load(Ordering::Acquire)
+    }
+
+    /// Number of errors so far and the current one, if not recovered.
+    pub fn error(&self) -> (u64, Option<String>) {
+        let current = self.lock().clone();
+        (self.errors.load(Ordering::Acquire), current)
+    }
+
+    /// Whether both caches hold a complete first listing.
+    pub fn ready(&self) -> bool {
+        self.services_ready.load(Ordering::Acquire) && self.slices_ready.load(Ordering::Acquire)
+    }
+
+    /// Records a failure that happens outside the watches (e.g. the thread ended).
+    pub fn fail(&self, message: String) {
+        *self.lock() = Some(message);
+        self.errors.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn changed(&self) {
+        self.changes.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn healthy(&self) {
+        if self.lock().take().is_some() {
+            // Rebuild once so the source reports the state again after errors.
+            self.changed();
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<String>> {
+        self.error.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Cache writers of both resources.
+pub struct Writers {
+    /// Services.
+    pub services: Writer<Service>,
+    /// EndpointSlices.
+    pub slices: Writer<EndpointSlice>,
+}
+
+/// Runs both reflectors until `stop` fires (or its sender is dropped).
+pub async fn run(
+    client: Client,
+    namespace: Option<String>,
+    writers: Writers,
+    progress: &Progress,
+    stop: oneshot::Receiver<()>,
+) {
+    let services: Api<Service> = api(&client, namespace.as_deref());
+    let slices: Api<EndpointSlice> = api(&client, namespace.as_deref());
+    // any_semantic: lists come from the API server's watch cache, not etcd,
+    // which matters when every node's agent lists at once.
+    let config = watcher::Config::default().any_semantic();
+    let services = reflect(
+        services,
+        config.clone(),
+        writers.services,
+        progress,
+        &progress.services_ready,
+        "services",
+    );
+    let slices = reflect(
+        slices,
+        config.labels(SERVICE_NAME_LABEL),
+        writers.slices,
+        progress,
+        &progress.slices_ready,
+        "endpointslices",
+    );
+    tokio::select! {
+        _ = stop => {}
+        _ = futures::future::join(services, slices) => {}
+    }
+}
+
+fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    K::DynamicType: Default,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+async fn reflect<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    writer: Writer<K>,
+    progress: &Progress,
+    ready: &AtomicBool,
+    what: &'static str,
+) where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K::DynamicType: Clone + Default + Eq + std::hash::Hash,
+{
+    let stream = watcher(api, config).modify(strip);
+    reflector::reflector(writer, stream)
+        .default_backoff()
+        .for_each(|item| {
+            match item {
+                Ok(event) => {
+                    progress.healthy();
+                    match event {
+                        Event::Apply(_) | Event::Delete(_) => progress.changed(),
+                        Event::InitDone => {
+                            ready.store(true, Ordering::Release);
+                            progress.changed();
+                        }
+                        Event::Init | Event::InitApply(_) => {}
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(what, error = %e, "kubernetes watch failed; retrying");
+                    progress.fail(format!("watching {what}: {e}"));
+                }
+            }
+            std::future::ready(())
+        })
+        .await;
+}
+
+/// Drops what the agent never reads before it is cached (managed fields and
+/// annotations such as last-applied-configuration are most of an object).
+fn strip<K: ResourceExt>(obj: &mut K) {
+    obj.managed_fields_mut().clear();
+    obj.annotations_mut().clear();
+}
