@@ -5,6 +5,7 @@ pub mod admin;
 pub mod agent;
 pub mod cluster;
 pub mod datapath;
+pub mod handover;
 pub mod maps;
 pub mod metrics;
 pub mod migrate;

@@ -10,8 +10,10 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use baton_agent::admin::{client, Request};
-use baton_agent::agent::{self, admin_socket, AgentConfig};
+use baton_agent::agent::{self, admin_socket, AgentConfig, Exit};
 use baton_agent::datapath::{self, DatapathConfig};
+use baton_agent::handover::incumbent::Timeouts;
+use baton_agent::source::{FileSource, Source};
 use baton_agent::{maps::MapSet, sys, verify};
 use clap::{Args, Parser, Subcommand};
 
@@ -66,6 +68,15 @@ enum Cmd {
         /// Override a map's max_entries, e.g. `endpoint=4096` (repeatable).
         #[arg(long = "map-max-entries", value_parser = parse_kv)]
         map_max_entries: Vec<(String, u32)>,
+        /// Longest wait for any handover message, in milliseconds.
+        #[arg(long, default_value_t = 10_000)]
+        handover_timeout_ms: u64,
+        /// Longest time a handing-over agent stays frozen waiting for the commit.
+        #[arg(long, default_value_t = 2_000)]
+        freeze_timeout_ms: u64,
+        /// Do not try to take over from an agent on the handover socket.
+        #[arg(long)]
+        no_take_over: bool,
     },
     /// Print the running agent's status (JSON).
     Status {
@@ -132,6 +143,9 @@ fn real_main() -> Result<ExitCode> {
             keep_datapath,
             poll_ms,
             map_max_entries,
+            handover_timeout_ms,
+            freeze_timeout_ms,
+            no_take_over,
         } => {
             let cgroup = match cgroup.or_else(sys::find_cgroup2_mount) {
                 Some(c) => c,
@@ -153,18 +167,27 @@ fn real_main() -> Result<ExitCode> {
                     mount_bpffs,
                     max_entries: map_max_entries.into_iter().collect::<BTreeMap<_, _>>(),
                 },
-                services_file: services,
                 run_dir: paths.run_dir,
                 metrics_addr,
                 poll_interval: Duration::from_millis(poll_ms.max(10)),
                 keep_datapath,
+                handover: Timeouts {
+                    step: Duration::from_millis(handover_timeout_ms.max(1)),
+                    freeze: Duration::from_millis(freeze_timeout_ms.max(1)),
+                    ..Timeouts::default()
+                },
+                take_over: !no_take_over,
             };
+            let source: Box<dyn Source> = Box::new(FileSource::new(services));
             let stop = Arc::new(AtomicBool::new(false));
             for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
                 signal_hook::flag::register(sig, stop.clone())
                     .context("installing signal handlers")?;
             }
-            agent::run(&cfg, stop)?;
+            match agent::run(&cfg, source, stop)? {
+                Exit::Stopped => {}
+                Exit::Retired => eprintln!("baton-agent: handed over to a successor; exiting"),
+            }
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Status { paths } => {

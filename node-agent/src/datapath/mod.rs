@@ -7,15 +7,21 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
-use aya::programs::CgroupSockAddr;
-use aya::{Ebpf, EbpfLoader};
-use baton_ebpf::{MetaValue, LAYOUT_VERSION, MAPS, PROG_CONNECT4, PROG_CONNECT6};
+use aya::Ebpf;
+use baton_ebpf::{MetaValue, LAYOUT_VERSION, MAPS};
 
 use crate::maps::{set::map_pin_path, MapError, MapSet};
+use crate::migrate::MigrateError;
 use crate::sys::{self, AttachType, FsError, SysError};
+
+pub mod load;
+pub mod recover;
+pub mod stage;
+
+pub use recover::MigrationSummary;
 
 /// Errors bringing the datapath up or down.
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +62,9 @@ pub enum DatapathError {
         /// Cause.
         source: std::io::Error,
     },
+    /// A pinned map cannot be carried over to this build.
+    #[error(transparent)]
+    Migrate(#[from] MigrateError),
     /// A pinned link is attached somewhere else.
     #[error(
         "pinned link {path} is attached to cgroup id {found}, not to {cgroup} (id {expected})"
@@ -108,6 +117,10 @@ pub struct Datapath {
     pub reused_maps: bool,
     /// Generation recorded in the meta map.
     pub generation: u64,
+    /// What happened to the maps found at start.
+    pub migration: MigrationSummary,
+    /// The programs the links run, per attach point.
+    pub progs: Vec<(AttachType, OwnedFd)>,
     _ebpf: Ebpf,
 }
 
@@ -133,54 +146,6 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DatapathError {
     move |source| DatapathError::Io { what, source }
 }
 
-/// Checks pinned maps (if any) against this build; `true` when all exist.
-fn check_pins(cfg: &DatapathConfig) -> Result<bool, DatapathError> {
-    let mut present = 0;
-    for spec in MAPS.iter() {
-        let path = map_pin_path(&cfg.pin_dir, spec.name);
-        if !path.exists() {
-            continue;
-        }
-        present += 1;
-        let fd = sys::obj_get(&path).map_err(|source| DatapathError::Sys {
-            what: format!("open {}", path.display()),
-            source,
-        })?;
-        let info = sys::map_info(fd.as_fd()).map_err(|source| DatapathError::Sys {
-            what: "map info".into(),
-            source,
-        })?;
-        let want_max = cfg
-            .max_entries
-            .get(spec.name)
-            .copied()
-            .unwrap_or(spec.max_entries);
-        let mut detail = Vec::new();
-        if info.map_type != spec.kind as u32 {
-            detail.push(format!("type {} != {}", info.map_type, spec.kind as u32));
-        }
-        if info.key_size != spec.key_size {
-            detail.push(format!("key size {} != {}", info.key_size, spec.key_size));
-        }
-        if info.value_size != spec.value_size {
-            detail.push(format!(
-                "value size {} != {}",
-                info.value_size, spec.value_size
-            ));
-        }
-        if info.max_entries != want_max {
-            detail.push(format!("max_entries {} != {}", info.max_entries, want_max));
-        }
-        if !detail.is_empty() {
-            return Err(DatapathError::IncompatiblePin {
-                path: path.display().to_string(),
-                detail: detail.join(", "),
-            });
-        }
-    }
-    Ok(present == MAPS.len())
-}
-
 fn cgroup_id(dir: &Path) -> Result<u64, DatapathError> {
     use std::os::unix::fs::MetadataExt;
     Ok(std::fs::metadata(dir)
@@ -188,8 +153,58 @@ fn cgroup_id(dir: &Path) -> Result<u64, DatapathError> {
         .ino())
 }
 
+fn sys_err(what: impl Into<String>) -> impl FnOnce(SysError) -> DatapathError {
+    let what = what.into();
+    move |source| DatapathError::Sys { what, source }
+}
+
+/// Attaches `progs` to the cgroup through the pinned links: an existing pin
+/// is updated in place (no detach gap), a missing one is created and pinned.
+pub fn attach_links(
+    pin_dir: &Path,
+    cgroup: &Path,
+    progs: &[(AttachType, OwnedFd)],
+) -> Result<Vec<AttachedLink>, DatapathError> {
+    let cg = File::open(cgroup).map_err(io(format!("open cgroup {}", cgroup.display())))?;
+    let cg_id = cgroup_id(cgroup)?;
+    let mut links = Vec::new();
+    for (attach, prog) in progs {
+        let pin = link_pin_path(pin_dir, *attach);
+        let fd = if pin.exists() {
+            let fd = sys::obj_get(&pin).map_err(sys_err(format!("open {}", pin.display())))?;
+            let info = sys::link_info(fd.as_fd()).map_err(sys_err("link info"))?;
+            if info.cgroup_id != cg_id {
+                return Err(DatapathError::ForeignLink {
+                    path: pin.display().to_string(),
+                    found: info.cgroup_id,
+                    cgroup: cgroup.display().to_string(),
+                    expected: cg_id,
+                });
+            }
+            sys::link_update(fd.as_fd(), prog.as_fd(), None)
+                .map_err(sys_err(format!("link update {}", pin.display())))?;
+            fd
+        } else {
+            let fd = sys::link_create(prog.as_fd(), cg.as_fd(), *attach).map_err(sys_err(
+                format!("attach {attach:?} to {}", cgroup.display()),
+            ))?;
+            sys::obj_pin(fd.as_fd(), &pin).map_err(sys_err(format!("pin {}", pin.display())))?;
+            fd
+        };
+        links.push(AttachedLink {
+            attach: *attach,
+            fd,
+            pin,
+        });
+    }
+    Ok(links)
+}
+
 impl Datapath {
-    /// Loads, pins and attaches the datapath (reusing compatible pins).
+    /// Loads, pins and attaches the datapath. Existing pins (an agent died or
+    /// restarted) are adopted: maps of the same layout are reused, maps whose
+    /// layout changed are migrated entry by entry, and the links switch to
+    /// the new programs with BPF_LINK_UPDATE.
     pub fn start(cfg: &DatapathConfig) -> Result<Self, DatapathError> {
         sys::ensure_bpffs(&cfg.pin_dir, cfg.mount_bpffs)?;
         sys::check_cgroup2(&cfg.cgroup)?;
@@ -197,87 +212,42 @@ impl Datapath {
             std::fs::create_dir_all(cfg.pin_dir.join(sub))
                 .map_err(io(format!("mkdir {}", cfg.pin_dir.display())))?;
         }
-        let reused = check_pins(cfg)?;
-
-        let mut loader = EbpfLoader::new();
-        let paths: Vec<(&str, PathBuf)> = MAPS
-            .iter()
-            .map(|s| (s.name, map_pin_path(&cfg.pin_dir, s.name)))
-            .collect();
-        for (name, path) in &paths {
-            loader.map_pin_path(name, path.as_path());
+        stage::clean_stale(&cfg.pin_dir);
+        let plan = recover::plan(cfg)?;
+        if plan.all_reused() {
+            // Nothing to convert: aya opens the live pins (or creates them).
+            let summary = plan.summary();
+            drop(plan);
+            let loaded = load::load(&cfg.pin_dir, &cfg.max_entries)?;
+            let maps = MapSet::open_pinned(&cfg.pin_dir)?;
+            let links = attach_links(&cfg.pin_dir, &cfg.cgroup, &loaded.progs)?;
+            return Self::assemble(cfg.pin_dir.clone(), maps, links, loaded, summary);
         }
-        for (name, n) in &cfg.max_entries {
-            loader.map_max_entries(name, *n);
-        }
-        let mut ebpf = loader
-            .load(baton_ebpf::object())
-            .map_err(|e| DatapathError::Load(e.to_string()))?;
-        let maps = MapSet::open_pinned(&cfg.pin_dir)?;
+        let (loaded, maps, summary, stage) = recover::migrate(cfg, plan)?;
+        // The links switch to programs using the staged maps; only then do
+        // the live pins move, so a crash in between leaves the old pins,
+        // intact, for the next start to migrate again.
+        let links = match attach_links(&cfg.pin_dir, &cfg.cgroup, &loaded.progs) {
+            Ok(l) => l,
+            Err(e) => {
+                stage.remove();
+                return Err(e);
+            }
+        };
+        recover::promote_all(cfg, stage, &maps, &summary)?;
+        tracing::info!(?summary, "datapath recovered from pins with migration");
+        Self::assemble(cfg.pin_dir.clone(), maps, links, loaded, summary)
+    }
 
-        let cgroup =
-            File::open(&cfg.cgroup).map_err(io(format!("open cgroup {}", cfg.cgroup.display())))?;
-        let cg_id = cgroup_id(&cfg.cgroup)?;
-        let mut links = Vec::new();
-        for (prog, attach) in [
-            (PROG_CONNECT4, AttachType::Connect4),
-            (PROG_CONNECT6, AttachType::Connect6),
-        ] {
-            let p: &mut CgroupSockAddr = ebpf
-                .program_mut(prog)
-                .ok_or_else(|| {
-                    DatapathError::Load(format!("program {prog} missing from the object"))
-                })?
-                .try_into()
-                .map_err(|e: aya::programs::ProgramError| DatapathError::Load(e.to_string()))?;
-            p.load()
-                .map_err(|e| DatapathError::Load(format!("{prog}: {e:?}")))?;
-            let prog_fd = p
-                .fd()
-                .map_err(|e| DatapathError::Load(e.to_string()))?
-                .as_fd();
-            let pin = link_pin_path(&cfg.pin_dir, attach);
-            let fd = if pin.exists() {
-                // Restart from pins: swap the program in place, no detach gap.
-                let fd = sys::obj_get(&pin).map_err(|source| DatapathError::Sys {
-                    what: format!("open {}", pin.display()),
-                    source,
-                })?;
-                let info = sys::link_info(fd.as_fd()).map_err(|source| DatapathError::Sys {
-                    what: "link info".into(),
-                    source,
-                })?;
-                if info.cgroup_id != cg_id {
-                    return Err(DatapathError::ForeignLink {
-                        path: pin.display().to_string(),
-                        found: info.cgroup_id,
-                        cgroup: cfg.cgroup.display().to_string(),
-                        expected: cg_id,
-                    });
-                }
-                sys::link_update(fd.as_fd(), prog_fd, None).map_err(|source| {
-                    DatapathError::Sys {
-                        what: format!("link update {}", pin.display()),
-                        source,
-                    }
-                })?;
-                fd
-            } else {
-                let fd = sys::link_create(prog_fd, cgroup.as_fd(), attach).map_err(|source| {
-                    DatapathError::Sys {
-                        what: format!("attach {prog} to {}", cfg.cgroup.display()),
-                        source,
-                    }
-                })?;
-                sys::obj_pin(fd.as_fd(), &pin).map_err(|source| DatapathError::Sys {
-                    what: format!("pin {}", pin.display()),
-                    source,
-                })?;
-                fd
-            };
-            links.push(AttachedLink { attach, fd, pin });
-        }
-
+    /// Builds the running datapath from its parts and bumps the generation.
+    pub fn assemble(
+        pin_dir: PathBuf,
+        maps: MapSet,
+        links: Vec<AttachedLink>,
+        loaded: load::Loaded,
+        summary: MigrationSummary,
+    ) -> Result<Self, DatapathError> {
+        let reused = summary.adopted();
         let mut meta = if reused {
             maps.meta()?
         } else {
@@ -289,10 +259,12 @@ impl Datapath {
         Ok(Self {
             maps,
             links,
-            pin_dir: cfg.pin_dir.clone(),
+            pin_dir,
             reused_maps: reused,
             generation: meta.generation,
-            _ebpf: ebpf,
+            migration: summary,
+            progs: loaded.progs,
+            _ebpf: loaded.ebpf,
         })
     }
 
@@ -301,6 +273,14 @@ impl Datapath {
         let pin_dir = self.pin_dir.clone();
         drop(self);
         remove_pins(&pin_dir)
+    }
+
+    /// Program descriptor for an attach point.
+    pub fn prog(&self, attach: AttachType) -> Option<BorrowedFd<'_>> {
+        self.progs
+            .iter()
+            .find(|(a, _)| *a == attach)
+            .map(|(_, fd)| fd.as_fd())
     }
 }
 
@@ -312,6 +292,7 @@ pub fn remove_pins(pin_dir: &Path) -> Result<(), DatapathError> {
     for spec in MAPS.iter() {
         remove_if_exists(&map_pin_path(pin_dir, spec.name))?;
     }
+    stage::clean_stale(pin_dir);
     for sub in ["links", "maps"] {
         let _ = std::fs::remove_dir(pin_dir.join(sub));
     }

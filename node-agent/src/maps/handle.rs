@@ -1,9 +1,11 @@
 //! One map: an owned fd plus the kernel's description of it.
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
 
 use baton_ebpf::{MapPod, MapSpec};
 
+use super::Journal;
 use crate::sys::{self, MapInfo, SysError};
 
 /// Errors using a map.
@@ -35,6 +37,7 @@ pub struct MapHandle {
     name: &'static str,
     fd: OwnedFd,
     info: MapInfo,
+    journal: Arc<Journal>,
 }
 
 fn describe(t: u32, k: u32, v: u32, n: u32) -> String {
@@ -72,6 +75,7 @@ impl MapHandle {
             name: spec.name,
             fd,
             info,
+            journal: Arc::default(),
         })
     }
 
@@ -112,14 +116,23 @@ impl MapHandle {
         }
     }
 
+    /// Shares `journal` with this handle (every write is recorded while it is on).
+    pub fn set_journal(&mut self, journal: Arc<Journal>) {
+        self.journal = journal;
+    }
+
     /// Writes one value (create or overwrite).
     pub fn put<K: MapPod, V: MapPod>(&self, key: &K, value: &V) -> Result<(), MapError> {
+        // Recorded before the write: a key in the journal is re-read by the
+        // successor, so recording one that then fails to change costs nothing.
+        self.journal.record(self.name, key.as_bytes());
         sys::map_update(self.fd(), key.as_bytes(), value.as_bytes(), sys::BPF_ANY)
             .map_err(|e| self.err(e))
     }
 
     /// Deletes one key; `false` when it was absent.
     pub fn delete<K: MapPod>(&self, key: &K) -> Result<bool, MapError> {
+        self.journal.record(self.name, key.as_bytes());
         sys::map_delete(self.fd(), key.as_bytes()).map_err(|e| self.err(e))
     }
 

@@ -3,8 +3,9 @@
 use std::collections::BTreeMap;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use super::{MapError, MapHandle};
+use super::{Journal, MapError, MapHandle};
 use crate::sys;
 use baton_ebpf::{
     map_spec, BackendKey, BackendValue, Counter, EndpointKey, EndpointValue, FrontendKey,
@@ -27,6 +28,7 @@ pub struct MapSet {
     /// Layout version and generation.
     pub meta: MapHandle,
     cpus: usize,
+    journal: Arc<Journal>,
 }
 
 /// Where map `name` is pinned under `pin_dir`.
@@ -50,7 +52,7 @@ impl MapSet {
             })?;
             MapHandle::open(spec, fd)
         };
-        Ok(Self {
+        let mut set = Self {
             frontend: take("frontend")?,
             service: take("service")?,
             endpoint: take("endpoint")?,
@@ -58,7 +60,25 @@ impl MapSet {
             counters: take("counters")?,
             meta: take("meta")?,
             cpus: sys::possible_cpus(),
-        })
+            journal: Arc::default(),
+        };
+        let j = set.journal.clone();
+        for h in [
+            &mut set.frontend,
+            &mut set.service,
+            &mut set.endpoint,
+            &mut set.backend,
+            &mut set.counters,
+            &mut set.meta,
+        ] {
+            h.set_journal(j.clone());
+        }
+        Ok(set)
+    }
+
+    /// The journal every write to these maps is recorded in (while on).
+    pub fn journal(&self) -> &Journal {
+        &self.journal
     }
 
     /// Opens the maps pinned under `pin_dir`.
@@ -74,6 +94,11 @@ impl MapSet {
             fds.insert(spec.name, fd);
         }
         Self::from_fds(fds)
+    }
+
+    /// The handle of map `name`.
+    pub fn by_name(&self, name: &str) -> Option<&MapHandle> {
+        self.all().into_iter().find(|h| h.name() == name)
     }
 
     /// Every handle, in [`MAPS`] order.

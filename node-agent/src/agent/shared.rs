@@ -1,81 +1,57 @@
-//! The agent's main loop: bring up the datapath, adopt what is pinned, follow
-//! the source, serve admin and metrics, shut down keeping or removing pins.
+//! State shared by the agent's loop, the admin socket, the metrics endpoint
+//! and the handover: the datapath, the programmer and what was synced.
 
-use std::net::{SocketAddr, TcpListener};
-use std::path::PathBuf;
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use baton_ebpf::{ip_from_raw, Counter, LbPolicy, LAYOUT_VERSION};
 use serde_json::{json, Value};
 
 use crate::admin::{self, Request};
-use crate::datapath::{Datapath, DatapathConfig, DatapathError};
+use crate::datapath::Datapath;
+use crate::handover::successor::Figures;
 use crate::metrics::{self, family, SyncStats};
 use crate::model::{Capacity, DesiredState};
 use crate::programmer::{Programmer, SyncReport, MISSING};
-use crate::source::FileSource;
 use crate::verify;
 
-/// Everything `baton-agent run` needs.
-#[derive(Clone, Debug)]
-pub struct AgentConfig {
-    /// Datapath placement.
-    pub datapath: DatapathConfig,
-    /// Services file.
-    pub services_file: PathBuf,
-    /// Directory for the admin socket.
-    pub run_dir: PathBuf,
-    /// Metrics listener address (None = no metrics).
-    pub metrics_addr: Option<SocketAddr>,
-    /// How often the source is polled.
-    pub poll_interval: Duration,
-    /// Leave pins (and so the datapath) in place on exit.
-    pub keep_datapath: bool,
-}
-
-/// Errors that stop the agent.
-#[derive(Debug, thiserror::Error)]
-pub enum AgentError {
-    /// Datapath setup.
-    #[error(transparent)]
-    Datapath(#[from] DatapathError),
-    /// Reading maps.
-    #[error(transparent)]
-    Map(#[from] crate::maps::MapError),
-    /// Sockets and directories.
-    #[error("{what}: {source}")]
-    Io {
-        /// What we were doing.
-        what: String,
-        /// Cause.
-        source: std::io::Error,
-    },
-}
-
-struct Inner {
-    programmer: Programmer,
-    desired: Option<DesiredState>,
-    last: Option<SyncReport>,
-    source_error: Option<String>,
-    stats: SyncStats,
+/// The mutable part, behind one lock.
+pub(super) struct Inner {
+    pub(super) programmer: Programmer,
+    pub(super) desired: Option<DesiredState>,
+    pub(super) last: Option<SyncReport>,
+    pub(super) source_error: Option<String>,
+    pub(super) stats: SyncStats,
+    /// A handover froze the control plane: syncs wait.
+    pub(super) frozen: bool,
 }
 
 /// State shared by the loop, the admin socket and the metrics endpoint.
 pub struct Shared {
-    dp: Datapath,
-    inner: Mutex<Inner>,
-    started: Instant,
+    pub(super) dp: Datapath,
+    pub(super) inner: Mutex<Inner>,
+    pub(super) started: Instant,
+    /// Duplicates of the listening sockets, offered to a successor.
+    pub(super) listeners: Vec<(&'static str, OwnedFd)>,
+    /// Where the source comes from.
+    pub(super) source: String,
+    /// How this agent got its datapath (a handover's figures).
+    pub(super) handover: Option<Figures>,
+    /// Set once a successor committed: never write again.
+    pub(super) retired: AtomicBool,
+    /// Stops every thread of the agent.
+    pub(super) stop: Arc<AtomicBool>,
 }
 
 impl Shared {
-    fn lock(&self) -> MutexGuard<'_, Inner> {
+    pub(super) fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panicking holder must not take the agent down with a poisoned lock.
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn capacity(&self) -> Capacity {
+    pub(super) fn capacity(&self) -> Capacity {
         let m = &self.dp.maps;
         Capacity {
             frontends: m.frontend.max_entries(),
@@ -85,10 +61,14 @@ impl Shared {
         }
     }
 
-    fn sync(&self, desired: Option<DesiredState>) {
+    pub(super) fn sync(&self, desired: Option<DesiredState>) {
         let mut g = self.lock();
         if let Some(d) = desired {
             g.desired = Some(d);
+        }
+        if g.frozen || self.retired.load(Ordering::SeqCst) {
+            // Kept in `desired`: applied when a failed handover unfreezes.
+            return;
         }
         // Taken out and put back rather than cloned: at 10 000 services a
         // clone per sync costs more than the sync itself.
@@ -125,7 +105,7 @@ impl Shared {
         }
     }
 
-    fn needs_retry(&self) -> bool {
+    pub(super) fn needs_retry(&self) -> bool {
         let g = self.lock();
         g.last.as_ref().is_some_and(|r| !r.ok()) || g.programmer.is_dirty()
     }
@@ -141,6 +121,10 @@ impl Shared {
             "uptime_seconds": self.started.elapsed().as_secs_f64(),
             "pin_dir": self.dp.pin_dir,
             "adopted_maps": self.dp.reused_maps,
+            "maps": self.dp.migration,
+            "handover": self.handover,
+            "source": self.source,
+            "frozen": g.frozen,
             "services": st.services.len(),
             "endpoints": st.endpoint_count(),
             "backends": st.backends.len(),
@@ -331,89 +315,4 @@ impl metrics::Render for Shared {
         );
         out
     }
-}
-
-/// Path of the admin socket in a run directory.
-pub fn admin_socket(run_dir: &std::path::Path) -> PathBuf {
-    run_dir.join("admin.sock")
-}
-
-/// Runs the agent until `stop` is set.
-pub fn run(cfg: &AgentConfig, stop: Arc<AtomicBool>) -> Result<(), AgentError> {
-    let io = |what: &str| {
-        let what = what.to_string();
-        move |source| AgentError::Io { what, source }
-    };
-    std::fs::create_dir_all(&cfg.run_dir).map_err(io("create run dir"))?;
-    let dp = Datapath::start(&cfg.datapath)?;
-    tracing::info!(pin_dir = %dp.pin_dir.display(), cgroup = %cfg.datapath.cgroup.display(), reused = dp.reused_maps,
-        generation = dp.generation, "datapath attached");
-    let programmer = if dp.reused_maps {
-        Programmer::adopt(&dp.maps)?
-    } else {
-        Programmer::new()
-    };
-    let shared = Arc::new(Shared {
-        dp,
-        inner: Mutex::new(Inner {
-            programmer,
-            desired: None,
-            last: None,
-            source_error: None,
-            stats: SyncStats::default(),
-        }),
-        started: Instant::now(),
-    });
-
-    let admin_path = admin_socket(&cfg.run_dir);
-    let admin = admin::server::serve(
-        admin::server::bind(&admin_path).map_err(io("bind admin socket"))?,
-        shared.clone(),
-        stop.clone(),
-    );
-    let metrics = match cfg.metrics_addr {
-        Some(addr) => {
-            let l = TcpListener::bind(addr).map_err(io("bind metrics listener"))?;
-            tracing::info!(addr = %l.local_addr().map_err(io("metrics addr"))?, "metrics listening");
-            Some(metrics::serve(l, shared.clone(), stop.clone()))
-        }
-        None => None,
-    };
-
-    let mut source = FileSource::new(cfg.services_file.clone());
-    let cap = shared.capacity();
-    while !stop.load(Ordering::Relaxed) {
-        match source.poll(&cap) {
-            Some(Ok(desired)) => {
-                shared.lock().source_error = None;
-                shared.sync(Some(desired));
-            }
-            Some(Err(e)) => {
-                tracing::error!(error = %e, "services file rejected; previous state keeps serving");
-                let mut g = shared.lock();
-                g.source_error = Some(e.to_string());
-                g.stats.source_errors += 1;
-            }
-            None if shared.needs_retry() => shared.sync(None),
-            None => {}
-        }
-        std::thread::sleep(cfg.poll_interval);
-    }
-
-    let _ = admin.join();
-    if let Some(m) = metrics {
-        let _ = m.join();
-    }
-    let _ = std::fs::remove_file(&admin_path);
-    let shared = Arc::try_unwrap(shared).map_err(|_| AgentError::Io {
-        what: "shutdown".into(),
-        source: std::io::Error::other("agent state still shared"),
-    })?;
-    if cfg.keep_datapath {
-        tracing::info!("exiting; datapath stays pinned and attached");
-    } else {
-        shared.dp.teardown()?;
-        tracing::info!("datapath detached and unpinned");
-    }
-    Ok(())
 }

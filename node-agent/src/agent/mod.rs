@@ -1,0 +1,283 @@
+//! The agent's main loop: take over from a running agent (handover), else
+//! bring up the datapath from pins or fresh; follow the source; serve admin,
+//! metrics and the handover socket; shut down keeping or removing pins, or
+//! retire after handing over.
+
+mod incumbent;
+mod shared;
+
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use shared::Inner;
+pub use shared::Shared;
+
+use crate::admin;
+use crate::datapath::{Datapath, DatapathConfig, DatapathError};
+use crate::handover::successor::{self, Figures, HandoverError, SuccessorConfig};
+use crate::handover::{self, incumbent::Timeouts, Listener};
+use crate::metrics::{self, SyncStats};
+use crate::programmer::Programmer;
+use crate::source::Source;
+
+/// Everything `baton-agent run` needs.
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    /// Datapath placement.
+    pub datapath: DatapathConfig,
+    /// Directory for the admin and handover sockets.
+    pub run_dir: PathBuf,
+    /// Metrics listener address (None = no metrics).
+    pub metrics_addr: Option<SocketAddr>,
+    /// How often the source is polled.
+    pub poll_interval: Duration,
+    /// Leave pins (and so the datapath) in place on exit.
+    pub keep_datapath: bool,
+    /// Handover timeouts (each message wait; the incumbent's freeze).
+    pub handover: Timeouts,
+    /// Try to take over from an agent listening on the handover socket first.
+    pub take_over: bool,
+}
+
+/// Errors that stop the agent.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// Datapath setup.
+    #[error(transparent)]
+    Datapath(#[from] DatapathError),
+    /// Reading maps.
+    #[error(transparent)]
+    Map(#[from] crate::maps::MapError),
+    /// The handover failed; the old agent keeps serving.
+    #[error("handover failed")]
+    Handover(#[from] HandoverError),
+    /// The handover socket.
+    #[error("handover socket: {0}")]
+    Wire(#[from] handover::WireError),
+    /// Sockets and directories.
+    #[error("{what}: {source}")]
+    Io {
+        /// What we were doing.
+        what: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+}
+
+/// How `run` ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Exit {
+    /// Stopped by a signal.
+    Stopped,
+    /// A successor took over; this agent must not run again.
+    Retired,
+}
+
+/// Path of the admin socket in a run directory.
+pub fn admin_socket(run_dir: &Path) -> PathBuf {
+    run_dir.join("admin.sock")
+}
+
+/// Path of the handover socket in a run directory.
+pub fn handover_socket(run_dir: &Path) -> PathBuf {
+    run_dir.join(handover::SOCKET)
+}
+
+fn io(what: &str) -> impl FnOnce(std::io::Error) -> AgentError {
+    let what = what.to_string();
+    move |source| AgentError::Io { what, source }
+}
+
+/// The datapath and what came with it.
+struct Start {
+    dp: Datapath,
+    programmer: Programmer,
+    inherited: std::collections::BTreeMap<String, OwnedFd>,
+    figures: Option<Figures>,
+}
+
+/// Takes over from a running agent, or starts from pins / fresh.
+fn start(cfg: &AgentConfig) -> Result<Start, AgentError> {
+    if cfg.take_over {
+        let scfg = SuccessorConfig {
+            socket: handover_socket(&cfg.run_dir),
+            pin_dir: cfg.datapath.pin_dir.clone(),
+            max_entries: cfg.datapath.max_entries.clone(),
+            step_timeout: cfg.handover.step,
+        };
+        match successor::take_over(&scfg) {
+            Ok(t) => {
+                let t0 = Instant::now();
+                let mut figures = t.figures;
+                let dp = Datapath::assemble(
+                    cfg.datapath.pin_dir.clone(),
+                    t.maps,
+                    t.links,
+                    t.loaded,
+                    figures.maps.clone(),
+                )?;
+                let programmer = Programmer::adopt(&dp.maps)?;
+                tracing::info!(
+                    from = %figures.from_version,
+                    from_layout = figures.from_layout,
+                    handover_us = figures.handover_us,
+                    freeze_us = figures.freeze_us,
+                    reused = figures.maps.reused,
+                    migrated = figures.maps.migrated,
+                    entries_copied = figures.maps.entries_copied,
+                    adopt_us = t0.elapsed().as_micros() as u64,
+                    "handover committed: this agent owns the datapath"
+                );
+                figures.maps = dp.migration.clone();
+                return Ok(Start {
+                    dp,
+                    programmer,
+                    inherited: t.listeners,
+                    figures: Some(figures),
+                });
+            }
+            Err(e) if e.start_from_pins() => {
+                tracing::info!(reason = %e, "no handover: starting from the pins");
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let dp = Datapath::start(&cfg.datapath)?;
+    let programmer = if dp.reused_maps {
+        Programmer::adopt(&dp.maps)?
+    } else {
+        Programmer::new()
+    };
+    Ok(Start {
+        dp,
+        programmer,
+        inherited: Default::default(),
+        figures: None,
+    })
+}
+
+/// Runs the agent until `stop` is set or a successor takes over.
+pub fn run(
+    cfg: &AgentConfig,
+    mut source: Box<dyn Source>,
+    stop: Arc<AtomicBool>,
+) -> Result<Exit, AgentError> {
+    std::fs::create_dir_all(&cfg.run_dir).map_err(io("create run dir"))?;
+    let Start {
+        dp,
+        programmer,
+        mut inherited,
+        figures,
+    } = start(cfg)?;
+    tracing::info!(pin_dir = %dp.pin_dir.display(), reused = dp.reused_maps,
+        generation = dp.generation, maps = ?dp.migration, "datapath attached");
+
+    let admin_path = admin_socket(&cfg.run_dir);
+    let admin_l = match inherited.remove("admin") {
+        Some(fd) => UnixListener::from(fd),
+        None => admin::server::bind(&admin_path).map_err(io("bind admin socket"))?,
+    };
+    let metrics_l = match (inherited.remove("metrics"), cfg.metrics_addr) {
+        (Some(fd), _) => Some(TcpListener::from(fd)),
+        (None, Some(addr)) => Some(TcpListener::bind(addr).map_err(io("bind metrics listener"))?),
+        (None, None) => None,
+    };
+    let handover_l = Arc::new(match inherited.remove("handover") {
+        Some(fd) => Listener::from_fd(fd),
+        None => Listener::bind(&handover_socket(&cfg.run_dir))?,
+    });
+    let mut listeners: Vec<(&'static str, OwnedFd)> = vec![
+        (
+            "admin",
+            admin_l
+                .as_fd()
+                .try_clone_to_owned()
+                .map_err(io("dup admin"))?,
+        ),
+        (
+            "handover",
+            handover_l
+                .fd()
+                .try_clone_to_owned()
+                .map_err(io("dup handover"))?,
+        ),
+    ];
+    if let Some(m) = &metrics_l {
+        listeners.push((
+            "metrics",
+            m.as_fd().try_clone_to_owned().map_err(io("dup metrics"))?,
+        ));
+        tracing::info!(addr = ?m.local_addr().ok(), "metrics listening");
+    }
+
+    let shared = Arc::new(Shared {
+        dp,
+        inner: Mutex::new(Inner {
+            programmer,
+            desired: None,
+            last: None,
+            source_error: None,
+            stats: SyncStats::default(),
+            frozen: false,
+        }),
+        started: Instant::now(),
+        listeners,
+        source: source.describe(),
+        handover: figures,
+        retired: AtomicBool::new(false),
+        stop: stop.clone(),
+    });
+    let admin = admin::server::serve(admin_l, shared.clone(), stop.clone());
+    let metrics = metrics_l.map(|l| metrics::serve(l, shared.clone(), stop.clone()));
+    let handover =
+        handover::incumbent::serve(handover_l, shared.clone(), cfg.handover, stop.clone());
+
+    let cap = shared.capacity();
+    while !stop.load(Ordering::Relaxed) {
+        match source.poll(&cap) {
+            Some(Ok(desired)) => {
+                shared.lock().source_error = None;
+                shared.sync(Some(desired));
+            }
+            Some(Err(e)) => {
+                tracing::error!(error = %e, "source rejected; previous state keeps serving");
+                let mut g = shared.lock();
+                g.source_error = Some(e.to_string());
+                g.stats.source_errors += 1;
+            }
+            None if shared.needs_retry() => shared.sync(None),
+            None => {}
+        }
+        std::thread::sleep(cfg.poll_interval);
+    }
+
+    let _ = admin.join();
+    if let Some(m) = metrics {
+        let _ = m.join();
+    }
+    let _ = handover.join();
+    let retired = shared.retired.load(Ordering::SeqCst);
+    let shared = Arc::try_unwrap(shared).map_err(|_| AgentError::Io {
+        what: "shutdown".into(),
+        source: std::io::Error::other("agent state still shared"),
+    })?;
+    if retired {
+        // The sockets and pins belong to the successor now.
+        tracing::info!("retired: the successor owns the datapath and the sockets");
+        return Ok(Exit::Retired);
+    }
+    let _ = std::fs::remove_file(&admin_path);
+    let _ = std::fs::remove_file(handover_socket(&cfg.run_dir));
+    if cfg.keep_datapath {
+        tracing::info!("exiting; datapath stays pinned and attached");
+    } else {
+        shared.dp.teardown()?;
+        tracing::info!("datapath detached and unpinned");
+    }
+    Ok(Exit::Stopped)
+}

@@ -1,0 +1,213 @@
+//! Starting over existing pins (the previous agent died, restarted, or was
+//! a different build): each pinned map is compared with this build's layout
+//! and reused, migrated entry by entry, or recreated, per migrate::policy.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::time::Instant;
+
+use serde::Serialize;
+
+use super::load::{self, Loaded};
+use super::stage::{self, Stage};
+use super::{DatapathConfig, DatapathError};
+use crate::maps::set::map_pin_path;
+use crate::maps::MapSet;
+use crate::migrate::{self, Decision, MapLayout};
+use crate::sys;
+
+/// What happened to each map when the datapath started or was handed over.
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct MigrationSummary {
+    /// Maps whose descriptor was reused as is.
+    pub reused: usize,
+    /// Maps converted into a new map.
+    pub migrated: usize,
+    /// Maps started empty by policy.
+    pub recreated: usize,
+    /// Maps created because none existed.
+    pub created: usize,
+    /// Entries copied into migrated maps (pre-copy plus journal replay).
+    pub entries_copied: usize,
+    /// Time spent copying, microseconds.
+    pub copy_us: u64,
+    /// Names of the migrated or recreated maps (their pins move at the end).
+    #[serde(skip)]
+    pub replaced: Vec<String>,
+}
+
+impl MigrationSummary {
+    /// Whether existing map contents were carried over (the agent must adopt them).
+    pub fn adopted(&self) -> bool {
+        self.reused + self.migrated > 0
+    }
+}
+
+/// One map of this build and what exists for it.
+pub struct PlannedMap {
+    /// Map name.
+    pub name: &'static str,
+    /// The existing map, if pinned.
+    pub old: Option<OwnedFd>,
+    /// What to do (`None`: nothing pinned, create it).
+    pub decision: Option<Decision>,
+}
+
+/// Decisions for every map of this build.
+pub struct Plan {
+    /// Per map, in build order.
+    pub maps: Vec<PlannedMap>,
+}
+
+impl Plan {
+    /// Whether no map needs converting or replacing.
+    pub fn all_reused(&self) -> bool {
+        self.maps
+            .iter()
+            .all(|m| matches!(m.decision, None | Some(Decision::Reuse)))
+    }
+
+    /// Counts for the all-reused case.
+    pub fn summary(&self) -> MigrationSummary {
+        let mut s = MigrationSummary::default();
+        for m in &self.maps {
+            match m.decision {
+                None => s.created += 1,
+                Some(Decision::Reuse) => s.reused += 1,
+                Some(Decision::Migrate(_)) => s.migrated += 1,
+                Some(Decision::RecreateEmpty) => s.recreated += 1,
+            }
+        }
+        s
+    }
+}
+
+/// Decides, for every map of this build, against whatever is pinned.
+pub fn plan(cfg: &DatapathConfig) -> Result<Plan, DatapathError> {
+    let new = MapLayout::of_build(&cfg.max_entries)?;
+    let known = known_layouts();
+    let mut maps = Vec::new();
+    for spec in baton_ebpf::MAPS.iter() {
+        let path = map_pin_path(&cfg.pin_dir, spec.name);
+        if !path.exists() {
+            maps.push(PlannedMap {
+                name: spec.name,
+                old: None,
+                decision: None,
+            });
+            continue;
+        }
+        let fd = sys::obj_get(&path).map_err(|source| DatapathError::Sys {
+            what: format!("open {}", path.display()),
+            source,
+        })?;
+        let want = new
+            .iter()
+            .find(|l| l.name == spec.name)
+            .ok_or_else(|| DatapathError::Load(format!("no layout for map {}", spec.name)))?;
+        let decision = decide_for(fd.as_fd(), spec.name, want, &known)?;
+        maps.push(PlannedMap {
+            name: spec.name,
+            old: Some(fd),
+            decision: Some(decision),
+        });
+    }
+    Ok(Plan { maps })
+}
+
+/// Layouts of every build generation this binary knows (fallback for maps
+/// without kernel BTF).
+pub fn known_layouts() -> Vec<MapLayout> {
+    let mut all = Vec::new();
+    for v in 1..=2 {
+        if let Ok(Some(mut l)) = MapLayout::known(v) {
+            all.append(&mut l);
+        }
+    }
+    all
+}
+
+/// The decision for one existing map against this build's layout.
+pub fn decide_for(
+    fd: std::os::fd::BorrowedFd<'_>,
+    name: &str,
+    want: &MapLayout,
+    known: &[MapLayout],
+) -> Result<Decision, DatapathError> {
+    let old = MapLayout::from_fd_or_known(fd, name, known)?;
+    let live = if old.same_as(want) {
+        None
+    } else {
+        Some(migrate::live_entries(fd, &old)?)
+    };
+    Ok(migrate::decide(&old, want, live)?)
+}
+
+/// Loads the build in a staging directory, reusing and migrating as planned.
+pub fn migrate(
+    cfg: &DatapathConfig,
+    plan: Plan,
+) -> Result<(Loaded, MapSet, MigrationSummary, Stage), DatapathError> {
+    let stage = Stage::create(&cfg.pin_dir)?;
+    let res = (|| {
+        let mut summary = plan.summary();
+        for m in &plan.maps {
+            if let (Some(fd), Some(Decision::Reuse)) = (&m.old, &m.decision) {
+                stage.pin(m.name, fd.as_fd())?;
+            }
+        }
+        let loaded = load::load(&stage.dir, &cfg.max_entries)?;
+        let maps = MapSet::open_pinned(&stage.dir)?;
+        let t0 = Instant::now();
+        for m in &plan.maps {
+            match (&m.old, &m.decision) {
+                (Some(old), Some(Decision::Migrate(conv))) => {
+                    let new = maps.by_name(m.name).ok_or_else(|| {
+                        DatapathError::Load(format!("map {} missing after load", m.name))
+                    })?;
+                    let st = migrate::copy_all(old.as_fd(), new.fd(), conv)?;
+                    tracing::info!(
+                        map = m.name,
+                        entries = st.entries,
+                        batch = st.batch,
+                        micros = st.duration.as_micros() as u64,
+                        "migrated map from pins"
+                    );
+                    summary.entries_copied += st.entries;
+                    summary.replaced.push(m.name.to_string());
+                }
+                (Some(_), Some(Decision::RecreateEmpty)) => {
+                    summary.replaced.push(m.name.to_string())
+                }
+                _ => {}
+            }
+        }
+        summary.copy_us = t0.elapsed().as_micros() as u64;
+        Ok((loaded, maps, summary))
+    })();
+    match res {
+        Ok((l, m, s)) => Ok((l, m, s, stage)),
+        Err(e) => {
+            stage.remove();
+            Err(e)
+        }
+    }
+}
+
+/// Moves every replaced map's staged pin over the live one, then removes
+/// the staging directory. Called once the links run the new programs.
+pub fn promote_all(
+    cfg: &DatapathConfig,
+    stage: Stage,
+    maps: &MapSet,
+    summary: &MigrationSummary,
+) -> Result<(), DatapathError> {
+    for name in &summary.replaced {
+        let id = maps
+            .by_name(name)
+            .map(|h| h.info().id)
+            .ok_or_else(|| DatapathError::Load(format!("map {name} missing")))?;
+        stage::promote(&cfg.pin_dir, &stage.name, name, id)?;
+    }
+    stage.remove();
+    Ok(())
+}

@@ -1,0 +1,559 @@
+//! The new agent's side: take the offer, check every descriptor, load this
+//! build against the old maps (migrating what changed, in a staging
+//! directory), pre-copy, freeze, replay the journal tail, and ask the old
+//! agent to commit.
+
+use std::collections::BTreeMap;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use super::crash_point;
+use super::manifest::{self, Received};
+use super::msg::{
+    unhex, CommitFigures, CommitMap, CommitProgram, ErrorCode, Msg, CAPABILITIES, PROTO,
+};
+use super::wire::{Conn, WireError};
+use crate::datapath::load::{self, Loaded};
+use crate::datapath::stage::{self, Stage};
+use crate::datapath::{link_pin_path, AttachedLink, DatapathError, MigrationSummary};
+use crate::maps::MapSet;
+use crate::migrate::{self, Decision, MapLayout};
+use crate::sys::{self, AttachType};
+
+/// Why a takeover did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum HandoverError {
+    /// Nobody listens on the socket: start from pins instead.
+    #[error("no agent answers on {0}")]
+    NoPredecessor(String),
+    /// The old agent died before committing: start from pins instead.
+    #[error("the old agent went away before committing: {0}")]
+    PredecessorGone(String),
+    /// The old agent refused or failed; it keeps serving.
+    #[error("the old agent refused the handover ({code}): {message}")]
+    Refused {
+        /// Its error class.
+        code: ErrorCode,
+        /// Its message.
+        message: String,
+    },
+    /// Something on this side failed; the old agent keeps serving.
+    #[error("{code}: {detail}")]
+    Local {
+        /// Class (also sent to the old agent).
+        code: ErrorCode,
+        /// What failed.
+        detail: String,
+    },
+}
+
+impl HandoverError {
+    /// Whether starting from the pins is the right fallback.
+    pub fn start_from_pins(&self) -> bool {
+        matches!(self, Self::NoPredecessor(_) | Self::PredecessorGone(_))
+    }
+}
+
+/// Where and how the new agent takes over.
+#[derive(Clone, Debug)]
+pub struct SuccessorConfig {
+    /// The handover socket.
+    pub socket: PathBuf,
+    /// The bpffs pin directory.
+    pub pin_dir: PathBuf,
+    /// max_entries overrides of this build.
+    pub max_entries: BTreeMap<String, u32>,
+    /// Longest wait for any message.
+    pub step_timeout: Duration,
+}
+
+/// Timings and counts of a takeover, as reported to the operator.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Figures {
+    /// `Prepare` sent (programs loaded, maps planned) → `Committed`, microseconds.
+    pub handover_us: u64,
+    /// The old agent's freeze, as it measured it, microseconds.
+    pub freeze_us: u64,
+    /// Pre-copy of migrated maps, microseconds.
+    pub precopy_us: u64,
+    /// Journal keys replayed under the freeze.
+    pub journal_keys: u64,
+    /// Maps per outcome and entries copied.
+    pub maps: MigrationSummary,
+    /// The old agent died after `Commit` and this side finished the swap.
+    pub self_committed: bool,
+    /// The old agent's version.
+    pub from_version: String,
+    /// The old agent's layout version.
+    pub from_layout: u32,
+}
+
+/// What the new agent holds after a committed handover.
+pub struct Takeover {
+    /// Loaded programs (keep alive).
+    pub loaded: Loaded,
+    /// The maps the links now use.
+    pub maps: MapSet,
+    /// The links (inherited, pinned).
+    pub links: Vec<AttachedLink>,
+    /// Inherited listening sockets by name.
+    pub listeners: BTreeMap<String, OwnedFd>,
+    /// The old agent's generation.
+    pub generation: u64,
+    /// Figures.
+    pub figures: Figures,
+}
+
+type R<T> = Result<T, HandoverError>;
+
+fn local(code: ErrorCode) -> impl Fn(String) -> HandoverError {
+    move |detail| HandoverError::Local { code, detail }
+}
+
+/// Maps wire failures while the old agent must still be alive.
+fn wire(e: WireError, peer_pid: i32) -> HandoverError {
+    match e {
+        WireError::Closed if !alive(peer_pid) => HandoverError::PredecessorGone(e.to_string()),
+        WireError::Closed => HandoverError::Refused {
+            code: ErrorCode::Internal,
+            message: "closed the connection".into(),
+        },
+        WireError::Bad { code, detail } => HandoverError::Local { code, detail },
+        other => HandoverError::Local {
+            code: ErrorCode::Timeout,
+            detail: other.to_string(),
+        },
+    }
+}
+
+fn alive(pid: i32) -> bool {
+    pid > 0 && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
+}
+
+struct Session {
+    conn: Conn,
+    peer_pid: i32,
+    step: Duration,
+}
+
+impl Session {
+    fn send(&self, m: &Msg, fds: &[std::os::fd::BorrowedFd<'_>]) -> R<()> {
+        self.conn.send(m, fds).map_err(|e| wire(e, self.peer_pid))
+    }
+
+    /// Next message; an `Error` from the old agent becomes `Refused`.
+    fn recv(&self, want: &'static str) -> R<(Msg, Vec<OwnedFd>)> {
+        let (m, fds) = self
+            .conn
+            .recv(self.step)
+            .map_err(|e| wire(e, self.peer_pid))?;
+        if let Msg::Error { code, message } = m {
+            return Err(HandoverError::Refused { code, message });
+        }
+        if m.kind() != want {
+            return Err(HandoverError::Local {
+                code: ErrorCode::UnexpectedMessage,
+                detail: format!("expected {want}, got {}", m.kind()),
+            });
+        }
+        Ok((m, fds))
+    }
+
+    fn recv_plain(&self, want: &'static str) -> R<Msg> {
+        let (m, fds) = self.recv(want)?;
+        if !fds.is_empty() {
+            return Err(HandoverError::Local {
+                code: ErrorCode::UnexpectedFds,
+                detail: format!("{} descriptors on {want}", fds.len()),
+            });
+        }
+        Ok(m)
+    }
+
+    /// Tells the old agent we give up (it unfreezes) and waits for its ack.
+    fn abort(&self, e: &HandoverError) {
+        if let HandoverError::Local { code, detail } = e {
+            let _ = self.conn.send(
+                &Msg::Abort {
+                    reason: format!("{code}: {detail}"),
+                },
+                &[],
+            );
+            let _ = self.conn.recv(Duration::from_secs(2));
+        }
+    }
+}
+
+/// Connects to the old agent; `NoPredecessor` when nobody listens.
+pub fn connect(socket: &Path) -> R<Conn> {
+    match Conn::connect(socket) {
+        Ok(c) => Ok(c),
+        Err(WireError::Sys { errno, .. })
+            if matches!(
+                errno,
+                nix::errno::Errno::ENOENT | nix::errno::Errno::ECONNREFUSED
+            ) =>
+        {
+            Err(HandoverError::NoPredecessor(socket.display().to_string()))
+        }
+        Err(e) => Err(HandoverError::Local {
+            code: ErrorCode::Internal,
+            detail: e.to_string(),
+        }),
+    }
+}
+
+/// Takes over from the agent listening on `cfg.socket`.
+pub fn take_over(cfg: &SuccessorConfig) -> R<Takeover> {
+    let conn = connect(&cfg.socket)?;
+    let peer = conn.peer().map_err(|e| HandoverError::Local {
+        code: ErrorCode::Internal,
+        detail: e.to_string(),
+    })?;
+    let s = Session {
+        conn,
+        peer_pid: peer.pid,
+        step: cfg.step_timeout,
+    };
+    let mut stage = None;
+    let res = run(&s, cfg, &mut stage);
+    if let Err(e) = &res {
+        s.abort(e);
+        if let Some(st) = stage {
+            Stage::remove(st);
+        }
+    }
+    res
+}
+
+fn run(s: &Session, cfg: &SuccessorConfig, stage_out: &mut Option<Stage>) -> R<Takeover> {
+    s.send(
+        &Msg::Hello {
+            proto: PROTO,
+            agent_version: env!("CARGO_PKG_VERSION").into(),
+            layout_version: baton_ebpf::LAYOUT_VERSION,
+            capabilities: CAPABILITIES.iter().map(|c| c.to_string()).collect(),
+        },
+        &[],
+    )?;
+    let Msg::Welcome {
+        proto,
+        agent_version,
+        layout_version,
+        generation,
+        parts,
+        ..
+    } = s.recv_plain("welcome")?
+    else {
+        return Err(local(ErrorCode::Internal)("unreachable".into()));
+    };
+    if proto != PROTO {
+        return Err(local(ErrorCode::VersionMismatch)(format!(
+            "old agent speaks protocol {proto}, this one {PROTO}"
+        )));
+    }
+    crash_point("new:after_welcome");
+
+    let mut entries = Vec::new();
+    let mut fds = Vec::new();
+    for want in 0..parts {
+        let (m, mut f) = s.recv("offer")?;
+        let Msg::Offer {
+            part,
+            parts: total,
+            entries: mut e,
+        } = m
+        else {
+            return Err(local(ErrorCode::Internal)("unreachable".into()));
+        };
+        if part != want || total != parts {
+            return Err(local(ErrorCode::Malformed)(format!(
+                "offer part {part}/{total}, expected {want}/{parts}"
+            )));
+        }
+        entries.append(&mut e);
+        fds.append(&mut f);
+        s.send(&Msg::Ack, &[])?;
+    }
+    let received =
+        manifest::verify(entries, fds).map_err(|e| local(ErrorCode::BadFd)(e.to_string()))?;
+    crash_point("new:after_offer");
+
+    // Plan every map of this build against what the old agent holds.
+    let build = MapLayout::of_build(&cfg.max_entries)
+        .map_err(|e| local(ErrorCode::Migration)(e.to_string()))?;
+    let mut decisions: Vec<(String, Decision)> = Vec::new();
+    for want in &build {
+        let old = received.maps.get(&want.name).ok_or_else(|| {
+            local(ErrorCode::BadFd)(format!("the offer has no map {}", want.name))
+        })?;
+        let live = if old.layout.same_as(want) {
+            None
+        } else {
+            Some(
+                migrate::live_entries(old.fd.as_fd(), &old.layout)
+                    .map_err(|e| local(ErrorCode::Migration)(e.to_string()))?,
+            )
+        };
+        let d = migrate::decide(&old.layout, want, live)
+            .map_err(|e| local(ErrorCode::Migration)(e.to_string()))?;
+        decisions.push((want.name.clone(), d));
+    }
+
+    // Load this build against the staged maps: the verifier runs now, while
+    // the old agent serves undisturbed.
+    let stage =
+        Stage::create(&cfg.pin_dir).map_err(|e| local(ErrorCode::Internal)(e.to_string()))?;
+    for (name, d) in &decisions {
+        if matches!(d, Decision::Reuse) {
+            if let Some(m) = received.maps.get(name) {
+                stage
+                    .pin(name, m.fd.as_fd())
+                    .map_err(|e| local(ErrorCode::Internal)(e.to_string()))?;
+            }
+        }
+    }
+    let stage_dir = stage.dir.clone();
+    let stage_name = stage.name.clone();
+    *stage_out = Some(stage);
+    let loaded = load::load(&stage_dir, &cfg.max_entries).map_err(|e| match e {
+        DatapathError::Load(m) => local(ErrorCode::Load)(m),
+        other => local(ErrorCode::Internal)(other.to_string()),
+    })?;
+    let maps =
+        MapSet::open_pinned(&stage_dir).map_err(|e| local(ErrorCode::Internal)(e.to_string()))?;
+    let mut summary = MigrationSummary::default();
+    for (name, d) in &decisions {
+        match d {
+            Decision::Reuse => summary.reused += 1,
+            Decision::Migrate(_) => {
+                summary.migrated += 1;
+                summary.replaced.push(name.clone());
+            }
+            Decision::RecreateEmpty => {
+                summary.recreated += 1;
+                summary.replaced.push(name.clone());
+            }
+        }
+    }
+
+    let ready = Instant::now();
+    s.send(&Msg::Prepare, &[])?;
+    s.recv_plain("prepared")?;
+    crash_point("new:after_prepared");
+
+    let t0 = Instant::now();
+    for (name, d) in &decisions {
+        if let Decision::Migrate(conv) = d {
+            let (old, new) = pair(&received, &maps, name)?;
+            let st = migrate::copy_all(old, new, conv)
+                .map_err(|e| local(ErrorCode::Migration)(e.to_string()))?;
+            summary.entries_copied += st.entries;
+        }
+    }
+    let precopy_us = t0.elapsed().as_micros() as u64;
+    crash_point("new:after_precopy");
+
+    s.send(&Msg::Freeze, &[])?;
+    let mut journal: BTreeMap<String, Vec<Vec<u8>>> = BTreeMap::new();
+    let mut want = 0;
+    loop {
+        let Msg::Frozen { part, parts, keys } = s.recv_plain("frozen")? else {
+            return Err(local(ErrorCode::Internal)("unreachable".into()));
+        };
+        if part != want {
+            return Err(local(ErrorCode::Malformed)(format!(
+                "frozen part {part}, expected {want}"
+            )));
+        }
+        for k in keys {
+            let bytes = unhex(&k.key)
+                .ok_or_else(|| local(ErrorCode::Malformed)(format!("journal key {:?}", k.key)))?;
+            journal.entry(k.map).or_default().push(bytes);
+        }
+        s.send(&Msg::Ack, &[])?;
+        want += 1;
+        if want >= parts {
+            break;
+        }
+    }
+    crash_point("new:after_frozen");
+    let journal_keys: u64 = journal.values().map(|v| v.len() as u64).sum();
+    for (name, d) in &decisions {
+        if let Decision::Migrate(conv) = d {
+            if let Some(keys) = journal.get(name) {
+                let (old, new) = pair(&received, &maps, name)?;
+                let st = migrate::replay(old, new, conv, keys)
+                    .map_err(|e| local(ErrorCode::Migration)(e.to_string()))?;
+                summary.entries_copied += st.entries;
+            }
+        }
+    }
+
+    let programs: Vec<(AttachType, CommitProgram, std::os::fd::BorrowedFd<'_>)> = loaded
+        .progs
+        .iter()
+        .map(|(a, fd)| {
+            let id = sys::prog_info(fd.as_fd()).map(|i| i.id).unwrap_or(0);
+            (
+                *a,
+                CommitProgram {
+                    attach: attach_name(*a).into(),
+                    id,
+                },
+                fd.as_fd(),
+            )
+        })
+        .collect();
+    let commit_maps: Vec<CommitMap> = summary
+        .replaced
+        .iter()
+        .filter_map(|n| {
+            maps.by_name(n).map(|h| CommitMap {
+                name: n.clone(),
+                id: h.info().id,
+            })
+        })
+        .collect();
+    let prog_fds: Vec<_> = programs.iter().map(|(_, _, fd)| *fd).collect();
+    s.send(
+        &Msg::Commit {
+            programs: programs.iter().map(|(_, p, _)| p.clone()).collect(),
+            maps: commit_maps.clone(),
+            staging: stage_name.clone(),
+        },
+        &prog_fds,
+    )?;
+    crash_point("new:after_commit_sent");
+
+    let (figures_old, self_committed) = match s.conn.recv(s.step) {
+        Ok((Msg::Committed { figures }, _)) => {
+            let _ = s.conn.send(&Msg::Ack, &[]);
+            (figures, false)
+        }
+        Ok((Msg::Error { code, message }, _)) => {
+            return Err(HandoverError::Refused { code, message })
+        }
+        Ok((m, _)) => {
+            return Err(local(ErrorCode::UnexpectedMessage)(format!(
+                "expected committed, got {}",
+                m.kind()
+            )))
+        }
+        Err(_) if !alive(s.peer_pid) => {
+            // The old agent died after our Commit. It was frozen (we hold its
+            // journal), so our maps are complete: finish the swap ourselves.
+            tracing::warn!("old agent died during commit; finishing the swap");
+            finish_commit(&received, &loaded, &cfg.pin_dir, &stage_name, &commit_maps)?;
+            (CommitFigures::default(), true)
+        }
+        Err(e) => return Err(wire(e, s.peer_pid)),
+    };
+    crash_point("new:after_committed");
+    let handover_us = ready.elapsed().as_micros() as u64;
+
+    // The staged pins of reused maps are duplicates of the live ones now.
+    if let Some(st) = stage_out.take() {
+        st.remove();
+    }
+    let Received {
+        links, listeners, ..
+    } = received;
+    let links = links
+        .into_iter()
+        .filter_map(|(name, l)| {
+            let attach = attach_of(&name)?;
+            Some(AttachedLink {
+                attach,
+                fd: l.fd,
+                pin: link_pin_path(&cfg.pin_dir, attach),
+            })
+        })
+        .collect();
+    Ok(Takeover {
+        loaded,
+        maps,
+        links,
+        listeners,
+        generation,
+        figures: Figures {
+            handover_us,
+            freeze_us: figures_old.freeze_us,
+            precopy_us,
+            journal_keys,
+            maps: summary,
+            self_committed,
+            from_version: agent_version,
+            from_layout: layout_version,
+        },
+    })
+}
+
+fn pair<'a>(
+    received: &'a Received,
+    maps: &'a MapSet,
+    name: &str,
+) -> R<(std::os::fd::BorrowedFd<'a>, std::os::fd::BorrowedFd<'a>)> {
+    let old = received
+        .maps
+        .get(name)
+        .ok_or_else(|| local(ErrorCode::Internal)(format!("old map {name} missing")))?;
+    let new = maps
+        .by_name(name)
+        .ok_or_else(|| local(ErrorCode::Internal)(format!("new map {name} missing")))?;
+    Ok((old.fd.as_fd(), new.fd()))
+}
+
+/// Completes a commit the old agent could not finish (it died): links to
+/// our programs (skipping those already swapped), staged pins promoted.
+fn finish_commit(
+    received: &Received,
+    loaded: &Loaded,
+    pin_dir: &Path,
+    stage_name: &str,
+    maps: &[CommitMap],
+) -> R<()> {
+    for (attach, prog) in &loaded.progs {
+        let Some(link) = received.links.get(attach_name(*attach)) else {
+            continue;
+        };
+        let ours = sys::prog_info(prog.as_fd()).map(|i| i.id).unwrap_or(0);
+        let now = sys::link_info(link.fd.as_fd())
+            .map(|i| i.prog_id)
+            .unwrap_or(0);
+        if now != ours {
+            sys::link_update(link.fd.as_fd(), prog.as_fd(), None)
+                .map_err(|e| local(ErrorCode::Internal)(format!("link update: {e}")))?;
+        }
+    }
+    for m in maps {
+        let live = crate::maps::set::map_pin_path(pin_dir, &m.name);
+        let live_id = sys::obj_get(&live)
+            .ok()
+            .and_then(|fd| sys::map_info(fd.as_fd()).ok())
+            .map(|i| i.id);
+        if live_id != Some(m.id) {
+            stage::promote(pin_dir, stage_name, &m.name, m.id)
+                .map_err(|e| local(ErrorCode::Internal)(e.to_string()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Wire name of an attach point.
+pub fn attach_name(a: AttachType) -> &'static str {
+    match a {
+        AttachType::Connect4 => "connect4",
+        AttachType::Connect6 => "connect6",
+    }
+}
+
+/// Attach point of a wire name.
+pub fn attach_of(name: &str) -> Option<AttachType> {
+    match name {
+        "connect4" => Some(AttachType::Connect4),
+        "connect6" => Some(AttachType::Connect6),
+        _ => None,
+    }
+}
