@@ -152,7 +152,8 @@ impl ApiServer {
                     "--service-account-signing-key-file={}",
                     d.join("sa.key").display()
                 ),
-                "--service-cluster-ip-range=10.96.0.0/24".into(),
+                // Dual-stack, so Services may ask for both families.
+                "--service-cluster-ip-range=10.96.0.0/24,fd00:10:96::/112".into(),
                 "--allow-privileged=true".into(),
                 // Stricter than the default: owner references with
                 // blockOwnerDeletion need RBAC on the owner's finalizers.
@@ -249,12 +250,19 @@ impl ApiServer {
     /// A client acting as `user` (impersonated by the admin), e.g. a service
     /// account, to check that its RBAC really suffices.
     pub async fn client_as(&self, user: &str) -> kube::Client {
-        let mut config = self.config().await;
-        config.auth_info.impersonate = Some(user.to_owned());
-        kube::Client::try_from(config).expect("building impersonating client")
+        kube::Client::try_from(self.config_as(user).await).expect("building impersonating client")
     }
 
-    async fn config(&self) -> kube::Config {
+    /// The configuration of [`ApiServer::client_as`], for code that builds
+    /// its own client (e.g. on its own runtime).
+    pub async fn config_as(&self, user: &str) -> kube::Config {
+        let mut config = self.config().await;
+        config.auth_info.impersonate = Some(user.to_owned());
+        config
+    }
+
+    /// The cluster-admin configuration.
+    pub async fn config(&self) -> kube::Config {
         let kubeconfig = Kubeconfig::read_from(&self.kubeconfig).expect("reading kubeconfig");
         kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
             .await

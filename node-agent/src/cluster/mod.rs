@@ -3,9 +3,11 @@
 //! The strings here are the contract of docs/operator.md, mirrored from
 //! `operator/src/controller/names.rs`.
 
+pub mod client;
 pub mod condition;
 pub mod slot;
 
+pub use client::ClusterClient;
 pub use condition::{report_handover, HandoverOutcome, HandoverReport, CONDITION_HANDOVER};
 pub use slot::{Role, Slot, SlotInfo};
 

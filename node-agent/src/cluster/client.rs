@@ -1,0 +1,93 @@
+//! A blocking handle on the API server for the agent's synchronous code: a
+//! one-worker tokio runtime that owns the client's connections, and a
+//! deadline on every call so a handover never hangs on the API server.
+
+use std::future::Future;
+use std::time::Duration;
+
+use kube::Client;
+
+use super::condition::{report_handover, HandoverOutcome, HandoverReport};
+use super::slot::{Role, SlotInfo};
+use super::{connect, ClusterError};
+
+/// Deadline of one call when none is given.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The API server, callable from plain threads (not from inside a tokio runtime).
+pub struct ClusterClient {
+    runtime: tokio::runtime::Runtime,
+    client: Client,
+    timeout: Duration,
+}
+
+impl ClusterClient {
+    /// Connects with `config`, or the inferred one (in-cluster, else `KUBECONFIG`).
+    pub fn connect(config: Option<kube::Config>) -> Result<Self, ClusterError> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("baton-kube-client")
+            .enable_all()
+            .build()
+            .map_err(ClusterError::Runtime)?;
+        let client = runtime.block_on(connect(config))?;
+        Ok(Self {
+            runtime,
+            client,
+            timeout: DEFAULT_TIMEOUT,
+        })
+    }
+
+    /// The same handle with another per-call deadline.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Sets this agent's `baton.dev/Handover` condition on its own pod.
+    pub fn report_handover(
+        &self,
+        me: &SlotInfo,
+        outcome: HandoverOutcome,
+        report: &HandoverReport,
+    ) -> Result<(), ClusterError> {
+        let what = format!(
+            "reporting the handover on {}/{}",
+            me.pod_namespace, me.pod_name
+        );
+        self.call(
+            what,
+            report_handover(
+                &self.client,
+                &me.pod_namespace,
+                &me.pod_name,
+                outcome,
+                report,
+            ),
+        )
+    }
+
+    /// This agent's role given its pod as it is now ([`SlotInfo::role_in`]).
+    pub fn role(&self, me: &SlotInfo) -> Result<Role, ClusterError> {
+        let what = format!("reading pod {}/{}", me.pod_namespace, me.pod_name);
+        self.call(what, me.current_role(&self.client))
+    }
+
+    /// The async client, for calls this handle does not wrap.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    fn call<T>(
+        &self,
+        what: String,
+        f: impl Future<Output = Result<T, ClusterError>>,
+    ) -> Result<T, ClusterError> {
+        self.runtime
+            .block_on(tokio::time::timeout(self.timeout, f))
+            .unwrap_or(Err(ClusterError::Timeout {
+                what,
+                after: self.timeout,
+            }))
+    }
+}

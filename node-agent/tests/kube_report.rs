@@ -1,0 +1,203 @@
+//! The handover report and the slot role against a real kube-apiserver, as
+//! the chart's agent service account; the pod read back is fed to the
+//! operator's own parser (`baton_operator::controller::observe`).
+//!
+//! Needs `e2e/cluster/k8s-bins.sh` (or `BATON_SKIP_APISERVER=1`).
+
+mod support;
+
+use std::collections::HashMap;
+
+use baton_agent::cluster::{
+    report_handover, ClusterClient, HandoverOutcome, HandoverReport, Role, Slot, SlotInfo,
+    CONDITION_HANDOVER,
+};
+use baton_e2e::apiserver::ApiServer;
+use baton_operator::controller::observe::observe;
+use baton_operator::plan::{HandoverReport as Seen, Standby};
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams};
+use serde_json::json;
+use support::{create, install_agent_rbac, AGENT_USER, RELEASE_NAMESPACE};
+
+const POD: &str = "baton-n1";
+
+fn slot_env(slot: &str, version: &str, alt: &str) -> SlotInfo {
+    let env = HashMap::from([
+        ("BATON_SLOT", slot),
+        ("BATON_ACTIVE_SLOT", "a"),
+        ("BATON_SLOT_VERSION", version),
+        ("BATON_SLOT_VERSION_ALT", alt),
+        ("NODE_NAME", "n1"),
+        ("POD_NAME", POD),
+        ("POD_NAMESPACE", RELEASE_NAMESPACE),
+    ]);
+    SlotInfo::from_lookup(|k| env.get(k).map(|v| v.to_string())).expect("valid env")
+}
+
+fn report(message: &str) -> HandoverReport {
+    HandoverReport {
+        slot: Slot::B,
+        version: "agent:v2".into(),
+        duration_ms: 41,
+        freeze_ms: 3,
+        maps_reused: 5,
+        maps_migrated: 1,
+        entries_copied: 100_000,
+        message: message.into(),
+    }
+}
+
+fn conditions_sorted(pod: &Pod) -> Vec<(String, String, Option<String>)> {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| (c.type_, c.status, c.reason))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect()
+}
+
+#[tokio::test]
+async fn handover_report_lands_on_the_pod_and_the_operator_reads_it() {
+    let Some(server) = ApiServer::start().await else {
+        return;
+    };
+    let admin = server.client().await;
+    install_agent_rbac(&admin).await;
+    // The pod mid-handover, as the operator leaves it after StartUpgrade.
+    let started = Timestamp::from_second(Timestamp::now().as_second() - 5).expect("time");
+    let _: Pod = create(
+        &admin,
+        RELEASE_NAMESPACE,
+        json!({
+            "metadata": {"name": POD, "annotations": {
+                "baton.dev/active-slot": "a", "baton.dev/slot-a-version": "agent:v1",
+                "baton.dev/slot-b-version": "agent:v2",
+                "baton.dev/handover-started": started.to_string()}},
+            "spec": {"nodeName": "n1", "serviceAccountName": "baton-agent", "containers": [
+                {"name": "slot-a", "image": "agent:v1"}, {"name": "slot-b", "image": "agent:v2"}]},
+        }),
+    )
+    .await;
+    // Plays the kubelet: conditions the report must leave alone.
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), RELEASE_NAMESPACE);
+    let kubelet = json!({"status": {"phase": "Running", "conditions": [
+        {"type": "PodScheduled", "status": "True"}, {"type": "Ready", "status": "True"}]}});
+    pods.patch_status(POD, &PatchParams::default(), &Patch::Merge(&kubelet))
+        .await
+        .expect("kubelet status");
+
+    let (new, old) = (
+        slot_env("b", "agent:v2", "agent:v1"),
+        slot_env("a", "agent:v1", "agent:v2"),
+    );
+    let agent = server.client_as(AGENT_USER).await;
+    assert_eq!(
+        new.current_role(&agent).await.expect("role"),
+        Role::Successor
+    );
+    assert_eq!(old.current_role(&agent).await.expect("role"), Role::Active);
+
+    report_handover(
+        &agent,
+        RELEASE_NAMESPACE,
+        POD,
+        HandoverOutcome::Committed,
+        &report("ok"),
+    )
+    .await
+    .expect("reporting as the agent's service account");
+    let pod = pods.get(POD).await.expect("reading the pod back");
+    let conditions = conditions_sorted(&pod);
+    assert_eq!(
+        conditions,
+        [
+            ("PodScheduled".into(), "True".into(), None),
+            ("Ready".into(), "True".into(), None),
+            (
+                CONDITION_HANDOVER.into(),
+                "True".into(),
+                Some("Committed".into())
+            ),
+        ],
+        "the kubelet's conditions survive"
+    );
+    let c = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|cs| cs.iter().find(|c| c.type_ == CONDITION_HANDOVER))
+        .expect("handover condition");
+    let at = c
+        .last_transition_time
+        .as_ref()
+        .expect("lastTransitionTime")
+        .0;
+    assert!(at.as_second() >= started.as_second());
+    let body: serde_json::Value =
+        serde_json::from_str(c.message.as_deref().expect("message")).expect("JSON message");
+    assert_eq!(
+        body,
+        json!({"slot": "b", "version": "agent:v2", "durationMs": 41, "freezeMs": 3,
+               "mapsReused": 5, "mapsMigrated": 1, "entriesCopied": 100000, "message": "ok"})
+    );
+
+    // The operator's parser sees a committed handover with these figures.
+    let seen = observe(&pod, Timestamp::now());
+    assert!(
+        matches!(&seen.view.standby, Standby::Upgrading { image, report: Some(Seen::Committed), .. }
+                 if image == "agent:v2"),
+        "{:?}",
+        seen.view.standby
+    );
+    let figures = seen.figures.expect("figures");
+    assert_eq!(
+        (
+            figures.duration_ms,
+            figures.freeze_ms,
+            figures.maps_reused,
+            figures.maps_migrated
+        ),
+        (41, 3, 5, 1)
+    );
+    assert_eq!(
+        (figures.entries_copied, figures.message.as_deref()),
+        (100_000, Some("ok"))
+    );
+
+    // The old agent, restarted before the operator flips the active slot, stays idle.
+    assert_eq!(old.current_role(&agent).await.expect("role"), Role::Retired);
+    assert_eq!(new.current_role(&agent).await.expect("role"), Role::Active);
+
+    // A failure replaces the condition (one per type) through the blocking client.
+    let config = server.config_as(AGENT_USER).await;
+    let new_again = new.clone();
+    tokio::task::spawn_blocking(move || {
+        let client = ClusterClient::connect(Some(config)).expect("blocking client");
+        client
+            .report_handover(
+                &new_again,
+                HandoverOutcome::Failed,
+                &report("frontend map refused"),
+            )
+            .expect("reporting the failure");
+        assert_eq!(client.role(&new_again).expect("role"), Role::Retired);
+    })
+    .await
+    .expect("blocking client thread");
+    let pod = pods.get(POD).await.expect("reading the pod back");
+    assert_eq!(conditions_sorted(&pod).len(), 3);
+    let seen = observe(&pod, Timestamp::now());
+    assert!(
+        matches!(&seen.view.standby,
+                 Standby::Upgrading { report: Some(Seen::Failed { message }), .. }
+                 if message == "frontend map refused"),
+        "{:?}",
+        seen.view.standby
+    );
+    assert_eq!(old.current_role(&agent).await.expect("role"), Role::Active);
+}
