@@ -40,7 +40,9 @@
 //!   call [`client::connect_once`] or [`client::run_load`] directly.
 //! * The JSON report is [`report::Report`].
 //! * Kubernetes tests (agent and operator) start a real etcd + kube-apiserver
-//!   with `apiserver::ApiServer` (feature `apiserver`).
+//!   with `apiserver::ApiServer` (feature `apiserver`), and play the kubelet
+//!   for fake nodes with [`shim`] / the `baton-node-shim` binary (feature
+//!   `shim`, on by default).
 
 #[cfg(feature = "apiserver")]
 pub mod apiserver;
@@ -53,6 +55,8 @@ pub mod kernel;
 pub mod probe;
 pub mod report;
 pub mod sandbox;
+#[cfg(feature = "shim")]
+pub mod shim;
 
 pub use client::{connect_once, ConnectError};
 pub use report::Report;
