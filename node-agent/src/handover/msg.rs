@@ -287,10 +287,24 @@ impl Msg {
             });
         }
         let kind = kind.to_string();
-        serde_json::from_value(v).map_err(|e| WireError::Bad {
+        let keys: Vec<String> = v
+            .as_object()
+            .map(|o| o.keys().cloned().collect())
+            .unwrap_or_default();
+        let msg: Msg = serde_json::from_value(v).map_err(|e| WireError::Bad {
             code: ErrorCode::Malformed,
             detail: format!("{kind}: {e}"),
-        })
+        })?;
+        // serde ignores extra fields on unit variants of tagged enums:
+        // compare with what the message encodes to.
+        let known = serde_json::to_value(&msg).unwrap_or_default();
+        if let Some(extra) = keys.iter().find(|k| known.get(k.as_str()).is_none()) {
+            return Err(WireError::Bad {
+                code: ErrorCode::Malformed,
+                detail: format!("{kind}: unknown field {extra:?}"),
+            });
+        }
+        Ok(msg)
     }
 }
 
@@ -305,7 +319,7 @@ pub fn hex(b: &[u8]) -> String {
 
 /// Parses lower- or upper-case hex.
 pub fn unhex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     (0..s.len())

@@ -127,8 +127,28 @@ fn wire(e: WireError, peer_pid: i32) -> HandoverError {
     }
 }
 
+/// Whether the peer still runs. EOF arrives while a killed process is still
+/// exiting, so give it a moment; a zombie (not yet reaped) counts as gone.
 fn alive(pid: i32) -> bool {
-    pid > 0 && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
+    let running = || {
+        pid > 0
+            && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
+            && std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| {
+                    s.rsplit_once(')')
+                        .map(|(_, rest)| rest.trim_start().starts_with('Z'))
+                })
+                .is_some_and(|zombie| !zombie)
+    };
+    let until = Instant::now() + Duration::from_millis(500);
+    while running() {
+        if Instant::now() >= until {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    false
 }
 
 struct Session {
@@ -189,14 +209,10 @@ impl Session {
 pub fn connect(socket: &Path) -> R<Conn> {
     match Conn::connect(socket) {
         Ok(c) => Ok(c),
-        Err(WireError::Sys { errno, .. })
-            if matches!(
-                errno,
-                nix::errno::Errno::ENOENT | nix::errno::Errno::ECONNREFUSED
-            ) =>
-        {
-            Err(HandoverError::NoPredecessor(socket.display().to_string()))
-        }
+        Err(WireError::Sys {
+            errno: nix::errno::Errno::ENOENT | nix::errno::Errno::ECONNREFUSED,
+            ..
+        }) => Err(HandoverError::NoPredecessor(socket.display().to_string())),
         Err(e) => Err(HandoverError::Local {
             code: ErrorCode::Internal,
             detail: e.to_string(),

@@ -366,3 +366,7 @@ impl Conn {
         );
     }
 }
+
+#[cfg(test)]
+#[path = "wire_tests.rs"]
+mod tests;
