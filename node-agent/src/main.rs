@@ -10,9 +10,12 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use baton_agent::admin::{client, Request};
-use baton_agent::agent::{self, admin_socket, AgentConfig, Exit};
+use baton_agent::agent::{self, admin_socket, AgentConfig, Exit, Hooks};
+use baton_agent::cluster::{ClusterClient, HandoverOutcome, HandoverReport, Role, SlotInfo};
 use baton_agent::datapath::{self, DatapathConfig};
 use baton_agent::handover::incumbent::Timeouts;
+use baton_agent::handover::successor::Figures;
+use baton_agent::source::kube::{KubeOptions, KubeSource, Locality};
 use baton_agent::source::{FileSource, Source};
 use baton_agent::{maps::MapSet, sys, verify};
 use clap::{Args, Parser, Subcommand};
@@ -44,9 +47,18 @@ enum Cmd {
     Run {
         #[command(flatten)]
         paths: Paths,
-        /// Services file (YAML), watched for changes.
+        /// Services file (YAML), watched for changes (the `file` source).
         #[arg(long, env = "BATON_SERVICES")]
-        services: PathBuf,
+        services: Option<PathBuf>,
+        /// Where services come from: `file` (--services) or `kubernetes`
+        /// (Services + EndpointSlices; in-cluster config or KUBECONFIG).
+        /// `auto`: the file when --services is given, else kubernetes in a
+        /// pair pod (BATON_SLOT set).
+        #[arg(long, env = "BATON_SOURCE", default_value = "auto")]
+        source: String,
+        /// With `--source kubernetes`: watch one namespace only.
+        #[arg(long, env = "BATON_KUBE_NAMESPACE")]
+        kube_namespace: Option<String>,
         /// cgroup v2 directory to attach to (default: the host's cgroup2 mount).
         #[arg(long, env = "BATON_CGROUP")]
         cgroup: Option<PathBuf>,
@@ -110,6 +122,62 @@ fn parse_kv(s: &str) -> Result<(String, u32), String> {
     Ok((k.to_string(), v.parse().map_err(|e| format!("{v:?}: {e}"))?))
 }
 
+/// A retired slot restarted by the kubelet: never touch the datapath, wait
+/// for the operator to park this container.
+fn idle(me: &SlotInfo) -> Result<ExitCode> {
+    tracing::info!(slot = ?me.slot, "this slot is retired: idle until stopped");
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, stop.clone()).context("installing signal handlers")?;
+    }
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Writes the pod condition the operator waits for.
+fn report(cc: &ClusterClient, me: &SlotInfo, r: Result<&Figures, &str>) {
+    let (outcome, rep) = match r {
+        Ok(f) => (
+            HandoverOutcome::Committed,
+            HandoverReport {
+                slot: me.slot,
+                version: me.version.clone(),
+                duration_ms: f.handover_us.div_ceil(1000),
+                freeze_ms: f.freeze_us.div_ceil(1000),
+                maps_reused: f.maps.reused as u32,
+                maps_migrated: f.maps.migrated as u32,
+                entries_copied: f.maps.entries_copied as u64,
+                message: if f.from_version.is_empty() {
+                    "no running agent answered; took the datapath over from the pins".into()
+                } else {
+                    format!(
+                        "took over from {} (layout {})",
+                        f.from_version, f.from_layout
+                    )
+                },
+            },
+        ),
+        Err(why) => (
+            HandoverOutcome::Failed,
+            HandoverReport {
+                slot: me.slot,
+                version: me.version.clone(),
+                duration_ms: 0,
+                freeze_ms: 0,
+                maps_reused: 0,
+                maps_migrated: 0,
+                entries_copied: 0,
+                message: why.to_string(),
+            },
+        ),
+    };
+    if let Err(e) = cc.report_handover(me, outcome, &rep) {
+        tracing::error!(error = %e, "could not write the handover condition");
+    }
+}
+
 fn print(v: &serde_json::Value) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
@@ -136,6 +204,8 @@ fn real_main() -> Result<ExitCode> {
         Cmd::Run {
             paths,
             services,
+            source,
+            kube_namespace,
             cgroup,
             mount_bpffs,
             metrics_addr,
@@ -178,13 +248,60 @@ fn real_main() -> Result<ExitCode> {
                 },
                 take_over: !no_take_over,
             };
-            let source: Box<dyn Source> = Box::new(FileSource::new(services));
+            // In a pair pod (BATON_SLOT set) the slot's role decides what to do.
+            let slot = match std::env::var_os("BATON_SLOT") {
+                Some(_) => {
+                    Some(SlotInfo::from_env().context("reading the slot from the downward API")?)
+                }
+                None => None,
+            };
+            let cluster = match &slot {
+                Some(_) => {
+                    Some(ClusterClient::connect(None).context("connecting to the API server")?)
+                }
+                None => None,
+            };
+            let mut hooks = Hooks::default();
+            if let (Some(me), Some(cc)) = (slot, cluster) {
+                let role = cc.role(&me).context("reading this pod's slot role")?;
+                tracing::info!(slot = ?me.slot, version = %me.version, ?role, "pair pod slot");
+                match role {
+                    Role::Retired => return idle(&me),
+                    Role::Active => {}
+                    Role::Successor => {
+                        hooks.on_takeover = Some(Box::new(move |r| report(&cc, &me, r)));
+                    }
+                }
+            }
+            let source = match (source.as_str(), &services) {
+                ("auto", Some(_)) => "file",
+                ("auto", None) if std::env::var_os("BATON_SLOT").is_some() => "kubernetes",
+                ("auto", None) => bail!("no source: pass --services FILE or --source kubernetes"),
+                (s, _) => s,
+            };
+            let source: Box<dyn Source> = match source {
+                "file" => Box::new(FileSource::new(
+                    services.context("--source file needs --services FILE")?,
+                )),
+                "kubernetes" | "kube" => Box::new(
+                    KubeSource::start(KubeOptions {
+                        namespace: kube_namespace,
+                        locality: Locality {
+                            node: std::env::var("NODE_NAME").ok(),
+                            zone: None,
+                        },
+                        ..KubeOptions::default()
+                    })
+                    .context("starting the Kubernetes source")?,
+                ),
+                other => bail!("--source {other}: expected file or kubernetes"),
+            };
             let stop = Arc::new(AtomicBool::new(false));
             for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
                 signal_hook::flag::register(sig, stop.clone())
                     .context("installing signal handlers")?;
             }
-            match agent::run(&cfg, source, stop)? {
+            match agent::run(&cfg, source, hooks, stop)? {
                 Exit::Stopped => {}
                 Exit::Retired => eprintln!("baton-agent: handed over to a successor; exiting"),
             }

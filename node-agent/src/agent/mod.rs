@@ -69,6 +69,17 @@ pub enum AgentError {
     },
 }
 
+/// Callbacks for the agent's embedder (a cluster agent writes its pod
+/// condition from `on_takeover`).
+#[derive(Default)]
+pub struct Hooks {
+    /// Called once when this agent tried to take over from a running one:
+    /// `Ok` with the figures when it owns the datapath, `Err` with the reason
+    /// when the old agent keeps it.
+    #[allow(clippy::type_complexity)]
+    pub on_takeover: Option<Box<dyn Fn(Result<&Figures, &str>) + Send>>,
+}
+
 /// How `run` ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Exit {
@@ -102,7 +113,12 @@ struct Start {
 }
 
 /// Takes over from a running agent, or starts from pins / fresh.
-fn start(cfg: &AgentConfig) -> Result<Start, AgentError> {
+fn start(cfg: &AgentConfig, hooks: &Hooks) -> Result<Start, AgentError> {
+    let report = |r: Result<&Figures, &str>| {
+        if let Some(f) = &hooks.on_takeover {
+            f(r);
+        }
+    };
     if cfg.take_over {
         let scfg = SuccessorConfig {
             socket: handover_socket(&cfg.run_dir),
@@ -134,6 +150,7 @@ fn start(cfg: &AgentConfig) -> Result<Start, AgentError> {
                     "handover committed: this agent owns the datapath"
                 );
                 figures.maps = dp.migration.clone();
+                report(Ok(&figures));
                 return Ok(Start {
                     dp,
                     programmer,
@@ -144,15 +161,34 @@ fn start(cfg: &AgentConfig) -> Result<Start, AgentError> {
             Err(e) if e.start_from_pins() => {
                 tracing::info!(reason = %e, "no handover: starting from the pins");
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => {
+                report(Err(&e.to_string()));
+                return Err(e.into());
+            }
         }
     }
-    let dp = Datapath::start(&cfg.datapath)?;
+    let t0 = Instant::now();
+    let dp = match Datapath::start(&cfg.datapath) {
+        Ok(dp) => dp,
+        Err(e) => {
+            report(Err(&e.to_string()));
+            return Err(e.into());
+        }
+    };
     let programmer = if dp.reused_maps {
         Programmer::adopt(&dp.maps)?
     } else {
         Programmer::new()
     };
+    let figures = cfg.take_over.then(|| Figures {
+        handover_us: t0.elapsed().as_micros() as u64,
+        maps: dp.migration.clone(),
+        ..Figures::default()
+    });
+    if let Some(f) = &figures {
+        // No running agent answered: this agent owns the datapath now.
+        report(Ok(f));
+    }
     Ok(Start {
         dp,
         programmer,
@@ -165,6 +201,7 @@ fn start(cfg: &AgentConfig) -> Result<Start, AgentError> {
 pub fn run(
     cfg: &AgentConfig,
     mut source: Box<dyn Source>,
+    hooks: Hooks,
     stop: Arc<AtomicBool>,
 ) -> Result<Exit, AgentError> {
     std::fs::create_dir_all(&cfg.run_dir).map_err(io("create run dir"))?;
@@ -173,7 +210,7 @@ pub fn run(
         programmer,
         mut inherited,
         figures,
-    } = start(cfg)?;
+    } = start(cfg, &hooks)?;
     tracing::info!(pin_dir = %dp.pin_dir.display(), reused = dp.reused_maps,
         generation = dp.generation, maps = ?dp.migration, "datapath attached");
 
