@@ -72,7 +72,9 @@ enum Cmd {
         #[arg(long)]
         no_metrics: bool,
         /// Leave the datapath pinned and attached on exit (for restarts).
-        #[arg(long)]
+        /// Always on in a pair pod (BATON_SLOT set): a pod restart must not
+        /// detach the node's datapath.
+        #[arg(long, env = "BATON_KEEP_DATAPATH")]
         keep_datapath: bool,
         /// Source poll interval in milliseconds.
         #[arg(long, default_value_t = 200)]
@@ -261,6 +263,8 @@ fn real_main() -> Result<ExitCode> {
                 }
                 None => None,
             };
+            let mut cfg = cfg;
+            cfg.keep_datapath |= slot.is_some();
             let mut hooks = Hooks::default();
             if let (Some(me), Some(cc)) = (slot, cluster) {
                 let role = cc.role(&me).context("reading this pod's slot role")?;
