@@ -22,6 +22,7 @@ mod convert;
 mod copy;
 mod create;
 mod decide;
+mod io;
 mod layout;
 mod plan;
 
@@ -30,11 +31,11 @@ mod tests;
 
 pub use convert::{Converter, Outcome};
 pub use copy::{
-    copy_all, copy_all_with, dump, dump_with, live_entries, replay, BatchMode, CopyOptions,
-    CopyStats, RawEntry, BATCH_ENV,
+    copy_all, copy_all_with, dump, dump_with, live_entries, replay, CopyStats, RawEntry,
 };
 pub use create::create_map;
 pub use decide::{decide, policy, summary, Decision, Policy};
+pub use io::{BatchMode, CopyOptions, BATCH_ENV};
 pub use layout::{same_shape, MapLayout};
 
 use baton_ebpf::btf::BtfError;
