@@ -147,7 +147,15 @@ impl Listener {
     }
 
     /// Wraps an inherited listening socket (checked by the manifest first).
+    ///
+    /// A connection's `SO_PEERCRED` names the process that called `listen()`
+    /// on the socket, not the one accepting: without a new `listen()` here a
+    /// successor would see the agent that first bound the socket (retired
+    /// long ago, its pid maybe reused) and judge its liveness by that pid.
     pub fn from_fd(fd: OwnedFd) -> Self {
+        if let Err(e) = Backlog::new(8).and_then(|b| listen(&fd, b)) {
+            tracing::warn!(error = %e, "listen on the inherited handover socket");
+        }
         Self { fd }
     }
 
