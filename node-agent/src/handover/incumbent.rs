@@ -107,12 +107,16 @@ pub fn serve(
 /// Session state that must be undone on failure.
 struct Guard<'a> {
     agent: &'a dyn Incumbent,
+    /// The journal records writes (from `Prepare` on).
+    journaling: bool,
     frozen: bool,
 }
 
 impl Drop for Guard<'_> {
     fn drop(&mut self) {
-        if self.frozen {
+        // Also when the session ends between Prepare and Freeze: the journal
+        // must not go on recording every write for the agent's lifetime.
+        if self.frozen || self.journaling {
             self.agent.unfreeze();
         }
     }
@@ -122,11 +126,13 @@ impl Drop for Guard<'_> {
 pub fn session(conn: &Conn, agent: &dyn Incumbent, t: &Timeouts) -> Outcome {
     let mut guard = Guard {
         agent,
+        journaling: false,
         frozen: false,
     };
     match run(conn, &mut guard, t) {
         Ok(()) => {
             guard.frozen = false;
+            guard.journaling = false;
             Outcome::Committed
         }
         Err((code, why)) => {
@@ -257,6 +263,7 @@ fn run(conn: &Conn, g: &mut Guard<'_>, t: &Timeouts) -> Result<(), Fail> {
 
     expect_plain(conn, t.step, "prepare")?;
     agent.start_journal();
+    g.journaling = true;
     send(conn, &Msg::Prepared, &[])?;
     crash_point("old:after_prepared");
 
@@ -347,6 +354,7 @@ fn run(conn: &Conn, g: &mut Guard<'_>, t: &Timeouts) -> Result<(), Fail> {
     // From here on the successor owns the datapath: whatever happens to this
     // connection, this agent never writes again.
     g.frozen = false;
+    g.journaling = false;
     let _ = conn.send(&Msg::Committed { figures }, &[]);
     let _ = conn.recv(Duration::from_secs(1));
     Ok(())
@@ -372,4 +380,84 @@ pub fn listener_entries(
         out.push((e, dup));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// Records what the session asked of the agent.
+    #[derive(Default)]
+    struct Fake {
+        calls: Mutex<Vec<&'static str>>,
+    }
+
+    impl Fake {
+        fn note(&self, c: &'static str) {
+            self.calls.lock().unwrap_or_else(|p| p.into_inner()).push(c);
+        }
+    }
+
+    impl Incumbent for Fake {
+        fn offer(&self) -> Result<Vec<(super::super::msg::Entry, OwnedFd)>, String> {
+            Ok(Vec::new())
+        }
+        fn generation(&self) -> u64 {
+            1
+        }
+        fn start_journal(&self) {
+            self.note("start_journal");
+        }
+        fn freeze(&self) -> Vec<(&'static str, Vec<u8>)> {
+            self.note("freeze");
+            Vec::new()
+        }
+        fn unfreeze(&self) {
+            self.note("unfreeze");
+        }
+        fn commit(
+            &self,
+            _: &[(String, OwnedFd, u32)],
+            _: &[CommitMap],
+            _: &str,
+        ) -> Result<(), String> {
+            Err("not in this test".into())
+        }
+        fn retire(&self) {}
+    }
+
+    #[test]
+    fn a_successor_gone_between_prepare_and_freeze_stops_the_journal() {
+        let (old, new) = Conn::pair().expect("socket pair");
+        let fake = Fake::default();
+        let t = Timeouts {
+            step: Duration::from_secs(5),
+            ..Timeouts::default()
+        };
+        let wait = Duration::from_secs(5);
+        let outcome = std::thread::scope(|s| {
+            let h = s.spawn(|| session(&old, &fake, &t));
+            let hello = Msg::Hello {
+                proto: PROTO,
+                agent_version: "test".into(),
+                layout_version: 1,
+                capabilities: Vec::new(),
+            };
+            new.send(&hello, &[]).expect("hello");
+            let (m, _) = new.recv(wait).expect("welcome");
+            assert_eq!(m.kind(), "welcome");
+            let (m, _) = new.recv(wait).expect("offer");
+            assert_eq!(m.kind(), "offer");
+            new.send(&Msg::Ack, &[]).expect("ack");
+            new.send(&Msg::Prepare, &[]).expect("prepare");
+            let (m, _) = new.recv(wait).expect("prepared");
+            assert_eq!(m.kind(), "prepared");
+            drop(new);
+            h.join().expect("session thread")
+        });
+        assert!(matches!(outcome, Outcome::Failed(_)), "{outcome:?}");
+        let calls = fake.calls.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        assert_eq!(calls, ["start_journal", "unfreeze"]);
+    }
 }
