@@ -140,4 +140,8 @@ impl Incumbent for Shared {
         self.retired.store(true, Ordering::SeqCst);
         self.stop.store(true, Ordering::SeqCst);
     }
+
+    fn clean_staging(&self) {
+        stage::clean_stale(&self.dp.pin_dir);
+    }
 }

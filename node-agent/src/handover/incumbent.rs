@@ -35,6 +35,9 @@ pub trait Incumbent: Send + Sync {
     ) -> Result<(), String>;
     /// Never write again; stop serving (the successor has the listeners).
     fn retire(&self);
+    /// Removes staging directories whose owner is gone (a successor that
+    /// died mid-session leaves the maps it loaded pinned there).
+    fn clean_staging(&self) {}
 }
 
 /// Knobs of the incumbent's side.
@@ -98,6 +101,13 @@ pub fn serve(
                 }
                 Outcome::Failed(why) => {
                     tracing::warn!(reason = %why, "handover failed; this agent keeps serving");
+                    // A successor killed mid-session closes the connection
+                    // while it is still exiting: give it a moment to be gone
+                    // before looking for its staging pins.
+                    if let Ok(peer) = conn.peer() {
+                        let _ = super::successor::alive(peer.pid);
+                    }
+                    agent.clean_staging();
                 }
             }
         }

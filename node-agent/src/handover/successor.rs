@@ -129,7 +129,7 @@ fn wire(e: WireError, peer_pid: i32) -> HandoverError {
 
 /// Whether the peer still runs. EOF arrives while a killed process is still
 /// exiting, so give it a moment; a zombie (not yet reaped) counts as gone.
-fn alive(pid: i32) -> bool {
+pub(crate) fn alive(pid: i32) -> bool {
     let running = || {
         pid > 0
             && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
@@ -319,6 +319,8 @@ fn run(s: &Session, cfg: &SuccessorConfig, stage_out: &mut Option<Stage>) -> R<T
 
     // Load this build against the staged maps: the verifier runs now, while
     // the old agent serves undisturbed.
+    // Staging pins of an earlier successor that died are dead weight.
+    stage::clean_stale(&cfg.pin_dir);
     let stage =
         Stage::create(&cfg.pin_dir).map_err(|e| local(ErrorCode::Internal)(e.to_string()))?;
     for (name, d) in &decisions {
