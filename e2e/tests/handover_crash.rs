@@ -1,0 +1,288 @@
+//! SIGKILL either agent at every step of the handover protocol
+//! (`BATON_TEST_CRASH_AT=<step>`, the agent's test-only fault hook) while a
+//! client connects to every VIP, and check the pair converges.
+//!
+//! Each case runs in a fresh sandbox, from one layout to the other (the
+//! direction alternates from case to case, so both migrations are crashed),
+//! and asserts:
+//! - the hook fired: the victim died by SIGKILL, saying so in its log;
+//! - the traffic had 0 failed and 0 misrouted connects and every long-lived
+//!   connection survived (the pinned links and maps serve on their own);
+//! - exactly one agent process is left and it answers `status` (its pid);
+//! - `verify` is clean, `dump` shows every service, a services-file edit is
+//!   applied (the survivor is active, not frozen);
+//! - no `staging-*` directory is left in the bpffs.
+//!
+//! Who survives:
+//! - old agent killed before it committed (`old:after_welcome` …
+//!   `old:after_frozen`): the new agent sees it gone and starts from the
+//!   pins, migrating the maps itself;
+//! - old agent killed inside or after the commit (`old:after_links_swapped`,
+//!   `old:after_commit`): the new agent finishes the swap itself
+//!   (`self_committed`);
+//! - new agent killed before its `Commit` (`new:after_welcome` …
+//!   `new:after_frozen`): the old agent drops the session, unfreezes and keeps
+//!   serving;
+//! - new agent killed after sending `Commit` (`new:after_commit_sent`,
+//!   `new:after_committed`): the old agent has committed and retired by
+//!   design (it never writes again once the links run the new programs), so
+//!   no agent is left. The datapath keeps serving from the pins, and the
+//!   test restarts the new agent — as the kubelet would restart the crashed
+//!   container — which must start from the pins (already of its layout,
+//!   all reused) and clean up the dead agent's staging directory.
+
+mod support;
+
+use std::time::Duration;
+
+use support::{killed, other, AgentProc, Ctx, Fixture, Opts, Traffic};
+
+/// Connects per second during each case.
+const RATE: f64 = 1_500.0;
+/// Long-lived connections per case.
+const HOLD: u64 = 14;
+
+/// How a case is expected to end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Survivor {
+    /// The new agent, started from the pins (the old one died first).
+    NewFromPins,
+    /// The new agent, having finished the commit itself.
+    NewSelfCommitted,
+    /// The new agent, either way.
+    NewEither,
+    /// The old agent, still serving.
+    Old,
+    /// Nobody: the old agent retired, the new one died; a restarted agent
+    /// takes over from the pins.
+    Restarted,
+}
+
+fn expected(step: &str) -> Survivor {
+    match step {
+        "old:after_welcome" | "old:after_offer" | "old:after_prepared" => Survivor::NewFromPins,
+        // The old agent was frozen and had sent its journal: whether the new
+        // agent's Commit still went out before the socket closed (then it
+        // finishes the swap itself, its maps being complete) or not (then it
+        // starts from the pins) is a race; both converge.
+        "old:after_frozen" => Survivor::NewEither,
+        "old:after_links_swapped" | "old:after_commit" => Survivor::NewSelfCommitted,
+        "new:after_commit_sent" | "new:after_committed" => Survivor::Restarted,
+        s if s.starts_with("new:") => Survivor::Old,
+        other => panic!("unknown step {other}"),
+    }
+}
+
+fn crash_case(step: &str, from: u32) {
+    support::agent_bin(1);
+    support::agent_bin(2);
+    let to = other(from);
+    let case = format!("{step} ({from}→{to})");
+    let fixture = Fixture::at(0);
+    let ctx = Ctx::new(&format!("crash-{}", step.replace(':', "-")), &fixture);
+    let old_side = step.starts_with("old:");
+    let hook = Opts::crash_at(step);
+    let none = Opts::default();
+
+    let old = ctx.start(from, if old_side { &hook } else { &none });
+    ctx.assert_dump(&fixture, &case);
+    let traffic = Traffic::start(&ctx, &fixture, RATE, HOLD, Duration::from_secs(90));
+    // Some traffic through the old agent's datapath before the handover.
+    std::thread::sleep(Duration::from_millis(200));
+    let new = ctx.spawn(to, if old_side { &none } else { &hook });
+
+    let victim = if old_side { &old } else { &new };
+    let st = victim.expect_exit(Duration::from_secs(30), &format!("crash hook at {step}"));
+    assert!(
+        killed(st) && victim.log_text().contains("BATON_TEST_CRASH_AT"),
+        "{case}: {} exited {st} without its crash hook firing; log:\n{}\nother agent:\n{}",
+        victim.name,
+        victim.log_text(),
+        if old_side {
+            new.log_text()
+        } else {
+            old.log_text()
+        }
+    );
+
+    let survivor = expected(step);
+    let restarted: Option<AgentProc>;
+    let live: &AgentProc = match survivor {
+        Survivor::NewFromPins | Survivor::NewSelfCommitted | Survivor::NewEither => {
+            restarted = None;
+            let s = ctx.wait_serving(&new, Duration::from_secs(30));
+            assert_eq!(s["layout_version"], to, "{case}: {s}");
+            let from_pins = match survivor {
+                Survivor::NewEither => s["handover"].is_null(),
+                other => other == Survivor::NewFromPins,
+            };
+            eprintln!(
+                "{case}: new agent {}",
+                if from_pins {
+                    "started from the pins"
+                } else {
+                    "finished the commit itself"
+                }
+            );
+            if from_pins {
+                assert!(
+                    s["handover"].is_null(),
+                    "{case}: the new agent should have started from the pins: {s}"
+                );
+                assert_eq!(
+                    (s["maps"]["migrated"].as_u64(), s["maps"]["reused"].as_u64()),
+                    (Some(2), Some(4)),
+                    "{case}: recovery migrates endpoint and backend: {s}"
+                );
+            } else {
+                assert_eq!(
+                    s["handover"]["self_committed"], true,
+                    "{case}: the new agent should have finished the commit: {s}"
+                );
+            }
+            &new
+        }
+        Survivor::Old => {
+            restarted = None;
+            // The old agent noticed and dropped the session.
+            let s = ctx.wait_status(&format!("{case}: old agent unfrozen"), |s| {
+                s["pid"] == old.pid && s["frozen"] == false
+            });
+            assert_eq!(s["layout_version"], from, "{case}: {s}");
+            assert!(
+                old.log_text()
+                    .contains("handover failed; this agent keeps serving"),
+                "{case}: old agent log:\n{}",
+                old.log_text()
+            );
+            &old
+        }
+        Survivor::Restarted => {
+            let st = old.expect_exit(Duration::from_secs(30), "retired after the commit");
+            assert!(
+                st.success() && old.log_text().contains("handed over to a successor"),
+                "{case}: old agent exit {st}; log:\n{}",
+                old.log_text()
+            );
+            // No agent at all now: the pinned datapath serves alone for a while.
+            std::thread::sleep(Duration::from_millis(300));
+            let r = ctx.start(to, &none);
+            let s = ctx.wait_serving(&r, Duration::from_secs(30));
+            assert!(s["handover"].is_null(), "{case}: {s}");
+            assert_eq!(
+                (s["maps"]["reused"].as_u64(), s["maps"]["migrated"].as_u64()),
+                (Some(6), Some(0)),
+                "{case}: the committed maps are already of layout {to}: {s}"
+            );
+            assert_eq!(s["last_sync"]["writes"], 0, "{case}: entries lost: {s}");
+            restarted = Some(r);
+            restarted.as_ref().expect("restarted agent")
+        }
+    };
+
+    // Exactly one agent process left, the one answering status.
+    let all: Vec<&AgentProc> = [&old, &new].into_iter().chain(restarted.as_ref()).collect();
+    let alive: Vec<&str> = all
+        .iter()
+        .filter(|a| a.alive())
+        .map(|a| a.name.as_str())
+        .collect();
+    assert_eq!(alive, [live.name.as_str()], "{case}: agents alive");
+    let s = ctx.status().expect("status");
+    assert_eq!(s["pid"], live.pid, "{case}: {s}");
+
+    ctx.assert_dump(&fixture, &case);
+    ctx.assert_verify_clean(&case);
+    // Active and not frozen: an edit reaches the maps.
+    let edited = Fixture::at(1);
+    ctx.write_services(&edited);
+    ctx.assert_dump(&edited, &format!("{case}: after an edit"));
+    ctx.assert_verify_clean(&format!("{case}: after an edit"));
+    assert!(
+        support::wait_until(Duration::from_secs(5), || ctx.staging_dirs().is_empty()),
+        "{case}: staging directories left: {:?}",
+        ctx.staging_dirs()
+    );
+
+    let report = traffic.stop();
+    let problems = fixture.traffic_problems(&report);
+    assert!(problems.is_empty(), "{case}: traffic: {problems:#?}");
+    assert!(
+        live.alive(),
+        "{case}: {} died: {}",
+        live.name,
+        live.log_text()
+    );
+    eprintln!(
+        "{case}: survivor {survivor:?}, {} connects, 0 failed",
+        report.totals.attempted
+    );
+}
+
+macro_rules! crash {
+    ($($name:ident: $step:literal from $from:literal;)*) => {$(
+        #[test]
+        fn $name() {
+            crash_case($step, $from);
+        }
+    )*};
+}
+
+crash! {
+    old_after_welcome: "old:after_welcome" from 1;
+    old_after_offer: "old:after_offer" from 2;
+    old_after_prepared: "old:after_prepared" from 1;
+    old_after_frozen: "old:after_frozen" from 2;
+    old_after_links_swapped: "old:after_links_swapped" from 1;
+    old_after_commit: "old:after_commit" from 2;
+    new_after_welcome: "new:after_welcome" from 1;
+    new_after_offer: "new:after_offer" from 2;
+    new_after_prepared: "new:after_prepared" from 1;
+    new_after_precopy: "new:after_precopy" from 2;
+    new_after_frozen: "new:after_frozen" from 1;
+    new_after_commit_sent: "new:after_commit_sent" from 2;
+    new_after_committed: "new:after_committed" from 1;
+}
+
+/// No handover in progress: SIGKILL the agent, let the pinned datapath serve
+/// alone, start the other layout's agent (it migrates the pins), kill that
+/// one too and start the first layout again, then a same-layout restart
+/// (everything reused). Traffic runs throughout.
+#[test]
+fn sigkill_without_handover_recovers_from_pins_in_both_layouts() {
+    support::agent_bin(1);
+    support::agent_bin(2);
+    let fixture = Fixture::at(0);
+    let ctx = Ctx::new("crash-recover", &fixture);
+    let mut agent = ctx.start(1, &Opts::default());
+    ctx.assert_dump(&fixture, "first agent");
+    let traffic = Traffic::start(&ctx, &fixture, RATE, HOLD, Duration::from_secs(90));
+    for (to, migrated) in [(2u32, 2u64), (1, 2), (1, 0)] {
+        let from = agent.layout;
+        let case = format!("SIGKILL layout {from}, restart as layout {to}");
+        agent.kill();
+        std::thread::sleep(Duration::from_millis(300));
+        agent = ctx.start(to, &Opts::default());
+        let s = ctx.wait_serving(&agent, Duration::from_secs(30));
+        assert!(s["handover"].is_null(), "{case}: {s}");
+        assert_eq!(s["layout_version"], to, "{case}: {s}");
+        assert_eq!(
+            (s["maps"]["migrated"].as_u64(), s["maps"]["reused"].as_u64()),
+            (Some(migrated), Some(6 - migrated)),
+            "{case}: {s}"
+        );
+        assert_eq!(s["adopted_maps"], true, "{case}: {s}");
+        assert_eq!(s["last_sync"]["writes"], 0, "{case}: entries lost: {s}");
+        ctx.assert_dump(&fixture, &case);
+        ctx.assert_verify_clean(&case);
+        assert!(
+            ctx.staging_dirs().is_empty(),
+            "{case}: {:?}",
+            ctx.staging_dirs()
+        );
+    }
+    let report = traffic.stop();
+    let problems = fixture.traffic_problems(&report);
+    assert!(problems.is_empty(), "traffic: {problems:#?}");
+    agent.stop();
+}
