@@ -27,7 +27,7 @@ pub struct Converter {
 
 /// What happened to one entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Outcome {
+pub(super) enum Outcome {
     /// Converted; write it.
     Write,
     /// An all-zero array slot past the new capacity: nothing to write.

@@ -1,10 +1,11 @@
 //! Map migration across agent builds (docs/migration.md).
 //!
-//! The handover calls, per map:
+//! The handover (and recovery from pins) calls, per map:
 //!
 //! 1. [`MapLayout::of_build`] for the new build's layouts and
-//!    [`MapLayout::from_fd`] (kernel BTF; [`MapLayout::from_fd_or_known`]
-//!    for maps without BTF) for the old maps, and [`live_entries`];
+//!    [`MapLayout::from_fd`] (kernel BTF; [`MapLayout::from_fd_or_known`] with
+//!    [`MapLayout::known`] for maps without BTF) for the old maps, and
+//!    [`live_entries`] of each old map;
 //! 2. [`decide`]`(old, new, live) -> `[`Decision`]: `Reuse` (hand the old fd
 //!    over), `RecreateEmpty` (keep the new build's empty map) or
 //!    `Migrate(`[`Converter`]`)`; refusals are [`MigrateError`]s. The policy
@@ -14,8 +15,10 @@
 //!    under the control-plane freeze, [`replay`]`(old, new, &conv, &keys)`
 //!    with the journal tail (old-layout key bytes).
 //!
-//! [`create_map`] creates a map for a layout (aya normally creates the new
-//! build's maps when it loads the object).
+//! [`copy_all_with`] takes [`CopyOptions`] (force the per-element path,
+//! batch size; `BATON_MIGRATE_BATCH=off` does the former for `copy_all`).
+//! [`create_map`] creates a map for a layout, with BTF (aya normally creates
+//! the new build's maps when it loads the object). [`dump`] reads a whole map.
 
 mod btfgen;
 mod convert;
@@ -29,7 +32,7 @@ mod plan;
 #[cfg(test)]
 mod tests;
 
-pub use convert::{Converter, Outcome};
+pub use convert::Converter;
 pub use copy::{
     copy_all, copy_all_with, dump, dump_with, live_entries, replay, CopyStats, RawEntry,
 };
