@@ -87,6 +87,13 @@ impl ProbeRun {
         self
     }
 
+    /// `--local-backends`: non-loopback IPv4 backend addresses (pod IPs) are
+    /// added to `lo` inside the probe's netns.
+    pub fn local_backends(mut self) -> Self {
+        self.args.push("--local-backends".into());
+        self
+    }
+
     /// `--backend ADDR`.
     pub fn backend(self, addr: SocketAddr) -> Self {
         self.arg("--backend", addr.to_string())

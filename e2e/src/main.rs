@@ -57,6 +57,10 @@ struct RunArgs {
     /// Paced rate in connects/s over all workers (default: as fast as possible).
     #[arg(long, value_name = "R")]
     rate: Option<f64>,
+    /// Add the backends' IPv4 addresses outside 127/8 (pod IPs such as
+    /// `10.244.0.11`) to `lo` as /32s inside the private netns before binding.
+    #[arg(long)]
+    local_backends: bool,
     /// Worker threads.
     #[arg(long, value_name = "C", default_value_t = 4)]
     concurrency: usize,
@@ -91,6 +95,9 @@ struct ServeArgs {
     /// Backend listen address (repeatable).
     #[arg(long = "backend", value_name = "ADDR", required = true)]
     backends: Vec<SocketAddr>,
+    /// With --netns: add non-loopback IPv4 backend addresses to `lo` first (as for `run`).
+    #[arg(long)]
+    local_backends: bool,
     /// Written (JSON) once the backends listen.
     #[arg(long, value_name = "PATH")]
     ready_file: Option<PathBuf>,
@@ -125,6 +132,7 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
         placement: Placement {
             cgroup: a.cgroup,
             netns: !a.no_netns,
+            local_backends: a.local_backends,
         },
         backends: a.backends,
         load: LoadConfig {
@@ -156,6 +164,7 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
     let placement = Placement {
         cgroup: a.cgroup,
         netns: a.netns,
+        local_backends: a.local_backends,
     };
     probe::serve(&placement, &a.backends, a.ready_file.as_deref())?;
     Ok(())

@@ -48,6 +48,10 @@ pub struct Placement {
     pub cgroup: Option<PathBuf>,
     /// Enter a private network namespace (strongly recommended for `run`).
     pub netns: bool,
+    /// In the private netns, make the backends' non-loopback IPv4 addresses
+    /// local first ([`sandbox::add_backend_addresses`]), so backends can stand
+    /// for pod IPs.
+    pub local_backends: bool,
 }
 
 impl Placement {
@@ -58,6 +62,16 @@ impl Placement {
             (false, Some(cg)) => sandbox::join_cgroup(cg),
             (false, None) => Ok(()),
         }
+    }
+
+    /// [`Placement::enter`], then, with `local_backends` in the private
+    /// netns, makes the backends' addresses local.
+    pub fn enter_for(&self, backends: &[SocketAddr]) -> Result<(), SandboxError> {
+        self.enter()?;
+        if self.netns && self.local_backends {
+            sandbox::add_backend_addresses(backends)?;
+        }
+        Ok(())
     }
 }
 
@@ -91,7 +105,7 @@ struct Ready<'a> {
 /// Enters the sandbox, starts backends, holds connections, runs the load, returns the report.
 pub fn run(opts: &RunOptions) -> Result<Report, ProbeError> {
     opts.load.validate()?;
-    opts.placement.enter()?;
+    opts.placement.enter_for(&opts.backends)?;
     let backends = Backends::start(&opts.backends)?;
     let hold =
         (opts.hold > 0).then(|| Hold::open(&opts.load.targets, opts.hold, opts.load.timeouts));
@@ -177,7 +191,7 @@ pub fn serve(
     ready_file: Option<&Path>,
 ) -> Result<(), ProbeError> {
     use nix::sys::signal::{SigSet, Signal};
-    placement.enter()?;
+    placement.enter_for(addrs)?;
     // Block before spawning threads so every thread inherits the mask and sigwait gets the signal.
     let mut set = SigSet::empty();
     set.add(Signal::SIGTERM);

@@ -11,6 +11,7 @@
 
 use std::fs::OpenOptions;
 use std::io::Write;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
@@ -51,6 +52,14 @@ pub enum SandboxError {
     /// Listing interfaces failed.
     #[error("listing interfaces: {0}")]
     Interfaces(nix::Error),
+    /// Adding a backend address to `lo` failed.
+    #[error("adding {addr}/32 to lo: {source}")]
+    LocalAddress {
+        /// The address.
+        addr: Ipv4Addr,
+        /// The underlying error.
+        source: std::io::Error,
+    },
 }
 
 /// Joins `cgroup` (if given), unshares the network namespace and brings `lo` up.
@@ -149,6 +158,85 @@ pub fn set_link_up(name: &str) -> std::io::Result<()> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// Makes the IPv4 addresses of `backends` that no interface holds local to
+/// this (private) network namespace: each is added to `lo` as a /32 alias
+/// (`lo:1`, `lo:2`, ...), so a backend can stand for a pod IP (the API server
+/// refuses loopback endpoint addresses). Loopback, unspecified and IPv6
+/// addresses are left alone. Call only inside the private netns.
+pub fn add_backend_addresses(backends: &[SocketAddr]) -> Result<(), SandboxError> {
+    let held: Vec<IpAddr> = nix::ifaddrs::getifaddrs()
+        .map_err(SandboxError::Interfaces)?
+        .filter_map(|a| a.address?.as_sockaddr_in().map(|s| IpAddr::V4(s.ip())))
+        .collect();
+    let mut added: Vec<Ipv4Addr> = Vec::new();
+    for b in backends {
+        let IpAddr::V4(ip) = b.ip() else { continue };
+        if ip.is_loopback() || ip.is_unspecified() || held.contains(&b.ip()) || added.contains(&ip)
+        {
+            continue;
+        }
+        added.push(ip);
+        add_lo_alias(&format!("lo:{}", added.len()), ip)
+            .map_err(|source| SandboxError::LocalAddress { addr: ip, source })?;
+    }
+    Ok(())
+}
+
+/// `SIOCSIFADDR` + `SIOCSIFNETMASK` (/32) on alias `label` of `lo` (no `ip` binary).
+fn add_lo_alias(label: &str, ip: Ipv4Addr) -> std::io::Result<()> {
+    let sock: OwnedFd = socket(
+        AddressFamily::Inet,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(std::io::Error::from)?;
+    let set = |request: libc::c_ulong, addr: Ipv4Addr| -> std::io::Result<()> {
+        let mut ifr = ifreq_named(label)?;
+        let sin = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: 0,
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(addr).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        // SAFETY: sockaddr_in fits in the sockaddr member of the union
+        // (both 16 bytes); the kernel reads it as AF_INET.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                (&sin as *const libc::sockaddr_in).cast::<u8>(),
+                (&mut ifr.ifr_ifru.ifru_addr as *mut libc::sockaddr).cast::<u8>(),
+                std::mem::size_of::<libc::sockaddr_in>(),
+            );
+        }
+        // SAFETY: `ifr` is a valid, NUL-terminated ifreq and `sock` an open socket.
+        if unsafe { libc::ioctl(sock.as_raw_fd(), request as _, &ifr) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    };
+    set(libc::SIOCSIFADDR, ip)?;
+    set(libc::SIOCSIFNETMASK, Ipv4Addr::BROADCAST)
+}
+
+/// A zeroed `ifreq` for interface `name`.
+fn ifreq_named(name: &str) -> std::io::Result<libc::ifreq> {
+    // SAFETY: ifreq is plain old data; all zeroes is a valid value.
+    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+    let bytes = name.as_bytes();
+    if bytes.len() >= ifr.ifr_name.len() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "interface name too long",
+        ));
+    }
+    for (dst, src) in ifr.ifr_name.iter_mut().zip(bytes) {
+        *dst = *src as libc::c_char;
+    }
+    Ok(ifr)
 }
 
 /// Best-effort per-netns tuning for high connect rates (only affects the private netns).

@@ -133,6 +133,46 @@ fn outside_addresses_are_unreachable_in_the_sandbox() {
     assert_eq!((ok.attempted, ok.ok), (10, 10));
 }
 
+/// `--local-backends`: backends on pod-like addresses (the API server refuses
+/// loopback endpoint addresses) each become a /32 on `lo` inside the netns
+/// only, so the rest of 10/8 stays unreachable and the host's `lo` is
+/// untouched. (Without the flag such a backend is a setup error, below.)
+#[test]
+fn pod_ip_backends_are_local_to_the_sandbox_only() {
+    let r = run_ok(Command::new(PROBE).args([
+        "run",
+        "--local-backends",
+        "--backend",
+        "10.244.0.11:8080",
+        "--backend",
+        "10.244.0.12:8080",
+        "--backend",
+        "10.244.0.12:8081",
+        "--target",
+        "10.244.0.11:8080",
+        "--target",
+        "10.244.0.12:8081",
+        "--target",
+        "10.244.0.13:8080",
+        "--connects",
+        "30",
+        "--connect-timeout-ms",
+        "500",
+    ]));
+    for target in ["10.244.0.11:8080", "10.244.0.12:8081"] {
+        let t = r.target(target).expect("target");
+        assert_eq!((t.attempted, t.ok), (10, 10), "{t:?}");
+        assert_eq!(t.identities.get(target), Some(&10), "{t:?}");
+    }
+    assert_all_failed(&r, "10.244.0.13:8080", FailureKind::Unreachable);
+    let host: Vec<_> = nix::ifaddrs::getifaddrs()
+        .expect("getifaddrs")
+        .filter_map(|a| a.address?.as_sockaddr_in().map(|s| s.ip()))
+        .filter(|ip| ip.octets()[..2] == [10, 244])
+        .collect();
+    assert!(host.is_empty(), "the host got sandbox addresses: {host:?}");
+}
+
 #[test]
 fn held_connections_stay_alive_through_the_load() {
     let r = run_ok(
