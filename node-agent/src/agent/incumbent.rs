@@ -141,7 +141,13 @@ impl Incumbent for Shared {
         self.stop.store(true, Ordering::SeqCst);
     }
 
-    fn clean_staging(&self) {
+    fn clean_staging(&self, peer_pid: i32) {
+        // A successor killed mid-session closes the connection while it is
+        // still exiting: when it left a staging directory (named by its pid,
+        // see `Stage::create`), give it a moment to be gone first.
+        if peer_pid > 0 && self.dp.pin_dir.join(format!("staging-{peer_pid}")).exists() {
+            let _ = crate::handover::successor::alive(peer_pid);
+        }
         stage::clean_stale(&self.dp.pin_dir);
     }
 }

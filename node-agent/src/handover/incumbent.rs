@@ -35,9 +35,10 @@ pub trait Incumbent: Send + Sync {
     ) -> Result<(), String>;
     /// Never write again; stop serving (the successor has the listeners).
     fn retire(&self);
-    /// Removes staging directories whose owner is gone (a successor that
-    /// died mid-session leaves the maps it loaded pinned there).
-    fn clean_staging(&self) {}
+    /// After a failed session with the process `peer_pid`: removes staging
+    /// directories whose owner is gone (a successor that died mid-session
+    /// leaves the maps it loaded pinned there).
+    fn clean_staging(&self, _peer_pid: i32) {}
 }
 
 /// Knobs of the incumbent's side.
@@ -101,13 +102,7 @@ pub fn serve(
                 }
                 Outcome::Failed(why) => {
                     tracing::warn!(reason = %why, "handover failed; this agent keeps serving");
-                    // A successor killed mid-session closes the connection
-                    // while it is still exiting: give it a moment to be gone
-                    // before looking for its staging pins.
-                    if let Ok(peer) = conn.peer() {
-                        let _ = super::successor::alive(peer.pid);
-                    }
-                    agent.clean_staging();
+                    agent.clean_staging(conn.peer().map_or(0, |p| p.pid));
                 }
             }
         }
