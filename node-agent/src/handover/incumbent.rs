@@ -346,6 +346,18 @@ fn run(conn: &Conn, g: &mut Guard<'_>, t: &Timeouts) -> Result<(), Fail> {
                 format!("{}: program id {} is not {}", p.attach, info.id, p.id),
             ));
         }
+        // BPF_OBJ_GET_INFO_BY_FD answers for any BPF object: a map's info
+        // starts with its type and id too, so a map whose id matches passes
+        // the check above.
+        if info.prog_type != manifest::PROG_TYPE_CGROUP_SOCK_ADDR {
+            return Err((
+                Some(ErrorCode::BadFd),
+                format!(
+                    "{}: program type {} is not cgroup_sock_addr",
+                    p.attach, info.prog_type
+                ),
+            ));
+        }
         progs.push((p.attach, fd, p.id));
     }
     agent

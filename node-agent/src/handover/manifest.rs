@@ -62,7 +62,7 @@ pub struct Received {
 }
 
 /// BPF_PROG_TYPE_CGROUP_SOCK_ADDR.
-const PROG_TYPE_CGROUP_SOCK_ADDR: u32 = 18;
+pub(crate) const PROG_TYPE_CGROUP_SOCK_ADDR: u32 = 18;
 
 /// Entry for a map the incumbent owns.
 pub fn map_entry(
