@@ -2,9 +2,8 @@
 //! (`BATON_TEST_CRASH_AT=<step>`, the agent's test-only fault hook) while a
 //! client connects to every VIP, and check the pair converges.
 //!
-//! Each case runs in a fresh sandbox, from one layout to the other (the
-//! direction alternates from case to case, so both migrations are crashed),
-//! and asserts:
+//! Each case runs in a fresh sandbox, from one layout to the other (every
+//! step in both directions, so both migrations are crashed), and asserts:
 //! - the hook fired: the victim died by SIGKILL, saying so in its log;
 //! - the traffic had 0 failed and 0 misrouted connects and every long-lived
 //!   connection survived (the pinned links and maps serve on their own);
@@ -112,6 +111,7 @@ fn crash_case(step: &str, from: u32) {
             restarted = None;
             let s = ctx.wait_serving(&new, Duration::from_secs(30));
             assert_eq!(s["layout_version"], to, "{case}: {s}");
+            assert_eq!(s["last_sync"]["writes"], 0, "{case}: entries lost: {s}");
             let from_pins = match survivor {
                 Survivor::NewEither => s["handover"].is_null(),
                 other => other == Survivor::NewFromPins,
@@ -220,28 +220,34 @@ fn crash_case(step: &str, from: u32) {
 }
 
 macro_rules! crash {
-    ($($name:ident: $step:literal from $from:literal;)*) => {$(
+    ($($up:ident $down:ident: $step:literal;)*) => {$(
         #[test]
-        fn $name() {
-            crash_case($step, $from);
+        fn $up() {
+            crash_case($step, 1);
+        }
+
+        #[test]
+        fn $down() {
+            crash_case($step, 2);
         }
     )*};
 }
 
+// Every step, both directions (layout 1 → 2 and 2 → 1).
 crash! {
-    old_after_welcome: "old:after_welcome" from 1;
-    old_after_offer: "old:after_offer" from 2;
-    old_after_prepared: "old:after_prepared" from 1;
-    old_after_frozen: "old:after_frozen" from 2;
-    old_after_links_swapped: "old:after_links_swapped" from 1;
-    old_after_commit: "old:after_commit" from 2;
-    new_after_welcome: "new:after_welcome" from 1;
-    new_after_offer: "new:after_offer" from 2;
-    new_after_prepared: "new:after_prepared" from 1;
-    new_after_precopy: "new:after_precopy" from 2;
-    new_after_frozen: "new:after_frozen" from 1;
-    new_after_commit_sent: "new:after_commit_sent" from 2;
-    new_after_committed: "new:after_committed" from 1;
+    old_after_welcome_1to2 old_after_welcome_2to1: "old:after_welcome";
+    old_after_offer_1to2 old_after_offer_2to1: "old:after_offer";
+    old_after_prepared_1to2 old_after_prepared_2to1: "old:after_prepared";
+    old_after_frozen_1to2 old_after_frozen_2to1: "old:after_frozen";
+    old_after_links_swapped_1to2 old_after_links_swapped_2to1: "old:after_links_swapped";
+    old_after_commit_1to2 old_after_commit_2to1: "old:after_commit";
+    new_after_welcome_1to2 new_after_welcome_2to1: "new:after_welcome";
+    new_after_offer_1to2 new_after_offer_2to1: "new:after_offer";
+    new_after_prepared_1to2 new_after_prepared_2to1: "new:after_prepared";
+    new_after_precopy_1to2 new_after_precopy_2to1: "new:after_precopy";
+    new_after_frozen_1to2 new_after_frozen_2to1: "new:after_frozen";
+    new_after_commit_sent_1to2 new_after_commit_sent_2to1: "new:after_commit_sent";
+    new_after_committed_1to2 new_after_committed_2to1: "new:after_committed";
 }
 
 /// No handover in progress: SIGKILL the agent, let the pinned datapath serve
