@@ -83,11 +83,46 @@ impl ClusterClient {
         what: String,
         f: impl Future<Output = Result<T, ClusterError>>,
     ) -> Result<T, ClusterError> {
+        // The timer is created inside the runtime: `tokio::time::timeout`
+        // evaluated on a plain thread (the agent's main thread) has no
+        // runtime context and panics.
+        let timeout = self.timeout;
         self.runtime
-            .block_on(tokio::time::timeout(self.timeout, f))
+            .block_on(async move { tokio::time::timeout(timeout, f).await })
             .unwrap_or(Err(ClusterError::Timeout {
                 what,
                 after: self.timeout,
             }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::Slot;
+
+    /// From a plain thread, as `baton-agent`'s main thread calls it: a call
+    /// ends with an error (nothing listens), it does not panic for want of a
+    /// runtime.
+    #[test]
+    fn calls_from_a_plain_thread_fail_cleanly() {
+        let config = kube::Config::new("http://127.0.0.1:1".parse().expect("url"));
+        let client = ClusterClient::connect(Some(config))
+            .expect("client")
+            .with_timeout(Duration::from_secs(5));
+        let me = SlotInfo {
+            slot: Slot::A,
+            version: "v1".into(),
+            alt_version: "empty".into(),
+            active_slot: Slot::A,
+            node_name: "n1".into(),
+            pod_name: "baton-n1".into(),
+            pod_namespace: "baton-system".into(),
+            run_dir: "/run/baton".into(),
+        };
+        let role = std::thread::spawn(move || client.role(&me).map_err(|e| e.to_string()))
+            .join()
+            .expect("the call must not panic");
+        assert!(role.is_err(), "{role:?}");
     }
 }
