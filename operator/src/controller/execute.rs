@@ -105,17 +105,18 @@ impl Executor<'_> {
                     .patch(&pod, *slot, image, json!({ANN_HANDOVER_STARTED: started}))
                     .await
                     .map_err(fail)?;
-                let (reason, verb) = match action {
-                    Action::StartRollback { .. } => ("RollbackStarted", "Rollback"),
-                    _ => ("UpgradeStarted", "Upgrade"),
-                };
-                self.event(
-                    EventType::Normal,
-                    reason,
-                    verb,
-                    format!("{node}: slot {slot} takes over with {image}"),
-                )
-                .await;
+                // A rollback is news; a routine start is not: the status
+                // shows the node upgrading, and `HandoverCommitted` follows.
+                // One event per node upgrade keeps it at 3 API writes.
+                if matches!(action, Action::StartRollback { .. }) {
+                    self.event(
+                        EventType::Normal,
+                        "RollbackStarted",
+                        "Rollback",
+                        format!("{node}: slot {slot} takes over with {image}"),
+                    )
+                    .await;
+                }
                 Some(rv)
             }
             Action::FinishUpgrade {
