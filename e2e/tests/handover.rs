@@ -13,6 +13,7 @@
 
 mod support;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use support::{other, Ctx, Fixture, HandoverFigures, Opts, Traffic};
@@ -35,6 +36,7 @@ fn twenty_handovers_alternating_layouts_under_traffic() {
     let mut fixture = Fixture::with_bulk(0, BULK);
     let mut ctx = Ctx::new("ho-soak", &fixture);
     ctx.metrics = Some("127.0.0.1:19195".into());
+    ctx.poll_ms = 10;
     let t_start = Instant::now();
 
     let mut current = ctx.start(1, &Opts::default());
@@ -43,23 +45,48 @@ fn twenty_handovers_alternating_layouts_under_traffic() {
     let traffic = Traffic::start(&ctx, &fixture, RATE, HOLD, Duration::from_secs(240));
 
     let mut figures: Vec<HandoverFigures> = Vec::new();
+    let mut edits = 0u64;
     for round in 1..=HANDOVERS {
         let from = current.layout;
         let to = other(from);
         let when = format!("handover {round} (layout {from} → {to})");
-        // Every third handover the services file changes while it runs (at a
-        // different moment each time): before, during or after the freeze,
-        // the edit must end up in the new agent's maps.
-        let edit = round % 3 == 0;
-        let t0 = Instant::now();
-        let new = ctx.spawn(to, &Opts::default());
-        if edit {
-            std::thread::sleep(Duration::from_millis(100 * (round % 7)));
-            fixture = Fixture::with_bulk(round, BULK);
-            ctx.write_services(&fixture);
+        // In half of the handovers the services file keeps changing while it
+        // runs (a new version every few ms, polled every 10 ms): edits land
+        // before Prepare, between Prepare and Freeze (journaled, replayed
+        // into the migrated maps), during the freeze (held back, then read
+        // by the new agent) and after the commit. The last one must end up
+        // in the new agent's maps. The new agent pauses 300 ms after its
+        // pre-copy (test hook) so that the old one surely syncs while it
+        // journals.
+        // (Rounds 2, 3, 6, 7, …: both directions, half of the handovers.)
+        let churn = matches!(round % 4, 2 | 3);
+        let opts = if churn {
+            Opts::default().with_env("BATON_TEST_PAUSE_AT", "new:after_precopy=300")
+        } else {
+            Opts::default()
+        };
+        let stop = AtomicBool::new(false);
+        let (new, exit) = std::thread::scope(|s| {
+            if churn {
+                s.spawn(|| {
+                    while !stop.load(Ordering::Relaxed) {
+                        edits += 1;
+                        ctx.write_services(&Fixture::with_bulk(edits, BULK));
+                        std::thread::sleep(Duration::from_millis(7));
+                    }
+                });
+            }
+            let new = ctx.spawn(to, &opts);
+            let exit = current.expect_exit(Duration::from_secs(30), &when);
+            stop.store(true, Ordering::Relaxed);
+            (new, exit)
+        });
+        if churn {
+            fixture = Fixture::with_bulk(edits, BULK);
         }
-        let exit = current.expect_exit(Duration::from_secs(30), &when);
-        let wall = t0.elapsed();
+        let wall = current
+            .exited_at()
+            .map_or(Duration::ZERO, |t| t.saturating_duration_since(new.started));
         assert!(
             exit.success() && current.log_text().contains("handed over to a successor"),
             "{when}: old agent exit {exit}; log:\n{}\nnew agent log:\n{}",
@@ -78,7 +105,13 @@ fn twenty_handovers_alternating_layouts_under_traffic() {
             (4, 2, false),
             "{when}: endpoint and backend migrate, the 4 other maps are reused: {st}"
         );
-        if !edit {
+        f.journaled = churn;
+        if churn {
+            assert!(
+                f.journal_keys > 0,
+                "{when}: no write was journaled between pre-copy and freeze: {st}"
+            );
+        } else {
             // Adoption read back exactly what the file says: nothing rewritten.
             assert_eq!(
                 st["last_sync"]["writes"], 0,
@@ -125,8 +158,9 @@ fn twenty_handovers_alternating_layouts_under_traffic() {
 
     print_figures(&figures);
     let held = report.hold.as_ref().map_or(0, |h| h.alive);
+    let journaled: u64 = figures.iter().map(|f| f.journal_keys).sum();
     eprintln!(
-        "handover soak: {} handovers, {} connects in {:.1} s ({:.0}/s), 0 failed, 0 misrouted, {held} held connections alive; test wall time {:.1} s",
+        "handover soak: {} handovers, {edits} services-file edits during handovers, {journaled} journal keys replayed, {} connects in {:.1} s ({:.0}/s), 0 failed, 0 misrouted, {held} held connections alive; test wall time {:.1} s",
         figures.len(),
         report.totals.attempted,
         report.elapsed_ms as f64 / 1000.0,
@@ -136,11 +170,12 @@ fn twenty_handovers_alternating_layouts_under_traffic() {
 }
 
 fn print_figures(figures: &[HandoverFigures]) {
-    eprintln!("\n  #  from→to  handover_us  freeze_us  precopy_us  journal  reused  migrated  copied  wall_ms");
+    eprintln!("\n  #  from→to  handover_us  freeze_us  precopy_us  journal  reused  migrated  copied  wall_ms  (j: edits during the handover, 300 ms pause after the pre-copy)");
     for (i, f) in figures.iter().enumerate() {
         eprintln!(
-            "{:>3}  {}→{}      {:>10}  {:>9}  {:>10}  {:>7}  {:>6}  {:>8}  {:>6}  {:>7}",
+            "{:>3}{} {}→{}      {:>10}  {:>9}  {:>10}  {:>7}  {:>6}  {:>8}  {:>6}  {:>7}",
             i + 1,
+            if f.journaled { "j" } else { " " },
             f.from,
             f.to,
             f.handover_us,
@@ -157,7 +192,7 @@ fn print_figures(figures: &[HandoverFigures]) {
         let pick = |g: fn(&HandoverFigures) -> u64| {
             let mut v: Vec<u64> = figures
                 .iter()
-                .filter(|f| (f.from, f.to) == (from, to))
+                .filter(|f| (f.from, f.to) == (from, to) && !f.journaled)
                 .map(g)
                 .collect();
             v.sort_unstable();
@@ -173,7 +208,7 @@ fn print_figures(figures: &[HandoverFigures]) {
             ),
         };
         eprintln!(
-            "layout {from}→{to}: handover_us {}; freeze_us {}; wall_ms {}",
+            "layout {from}→{to}, quiet rounds: handover_us {}; freeze_us {}; wall_ms {}",
             stats(&pick(|f| f.handover_us)),
             stats(&pick(|f| f.freeze_us)),
             stats(&pick(|f| f.wall_ms))

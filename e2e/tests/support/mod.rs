@@ -551,6 +551,8 @@ pub struct Ctx {
     pub services: PathBuf,
     pub run_dir: PathBuf,
     pub metrics: Option<String>,
+    /// `--poll-ms` of every agent.
+    pub poll_ms: u64,
     seq: std::sync::atomic::AtomicU32,
 }
 
@@ -588,6 +590,7 @@ impl Ctx {
             services,
             run_dir,
             metrics: None,
+            poll_ms: 50,
             seq: Default::default(),
         }
     }
@@ -612,7 +615,7 @@ impl Ctx {
             .arg(&self.env.pin_dir)
             .arg("--run-dir")
             .arg(&self.run_dir)
-            .args(["--poll-ms", "50"]);
+            .args(["--poll-ms", &self.poll_ms.to_string()]);
         match &self.metrics {
             Some(m) => cmd.args(["--metrics-addr", m]),
             None => cmd.arg("--no-metrics"),
@@ -855,6 +858,8 @@ pub struct HandoverFigures {
     pub self_committed: bool,
     /// Spawn of the new agent → exit of the old one, as the test saw it.
     pub wall_ms: u64,
+    /// Edits ran during this handover (with a pause to journal them).
+    pub journaled: bool,
 }
 
 impl HandoverFigures {
@@ -876,6 +881,7 @@ impl HandoverFigures {
             entries_copied: u(&h["maps"]["entries_copied"]),
             self_committed: h["self_committed"].as_bool().unwrap_or(false),
             wall_ms: 0,
+            journaled: false,
         })
     }
 }
