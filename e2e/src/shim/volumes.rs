@@ -91,10 +91,13 @@ pub fn host_path_local(
 ) -> PathBuf {
     let values = [("root", &*root.to_string_lossy()), ("node", node)];
     let host = host_path.trim_end_matches('/');
+    // Longest prefix wins; among equally long ones the first (configured
+    // rules come before the defaults, so `--host-path /sys/fs/cgroup=...`
+    // overrides the default for the same path).
     let best = rules
         .iter()
         .filter(|r| host == r.host_path || host.starts_with(&format!("{}/", r.host_path)))
-        .max_by_key(|r| r.host_path.len());
+        .min_by_key(|r| std::cmp::Reverse(r.host_path.len()));
     match best {
         Some(rule) => {
             let rest = host[rule.host_path.len()..].trim_start_matches('/');
@@ -342,6 +345,23 @@ mod tests {
         assert_eq!(
             host_path_local(&rules, root, "n", "/sysfoo"),
             Path::new("/r/n/host/sysfoo")
+        );
+    }
+
+    #[test]
+    fn a_configured_rule_overrides_the_default_for_the_same_path() {
+        let mut cfg = ShimConfig::new(Path::new("/r"), vec![], Path::new("/shim"));
+        cfg.host_paths
+            .push("/sys/fs/cgroup=/cg/{node}".parse().expect("rule"));
+        let rules = cfg.host_path_rules();
+        assert_eq!(
+            host_path_local(&rules, &cfg.root, "n", "/sys/fs/cgroup"),
+            Path::new("/cg/n")
+        );
+        assert_eq!(
+            host_path_local(&rules, &cfg.root, "n", "/sys/fs/bpf"),
+            Path::new("/r/n/bpffs"),
+            "the other default still applies"
         );
     }
 }
