@@ -72,6 +72,7 @@ impl Executor<'_> {
                     Err(e) => return Err(fail(e)),
                 }
                 self.event(
+                    &pod,
                     EventType::Normal,
                     "PodCreated",
                     "Create",
@@ -87,6 +88,7 @@ impl Executor<'_> {
                     Err(e) => return Err(fail(e)),
                 }
                 self.event(
+                    &pod,
                     EventType::Normal,
                     "PodDeleted",
                     "Delete",
@@ -110,6 +112,7 @@ impl Executor<'_> {
                 // One event per node upgrade keeps it at 3 API writes.
                 if matches!(action, Action::StartRollback { .. }) {
                     self.event(
+                        &pod,
                         EventType::Normal,
                         "RollbackStarted",
                         "Rollback",
@@ -132,6 +135,7 @@ impl Executor<'_> {
                     .await
                     .map_err(fail)?;
                 self.event(
+                    &pod,
                     EventType::Normal,
                     "HandoverCommitted",
                     "Commit",
@@ -151,6 +155,7 @@ impl Executor<'_> {
                     .await
                     .map_err(fail)?;
                 self.event(
+                    &pod,
                     EventType::Normal,
                     "StandbyReset",
                     "Reset",
@@ -161,6 +166,7 @@ impl Executor<'_> {
             }
             Action::MarkFailed { image, reason, .. } => {
                 self.event(
+                    &pod,
                     EventType::Warning,
                     "HandoverFailed",
                     "Upgrade",
@@ -196,13 +202,25 @@ impl Executor<'_> {
         ))
     }
 
-    async fn event(&self, type_: EventType, reason: &str, action: &str, note: String) {
+    /// Publishes an event about the upgrade with the node's agent `pod` as its
+    /// related object. The recorder folds events with the same key (type,
+    /// reason, action, regarding, related) into one series that keeps the
+    /// first note; without the pod in the key, every node's
+    /// `HandoverCommitted` or `HandoverFailed` within minutes became one
+    /// event naming the first node and its reason.
+    async fn event(&self, pod: &str, type_: EventType, reason: &str, action: &str, note: String) {
         let event = Event {
             type_,
             reason: reason.to_owned(),
             note: Some(note),
             action: action.to_owned(),
-            secondary: None,
+            secondary: Some(ObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Pod".into()),
+                name: Some(pod.to_owned()),
+                namespace: self.reference.namespace.clone(),
+                ..ObjectReference::default()
+            }),
         };
         // Events are best effort: a lost event must not fail the rollout.
         if let Err(e) = self.recorder.publish(&event, &self.reference).await {
