@@ -136,13 +136,9 @@ fn assert_unharmed(ctx: &Ctx, agent: &AgentProc, round: u64, case: &str) {
         "{case}: the agent died: {}",
         agent.log_text()
     );
-    let st = ctx.wait_status(&format!("{case}: agent unfrozen"), |s| {
+    ctx.wait_status(&format!("{case}: agent unfrozen"), |s| {
         s["pid"] == agent.pid && s["frozen"] == false
     });
-    assert!(
-        st["handover"].is_null() || st["handover"].is_object(),
-        "{st}"
-    );
     let fixture = Fixture::at(round);
     ctx.write_services(&fixture);
     ctx.assert_dump(&fixture, &format!("{case}: edit after the case"));
@@ -181,11 +177,11 @@ fn hostile_world(name: &str, short: bool, run_dir: Option<PathBuf>) -> (Ctx, Age
     (ctx, agent, traffic)
 }
 
-fn finish(ctx: &Ctx, traffic: Traffic) {
+/// Stops the traffic: 0 failed, 0 misrouted connects, held connections alive.
+fn finish(traffic: Traffic) {
     let report = traffic.stop();
     let problems = Fixture::at(0).traffic_problems(&report);
     assert!(problems.is_empty(), "traffic: {problems:#?}");
-    let _ = ctx;
 }
 
 #[test]
@@ -429,7 +425,7 @@ fn malformed_and_out_of_order_messages_are_refused_while_the_agent_serves() {
         !log.contains("handover committed"),
         "a hostile peer got a commit through:\n{log}"
     );
-    finish(&ctx, traffic);
+    finish(traffic);
     agent.stop();
 }
 
@@ -555,7 +551,7 @@ fn another_user_cannot_connect_and_is_refused_if_the_mode_is_opened() {
         agent.log_text()
     );
     assert_unharmed(&ctx, &agent, 2, "uid 65534, socket 0666");
-    finish(&ctx, traffic);
+    finish(traffic);
     agent.stop();
 }
 
@@ -606,6 +602,6 @@ fn a_build_whose_programs_the_verifier_rejects_is_refused() {
     );
     drop(c);
     assert_unharmed(&ctx, &new, 2, "after the good upgrade");
-    finish(&ctx, traffic);
+    finish(traffic);
     new.stop();
 }
