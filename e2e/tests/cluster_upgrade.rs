@@ -2,36 +2,28 @@
 //! reconciles a `KmeshUpgrade` into agent pair pods, and the node shim plays
 //! the kubelet for the fake nodes, running each slot as a local process.
 //!
-//! Here now, with a stand-in for the agent image (`baton-node-shim record`,
-//! which records its env and idles):
+//! * **fresh install** (a stand-in for the agent, `baton-node-shim record`,
+//!   which records its env and idles): pods appear on the selected nodes
+//!   only, one active slot each (slot a on the agent image, slot b idle on
+//!   the empty image), the downward API hands each slot its identity, and the
+//!   status counts every node updated and ready (`Complete`).
+//! * **rolling upgrade under traffic, then partition and pause**, with the
+//!   REAL agents on the REAL datapath (`cluster_support`: a cgroup and a bpffs
+//!   per node, the layout-1 agent as `:v1`, the layout-2 agent as `:v2`,
+//!   Services from the API server, one `baton-probe` per node in that node's
+//!   cgroup): v1 → v2 on 3 nodes with `maxUnavailable: 1` while every node
+//!   takes new connections to the ClusterIP; then v2 → v1 with `partition: 2`
+//!   (only the first node moves), `paused` (nothing starts), resume
+//!   (complete); invalid spec updates are refused by the API server.
 //!
-//! * **fresh install**: pods appear on the selected nodes only, one active
-//!   slot each (slot a on the agent image, slot b idle on the empty image),
-//!   the downward API hands each slot its identity, and the status counts
-//!   every node updated and ready (`Complete`).
+//! Failures (bad image, rollback, operator restart) are in `cluster_failure.rs`.
 //!
-//! Next, once the agent does the handover (map the agent images to the real
-//! `baton-agent` with `--image IMAGE=<baton-agent> run`, bpffs mounted at
-//! `<root>/<node>/bpffs`, a cgroup per node with `--host-path
-//! /sys/fs/cgroup=<dir>/{node}`, the agent's RBAC from the chart, and
-//! `--env BATON_SERVICES=...` / `BATON_METRICS_ADDR={host_ip}:9095` so
-//! nodes do not share ports):
-//!
-//! * **upgrade of 3 nodes under traffic**: `agentImage` v1 → v2 with
-//!   `maxUnavailable: 1`; never more than one handover in flight, a
-//!   `baton-probe` load sees no failed connect, every node ends on v2 with
-//!   slot b active and slot a parked, `stableImage` v2.
-//! * **bad image**: v2 mapped to a command that exits at once: `HandoverFailed`
-//!   event, `phase: Failed` (or `RolledBack` with `onFailure: Rollback`),
-//!   the old agent kept serving, the same image never retried on that node.
-//! * **partition / pause**: `partition: 1` keeps the last node on v1;
-//!   `paused` mid-rollout finishes running handovers and starts none.
-//! * **operator restart** mid-rollout: a new leader picks up the running
-//!   handovers from the pods' annotations without starting extra ones.
-//!
-//! Needs `e2e/cluster/k8s-bins.sh` (or `BATON_SKIP_APISERVER=1`) and a built
-//! `baton-operator` (`cargo build --workspace --bins`).
+//! Needs root (cgroups, bpffs, BPF), `e2e/cluster/k8s-bins.sh` (or
+//! `BATON_SKIP_APISERVER=1`) and the binaries (`cargo build --workspace
+//! --bins`; the layout-2 agent is built on demand, see
+//! `baton_e2e::harness::agent_bin_for_layout`).
 
+mod cluster_support;
 mod kube_support;
 
 use std::path::Path;
@@ -220,4 +212,296 @@ async fn fresh_install_one_pod_per_selected_node_with_one_active_slot() {
             "slot b is idle"
         );
     }
+}
+
+/// Checks every node after a rollout to `image` (map layout `layout`) that
+/// put its agent in `slot`: the pod, the running processes, the agent's own
+/// status and `verify`, and the node status with its handover figures.
+async fn assert_nodes_on(
+    fleet: &cluster_support::Fleet,
+    status: &serde_json::Value,
+    nodes: &[&str],
+    image: &str,
+    layout: u64,
+    slot: &str,
+    when: &str,
+) {
+    use cluster_support::*;
+    let parked = if slot == "a" { "b" } else { "a" };
+    for node in nodes {
+        let n = node_status(status, node);
+        assert_eq!(
+            (
+                n["activeSlot"].as_str(),
+                n["version"].as_str(),
+                n["phase"].as_str()
+            ),
+            (Some(slot), Some(image), Some("Running")),
+            "{when}: {node}: {status:#}"
+        );
+        let h = &n["lastHandover"];
+        assert!(
+            h["durationMs"].as_i64().is_some()
+                && h["freezeMs"].as_i64().is_some()
+                && h["mapsMigrated"].as_i64() == Some(2)
+                && h["mapsReused"].as_i64() == Some(4)
+                && h["entriesCopied"].as_i64() >= Some(6),
+            "{when}: {node}: endpoint and backend change layout, so both migrate \
+             (3 endpoints + 3 backends at least), the 4 other maps are reused: {h:#}"
+        );
+        assert!(
+            h["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("took over from")),
+            "{when}: {node}: a live handover, not a start from the pins: {h:#}"
+        );
+        let ann = fleet.annotations(node).await;
+        let get = |k: &str| ann.get(k).map(String::as_str);
+        assert_eq!(
+            (
+                get("baton.dev/active-slot"),
+                get(&format!("baton.dev/slot-{slot}-version")),
+                get(&format!("baton.dev/slot-{parked}-version")),
+                get("baton.dev/handover-started"),
+            ),
+            (Some(slot), Some(image), Some(EMPTY), None),
+            "{when}: {node}: {ann:?}"
+        );
+        // The kubelet (shim) reports the parked slot's restart shortly after
+        // the operator's patch.
+        let (parked_c, active_c) = eventually(
+            &format!(
+                "{when}: {node}: the old slot parked on the empty image (the shim's idle mode)"
+            ),
+            Duration::from_secs(30),
+            || fleet.logs(),
+            async || {
+                let pod = fleet.pod(node).await;
+                let parked_c = container_status(&pod, &format!("slot-{parked}"))?;
+                let active_c = container_status(&pod, &format!("slot-{slot}"))?;
+                (is_running(&parked_c)
+                    && parked_c.image == EMPTY
+                    && parked_c.image_id.ends_with("baton-node-shim")
+                    && is_running(&active_c)
+                    && active_c.image == image)
+                    .then_some((parked_c, active_c))
+            },
+        )
+        .await;
+        assert_eq!(
+            parked_c
+                .last_state
+                .and_then(|s| s.terminated)
+                .map(|t| t.exit_code),
+            Some(0),
+            "{when}: {node}: the retired agent stopped cleanly"
+        );
+        let agent = fleet
+            .agent_json(node, "status")
+            .await
+            .unwrap_or_else(|| panic!("{when}: {node}: baton-agent status failed"));
+        assert_eq!(
+            (
+                agent["layout_version"].as_u64(),
+                agent["pid"].as_i64(),
+                agent["source"]
+                    .as_str()
+                    .map(|s| s.starts_with("kubernetes"))
+            ),
+            (
+                Some(layout),
+                container_pid(&active_c).map(i64::from),
+                Some(true)
+            ),
+            "{when}: {node}: the active slot's process answers: {agent:#}"
+        );
+        fleet.assert_verify_clean(node, when).await;
+        let metrics = fleet.scrape(node);
+        assert!(
+            metrics.starts_with("HTTP/1.1 200 OK") && metrics.contains("baton_generation"),
+            "{when}: {node}: metrics on the node's own address (inherited listener): {metrics}"
+        );
+    }
+}
+
+/// Issue 4, scenarios 1, 3 and 5 with the real agent on the real datapath.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolling_upgrade_under_traffic_then_partition_pause_and_resume() {
+    use cluster_support::*;
+    let Some(mut fleet) = Fleet::start("upgrade", [127, 0, 77], &["w1", "w2", "w3"], |_, _| {
+        Vec::new()
+    })
+    .await
+    else {
+        return;
+    };
+    let t0 = std::time::Instant::now();
+    let nodes = ["w1", "w2", "w3"];
+    let timeout = Duration::from_secs(120);
+
+    // Install v1 (layout 1): every node's agent programs default/web.
+    fleet
+        .create_upgrade(
+            AGENT_V1,
+            json!({"maxUnavailable": 1, "handoverTimeoutSeconds": 60}),
+        )
+        .await;
+    let status = fleet
+        .wait_status("v1 installed on 3 nodes", 1, timeout, |s| {
+            counts(s) == [Some(3), Some(3), Some(3), Some(0)] && s["phase"] == "Complete"
+        })
+        .await;
+    assert_eq!(status["stableImage"], AGENT_V1);
+    for node in nodes {
+        fleet.wait_serving(node, 1).await;
+    }
+    let installed = t0.elapsed();
+
+    // 1. v1 -> v2 under traffic, maxUnavailable 1.
+    fleet.start_traffic(150.0);
+    let t1 = std::time::Instant::now();
+    let generation = fleet
+        .patch_spec(json!({"agentImage": AGENT_V2}))
+        .await
+        .expect("patching agentImage");
+    let status = fleet
+        .wait_status("v1 -> v2 complete", generation, timeout, |s| {
+            s["phase"] == "Complete" && s["stableImage"] == AGENT_V2 && s["updated"] == 3
+        })
+        .await;
+    let upgrade_time = t1.elapsed();
+    let connects = fleet.stop_traffic("v1 -> v2 on 3 nodes");
+    assert_eq!(
+        counts(&status),
+        [Some(3), Some(3), Some(3), Some(0)],
+        "{status:#}"
+    );
+    let available = status_condition(&status, "Available");
+    assert_eq!(available["status"], "True", "{status:#}");
+    assert_eq!(status_condition(&status, "Degraded")["status"], "False");
+    print_nodes("v1 -> v2", &status);
+    assert_nodes_on(&fleet, &status, &nodes, AGENT_V2, 2, "b", "v1 -> v2").await;
+    let rollout = fleet.rollout.get();
+    assert_eq!(
+        rollout.max_in_flight, 1,
+        "maxUnavailable 1: one handover at a time: {rollout:?}"
+    );
+    for node in nodes {
+        assert_eq!(rollout.starts_on(node), [AGENT_V2], "{node}: {rollout:?}");
+        assert_eq!(
+            fleet.process_starts(node, AGENT_V2),
+            1,
+            "{node}: one v2 agent process"
+        );
+    }
+    for node in nodes {
+        let events = fleet.node_events("HandoverCommitted", node).await;
+        assert!(
+            events.len() == 1
+                && events[0]
+                    .note
+                    .as_deref()
+                    .is_some_and(|n| n.starts_with(&format!("{node}: slot b is active"))),
+            "one HandoverCommitted event for {node}: {events:#?}"
+        );
+    }
+
+    // 3. v2 -> v1 with partition 2: only the first node (by name) moves.
+    fleet.start_traffic(150.0);
+    let generation = fleet
+        .patch_spec(json!({"agentImage": AGENT_V1, "strategy": {"partition": 2}}))
+        .await
+        .expect("patching agentImage and partition");
+    let status = fleet
+        .wait_status("w1 back on v1, partition 2", generation, timeout, |s| {
+            s["updated"] == 1
+                && s["phase"] == "Complete"
+                && node_status(s, "w1")["version"] == AGENT_V1
+        })
+        .await;
+    assert_nodes_on(&fleet, &status, &["w1"], AGENT_V1, 1, "a", "partition 2").await;
+    for node in ["w2", "w3"] {
+        assert_eq!(node_status(&status, node)["version"], AGENT_V2, "{node}");
+    }
+
+    // Pause, then lift the partition: nothing starts while paused.
+    let generation = fleet
+        .patch_spec(json!({"strategy": {"paused": true}}))
+        .await
+        .expect("pausing");
+    let generation = fleet
+        .patch_spec(json!({"strategy": {"partition": 0}}))
+        .await
+        .expect("lifting the partition")
+        .max(generation);
+    let status = fleet
+        .wait_status("paused", generation, timeout, |s| s["phase"] == "Paused")
+        .await;
+    assert_eq!(status_condition(&status, "Progressing")["status"], "False");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let rollout = fleet.rollout.get();
+    for node in ["w2", "w3"] {
+        assert_eq!(
+            rollout.starts_on(node),
+            [AGENT_V2],
+            "{node}: nothing starts while paused: {rollout:?}"
+        );
+    }
+
+    // 5. The API server refuses invalid updates of the live object with the
+    // rule's message (the create side is operator/tests/apiserver_crd.rs).
+    for (spec, message) in [
+        (
+            json!({"strategy": {"maxUnavailable": "0%"}}),
+            "maxUnavailable must not be 0 or 0%",
+        ),
+        (
+            json!({"agentImage": EMPTY}),
+            "agentImage and emptyImage must differ",
+        ),
+        (
+            json!({"strategy": {"partition": -1}}),
+            "should be greater than or equal to 0",
+        ),
+    ] {
+        match fleet.patch_spec(spec.clone()).await {
+            Err(kube::Error::Api(e)) if e.code == 422 && e.message.contains(message) => {}
+            other => panic!("update {spec}: expected 422 with {message:?}, got {other:?}"),
+        }
+    }
+    assert_eq!(
+        fleet.upgrade().await.metadata.generation,
+        Some(generation),
+        "refused updates change nothing"
+    );
+
+    // Resume: w2 and w3 go back to v1.
+    let generation = fleet
+        .patch_spec(json!({"strategy": {"paused": false}}))
+        .await
+        .expect("resuming");
+    let status = fleet
+        .wait_status("resumed and complete on v1", generation, timeout, |s| {
+            s["phase"] == "Complete" && s["stableImage"] == AGENT_V1 && s["updated"] == 3
+        })
+        .await;
+    let connects_back = fleet.stop_traffic("v2 -> v1 with partition, pause and resume");
+    print_nodes("v2 -> v1", &status);
+    assert_nodes_on(&fleet, &status, &nodes, AGENT_V1, 1, "a", "v2 -> v1").await;
+    let rollout = fleet.rollout.get();
+    assert_eq!(rollout.max_in_flight, 1, "{rollout:?}");
+    for node in nodes {
+        assert_eq!(
+            rollout.starts_on(node),
+            [AGENT_V2, AGENT_V1],
+            "{node}: {rollout:?}"
+        );
+    }
+    eprintln!(
+        "cluster upgrade: install {:.1} s, v1 -> v2 on 3 nodes {:.1} s ({connects} connects), \
+         v2 -> v1 with partition/pause {connects_back} connects; test {:.1} s",
+        installed.as_secs_f64(),
+        upgrade_time.as_secs_f64(),
+        t0.elapsed().as_secs_f64()
+    );
 }
