@@ -144,17 +144,19 @@ fn crash_case(step: &str, from: u32) {
         }
         Survivor::Old => {
             restarted = None;
-            // The old agent noticed and dropped the session.
+            // The old agent noticed and dropped the session (it may not be
+            // frozen yet, so wait for it to say so).
+            assert!(
+                support::wait_until(Duration::from_secs(15), || old
+                    .log_text()
+                    .contains("handover failed; this agent keeps serving")),
+                "{case}: old agent log:\n{}",
+                old.log_text()
+            );
             let s = ctx.wait_status(&format!("{case}: old agent unfrozen"), |s| {
                 s["pid"] == old.pid && s["frozen"] == false
             });
             assert_eq!(s["layout_version"], from, "{case}: {s}");
-            assert!(
-                old.log_text()
-                    .contains("handover failed; this agent keeps serving"),
-                "{case}: old agent log:\n{}",
-                old.log_text()
-            );
             &old
         }
         Survivor::Restarted => {

@@ -572,8 +572,9 @@ fn a_build_whose_programs_the_verifier_rejects_is_refused() {
         "{case}: exit {st}; log:\n{log}"
     );
     assert!(
-        old.log_text()
-            .contains("handover failed; this agent keeps serving"),
+        support::wait_until(Duration::from_secs(10), || old
+            .log_text()
+            .contains("handover failed; this agent keeps serving")),
         "{}",
         old.log_text()
     );
