@@ -165,7 +165,7 @@ impl Shared {
                     "id": s.id,
                     "vips": s.vips.iter().map(|v| ip_from_raw(&v.addr).to_string()).collect::<Vec<_>>(),
                     "ports": ports,
-                    "policy": format!("{:?}", LbPolicy::from_raw(s.value.lb_policy)).to_lowercase(),
+                    "policy": LbPolicy::from_raw(s.value.lb_policy).map_or_else(|| "unknown".to_string(), |p| format!("{p:?}").to_lowercase()),
                     "buckets": buckets,
                 })
             })

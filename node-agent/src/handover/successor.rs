@@ -130,6 +130,11 @@ fn wire(e: WireError, peer_pid: i32) -> HandoverError {
 /// Whether the peer still runs. EOF arrives while a killed process is still
 /// exiting, so give it a moment; a zombie (not yet reaped) counts as gone.
 pub(crate) fn alive(pid: i32) -> bool {
+    if pid <= 0 {
+        // The peer is in another pid namespace (SO_PEERCRED says 0): we cannot
+        // tell, so never conclude it died (no self-commit, no recovery).
+        return true;
+    }
     let running = || {
         pid > 0
             && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()

@@ -59,6 +59,9 @@ pub fn build_pod(target: &PodTarget<'_>, node: &str, spec: &KmeshUpgradeSpec, im
             tolerations: (!spec.pod.tolerations.is_empty()).then(|| spec.pod.tolerations.clone()),
             priority_class_name: spec.pod.priority_class_name.clone(),
             restart_policy: Some("Always".into()),
+            // The agents judge each other by pid (SO_PEERCRED, liveness of a
+            // silent peer, staging-<pid> pins): both slots must see one pid space.
+            share_process_namespace: Some(true),
             ..PodSpec::default()
         }),
         status: None,
