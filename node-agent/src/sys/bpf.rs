@@ -1,7 +1,7 @@
 //! `bpf(2)` commands on raw file descriptors.
 
 use std::ffi::CString;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 
 use nix::errno::Errno;
@@ -46,30 +46,7 @@ pub struct SysError {
     pub errno: Errno,
 }
 
-fn sys_bpf<T>(cmd: u32, attr: &mut T, op: &'static str) -> Result<i64, SysError> {
-    // SAFETY: attr is a properly sized, zero-padded #[repr(C)] bpf_attr variant.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd as libc::c_long,
-            attr as *mut T as *mut libc::c_void,
-            std::mem::size_of::<T>(),
-        )
-    };
-    if ret < 0 {
-        Err(SysError {
-            op,
-            errno: Errno::last(),
-        })
-    } else {
-        Ok(ret)
-    }
-}
-
-fn owned(fd: i64) -> OwnedFd {
-    // SAFETY: the kernel just returned this fd to us; nobody else owns it.
-    unsafe { OwnedFd::from_raw_fd(fd as i32) }
-}
+use super::call::{bpf as sys_bpf, owned};
 
 #[repr(C)]
 #[derive(Default)]
@@ -184,13 +161,7 @@ fn cpath(path: &Path, op: &'static str) -> Result<CString, SysError> {
     })
 }
 
-#[repr(C)]
-#[derive(Default)]
-struct InfoAttr {
-    bpf_fd: u32,
-    info_len: u32,
-    info: u64,
-}
+use super::call::InfoAttr;
 
 /// `struct bpf_map_info` (prefix we use).
 #[repr(C)]

@@ -74,13 +74,7 @@ pub fn btf_get_fd_by_id(id: u32) -> Result<OwnedFd, SysError> {
     bpf(BPF_BTF_GET_FD_BY_ID, &mut a, "btf_get_fd_by_id").map(owned)
 }
 
-#[repr(C)]
-#[derive(Default)]
-struct InfoAttr {
-    bpf_fd: u32,
-    info_len: u32,
-    info: u64,
-}
+use super::call::InfoAttr;
 
 /// `struct bpf_btf_info`.
 #[repr(C)]

@@ -1,6 +1,4 @@
-//! The raw `bpf(2)` entry point for the commands in `batch.rs`, `create.rs`
-//! and `btf.rs` (a private twin of the one in `bpf.rs`, kept separate so the
-//! migration syscalls live in their own files).
+//! The raw `bpf(2)` entry point every command in `sys/` goes through.
 
 use std::os::fd::{FromRawFd, OwnedFd};
 
@@ -28,6 +26,18 @@ pub(super) fn bpf<T>(cmd: u32, attr: &mut T, op: &'static str) -> Result<i64, Sy
     } else {
         Ok(ret)
     }
+}
+
+/// `BPF_OBJ_GET_INFO_BY_FD` attributes (maps, programs, links, BTF).
+#[repr(C)]
+#[derive(Default)]
+pub(super) struct InfoAttr {
+    /// The object.
+    pub bpf_fd: u32,
+    /// Size of the info buffer.
+    pub info_len: u32,
+    /// Pointer to the info buffer.
+    pub info: u64,
 }
 
 /// Takes ownership of a descriptor the kernel just returned.
