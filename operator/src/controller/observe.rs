@@ -129,14 +129,30 @@ pub fn observe(pod: &Pod, now: Timestamp) -> Observed {
             report,
         },
     };
+    let active_image = slot_image(pod, active).unwrap_or_default().to_owned();
+    let figures = match body {
+        Some((_, b)) => Some(b.figures),
+        // No running handover reported: the Committed report of the agent
+        // now active, at its image, holds the figures of the handover that
+        // put it there. An operator that finished that handover and died
+        // before writing the status (or any later one) finds them here.
+        None => condition.and_then(|c| {
+            let body: HandoverConditionBody = serde_json::from_str(c.message.as_deref()?).ok()?;
+            (c.reason.as_deref() == Some("Committed")
+                && c.status == "True"
+                && body.slot == Some(active)
+                && body.version.as_deref() == Some(&active_image))
+            .then_some(body.figures)
+        }),
+    };
     Observed {
         view: PairView {
             active,
-            active_image: slot_image(pod, active).unwrap_or_default().to_owned(),
+            active_image,
             ready,
             standby,
         },
-        figures: body.map(|(_, b)| b.figures),
+        figures,
     }
 }
 
@@ -208,6 +224,23 @@ mod tests {
             matches!(stale.view.standby, Standby::Upgrading { report: None, .. }),
             "a report about another version is not about this handover"
         );
+    }
+
+    #[test]
+    fn a_finished_handover_keeps_its_figures_on_the_pod() {
+        // Slot b committed v2 and is active; slot a is parked (v1 here).
+        let ann = json!({"baton.dev/active-slot": "b"});
+        let o = observe(&pod(ann.clone(), committed("b", "agent:v2")), now());
+        assert_eq!(o.view.standby, Standby::Empty);
+        let figures = o.figures.expect("the active agent's own report");
+        assert_eq!((figures.duration_ms, figures.maps_migrated), (40, 1));
+        // A report about another version is not this agent's.
+        let other = observe(&pod(ann.clone(), committed("b", "agent:v3")), now());
+        assert!(other.figures.is_none());
+        let mut failed = committed("b", "agent:v2");
+        failed[0]["status"] = json!("False");
+        failed[0]["reason"] = json!("Failed");
+        assert!(observe(&pod(ann, failed), now()).figures.is_none());
     }
 
     #[test]

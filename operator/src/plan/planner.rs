@@ -168,7 +168,13 @@ pub fn plan(
         }
     }
 
-    // Pass 3: emit starts, outcomes and counts in node order.
+    // Pass 3: emit starts, outcomes and counts in node order. Starts go after
+    // every other action: the budget above already counts this round's
+    // finished and reset nodes as free, so their patches must land before a
+    // new handover is announced, or the pods would show more handovers than
+    // maxUnavailable between two writes (and until the next round if a
+    // write fails or the operator dies in between).
+    let mut starts: Vec<Action> = Vec::new();
     let mut summary = Summary {
         nodes: selected_u32,
         max_unavailable: budget,
@@ -229,7 +235,7 @@ pub fn plan(
                             image: goal.to_owned(),
                         }
                     };
-                    actions[i].push(start);
+                    starts.push(start);
                     NodePhase::Upgrading
                 } else if !ready {
                     NodePhase::Pending
@@ -280,7 +286,7 @@ pub fn plan(
         failed_image: latched.then(|| desired.to_owned()),
     };
     Ok(Plan {
-        actions: actions.into_iter().flatten().collect(),
+        actions: actions.into_iter().flatten().chain(starts).collect(),
         summary,
         phase,
         memory,
