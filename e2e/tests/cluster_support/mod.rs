@@ -41,7 +41,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use baton_e2e::apiserver::ApiServer;
@@ -258,29 +258,28 @@ impl Rollout {
 
 /// A watch of the agent pods feeding a [`Rollout`]; stopped on drop.
 pub struct RolloutLog {
-    state: Arc<Mutex<Rollout>>,
+    state: Arc<tokio::sync::watch::Sender<Rollout>>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl RolloutLog {
     fn start(client: &kube::Client) -> Self {
-        let state = Arc::new(Mutex::new(Rollout::default()));
+        let state = Arc::new(tokio::sync::watch::Sender::new(Rollout::default()));
         let api: Api<Pod> = Api::namespaced(client.clone(), NS);
         let config = watcher::Config::default().labels("app.kubernetes.io/name=baton-agent");
         let shared = state.clone();
         let task = tokio::spawn(async move {
             let mut events = std::pin::pin!(watcher(api, config));
             while let Some(event) = events.next().await {
-                let mut s = shared.lock().unwrap_or_else(|p| p.into_inner());
                 match event {
                     Ok(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod)) => {
-                        s.observe(&pod)
+                        shared.send_modify(|s| s.observe(&pod))
                     }
-                    Ok(watcher::Event::Delete(pod)) => {
+                    Ok(watcher::Event::Delete(pod)) => shared.send_modify(|s| {
                         if let Some(name) = &pod.metadata.name {
                             s.in_flight.remove(name);
                         }
-                    }
+                    }),
                     Ok(_) => {}
                     Err(e) => eprintln!("rollout watch: {e}"),
                 }
@@ -291,7 +290,23 @@ impl RolloutLog {
 
     /// What was seen so far.
     pub fn get(&self) -> Rollout {
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.state.borrow().clone()
+    }
+
+    /// Returns as soon as the watch shows `ok` (no polling delay); panics
+    /// after `timeout`.
+    pub async fn wait_for(&self, what: &str, timeout: Duration, ok: impl FnMut(&Rollout) -> bool) {
+        let mut rx = self.state.subscribe();
+        let seen = matches!(
+            tokio::time::timeout(timeout, rx.wait_for(ok)).await,
+            Ok(Ok(_))
+        );
+        if !seen {
+            panic!(
+                "timed out after {timeout:?} waiting for {what}: {:?}",
+                self.get()
+            );
+        }
     }
 }
 

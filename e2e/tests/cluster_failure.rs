@@ -1,0 +1,369 @@
+//! Cluster failure scenarios with the REAL agents on the REAL datapath
+//! (`cluster_support`: the real kube-apiserver and `baton-operator`, the node
+//! shim, a cgroup and a bpffs per node, `…:v1` = the layout-1 agent, `…:v2` =
+//! the layout-2 agent, one `baton-probe` per node connecting to the ClusterIP
+//! from that node's cgroup throughout). One fleet of 3 nodes goes through:
+//!
+//! 1. **operator restart mid-rollout**: v1 → v2; the operator is SIGKILLed
+//!    the moment it starts the second node's handover and a new one (another
+//!    identity) takes the lease over: it finishes that handover from the pod's
+//!    annotations and report, upgrades the third node, and no node is
+//!    upgraded twice.
+//! 2. **bad image** (`onFailure: Pause`): v3 is the layout-1 agent with
+//!    `BATON_TEST_REJECT_PROGRAMS=1` (its programs fail to load as a verifier
+//!    rejection would): the first node is marked failed with the agent's
+//!    reason (status, `Degraded` condition, `HandoverFailed` event), the new
+//!    slot is parked again, the old agent never stopped serving, and no other
+//!    node is tried.
+//! 3. **rollback** (`onFailure: Rollback`): v4 works on w1 and w3 but fails
+//!    on w2 (a wrapper sets the reject hook there only): w1 takes v4, w2
+//!    fails, and w1 is handed back to the stable v2 (`RolledBack`); w3 is
+//!    never touched.
+//!
+//! No connect fails or goes astray in any of them.
+//!
+//! Needs root, `e2e/cluster/k8s-bins.sh` (or `BATON_SKIP_APISERVER=1`) and
+//! `cargo build --workspace --bins`.
+
+mod cluster_support;
+mod kube_support;
+
+use std::os::unix::fs::PermissionsExt;
+use std::time::{Duration, Instant};
+
+use cluster_support::*;
+use kube_support::{container_status, eventually, is_running};
+use serde_json::{json, Value};
+
+/// The layout-1 agent whose programs are "rejected by the verifier".
+const AGENT_V3_REJECTED: &str = "ghcr.io/baton-dev/baton-agent:v3-rejected";
+/// The layout-1 agent, rejected on node w2 only.
+const AGENT_V4_FLAKY: &str = "ghcr.io/baton-dev/baton-agent:v4";
+
+/// Every node runs `image` in `slot` with a live handover's figures, answers
+/// `status` with `layout` and `verify` is clean.
+async fn assert_fleet_on(
+    fleet: &Fleet,
+    status: &Value,
+    image: &str,
+    layout: u64,
+    slot: &str,
+    when: &str,
+) {
+    for node in fleet.node_names() {
+        let n = node_status(status, &node);
+        assert_eq!(
+            (n["activeSlot"].as_str(), n["version"].as_str()),
+            (Some(slot), Some(image)),
+            "{when}: {node}: {status:#}"
+        );
+        let agent = fleet
+            .agent_json(&node, "status")
+            .await
+            .unwrap_or_else(|| panic!("{when}: {node}: baton-agent status failed"));
+        assert_eq!(
+            agent["layout_version"].as_u64(),
+            Some(layout),
+            "{when}: {node}"
+        );
+        fleet.assert_verify_clean(&node, when).await;
+    }
+}
+
+/// Waits until `node`'s pod shows its idle slot parked on the empty image and
+/// no handover running; returns the active slot's pid.
+async fn wait_parked(fleet: &Fleet, node: &str, active: &str, when: &str) -> i32 {
+    let idle = if active == "a" { "b" } else { "a" };
+    eventually(
+        &format!("{when}: {node}: slot {idle} parked, slot {active} active"),
+        Duration::from_secs(30),
+        || fleet.logs(),
+        async || {
+            let pod = fleet.pod(node).await;
+            let ann = pod.metadata.annotations.clone().unwrap_or_default();
+            let parked = container_status(&pod, &format!("slot-{idle}"))?;
+            let running = container_status(&pod, &format!("slot-{active}"))?;
+            (ann.get("baton.dev/active-slot").map(String::as_str) == Some(active)
+                && !ann.contains_key("baton.dev/handover-started")
+                && is_running(&parked)
+                && parked.image == EMPTY
+                && is_running(&running))
+            .then(|| kube_support::container_pid(&running))
+            .flatten()
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_restart_bad_image_and_rollback_under_traffic() {
+    let Some(mut fleet) =
+        Fleet::start("failure", [127, 0, 78], &["w1", "w2", "w3"], |bins, dir| {
+            let script = dir.join("agent-v4.sh");
+            std::fs::write(
+                &script,
+                format!(
+                "#!/bin/sh\n# Image v4: the layout-1 agent, whose programs fail to load on w2.\n\
+                 if [ \"$NODE_NAME\" = w2 ]; then\n  BATON_TEST_REJECT_PROGRAMS=1\n  \
+                 export BATON_TEST_REJECT_PROGRAMS\nfi\nexec {} \"$@\"\n",
+                bins[0].display()
+            ),
+            )
+            .expect("writing the v4 wrapper");
+            std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))
+                .expect("chmod the v4 wrapper");
+            vec![
+                (
+                    AGENT_V3_REJECTED.to_owned(),
+                    format!(
+                        "/usr/bin/env BATON_TEST_REJECT_PROGRAMS=1 {} run",
+                        bins[0].display()
+                    ),
+                ),
+                (
+                    AGENT_V4_FLAKY.to_owned(),
+                    format!("{} run", script.display()),
+                ),
+            ]
+        })
+        .await
+    else {
+        return;
+    };
+    let t0 = Instant::now();
+    let timeout = Duration::from_secs(120);
+    let nodes = fleet.node_names();
+
+    fleet
+        .create_upgrade(
+            AGENT_V1,
+            json!({"maxUnavailable": 1, "handoverTimeoutSeconds": 30}),
+        )
+        .await;
+    fleet
+        .wait_status("v1 installed", 1, timeout, |s| {
+            counts(s) == [Some(3), Some(3), Some(3), Some(0)] && s["phase"] == "Complete"
+        })
+        .await;
+    for node in &nodes {
+        fleet.wait_serving(node, 1).await;
+    }
+
+    // 1. The operator dies as it starts w2's handover; a new one finishes.
+    fleet.start_traffic(150.0);
+    let t1 = Instant::now();
+    let generation = fleet
+        .patch_spec(json!({"agentImage": AGENT_V2}))
+        .await
+        .expect("patching agentImage");
+    fleet
+        .rollout
+        .wait_for("w2's handover to start", timeout, |r| {
+            !r.starts_on("w2").is_empty()
+        })
+        .await;
+    fleet.kill_operator();
+    let killed = t1.elapsed();
+    // Without an operator the agent still hands over and reports.
+    eventually(
+        "w2's agent to report Committed with no operator running",
+        timeout,
+        || fleet.logs(),
+        async || {
+            let pod = fleet.pod("w2").await;
+            (kube_support::condition(&pod, "baton.dev/Handover").as_deref() == Some("True"))
+                .then_some(())
+        },
+    )
+    .await;
+    assert!(
+        fleet.rollout.get().in_flight_on("w2"),
+        "nobody finished w2's handover while no operator ran"
+    );
+    fleet.start_operator();
+    let status = fleet
+        .wait_status("v2 complete after the restart", generation, timeout, |s| {
+            s["phase"] == "Complete" && s["stableImage"] == AGENT_V2 && s["updated"] == 3
+        })
+        .await;
+    let restart_time = t1.elapsed();
+    fleet.stop_traffic("v1 -> v2 with an operator restart");
+    assert_eq!(
+        counts(&status),
+        [Some(3), Some(3), Some(3), Some(0)],
+        "{status:#}"
+    );
+    print_nodes("after the operator restart", &status);
+    let rollout = fleet.rollout.get();
+    assert_eq!(rollout.max_in_flight, 1, "{rollout:?}");
+    for node in &nodes {
+        assert_eq!(
+            rollout.starts_on(node),
+            [AGENT_V2],
+            "{node}: upgraded exactly once: {rollout:?}"
+        );
+        assert_eq!(fleet.process_starts(node, AGENT_V2), 1, "{node}");
+        assert_eq!(
+            fleet.node_events("HandoverCommitted", node).await.len(),
+            1,
+            "{node}: finished once"
+        );
+        let h = &node_status(&status, node)["lastHandover"];
+        assert!(
+            h["mapsMigrated"] == 2 && h["entriesCopied"].as_i64() >= Some(6),
+            "{node}: {h:#}"
+        );
+    }
+    let log = std::fs::read_to_string(fleet.dir.join("operator.log")).unwrap_or_default();
+    assert!(
+        log.contains("became leader") && log.contains("baton-operator-2"),
+        "the second operator took the lease over:\n{log}"
+    );
+    assert_fleet_on(&fleet, &status, AGENT_V2, 2, "b", "after the restart").await;
+
+    // 2. A bad image with onFailure Pause: w1 fails, nothing else starts.
+    let w1_before = wait_parked(&fleet, "w1", "b", "before v3").await;
+    fleet.start_traffic(150.0);
+    let t2 = Instant::now();
+    let generation = fleet
+        .patch_spec(json!({"agentImage": AGENT_V3_REJECTED}))
+        .await
+        .expect("patching agentImage");
+    let status = fleet
+        .wait_status("v3 failed and paused", generation, timeout, |s| {
+            s["phase"] == "Failed" && s["failedImage"] == AGENT_V3_REJECTED && s["failed"] == 1
+        })
+        .await;
+    let failed_after = t2.elapsed();
+    let w1 = node_status(&status, "w1");
+    assert_eq!(
+        (
+            w1["phase"].as_str(),
+            w1["failedImage"].as_str(),
+            w1["activeSlot"].as_str(),
+            w1["version"].as_str()
+        ),
+        (
+            Some("Failed"),
+            Some(AGENT_V3_REJECTED),
+            Some("b"),
+            Some(AGENT_V2)
+        ),
+        "{status:#}"
+    );
+    let reason = w1["lastHandover"]["message"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("rejected by BATON_TEST_REJECT_PROGRAMS"),
+        "the agent's reason reaches the status: {w1:#}"
+    );
+    let degraded = status_condition(&status, "Degraded");
+    assert!(
+        degraded["status"] == "True"
+            && degraded["reason"] == "HandoverFailed"
+            && degraded["message"]
+                .as_str()
+                .is_some_and(|m| m.contains(AGENT_V3_REJECTED)),
+        "{degraded:#}"
+    );
+    assert_eq!(status_condition(&status, "Progressing")["status"], "False");
+    let events = fleet.node_events("HandoverFailed", "w1").await;
+    assert!(
+        events.len() == 1
+            && events[0].type_.as_deref() == Some("Warning")
+            && events[0].note.as_deref().is_some_and(|n| {
+                n.starts_with(&format!("w1: handover to {AGENT_V3_REJECTED} failed: "))
+                    && n.contains("rejected by BATON_TEST_REJECT_PROGRAMS")
+            }),
+        "{events:#?}"
+    );
+    let w1_after = wait_parked(&fleet, "w1", "b", "after v3").await;
+    assert_eq!(
+        w1_after, w1_before,
+        "the old agent on w1 never stopped serving"
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let rollout = fleet.rollout.get();
+    assert_eq!(rollout.starts_on("w1"), [AGENT_V2, AGENT_V3_REJECTED]);
+    for node in ["w2", "w3"] {
+        assert_eq!(
+            rollout.starts_on(node),
+            [AGENT_V2],
+            "{node}: not tried after the failure: {rollout:?}"
+        );
+    }
+    fleet.stop_traffic("v3 rejected on w1, rollout paused");
+    assert_fleet_on(&fleet, &status, AGENT_V2, 2, "b", "after v3").await;
+
+    // 3. onFailure Rollback: v4 fails on w2, w1 goes back to v2.
+    fleet.start_traffic(150.0);
+    let t3 = Instant::now();
+    let generation = fleet
+        .patch_spec(json!({"agentImage": AGENT_V4_FLAKY, "strategy": {"onFailure": "Rollback"}}))
+        .await
+        .expect("patching agentImage and onFailure");
+    let status = fleet
+        .wait_status("v4 rolled back", generation, timeout, |s| {
+            s["phase"] == "RolledBack"
+        })
+        .await;
+    let rollback_time = t3.elapsed();
+    // w1 parks its v4 slot a after the rollback handover.
+    wait_parked(&fleet, "w1", "b", "after the rollback").await;
+    fleet.stop_traffic("v4 rolled back");
+    print_nodes("after the rollback", &status);
+    assert_eq!(
+        (
+            status["stableImage"].as_str(),
+            status["failedImage"].as_str(),
+            status["failed"].as_i64()
+        ),
+        (Some(AGENT_V2), Some(AGENT_V4_FLAKY), Some(1)),
+        "{status:#}"
+    );
+    let rollout = fleet.rollout.get();
+    assert_eq!(
+        rollout.starts_on("w1"),
+        [AGENT_V2, AGENT_V3_REJECTED, AGENT_V4_FLAKY, AGENT_V2],
+        "w1: upgraded to v4, then handed back to v2"
+    );
+    assert_eq!(rollout.starts_on("w2"), [AGENT_V2, AGENT_V4_FLAKY]);
+    assert_eq!(rollout.starts_on("w3"), [AGENT_V2], "w3 never touched");
+    assert_eq!(rollout.max_in_flight, 1, "{rollout:?}");
+    let w2 = node_status(&status, "w2");
+    assert!(
+        w2["failedImage"] == AGENT_V4_FLAKY
+            && w2["lastHandover"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("rejected by BATON_TEST_REJECT_PROGRAMS")),
+        "{w2:#}"
+    );
+    assert_eq!(fleet.node_events("RollbackStarted", "w1").await.len(), 1);
+    let failed_w2 = fleet.node_events("HandoverFailed", "w2").await;
+    assert!(
+        failed_w2.len() == 1
+            && failed_w2[0]
+                .note
+                .as_deref()
+                .is_some_and(|n| n.starts_with(&format!("w2: handover to {AGENT_V4_FLAKY} failed"))),
+        "{failed_w2:#?}"
+    );
+    let h = &node_status(&status, "w1")["lastHandover"];
+    assert!(
+        h["mapsMigrated"] == 2
+            && h["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("layout 1")),
+        "w1's rollback took over from the layout-1 v4 agent: {h:#}"
+    );
+    assert_fleet_on(&fleet, &status, AGENT_V2, 2, "b", "after the rollback").await;
+
+    eprintln!(
+        "cluster failure: operator killed {:.1} s into v1 -> v2, complete after {:.1} s; \
+         v3 failed after {:.1} s; v4 rolled back after {:.1} s; test {:.1} s",
+        killed.as_secs_f64(),
+        restart_time.as_secs_f64(),
+        failed_after.as_secs_f64(),
+        rollback_time.as_secs_f64(),
+        t0.elapsed().as_secs_f64()
+    );
+}
