@@ -403,6 +403,7 @@ fn run(s: &Session, cfg: &SuccessorConfig, stage_out: &mut Option<Stage>) -> R<T
     }
     crash_point("new:after_frozen");
     let journal_keys: u64 = journal.values().map(|v| v.len() as u64).sum();
+    let mut replay_us = 0u64;
     for (name, d) in &decisions {
         if let Decision::Migrate(conv) = d {
             if let Some(keys) = journal.get(name) {
@@ -410,9 +411,12 @@ fn run(s: &Session, cfg: &SuccessorConfig, stage_out: &mut Option<Stage>) -> R<T
                 let st = migrate::replay(old, new, conv, keys)
                     .map_err(|e| local(ErrorCode::Migration)(e.to_string()))?;
                 summary.entries_copied += st.entries;
+                replay_us += st.duration.as_micros() as u64;
             }
         }
     }
+    // Copy time as recovery from pins reports it: pre-copy plus replay.
+    summary.copy_us = precopy_us + replay_us;
 
     let programs: Vec<(AttachType, CommitProgram, std::os::fd::BorrowedFd<'_>)> = loaded
         .progs
