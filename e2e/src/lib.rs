@@ -43,6 +43,8 @@
 //!   with `apiserver::ApiServer` (feature `apiserver`), and play the kubelet
 //!   for fake nodes with [`shim`] / the `baton-node-shim` binary (feature
 //!   `shim`, on by default).
+//! * Hot-upgrade measurements (`baton-bench --only handover`) drive
+//!   `baton-agent` processes and a timestamped connect stream with [`upgrade`].
 
 #[cfg(feature = "apiserver")]
 pub mod apiserver;
@@ -55,6 +57,7 @@ pub mod kernel;
 pub mod probe;
 pub mod report;
 pub mod sandbox;
+pub mod upgrade;
 #[cfg(feature = "shim")]
 pub mod shim;
 
