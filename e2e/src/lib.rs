@@ -57,9 +57,9 @@ pub mod kernel;
 pub mod probe;
 pub mod report;
 pub mod sandbox;
-pub mod upgrade;
 #[cfg(feature = "shim")]
 pub mod shim;
+pub mod upgrade;
 
 pub use client::{connect_once, ConnectError};
 pub use report::Report;
