@@ -206,8 +206,9 @@ impl Executor<'_> {
     /// related object. The recorder folds events with the same key (type,
     /// reason, action, regarding, related) into one series that keeps the
     /// first note; without the pod in the key, every node's
-    /// `HandoverCommitted` or `HandoverFailed` within minutes became one
-    /// event naming the first node and its reason.
+    /// `HandoverCommitted` or `HandoverFailed` of a round became one event
+    /// naming the first node (the controller also uses a recorder per round,
+    /// see `reconcile`).
     async fn event(&self, pod: &str, type_: EventType, reason: &str, action: &str, note: String) {
         let event = Event {
             type_,

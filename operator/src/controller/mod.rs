@@ -89,7 +89,7 @@ struct Context {
     nodes: Store<Node>,
     pods: Store<Pod>,
     settings: Settings,
-    recorder: Recorder,
+    reporter: Reporter,
     metrics: Arc<Metrics>,
     expectations: Expectations,
 }
@@ -124,19 +124,16 @@ pub async fn run(
     .default_backoff()
     .for_each(|_| std::future::ready(()));
 
-    let recorder = Recorder::new(
-        client.clone(),
-        Reporter {
-            controller: FIELD_MANAGER.into(),
-            instance: Some(settings.instance.clone()),
-        },
-    );
+    let reporter = Reporter {
+        controller: FIELD_MANAGER.into(),
+        instance: Some(settings.instance.clone()),
+    };
     let ctx = Arc::new(Context {
         client: client.clone(),
         nodes: nodes.clone(),
         pods: pods.clone(),
         settings,
-        recorder,
+        reporter,
         metrics,
         expectations: Expectations::default(),
     });
@@ -214,6 +211,12 @@ async fn reconcile(
         failed_image: status.and_then(|s| s.failed_image.clone()),
     };
     let plan = plan(&upgrade.spec, &memory, &fleet.views)?;
+    // A recorder per round: kube's recorder folds events with the same key
+    // (reason, action, regarding, related; not the note) into one series that
+    // keeps the first note for 6 minutes, so a later failure of another image
+    // on the same node would read as the earlier one. Within a round every
+    // event names its own node's pod, so nothing folds.
+    let recorder = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
 
     let executor = Executor {
         pods: Api::namespaced(ctx.client.clone(), &namespace),
@@ -228,7 +231,7 @@ async fn reconcile(
                 .ok_or_else(|| ReconcileError::NoUid(key.clone()))?,
             service_account: &ctx.settings.agent_service_account,
         },
-        recorder: &ctx.recorder,
+        recorder: &recorder,
         reference: upgrade.object_ref(&()),
     };
     let mut expected = Vec::new();
