@@ -19,6 +19,10 @@
 //!    on w2 (a wrapper sets the reject hook there only): w1 takes v4, w2
 //!    fails, and w1 is handed back to the stable v2 (`RolledBack`); w3 is
 //!    never touched.
+//! 4. **crashing image**: v5 exits 1 at start and never reports; the slot
+//!    crash-loops until `handoverTimeoutSeconds` (5) fails the handover, the
+//!    old agent keeps serving, and the second failure on w1 gets its own
+//!    `HandoverFailed` event with its own reason.
 //!
 //! No connect fails or goes astray in any of them.
 //!
@@ -39,6 +43,8 @@ use serde_json::{json, Value};
 const AGENT_V3_REJECTED: &str = "ghcr.io/baton-dev/baton-agent:v3-rejected";
 /// The layout-1 agent, rejected on node w2 only.
 const AGENT_V4_FLAKY: &str = "ghcr.io/baton-dev/baton-agent:v4";
+/// A build that exits 1 at once (never reports).
+const AGENT_V5_CRASHING: &str = "ghcr.io/baton-dev/baton-agent:v5-crashing";
 
 /// Every node runs `image` in `slot` with a live handover's figures, answers
 /// `status` with `layout` and `verify` is clean.
@@ -124,6 +130,7 @@ async fn operator_restart_bad_image_and_rollback_under_traffic() {
                     AGENT_V4_FLAKY.to_owned(),
                     format!("{} run", script.display()),
                 ),
+                (AGENT_V5_CRASHING.to_owned(), "/bin/false".to_owned()),
             ]
         })
         .await
@@ -357,13 +364,77 @@ async fn operator_restart_bad_image_and_rollback_under_traffic() {
     );
     assert_fleet_on(&fleet, &status, AGENT_V2, 2, "b", "after the rollback").await;
 
+    // 4. A build that exits at start never reports: the handover times out
+    // (handoverTimeoutSeconds 5) while the container crash-loops; the old
+    // agent on w1 keeps serving, and with no node on v5 the rollback is
+    // done at once. w1's second failure gets an event of its own.
+    let w1_before = wait_parked(&fleet, "w1", "b", "before v5").await;
+    fleet.start_traffic(150.0);
+    let t4 = Instant::now();
+    let generation = fleet
+        .patch_spec(json!({"agentImage": AGENT_V5_CRASHING,
+                            "strategy": {"handoverTimeoutSeconds": 5}}))
+        .await
+        .expect("patching agentImage and the timeout");
+    let status = fleet
+        .wait_status("v5 timed out", generation, timeout, |s| {
+            s["phase"] == "RolledBack" && s["failedImage"] == AGENT_V5_CRASHING
+        })
+        .await;
+    let timeout_after = t4.elapsed();
+    let w1_after = wait_parked(&fleet, "w1", "b", "after v5").await;
+    fleet.stop_traffic("v5 crash-looping on w1 until the timeout");
+    assert_eq!(w1_after, w1_before, "the old agent on w1 kept serving");
+    // handover-started has whole seconds, so the 5 s may count from up to
+    // 1 s before the patch.
+    assert!(
+        timeout_after >= Duration::from_secs(4),
+        "failed only at the timeout: {timeout_after:?}"
+    );
+    let w1 = node_status(&status, "w1");
+    assert_eq!(
+        (w1["failedImage"].as_str(), w1["version"].as_str()),
+        (Some(AGENT_V5_CRASHING), Some(AGENT_V2)),
+        "{status:#}"
+    );
+    let crashes = fleet.process_starts("w1", AGENT_V5_CRASHING);
+    assert!(crashes >= 2, "v5 crash-looped: {crashes} starts");
+    let notes: Vec<String> = fleet
+        .node_events("HandoverFailed", "w1")
+        .await
+        .into_iter()
+        .filter_map(|e| e.note)
+        .collect();
+    assert!(
+        notes.len() == 2
+            && notes.iter().any(|n| n.contains(AGENT_V3_REJECTED))
+            && notes.iter().any(|n| {
+                n == &format!(
+                    "w1: handover to {AGENT_V5_CRASHING} failed: handover did not commit within 5s"
+                )
+            }),
+        "one HandoverFailed event per failure on w1, each with its reason: {notes:#?}"
+    );
+    assert_eq!(
+        fleet
+            .rollout
+            .get()
+            .starts_on("w1")
+            .last()
+            .map(String::as_str),
+        Some(AGENT_V5_CRASHING)
+    );
+    assert_fleet_on(&fleet, &status, AGENT_V2, 2, "b", "after v5").await;
+
     eprintln!(
         "cluster failure: operator killed {:.1} s into v1 -> v2, complete after {:.1} s; \
-         v3 failed after {:.1} s; v4 rolled back after {:.1} s; test {:.1} s",
+         v3 failed after {:.1} s; v4 rolled back after {:.1} s; v5 timed out after {:.1} s \
+         ({crashes} crashes); test {:.1} s",
         killed.as_secs_f64(),
         restart_time.as_secs_f64(),
         failed_after.as_secs_f64(),
         rollback_time.as_secs_f64(),
+        timeout_after.as_secs_f64(),
         t0.elapsed().as_secs_f64()
     );
 }
