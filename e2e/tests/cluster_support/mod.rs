@@ -39,6 +39,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddr};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
 use std::sync::Arc;
@@ -811,12 +812,20 @@ impl Traffic {
                     TARGET_PORT,
                 )));
             }
-            let child = args
-                .command(&bin)
-                .stdout(std::fs::File::create(file("json")).expect("probe stdout"))
-                .stderr(std::fs::File::create(file("err")).expect("probe stderr"))
-                .spawn()
-                .expect("starting baton-probe");
+            let mut cmd = args.command(&bin);
+            cmd.stdout(std::fs::File::create(file("json")).expect("probe stdout"))
+                .stderr(std::fs::File::create(file("err")).expect("probe stderr"));
+            // SAFETY: prctl is async-signal-safe; a test process killed
+            // without unwinding takes its probes along.
+            unsafe {
+                cmd.pre_exec(|| {
+                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+            let child = cmd.spawn().expect("starting baton-probe");
             traffic.probes.push(Probe {
                 node: node.name.clone(),
                 child,

@@ -289,7 +289,18 @@ impl OperatorProcess {
             .append(true)
             .open(log)
             .expect("operator log");
-        let child = std::process::Command::new(operator_bin())
+        let mut cmd = std::process::Command::new(operator_bin());
+        // SAFETY: prctl is async-signal-safe; a test process killed without
+        // unwinding takes the operator along.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd
             .args([
                 "run".to_owned(),
                 format!("--metrics-addr=127.0.0.1:{port}"),
