@@ -1337,6 +1337,11 @@ fn handover(
     same_layout(opts, &mut lab, out)?;
     layout_change(opts, &mut lab, out)?;
     strategies(&mut lab, out)?;
+    let _ = writeln!(
+        out,
+        "\n(load average at the end of this section: {})",
+        loadavg()
+    );
     Ok(())
 }
 
@@ -1454,7 +1459,12 @@ fn layout_change(opts: &Opts, lab: &mut Lab<'_>, out: &mut String) -> Result<()>
     let mut layout = 1u32;
     // (writes, from, to) → rounds
     let mut table: Vec<((Writes, u32, u32), Vec<Round>)> = Vec::new();
-    for (writes, reps) in [(Writes::Quiet, n), (Writes::Stream, n), (Writes::Held, 1)] {
+    let held = if opts.quick { 1 } else { 2 };
+    for (writes, reps) in [
+        (Writes::Quiet, n),
+        (Writes::Stream, n),
+        (Writes::Held, held),
+    ] {
         for _ in 0..reps {
             for _ in 0..2 {
                 let to = 3 - layout;
