@@ -128,6 +128,11 @@ fn parse_kv(s: &str) -> Result<(String, u32), String> {
 /// for the operator to park this container.
 fn idle(me: &SlotInfo) -> Result<ExitCode> {
     tracing::info!(slot = ?me.slot, "this slot is retired: idle until stopped");
+    idle_until_stopped()
+}
+
+/// Sleeps until SIGTERM/SIGINT.
+fn idle_until_stopped() -> Result<ExitCode> {
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(sig, stop.clone()).context("installing signal handlers")?;
@@ -263,8 +268,9 @@ fn real_main() -> Result<ExitCode> {
                 }
                 None => None,
             };
+            let in_pod = slot.is_some();
             let mut cfg = cfg;
-            cfg.keep_datapath |= slot.is_some();
+            cfg.keep_datapath |= in_pod;
             let mut hooks = Hooks::default();
             if let (Some(me), Some(cc)) = (slot, cluster) {
                 let role = cc.role(&me).context("reading this pod's slot role")?;
@@ -307,6 +313,14 @@ fn real_main() -> Result<ExitCode> {
             }
             match agent::run(&cfg, source, hooks, stop)? {
                 Exit::Stopped => {}
+                // In a pair pod, exiting would let the kubelet restart this
+                // agent before the successor's report is visible, and it would
+                // read itself as active: stay idle until the operator parks
+                // this container on the empty image.
+                Exit::Retired if in_pod => {
+                    tracing::info!("handed over to a successor; idle until this slot is parked");
+                    return idle_until_stopped();
+                }
                 Exit::Retired => eprintln!("baton-agent: handed over to a successor; exiting"),
             }
             Ok(ExitCode::SUCCESS)
