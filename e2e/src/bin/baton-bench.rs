@@ -1054,6 +1054,9 @@ struct Round {
     gap: Option<Duration>,
     /// Median time between the old agent's last syncs (its pace under the edit stream).
     cadence: Option<Duration>,
+    /// How long the freeze waited for a sync of the old agent that was in flight (from the
+    /// logs: the successor's last `map copied` line, plus the hold, is when it sent `Freeze`).
+    sync_wait: Option<Duration>,
     /// `verify` violations once the successor applied the last edit.
     settled: Option<usize>,
 }
@@ -1188,14 +1191,25 @@ impl<'a> Lab<'a> {
             ms if ms.is_nan() => None,
             ms => Some(Duration::from_secs_f64(ms / 1e3)),
         };
+        let held = new_log.contains("BATON_TEST_PAUSE_AT: pausing");
+        let freeze = st["handover"]["freeze_us"].as_f64().unwrap_or(0.0) / 1e6;
+        let sync_wait = line_times(&new_log, "map copied").last().and_then(|&t| {
+            let t = t + if held { HOLD_MS as f64 / 1e3 } else { 0.0 };
+            old_syncs
+                .iter()
+                .map(|s| s - t)
+                .find(|d| (0.0..=freeze).contains(d))
+                .map(Duration::from_secs_f64)
+        });
         let round = Round {
+            sync_wait,
             cadence,
             adopt: adopt_time(&new_log),
             figures: st["handover"].clone(),
             serving,
             violations,
             edits: 0,
-            held: new_log.contains("BATON_TEST_PAUSE_AT: pausing"),
+            held,
             gap,
             settled: None,
         };
@@ -1250,8 +1264,13 @@ fn log_text(path: &Path) -> String {
 
 /// Times of day (s) of the agent's `synced` log lines.
 fn sync_times(log: &str) -> Vec<f64> {
+    line_times(log, " synced ")
+}
+
+/// Times of day (s) of the log lines containing `what`.
+fn line_times(log: &str, what: &str) -> Vec<f64> {
     log.lines()
-        .filter(|l| l.contains(" synced "))
+        .filter(|l| l.contains(what))
         .filter_map(|l| {
             // 2026-11-21T07:26:53.422283Z  INFO ...
             let t = l.split_whitespace().next()?;
@@ -1525,7 +1544,7 @@ fn layout_change(opts: &Opts, lab: &mut Lab<'_>, out: &mut String) -> Result<()>
     );
     let _ = writeln!(
         out,
-        "| handover | writes during it | rounds | pre-copy ms (median / max) | entries copied | pre-copy entries/s (median) | **freeze_us** ms (median / max) | journal keys per round | handover_us ms (median / max) | adopt ms (median / max) | control-plane gap ms (median / max) | maps reused / migrated | verify after commit / after last edit |"
+        "| handover | writes during it | rounds | pre-copy ms (median / max) | entries copied | pre-copy entries/s (median) | **freeze_us** ms (median / max; per round, with the wait for a sync in flight) | journal keys per round | handover_us ms (median / max) | adopt ms (median / max) | control-plane gap ms (median / max) | maps reused / migrated | verify after commit / after last edit |"
     );
     let _ = writeln!(
         out,
@@ -1560,6 +1579,22 @@ fn layout_change(opts: &Opts, lab: &mut Lab<'_>, out: &mut String) -> Result<()>
                 .0
             )
         };
+        let freeze = format!(
+            "{}; {}",
+            mm(&col(&|r| r.f("freeze_us") / 1e3), 3),
+            list(
+                &rs.iter()
+                    .map(|r| match r.sync_wait {
+                        Some(w) => format!(
+                            "{:.2} ({:.2} sync)",
+                            r.f("freeze_us") / 1e3,
+                            w.as_secs_f64() * 1e3
+                        ),
+                        None => format!("{:.2}", r.f("freeze_us") / 1e3),
+                    })
+                    .collect::<Vec<_>>()
+            )
+        );
         let settled = if *writes == Writes::Quiet {
             "–".to_string()
         } else {
@@ -1572,7 +1607,7 @@ fn layout_change(opts: &Opts, lab: &mut Lab<'_>, out: &mut String) -> Result<()>
             rs.len(),
             mm(&col(&|r| r.f("precopy_us") / 1e3), 1),
             rate / 1e6,
-            mm(&col(&|r| r.f("freeze_us") / 1e3), 3),
+            freeze,
             mm(&col(&|r| r.f("handover_us") / 1e3 - hold(r)), 1),
             if rs.iter().any(|r| r.held) {
                 " (hold subtracted)"
@@ -1594,7 +1629,9 @@ fn layout_change(opts: &Opts, lab: &mut Lab<'_>, out: &mut String) -> Result<()>
         "\nEntries copied = pre-copy + journal replay. Control-plane gap = the old agent's last \
          sync → the successor's first sync (log timestamps), i.e. how long the edit stream went \
          unapplied around the handover; \"syncs every\" is the old agent's median sync interval \
-         before it (one parse of the 10 000-service file per sync). \
+         before it (one parse of the 10 000-service file per sync). \"sync\" in the freeze column: \
+         the freeze waited that long for a sync of the old agent that was in flight when `Freeze` \
+         arrived (its `synced` log line falls inside the freeze). \
          Edit rounds made {edits} edits of the services file in total; agents poll it every \
          {FAST_POLL} ms."
     );
