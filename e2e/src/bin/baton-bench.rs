@@ -1052,7 +1052,7 @@ struct Round {
     held: bool,
     /// The old agent's last sync → the successor's first (from their logs).
     gap: Option<Duration>,
-    /// Median time between the old agent's last syncs (its pace under the edit stream).
+    /// Median time between the old agent's syncs under the edit stream (set by the caller).
     cadence: Option<Duration>,
     /// How long the freeze waited for a sync of the old agent that was in flight (from the
     /// logs: the successor's last `map copied` line, plus the hold, is when it sent `Freeze`).
@@ -1181,16 +1181,6 @@ impl<'a> Lab<'a> {
             _ => None,
         };
         let old_syncs = sync_times(&old_log);
-        let diffs: Vec<f64> = old_syncs
-            .windows(2)
-            .rev()
-            .take(8)
-            .map(|w| (w[1] - w[0]) * 1e3)
-            .collect();
-        let cadence = match median_max(&diffs).0 {
-            ms if ms.is_nan() => None,
-            ms => Some(Duration::from_secs_f64(ms / 1e3)),
-        };
         let held = new_log.contains("BATON_TEST_PAUSE_AT: pausing");
         let freeze = st["handover"]["freeze_us"].as_f64().unwrap_or(0.0) / 1e6;
         let sync_wait = line_times(&new_log, "map copied").last().and_then(|&t| {
@@ -1203,7 +1193,7 @@ impl<'a> Lab<'a> {
         });
         let round = Round {
             sync_wait,
-            cadence,
+            cadence: None,
             adopt: adopt_time(&new_log),
             figures: st["handover"].clone(),
             serving,
@@ -1260,6 +1250,25 @@ fn log_text(path: &Path) -> String {
         }
     }
     out
+}
+
+/// UTC time of day in seconds, as the agents' log timestamps have it.
+fn time_of_day(t: std::time::SystemTime) -> f64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64() % 86_400.0)
+}
+
+/// Median interval between the agent's syncs after `since` (time of day, s).
+fn cadence(log: &str, since: f64) -> Option<Duration> {
+    let times: Vec<f64> = sync_times(log)
+        .into_iter()
+        .filter(|t| (t - since).rem_euclid(86_400.0) < 43_200.0)
+        .collect();
+    let diffs: Vec<f64> = times.windows(2).map(|w| w[1] - w[0]).collect();
+    match median_max(&diffs).0 {
+        s if s.is_nan() => None,
+        s => Some(Duration::from_secs_f64(s.max(0.0))),
+    }
 }
 
 /// Times of day (s) of the agent's `synced` log lines.
@@ -1491,6 +1500,7 @@ fn layout_change(opts: &Opts, lab: &mut Lab<'_>, out: &mut String) -> Result<()>
                     "handover: layout {layout} -> layout {to}, writes: {}",
                     writes.label()
                 );
+                let since = time_of_day(std::time::SystemTime::now());
                 let editor = match writes {
                     Writes::Quiet => None,
                     _ => {
@@ -1513,6 +1523,7 @@ fn layout_change(opts: &Opts, lab: &mut Lab<'_>, out: &mut String) -> Result<()>
                     let (state, edits) = e.stop()?;
                     lab.edits = Some(state);
                     round.edits = edits;
+                    round.cadence = cadence(&log_text(cur.log_path()), since);
                     wait_settled(&mut next)?;
                     round.settled = verify_violations(&lab.run_dir(sc));
                 }
@@ -1568,7 +1579,7 @@ fn layout_change(opts: &Opts, lab: &mut Lab<'_>, out: &mut String) -> Result<()>
             "–".to_string()
         } else {
             format!(
-                "{} (syncs every {:.0})",
+                "{} (syncs every {:.0} before)",
                 mm(
                     &col(&|r| r.gap.map_or(f64::NAN, |d| d.as_secs_f64() * 1e3)),
                     0,
@@ -1628,8 +1639,9 @@ fn layout_change(opts: &Opts, lab: &mut Lab<'_>, out: &mut String) -> Result<()>
         out,
         "\nEntries copied = pre-copy + journal replay. Control-plane gap = the old agent's last \
          sync → the successor's first sync (log timestamps), i.e. how long the edit stream went \
-         unapplied around the handover; \"syncs every\" is the old agent's median sync interval \
-         before it (one parse of the 10 000-service file per sync). \"sync\" in the freeze column: \
+         unapplied around the handover; \"syncs every … before\" is the old agent's median sync \
+         interval under the same edit stream before the handover (one parse of the 10 000-service \
+         file per sync). \"sync\" in the freeze column: \
          the freeze waited that long for a sync of the old agent that was in flight when `Freeze` \
          arrived (its `synced` log line falls inside the freeze). \
          Edit rounds made {edits} edits of the services file in total; agents poll it every \
