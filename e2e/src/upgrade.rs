@@ -40,7 +40,9 @@ pub enum UpgradeError {
         source: std::io::Error,
     },
     /// The agent exited while it was expected to run.
-    #[error("baton-agent (pid {pid}) exited with {status} while {what}; log tail:\n{log}")]
+    #[error(
+        "baton-agent (pid {pid}) exited with {status} while waiting for {what}; log tail:\n{log}"
+    )]
     Exited {
         /// Its pid.
         pid: u32,
