@@ -47,28 +47,47 @@ impl Agent {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn agent");
-        let a = Self { child, run_dir, bpffs: env.pin_dir.clone() };
+        let a = Self {
+            child,
+            run_dir,
+            bpffs: env.pin_dir.clone(),
+        };
         a.wait_status(|s| s["last_sync"].is_object(), "first sync");
         a
     }
 
     fn cli(&self, cmd: &str) -> Output {
-        Command::new(agent_bin()).args([cmd, "--run-dir"]).arg(&self.run_dir).arg("--bpffs").arg(&self.bpffs).output().expect("cli")
+        Command::new(agent_bin())
+            .args([cmd, "--run-dir"])
+            .arg(&self.run_dir)
+            .arg("--bpffs")
+            .arg(&self.bpffs)
+            .output()
+            .expect("cli")
     }
 
     fn json(&self, cmd: &str) -> serde_json::Value {
         let out = self.cli(cmd);
-        assert!(out.status.success(), "{cmd}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{cmd}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         serde_json::from_slice(&out.stdout).expect("json")
     }
 
-    fn wait_status(&self, ok: impl Fn(&serde_json::Value) -> bool, what: &str) -> serde_json::Value {
+    fn wait_status(
+        &self,
+        ok: impl Fn(&serde_json::Value) -> bool,
+        what: &str,
+    ) -> serde_json::Value {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if self.run_dir.join("admin.sock").exists() {
                 let out = self.cli("status");
                 if out.status.success() {
-                    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status json");
+                    let v: serde_json::Value =
+                        serde_json::from_slice(&out.stdout).expect("status json");
                     if ok(&v) {
                         return v;
                     }
@@ -102,16 +121,25 @@ impl Drop for Agent {
 const BACKENDS: [&str; 3] = ["127.0.0.10:8080", "127.0.0.11:8080", "127.0.0.12:8080"];
 
 fn services(eps: &[&str]) -> String {
-    let eps: String = eps.iter().map(|e| format!("      - address: {e}\n")).collect();
+    let eps: String = eps
+        .iter()
+        .map(|e| format!("      - address: {e}\n"))
+        .collect();
     format!("services:\n  - name: web\n    vips: [10.96.0.10]\n    ports:\n      - port: 80\n        targetPort: 8080\n    endpoints:\n{eps}")
 }
 
 fn traffic(env: &TestEnv) -> baton_e2e::report::Report {
-    let mut run = ProbeRun::new().cgroup(&env.cgroup).target("10.96.0.10:80".parse().expect("addr")).connects(200);
+    let mut run = ProbeRun::new()
+        .cgroup(&env.cgroup)
+        .target("10.96.0.10:80".parse().expect("addr"))
+        .connects(200);
     for b in BACKENDS {
         run = run.backend(b.parse().expect("addr"));
     }
-    let out = run.command(probe_bin().expect("probe")).output().expect("probe");
+    let out = run
+        .command(probe_bin().expect("probe"))
+        .output()
+        .expect("probe");
     parse_report(&out.stdout).expect("report")
 }
 
@@ -121,7 +149,8 @@ fn identities(r: &baton_e2e::report::Report) -> Vec<String> {
 
 fn scrape(addr: &str) -> String {
     let mut s = TcpStream::connect(addr).expect("metrics connect");
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").expect("write");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("write");
     let mut body = String::new();
     s.read_to_string(&mut body).expect("read");
     body
@@ -147,9 +176,15 @@ fn agent_serves_follows_edits_rejects_bad_files_and_tears_down() {
     std::fs::write(&file, services(&["127.0.0.300"])).expect("break");
     let st = agent.wait_status(|s| s["source_error"].is_string(), "rejection");
     let msg = st["source_error"].as_str().unwrap_or_default();
-    assert!(msg.contains("services.yaml:8:") && msg.contains("address"), "{msg}");
+    assert!(
+        msg.contains("services.yaml:8:") && msg.contains("address"),
+        "{msg}"
+    );
     let r = traffic(&env);
-    assert_eq!((r.totals.ok, identities(&r)), (200, vec!["127.0.0.12:8080".to_string()]));
+    assert_eq!(
+        (r.totals.ok, identities(&r)),
+        (200, vec!["127.0.0.12:8080".to_string()])
+    );
 
     let v = agent.json("verify");
     assert_eq!(v["violations"], serde_json::json!([]), "{v}");
@@ -157,13 +192,23 @@ fn agent_serves_follows_edits_rejects_bad_files_and_tears_down() {
     assert_eq!(dump["services"][0]["name"], "web");
     let m = scrape("127.0.0.1:19095");
     assert!(m.starts_with("HTTP/1.1 200 OK"), "{m}");
-    assert!(m.contains("baton_datapath_connects_total{result=\"redirected\"}"), "{m}");
+    assert!(
+        m.contains("baton_datapath_connects_total{result=\"redirected\"}"),
+        "{m}"
+    );
     assert!(m.contains("baton_source_errors_total 1"), "{m}");
 
     agent.stop();
-    assert!(!env.pin_dir.join("maps/frontend").exists(), "full teardown removes pins");
+    assert!(
+        !env.pin_dir.join("maps/frontend").exists(),
+        "full teardown removes pins"
+    );
     let r = traffic(&env);
-    assert_eq!(r.totals.ok, 0, "VIP no longer served after teardown: {:?}", r.totals);
+    assert_eq!(
+        r.totals.ok, 0,
+        "VIP no longer served after teardown: {:?}",
+        r.totals
+    );
 }
 
 #[test]
@@ -175,13 +220,36 @@ fn keep_datapath_survives_the_agent_and_a_restart_adopts_it() {
     agent.stop();
     // No agent running: the pinned links and maps keep serving.
     let r = traffic(&env);
-    assert_eq!((r.totals.ok, identities(&r).len()), (200, 2), "{:?}", r.totals);
-    let out = Command::new(agent_bin()).arg("verify").arg("--bpffs").arg(&env.pin_dir).arg("--run-dir").arg(env.path("none")).output().expect("verify");
-    assert!(out.status.success(), "offline verify: {}", String::from_utf8_lossy(&out.stdout));
+    assert_eq!(
+        (r.totals.ok, identities(&r).len()),
+        (200, 2),
+        "{:?}",
+        r.totals
+    );
+    let out = Command::new(agent_bin())
+        .arg("verify")
+        .arg("--bpffs")
+        .arg(&env.pin_dir)
+        .arg("--run-dir")
+        .arg(env.path("none"))
+        .output()
+        .expect("verify");
+    assert!(
+        out.status.success(),
+        "offline verify: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 
     let again = Agent::start(&env, &file, "127.0.0.1:19096", &[]);
     let st = again.json("status");
-    assert_eq!((st["adopted_maps"].as_bool(), st["generation"].as_u64()), (Some(true), Some(2)), "{st}");
-    assert_eq!(st["last_sync"]["writes"], 0, "adoption rewrote nothing: {st}");
+    assert_eq!(
+        (st["adopted_maps"].as_bool(), st["generation"].as_u64()),
+        (Some(true), Some(2)),
+        "{st}"
+    );
+    assert_eq!(
+        st["last_sync"]["writes"], 0,
+        "adoption rewrote nothing: {st}"
+    );
     again.stop();
 }
