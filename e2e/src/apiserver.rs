@@ -322,3 +322,64 @@ impl Drop for ApiServer {
         }
     }
 }
+
+/// Installs the agent's RBAC exactly as `charts/baton/templates/agent-rbac.yaml`
+/// has it, into namespace `ns` (which must exist). The template uses only the
+/// `baton.agentName` helper and the release namespace; they are substituted as
+/// the chart's defaults render them, so a change to the chart shows up in the
+/// tests that run as the agent. Panics (test harness) on anything unexpected.
+pub async fn install_agent_rbac(client: &kube::Client, ns: &str) {
+    use kube::api::{Api, ApiResource, DynamicObject, PostParams};
+
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/baton/templates/agent-rbac.yaml");
+    let template = fs::read_to_string(&path).expect("reading the chart's agent RBAC");
+    let text: String = template
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("{{-"))
+        .map(|l| {
+            l.replace("{{ include \"baton.agentName\" . }}", "baton-agent")
+                .replace("{{ .Release.Namespace }}", ns)
+                + "\n"
+        })
+        .collect();
+    assert!(
+        !text.contains("{{"),
+        "agent-rbac.yaml uses template syntax this test does not know:\n{text}"
+    );
+    let pp = PostParams::default();
+    for doc in text.split("\n---\n") {
+        let obj: DynamicObject = serde_yaml::from_str(doc).expect("agent RBAC document parses");
+        let types = obj
+            .types
+            .clone()
+            .expect("agent RBAC document has apiVersion and kind");
+        let (plural, namespaced) = match types.kind.as_str() {
+            "ServiceAccount" => ("serviceaccounts", true),
+            "Role" => ("roles", true),
+            "RoleBinding" => ("rolebindings", true),
+            "ClusterRole" => ("clusterroles", false),
+            "ClusterRoleBinding" => ("clusterrolebindings", false),
+            other => panic!("unexpected kind {other:?} in agent-rbac.yaml"),
+        };
+        let (group, version) = types
+            .api_version
+            .split_once('/')
+            .unwrap_or(("", types.api_version.as_str()));
+        let resource = ApiResource {
+            group: group.into(),
+            version: version.into(),
+            api_version: types.api_version.clone(),
+            kind: types.kind.clone(),
+            plural: plural.into(),
+        };
+        let api: Api<DynamicObject> = if namespaced {
+            Api::namespaced_with(client.clone(), ns, &resource)
+        } else {
+            Api::all_with(client.clone(), &resource)
+        };
+        api.create(&pp, &obj)
+            .await
+            .unwrap_or_else(|e| panic!("creating the agent's {}: {e}", types.kind));
+    }
+}

@@ -45,7 +45,7 @@ use std::process::{Child, Command, Output};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use baton_e2e::apiserver::ApiServer;
+use baton_e2e::apiserver::{install_agent_rbac, ApiServer};
 use baton_e2e::harness::{agent_bin_for_layout, parse_report, probe_bin, ProbeRun};
 use baton_e2e::kernel::cgroup_root;
 use baton_e2e::report::Report;
@@ -60,8 +60,7 @@ use kube::runtime::watcher;
 use serde_json::{json, Value};
 
 use crate::kube_support::{
-    container_status, create_namespace, eventually, install_agent_rbac, install_crd,
-    OperatorProcess, MANAGER,
+    container_status, create_namespace, eventually, install_crd, OperatorProcess, MANAGER,
 };
 
 /// Namespace of the KmeshUpgrade and the agent pods (the chart's release namespace).

@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 
 use baton_e2e::shim::standin::record_file;
 use k8s_openapi::api::core::v1::{ContainerStatus, Namespace, Pod, ServiceAccount};
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
@@ -63,63 +62,6 @@ pub async fn create_service_account(client: &kube::Client, ns: &str, name: &str)
         .create(&PostParams::default(), &sa)
         .await
         .unwrap_or_else(|e| panic!("creating service account {ns}/{name}: {e}"));
-}
-
-/// Installs the agent's RBAC exactly as `charts/baton/templates/agent-rbac.yaml`
-/// has it (service account `baton-agent`, list/watch of Services and
-/// EndpointSlices, get of pods and patch of pods/status) in namespace `ns`,
-/// which must exist. The template's `include` helpers and release namespace
-/// are substituted as the chart's defaults render them, so a change to the
-/// chart shows up here (as in the agent's own `kube_report` tests).
-pub async fn install_agent_rbac(client: &kube::Client, ns: &str) {
-    let path = repo_root().join("charts/baton/templates/agent-rbac.yaml");
-    let template = std::fs::read_to_string(&path).expect("reading the chart's agent RBAC");
-    let text: String = template
-        .lines()
-        .filter(|l| !l.trim_start().starts_with("{{-"))
-        .map(|l| {
-            l.replace("{{ include \"baton.agentName\" . }}", "baton-agent")
-                .replace("{{ .Release.Namespace }}", ns)
-                + "\n"
-        })
-        .collect();
-    assert!(
-        !text.contains("{{"),
-        "agent-rbac.yaml uses template syntax this test does not know:\n{text}"
-    );
-    let pp = PostParams::default();
-    for doc in text.split("\n---\n") {
-        let value: serde_json::Value =
-            serde_yaml::from_str(doc).expect("agent RBAC document parses");
-        let kind = value["kind"].as_str().unwrap_or_default().to_owned();
-        let created = match kind.as_str() {
-            "ServiceAccount" => Api::<ServiceAccount>::namespaced(client.clone(), ns)
-                .create(&pp, &serde_json::from_value(value).expect("ServiceAccount"))
-                .await
-                .map(drop),
-            "ClusterRole" => Api::<ClusterRole>::all(client.clone())
-                .create(&pp, &serde_json::from_value(value).expect("ClusterRole"))
-                .await
-                .map(drop),
-            "ClusterRoleBinding" => Api::<ClusterRoleBinding>::all(client.clone())
-                .create(
-                    &pp,
-                    &serde_json::from_value(value).expect("ClusterRoleBinding"),
-                )
-                .await
-                .map(drop),
-            "Role" => Api::<Role>::namespaced(client.clone(), ns)
-                .create(&pp, &serde_json::from_value(value).expect("Role"))
-                .await
-                .map(drop),
-            "RoleBinding" => Api::<RoleBinding>::namespaced(client.clone(), ns)
-                .create(&pp, &serde_json::from_value(value).expect("RoleBinding"))
-                .await
-                .map(drop),
-            other => panic!("unexpected kind {other:?} in agent-rbac.yaml"),
-        };
-        created.unwrap_or_else(|e| panic!("creating the agent's {kind}: {e}"));
-    }
 }
 
 /// Applies `crds/kmeshupgrade.yaml` and waits until it is Established.

@@ -3,10 +3,7 @@
 
 #![allow(dead_code)] // each test binary uses a different subset
 
-use std::path::PathBuf;
-
-use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::{ClusterResourceScope, NamespaceResourceScope};
 use kube::api::{Api, PostParams};
 use serde::de::DeserializeOwned;
@@ -60,40 +57,8 @@ pub async fn namespaces(client: &kube::Client, names: &[&str]) {
     }
 }
 
-/// Installs the agent's RBAC exactly as `charts/baton/templates/agent-rbac.yaml`
-/// has it, in `RELEASE_NAMESPACE` (created here). The template uses only
-/// `include` helpers and the release namespace; they are substituted as the
-/// chart's defaults render them, so a change to the chart shows up here.
+/// Installs the chart's agent RBAC in `RELEASE_NAMESPACE` (created here).
 pub async fn install_agent_rbac(client: &kube::Client) {
     namespaces(client, &[RELEASE_NAMESPACE]).await;
-    let path =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../charts/baton/templates/agent-rbac.yaml");
-    let template = std::fs::read_to_string(&path).expect("reading the chart's agent RBAC");
-    let text: String = template
-        .lines()
-        .filter(|l| !l.trim_start().starts_with("{{-"))
-        .map(|l| {
-            l.replace("{{ include \"baton.agentName\" . }}", "baton-agent")
-                .replace("{{ .Release.Namespace }}", RELEASE_NAMESPACE)
-                + "\n"
-        })
-        .collect();
-    assert!(
-        !text.contains("{{"),
-        "agent-rbac.yaml uses template syntax this test does not know:\n{text}"
-    );
-    let ns = RELEASE_NAMESPACE;
-    for doc in text.split("\n---\n") {
-        let value: Value = serde_yaml::from_str(doc).expect("agent RBAC document parses");
-        match value["kind"].as_str() {
-            Some("ServiceAccount") => drop(create::<ServiceAccount>(client, ns, value).await),
-            Some("ClusterRole") => drop(create_global::<ClusterRole>(client, value).await),
-            Some("ClusterRoleBinding") => {
-                drop(create_global::<ClusterRoleBinding>(client, value).await)
-            }
-            Some("Role") => drop(create::<Role>(client, ns, value).await),
-            Some("RoleBinding") => drop(create::<RoleBinding>(client, ns, value).await),
-            other => panic!("unexpected kind {other:?} in agent-rbac.yaml"),
-        }
-    }
+    baton_e2e::apiserver::install_agent_rbac(client, RELEASE_NAMESPACE).await;
 }
