@@ -4,27 +4,22 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use baton_e2e::harness::{parse_report, probe_bin, ProbeRun};
+use baton_agent::sys;
+use baton_e2e::harness::{agent_bin_for_layout, parse_report, probe_bin, ProbeRun};
 use baton_e2e::kernel::TestEnv;
 
+/// This build's agent (the layout the tests were compiled with).
 fn agent_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("BATON_AGENT_BIN") {
-        return p.into();
-    }
-    let exe = std::env::current_exe().expect("current exe");
-    exe.ancestors()
-        .skip(1)
-        .take(2)
-        .map(|d| d.join("baton-agent"))
-        .find(|p| p.is_file())
-        .expect("baton-agent not built: run `cargo build --workspace --bins` first")
+    agent_bin_for_layout(baton_ebpf::LAYOUT_VERSION).unwrap_or_else(|e| panic!("{e}"))
 }
 
 struct Agent {
+    bin: PathBuf,
     child: Child,
     run_dir: PathBuf,
     bpffs: PathBuf,
@@ -32,8 +27,18 @@ struct Agent {
 
 impl Agent {
     fn start(env: &TestEnv, services: &Path, metrics: &str, extra: &[&str]) -> Self {
+        Self::start_bin(agent_bin(), env, services, metrics, extra)
+    }
+
+    fn start_bin(
+        bin: PathBuf,
+        env: &TestEnv,
+        services: &Path,
+        metrics: &str,
+        extra: &[&str],
+    ) -> Self {
         let run_dir = env.path("run");
-        let child = Command::new(agent_bin())
+        let child = Command::new(&bin)
             .args(["run", "--services"])
             .arg(services)
             .arg("--cgroup")
@@ -48,6 +53,7 @@ impl Agent {
             .spawn()
             .expect("spawn agent");
         let a = Self {
+            bin,
             child,
             run_dir,
             bpffs: env.pin_dir.clone(),
@@ -57,7 +63,7 @@ impl Agent {
     }
 
     fn cli(&self, cmd: &str) -> Output {
-        Command::new(agent_bin())
+        Command::new(&self.bin)
             .args([cmd, "--run-dir"])
             .arg(&self.run_dir)
             .arg("--bpffs")
@@ -252,4 +258,53 @@ fn keep_datapath_survives_the_agent_and_a_restart_adopts_it() {
         "adoption rewrote nothing: {st}"
     );
     again.stop();
+}
+
+/// Kernel view of a pinned map: (value size, max_entries).
+fn pinned_map(env: &TestEnv, name: &str) -> (u32, u32) {
+    let fd = sys::obj_get(&env.pin_dir.join("maps").join(name)).expect("pinned map");
+    let info = sys::map_info(fd.as_fd()).expect("map info");
+    (info.value_size, info.max_entries)
+}
+
+/// The agent built for map layout 2 (`--features layout-v2`, whatever this
+/// test crate was built with) loads its own object, serves VIPs through it
+/// and leaves layout-2 maps in the kernel.
+#[test]
+fn layout_2_agent_serves_vips_from_layout_2_maps() {
+    let bin = agent_bin_for_layout(2).unwrap_or_else(|e| panic!("layout 2 agent: {e}"));
+    let env = TestEnv::new("layout-v2");
+    let file = env.path("services.yaml");
+    // One endpoint uses the service's target port, one a port override: the
+    // override goes through layout 2's 16-bit `port` member.
+    let services = "services:\n  - name: web\n    vips: [10.96.0.10]\n    ports:\n      - port: 80\n        targetPort: 8080\n    endpoints:\n      - address: 127.0.0.10\n      - {address: 127.0.0.11, port: 8081}\n";
+    std::fs::write(&file, services).expect("write services");
+    let agent = Agent::start_bin(bin, &env, &file, "127.0.0.1:0", &["--no-metrics"]);
+
+    let st = agent.json("status");
+    assert_eq!(st["layout_version"], 2, "{st}");
+    // Only endpoint and backend differ from layout 1 (see docs/architecture.md).
+    assert_eq!(pinned_map(&env, "endpoint"), (8, 262_144));
+    assert_eq!(pinned_map(&env, "backend"), (24, 262_144));
+    assert_eq!(pinned_map(&env, "frontend"), (4, 131_072));
+
+    let mut run = ProbeRun::new()
+        .cgroup(&env.cgroup)
+        .target("10.96.0.10:80".parse().expect("addr"))
+        .connects(200);
+    for b in ["127.0.0.10:8080", "127.0.0.11:8081"] {
+        run = run.backend(b.parse().expect("addr"));
+    }
+    let out = run
+        .command(probe_bin().expect("probe"))
+        .output()
+        .expect("probe");
+    let r = parse_report(&out.stdout).expect("report");
+    assert_eq!(r.totals.ok, 200, "{:?}", r.totals);
+    let seen: Vec<&str> = r.totals.identities.keys().map(String::as_str).collect();
+    assert_eq!(seen, ["127.0.0.10:8080", "127.0.0.11:8081"]);
+
+    let v = agent.json("verify");
+    assert_eq!(v["violations"], serde_json::json!([]), "{v}");
+    agent.stop();
 }
