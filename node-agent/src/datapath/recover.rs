@@ -66,15 +66,26 @@ impl Plan {
             .all(|m| matches!(m.decision, None | Some(Decision::Reuse)))
     }
 
-    /// Counts for the all-reused case.
+    /// Counts per decision, and the maps whose pins move at the end.
     pub fn summary(&self) -> MigrationSummary {
-        let mut s = MigrationSummary::default();
-        for m in &self.maps {
-            match m.decision {
+        MigrationSummary::of(self.maps.iter().map(|m| (m.name, m.decision.as_ref())))
+    }
+}
+
+impl MigrationSummary {
+    /// Counts per decision (`None`: no such map existed, created); migrated
+    /// and recreated maps are the `replaced` ones.
+    pub fn of<'a>(decisions: impl IntoIterator<Item = (&'a str, Option<&'a Decision>)>) -> Self {
+        let mut s = Self::default();
+        for (name, d) in decisions {
+            match d {
                 None => s.created += 1,
                 Some(Decision::Reuse) => s.reused += 1,
                 Some(Decision::Migrate(_)) => s.migrated += 1,
                 Some(Decision::RecreateEmpty) => s.recreated += 1,
+            }
+            if matches!(d, Some(Decision::Migrate(_) | Decision::RecreateEmpty)) {
+                s.replaced.push(name.to_string());
             }
         }
         s
@@ -134,12 +145,7 @@ pub fn decide_for(
     known: &[MapLayout],
 ) -> Result<Decision, DatapathError> {
     let old = MapLayout::from_fd_or_known(fd, name, known)?;
-    let live = if old.same_as(want) {
-        None
-    } else {
-        Some(migrate::live_entries(fd, &old)?)
-    };
-    Ok(migrate::decide(&old, want, live)?)
+    Ok(migrate::decide_live(fd, &old, want)?)
 }
 
 /// Loads the build in a staging directory, reusing and migrating as planned.
@@ -159,26 +165,19 @@ pub fn migrate(
         let maps = MapSet::open_pinned(&stage.dir)?;
         let t0 = Instant::now();
         for m in &plan.maps {
-            match (&m.old, &m.decision) {
-                (Some(old), Some(Decision::Migrate(conv))) => {
-                    let new = maps.by_name(m.name).ok_or_else(|| {
-                        DatapathError::Load(format!("map {} missing after load", m.name))
-                    })?;
-                    let st = migrate::copy_all(old.as_fd(), new.fd(), conv)?;
-                    tracing::info!(
-                        map = m.name,
-                        entries = st.entries,
-                        batch = st.batch,
-                        micros = st.duration.as_micros() as u64,
-                        "migrated map from pins"
-                    );
-                    summary.entries_copied += st.entries;
-                    summary.replaced.push(m.name.to_string());
-                }
-                (Some(_), Some(Decision::RecreateEmpty)) => {
-                    summary.replaced.push(m.name.to_string())
-                }
-                _ => {}
+            if let (Some(old), Some(Decision::Migrate(conv))) = (&m.old, &m.decision) {
+                let new = maps.by_name(m.name).ok_or_else(|| {
+                    DatapathError::Load(format!("map {} missing after load", m.name))
+                })?;
+                let st = migrate::copy_all(old.as_fd(), new.fd(), conv)?;
+                tracing::info!(
+                    map = m.name,
+                    entries = st.entries,
+                    batch = st.batch,
+                    micros = st.duration.as_micros() as u64,
+                    "migrated map from pins"
+                );
+                summary.entries_copied += st.entries;
             }
         }
         summary.copy_us = t0.elapsed().as_micros() as u64;

@@ -309,15 +309,7 @@ fn run(s: &Session, cfg: &SuccessorConfig, stage_out: &mut Option<Stage>) -> R<T
         let old = received.maps.get(&want.name).ok_or_else(|| {
             local(ErrorCode::BadFd)(format!("the offer has no map {}", want.name))
         })?;
-        let live = if old.layout.same_as(want) {
-            None
-        } else {
-            Some(
-                migrate::live_entries(old.fd.as_fd(), &old.layout)
-                    .map_err(|e| local(ErrorCode::Migration)(e.to_string()))?,
-            )
-        };
-        let d = migrate::decide(&old.layout, want, live)
+        let d = migrate::decide_live(old.fd.as_fd(), &old.layout, want)
             .map_err(|e| local(ErrorCode::Migration)(e.to_string()))?;
         decisions.push((want.name.clone(), d));
     }
@@ -346,20 +338,7 @@ fn run(s: &Session, cfg: &SuccessorConfig, stage_out: &mut Option<Stage>) -> R<T
     })?;
     let maps =
         MapSet::open_pinned(&stage_dir).map_err(|e| local(ErrorCode::Internal)(e.to_string()))?;
-    let mut summary = MigrationSummary::default();
-    for (name, d) in &decisions {
-        match d {
-            Decision::Reuse => summary.reused += 1,
-            Decision::Migrate(_) => {
-                summary.migrated += 1;
-                summary.replaced.push(name.clone());
-            }
-            Decision::RecreateEmpty => {
-                summary.recreated += 1;
-                summary.replaced.push(name.clone());
-            }
-        }
-    }
+    let mut summary = MigrationSummary::of(decisions.iter().map(|(n, d)| (n.as_str(), Some(d))));
 
     let ready = Instant::now();
     s.send(&Msg::Prepare, &[])?;

@@ -95,6 +95,21 @@ pub fn decide(
     }
 }
 
+/// [`decide`] for the live map `old_fd` of layout `old`: its entries are
+/// counted (for the shrink check) only when the layouts differ.
+pub fn decide_live(
+    old_fd: std::os::fd::BorrowedFd<'_>,
+    old: &MapLayout,
+    new: &MapLayout,
+) -> Result<Decision, MigrateError> {
+    let live = if old.same_as(new) {
+        None
+    } else {
+        Some(super::live_entries(old_fd, old)?)
+    };
+    decide(old, new, live)
+}
+
 /// One line saying what differs between two layouts.
 pub fn summary(old: &MapLayout, new: &MapLayout) -> String {
     let mut d = Vec::new();

@@ -37,7 +37,7 @@ pub use copy::{
     copy_all, copy_all_with, dump, dump_with, live_entries, replay, CopyStats, RawEntry,
 };
 pub use create::create_map;
-pub use decide::{decide, policy, summary, Decision, Policy};
+pub use decide::{decide, decide_live, policy, summary, Decision, Policy};
 pub use io::{BatchMode, CopyOptions, BATCH_ENV};
 pub use layout::{same_shape, MapLayout};
 
