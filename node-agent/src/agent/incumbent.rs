@@ -144,12 +144,10 @@ impl Incumbent for Shared {
     fn clean_staging(&self, peer_pid: i32) {
         // A successor killed mid-session closes the connection while it is
         // still exiting: when it left a staging directory (named by its pid,
-        // see `Stage::create`), give it a moment to be gone, then remove it
-        // (`clean_stale` alone would spare it while it is a zombie).
-        let name = format!("staging-{peer_pid}");
-        let dir = self.dp.pin_dir.join(&name);
-        if peer_pid > 0 && dir.exists() && !crate::handover::successor::alive(peer_pid) {
-            stage::Stage { dir, name }.remove();
+        // see `Stage::create`), give it a moment to be gone, so that
+        // `clean_stale` (which counts a zombie as gone) removes it now.
+        if peer_pid > 0 && self.dp.pin_dir.join(format!("staging-{peer_pid}")).exists() {
+            let _ = crate::handover::successor::alive(peer_pid);
         }
         stage::clean_stale(&self.dp.pin_dir);
     }

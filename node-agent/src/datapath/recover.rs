@@ -129,7 +129,7 @@ pub fn plan(cfg: &DatapathConfig) -> Result<Plan, DatapathError> {
 /// without kernel BTF).
 pub fn known_layouts() -> Vec<MapLayout> {
     let mut all = Vec::new();
-    for v in 1..=2 {
+    for &v in baton_ebpf::LAYOUTS.iter() {
         if let Ok(Some(mut l)) = MapLayout::known(v) {
             all.append(&mut l);
         }

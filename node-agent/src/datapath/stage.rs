@@ -118,13 +118,25 @@ pub fn clean_stale(pin_dir: &Path) {
         else {
             continue;
         };
-        let alive = pid == std::process::id() as i32
-            || nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok();
-        if !alive {
+        if pid != std::process::id() as i32 && !process_running(pid) {
             tracing::info!(dir = %e.path().display(), "removing a dead agent's staging pins");
             remove_dir(&e.path());
         }
     }
+}
+
+/// Whether process `pid` exists and is not a zombie (a killed agent its
+/// parent has not reaped yet counts as gone).
+pub fn process_running(pid: i32) -> bool {
+    pid > 0
+        && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
+        && std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| {
+                s.rsplit_once(')')
+                    .map(|(_, rest)| rest.trim_start().starts_with('Z'))
+            })
+            .is_some_and(|zombie| !zombie)
 }
 
 fn remove_dir(dir: &Path) {

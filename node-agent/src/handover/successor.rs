@@ -135,19 +135,8 @@ pub(crate) fn alive(pid: i32) -> bool {
         // tell, so never conclude it died (no self-commit, no recovery).
         return true;
     }
-    let running = || {
-        pid > 0
-            && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
-            && std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .ok()
-                .and_then(|s| {
-                    s.rsplit_once(')')
-                        .map(|(_, rest)| rest.trim_start().starts_with('Z'))
-                })
-                .is_some_and(|zombie| !zombie)
-    };
     let until = Instant::now() + Duration::from_millis(500);
-    while running() {
+    while stage::process_running(pid) {
         if Instant::now() >= until {
             return true;
         }
