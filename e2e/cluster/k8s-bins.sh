@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
-# Builds (or reuses) the kube-apiserver and etcd binaries that the operator's
-# real-API-server tests start on loopback. No Docker, no kind: both are built
-# from their Go modules through the Go module proxy.
+# Builds (or reuses) the Kubernetes binaries the tests start on loopback:
+# etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kubelet (the real-node rig,
+# e2e/node/). No Docker, no kind: all are built from their Go modules through
+# the Go module proxy, the Kubernetes commands in one `go build` so they
+# share one compilation of the tree.
 #
 # Usage: e2e/cluster/k8s-bins.sh            # build if missing, print the bin dir
 #        export BATON_K8S_BIN_DIR=$(e2e/cluster/k8s-bins.sh)
 #
 # Env: BATON_CACHE (default ~/.cache/baton), BATON_K8S_VERSION (default v1.34.4),
-#      BATON_ETCD_VERSION (default v3.6.16), BATON_GO (default: go on PATH).
+#      BATON_ETCD_VERSION (default v3.6.16), BATON_HELM_VERSION (default v4.3.2),
+#      BATON_GO (default: go on PATH).
 #
 # Why the rewrite below: k8s.io/kubernetes and etcd's server module both point
 # their sibling modules at relative paths (`replace k8s.io/api => ./staging/...`,
@@ -19,6 +22,7 @@ set -euo pipefail
 
 K8S_VERSION="${BATON_K8S_VERSION:-v1.34.4}"
 ETCD_VERSION="${BATON_ETCD_VERSION:-v3.6.16}"
+HELM_VERSION="${BATON_HELM_VERSION:-v4.3.2}"
 CACHE="${BATON_CACHE:-$HOME/.cache/baton}"
 OUT="$CACHE/k8s/$K8S_VERSION"
 GO="${BATON_GO:-go}"
@@ -57,19 +61,24 @@ for r in mod.get("Replace") or []:
 ' "$2" | xargs "$GO" mod edit)
 }
 
-build_apiserver() {
-  local src="$CACHE/k8s/src/kubernetes-$K8S_VERSION" minor staging
+K8S_CMDS=(kube-apiserver kube-controller-manager kube-scheduler kubelet)
+
+# build_k8s CMD...: build the given commands of k8s.io/kubernetes in one go.
+build_k8s() {
+  local src="$CACHE/k8s/src/kubernetes-$K8S_VERSION" minor staging tmp="$OUT/.build" pkgs=() c
   minor=$(echo "$K8S_VERSION" | cut -d. -f2)
   staging="v0.${K8S_VERSION#v1.}"
-  log "building kube-apiserver $K8S_VERSION (staging modules $staging)"
+  log "building $* $K8S_VERSION (staging modules $staging)"
   module_src k8s.io/kubernetes "$K8S_VERSION" "$src"
   pin_relative_replaces "$src" "$staging"
+  for c in "$@"; do pkgs+=("./cmd/$c"); done
+  rm -rf "$tmp" && mkdir -p "$tmp"
   local v=k8s.io/component-base/version
   (cd "$src" && "$GO" build -trimpath \
     -ldflags "-s -w -X $v.gitVersion=$K8S_VERSION -X $v.gitMajor=1 -X $v.gitMinor=$minor -X $v.gitTreeState=clean" \
-    -o "$OUT/kube-apiserver.tmp" ./cmd/kube-apiserver)
-  mv "$OUT/kube-apiserver.tmp" "$OUT/kube-apiserver"
-  rm -rf "$src"
+    -o "$tmp/" "${pkgs[@]}")
+  for c in "$@"; do mv "$tmp/$c" "$OUT/$c"; done
+  rm -rf "$src" "$tmp"
 }
 
 build_etcd() {
@@ -81,6 +90,15 @@ build_etcd() {
   mv "$OUT/etcd.tmp" "$OUT/etcd"
   echo "$ETCD_VERSION" >"$OUT/etcd.version"
   rm -rf "$src"
+}
+
+# Helm, for the real-node scenarios (`helm install`/`upgrade` of charts/baton).
+build_helm() {
+  log "building helm $HELM_VERSION"
+  GOBIN="$OUT/.helm" "$GO" install -trimpath -ldflags "-s -w" "helm.sh/helm/v4/cmd/helm@$HELM_VERSION"
+  mv "$OUT/.helm/helm" "$OUT/helm"
+  rm -rf "$OUT/.helm"
+  echo "$HELM_VERSION" >"$OUT/helm.version"
 }
 
 timed() {
@@ -95,9 +113,16 @@ if [ -x "$OUT/etcd" ] && [ "$(cat "$OUT/etcd.version" 2>/dev/null)" = "$ETCD_VER
 else
   timed build_etcd
 fi
-if [ -x "$OUT/kube-apiserver" ]; then
-  log "reusing $OUT/kube-apiserver"
+missing=()
+for c in "${K8S_CMDS[@]}"; do
+  if [ -x "$OUT/$c" ]; then log "reusing $OUT/$c"; else missing+=("$c"); fi
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  timed build_k8s "${missing[@]}"
+fi
+if [ -x "$OUT/helm" ] && [ "$(cat "$OUT/helm.version" 2>/dev/null)" = "$HELM_VERSION" ]; then
+  log "reusing $OUT/helm"
 else
-  timed build_apiserver
+  timed build_helm
 fi
 echo "$OUT"

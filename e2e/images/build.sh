@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# Builds Baton's container images from host-built binaries, without a registry.
+#
+#   e2e/images/build.sh [--tool buildah|docker] [--tag TAG] [--profile release|dev]
+#                       [--out DIR] [--skip-cargo]
+#
+# Images (each *.Dockerfile here names its repository in a dev.baton.image label):
+#   ghcr.io/baton-dev/baton-agent:TAG-v1     baton-agent, map layout 1
+#   ghcr.io/baton-dev/baton-agent:TAG-v2     baton-agent --features layout-v2 (map layout 2)
+#   ghcr.io/baton-dev/baton-operator:TAG     baton-operator
+#   ghcr.io/baton-dev/baton-probe:TAG        baton-probe (test backends/clients)
+#   ghcr.io/baton-dev/baton-empty:1          static pause (idle slot, rig sandbox)
+#
+# Each image is FROM scratch: the binary plus the shared libraries `ldd` lists,
+# so one definition serves buildah (the real-node rig, e2e/node/) and docker
+# (e2e/kind/run.sh). With buildah the images are also written to --out as
+# docker-archive tars (NAME.tar) for `ctr images import`.
+#
+# Env: CARGO (default cargo), BATON_CACHE (default ~/.cache/baton: buildah's
+# storage lives under it).
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+tool=buildah tag=dev profile=release out="" skip_cargo=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --tool) tool=$2; shift 2 ;;
+    --tag) tag=$2; shift 2 ;;
+    --profile) profile=$2; shift 2 ;;
+    --out) out=$2; shift 2 ;;
+    --skip-cargo) skip_cargo=1; shift ;;
+    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+    *) echo "build.sh: unknown argument $1" >&2; exit 2 ;;
+  esac
+done
+case "$tool" in buildah|docker) ;; *) echo "build.sh: --tool buildah|docker" >&2; exit 2 ;; esac
+command -v "$tool" >/dev/null || { echo "build.sh: $tool not found (Debian: apt-get install $tool)" >&2; exit 2; }
+command -v gcc >/dev/null || { echo "build.sh: gcc not found (the empty image's pause program)" >&2; exit 2; }
+
+CACHE="${BATON_CACHE:-$HOME/.cache/baton}"
+CARGO="${CARGO:-cargo}"
+[ "$profile" = dev ] && bin_dir="$repo/target/debug" || bin_dir="$repo/target/$profile"
+ctx=$(mktemp -d "${TMPDIR:-/tmp}/baton-images.XXXXXX")
+trap 'rm -rf "$ctx"' EXIT
+log() { echo "images: $*" >&2; }
+
+# stage NAME BINARY DEST_IN_IMAGE: a context dir with rootfs/ holding the
+# binary and every library it loads (ldd), at their absolute paths.
+stage() {
+  local root="$ctx/$1/rootfs" lib
+  mkdir -p "$root$(dirname "$3")"
+  cp "$2" "$root$3"
+  for lib in $(ldd "$2" 2>/dev/null | grep -o '/[^ ]*' | sort -u); do
+    mkdir -p "$root$(dirname "$lib")"
+    cp -L "$lib" "$root$lib"
+  done
+}
+
+# build DOCKERFILE NAME IMAGE: build the staged context NAME as IMAGE.
+build() {
+  local file="$here/$1" dir="$ctx/$2" image=$3
+  log "$tool build $image ($1)"
+  if [ "$tool" = docker ]; then
+    docker build -q -f "$file" -t "$image" "$dir" >/dev/null
+  else
+    local store=(--storage-driver vfs --root "$CACHE/buildah/root" --runroot "$CACHE/buildah/run")
+    buildah "${store[@]}" bud -q --isolation chroot -f "$file" -t "$image" "$dir" >/dev/null
+    if [ -n "$out" ]; then
+      mkdir -p "$out"
+      rm -f "$out/$2.tar"
+      buildah "${store[@]}" push -q "$image" "docker-archive:$out/$2.tar:$image" >/dev/null
+    fi
+  fi
+}
+
+cargo_profile=(--profile "$profile")
+[ "$profile" = dev ] && sub=debug || sub=$profile
+v2_bin="$repo/target/layout-v2/$sub/baton-agent"
+if [ "$skip_cargo" = 0 ]; then
+  cd "$repo"
+  log "cargo build (profile $profile): baton-agent, baton-operator, baton-probe"
+  "$CARGO" build -q --locked "${cargo_profile[@]}" -p baton-agent -p baton-operator -p baton-e2e \
+    --bin baton-agent --bin baton-operator --bin baton-probe
+  # The layout-2 agent where the e2e tests look for it
+  # (baton_e2e::harness::agent_bin_for_layout), so a test run reuses it.
+  log "cargo build (profile $profile): baton-agent layout 2 (target/layout-v2)"
+  "$CARGO" build -q --locked "${cargo_profile[@]}" -p baton-agent --features layout-v2 \
+    --target-dir "$repo/target/layout-v2" --bin baton-agent
+fi
+for b in "$bin_dir/baton-agent" "$bin_dir/baton-operator" "$bin_dir/baton-probe" "$v2_bin"; do
+  [ -x "$b" ] || { echo "build.sh: $b missing (run without --skip-cargo)" >&2; exit 2; }
+done
+mkdir -p "$ctx/bin"
+
+gcc -static -O2 -o "$ctx/bin/pause" "$here/pause.c"
+stage agent-v1 "$bin_dir/baton-agent" /usr/local/bin/baton-agent
+stage agent-v2 "$v2_bin" /usr/local/bin/baton-agent
+stage operator "$bin_dir/baton-operator" /usr/local/bin/baton-operator
+stage probe "$bin_dir/baton-probe" /usr/local/bin/baton-probe
+stage empty "$ctx/bin/pause" /pause
+
+build agent.Dockerfile agent-v1 "ghcr.io/baton-dev/baton-agent:$tag-v1"
+build agent.Dockerfile agent-v2 "ghcr.io/baton-dev/baton-agent:$tag-v2"
+build operator.Dockerfile operator "ghcr.io/baton-dev/baton-operator:$tag"
+build backend.Dockerfile probe "ghcr.io/baton-dev/baton-probe:$tag"
+build empty.Dockerfile empty "ghcr.io/baton-dev/baton-empty:1"
+log "done${out:+ (archives in $out)}"
