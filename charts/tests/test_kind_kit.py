@@ -1,6 +1,7 @@
 """Checks e2e/kind (the kind cluster kit) without Docker: the script parses and
 fails early without its tools, every image the chart defaults to is built by
-one of the kit's Dockerfiles, and those build binaries the workspace has."""
+one of the image definitions in e2e/images (which the real-node rig builds and
+runs with buildah), and those hold binaries the workspace has."""
 
 from __future__ import annotations
 
@@ -17,11 +18,13 @@ from render_chart import CHART, render_objects
 REPO = CHART.parent.parent
 KIT = REPO / "e2e" / "kind"
 RUN = KIT / "run.sh"
-TOOLS = ["docker", "kind", "helm", "kubectl", "curl"]
+IMAGES = REPO / "e2e" / "images"
+BUILD = IMAGES / "build.sh"
+TOOLS = ["docker", "kind", "helm", "kubectl", "curl", "cargo", "gcc"]
 
 
 def dockerfiles() -> dict[str, str]:
-    return {p.name: p.read_text() for p in sorted(KIT.glob("Dockerfile.*")) if p.suffix != ".dockerignore"}
+    return {p.name: p.read_text() for p in sorted(IMAGES.glob("*.Dockerfile"))}
 
 
 def label_image(text: str) -> str | None:
@@ -95,36 +98,36 @@ def test_every_default_chart_image_is_built_by_a_dockerfile():
     assert None not in built, f"a Dockerfile lacks LABEL dev.baton.image: {built}"
     for image in sorted(chart_default_images()):
         repository = image.rsplit(":", 1)[0]
-        assert repository in built, f"{image}: no e2e/kind Dockerfile labels dev.baton.image={repository}"
+        assert repository in built, f"{image}: no e2e/images Dockerfile labels dev.baton.image={repository}"
 
 
-def test_run_script_builds_every_dockerfile_under_its_labelled_name():
+def test_run_script_builds_the_images_with_docker():
     script = RUN.read_text()
-    registry = re.search(r"^registry=(\S+)$", script, re.M).group(1)
-    named = {f"{registry}/{n}" for n in re.findall(r"\$registry/([\w-]+)", script)}
+    assert re.search(r'e2e/images/build\.sh" --tool docker --tag kind', script), "run.sh does not call build.sh"
+
+
+def test_build_script_builds_every_dockerfile_under_its_labelled_name():
+    script = BUILD.read_text()
     for name, text in dockerfiles().items():
-        assert re.search(rf"^\s*build {re.escape(name)} ", script, re.M), f"run.sh does not build {name}"
-        assert label_image(text) in named, f"run.sh does not tag {name} as {label_image(text)}"
+        m = re.search(rf"^build {re.escape(name)} (\S+) \"([^\"]+)\"$", script, re.M)
+        assert m, f"build.sh does not build {name}"
+        assert m.group(2).rsplit(":", 1)[0] == label_image(text), f"{name}: tagged {m.group(2)}"
 
 
-@pytest.mark.parametrize("name", [n for n, t in dockerfiles().items() if "cargo build" in t])
-def test_dockerfiles_build_binaries_of_the_workspace(name):
+@pytest.mark.parametrize("name", [n for n, t in dockerfiles().items() if "/bin/baton-" in t])
+def test_image_entrypoints_are_staged_workspace_binaries(name):
     text = dockerfiles()[name]
-    bins = workspace_bins()
-    packages = re.findall(r"cargo build [^\n]*-p (\S+)", text)
-    targets = re.findall(r"cargo build [^\n]*--bin (\S+)", text)
-    assert packages and len(packages) == len(targets), text
-    for package, target in zip(packages, targets):
-        assert package in bins, f"{name}: no workspace package {package}"
-        assert target in bins[package], f"{name}: {package} has no binary {target} ({bins[package]})"
-    copied = set(re.findall(r"cp target/release/(\S+) ", text))
-    assert copied == set(targets), f"{name}: copies {copied}, builds {targets}"
+    script = BUILD.read_text()
     entry = re.search(r'^ENTRYPOINT \["([^"]+)"', text, re.M).group(1)
-    assert Path(entry).name in targets, f"{name}: entrypoint {entry} is not a built binary"
-    assert "--locked" in text, "the image builds what Cargo.lock pins"
+    context = re.search(rf"^build {re.escape(name)} (\S+) ", script, re.M).group(1)
+    staged = re.search(rf"^stage {re.escape(context)} \S+ (\S+)$", script, re.M)
+    assert staged and staged.group(1) == entry, f"{name}: entrypoint {entry} is not what build.sh stages"
+    all_bins = set().union(*workspace_bins().values())
+    assert Path(entry).name in all_bins, f"{name}: {entry} is not a workspace binary"
+    assert "FROM scratch" in text, f"{name}: images hold only the staged rootfs"
 
 
-def test_the_empty_image_is_a_pinned_pause():
-    text = dockerfiles()["Dockerfile.empty"]
-    base = re.search(r"^FROM (\S+)", text, re.M).group(1)
-    assert re.fullmatch(r"registry\.k8s\.io/pause:\d+\.\d+", base), base
+def test_the_empty_image_is_the_static_pause():
+    script = BUILD.read_text()
+    assert re.search(r"gcc -static .*pause\.c", script), "the pause program is built static"
+    assert re.search(r"^stage empty \S+ /pause$", script, re.M)

@@ -16,7 +16,8 @@ usage: e2e/kind/run.sh [--keep] [--skip-build]
 environment:
   BATON_KIND_CLUSTER      cluster name (default baton); must not exist yet
   BATON_KIND_NODE_IMAGE   kindest/node image (default: kind's own)
-  BATON_KIND_V1, _V2      agent tags of the install and of the upgrade (kind-v1, kind-v2)
+  BATON_KIND_V1, _V2      agent tags of the install and of the upgrade (kind-v1, kind-v2;
+                          other tags only with --skip-build)
   BATON_KIND_AGENT_ARGS   extra agent flags, comma-separated (KmeshUpgrade spec.pod.extraArgs)
   BATON_KIND_TIMEOUT      per-step timeout (default 300s)
 EOF
@@ -36,12 +37,12 @@ done
 # Tools first, before anything changes on this machine (bash builtins only).
 require_tools() {
   local missing=() tool
-  for tool in docker kind helm kubectl curl; do
+  for tool in docker kind helm kubectl curl cargo gcc; do
     command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
   done
   if ((${#missing[@]})); then
     {
-      echo "e2e/kind/run.sh: missing on PATH: ${missing[*]} (it needs docker, kind, helm, kubectl and curl)"
+      echo "e2e/kind/run.sh: missing on PATH: ${missing[*]} (it needs docker, kind, helm, kubectl, curl, cargo and gcc)"
       for tool in "${missing[@]}"; do
         case $tool in
           docker) echo "  docker:  https://docs.docker.com/engine/install/ (with a daemon this user may use)" ;;
@@ -49,6 +50,8 @@ require_tools() {
           helm) echo "  helm:    https://helm.sh/docs/intro/install/" ;;
           kubectl) echo "  kubectl: https://kubernetes.io/docs/tasks/tools/" ;;
           curl) echo "  curl:    apt-get install curl" ;;
+          cargo) echo "  cargo:   https://rustup.rs (the images hold host-built binaries, e2e/images/build.sh)" ;;
+          gcc) echo "  gcc:     apt-get install gcc (the empty image's static pause program)" ;;
         esac
       done
     } >&2
@@ -120,18 +123,12 @@ if kind get clusters 2>/dev/null | grep -x "$cluster" >/dev/null; then
   fail "kind cluster $cluster already exists: delete it (kind delete cluster --name $cluster) or set BATON_KIND_CLUSTER"
 fi
 
-build() {
-  local file=$1 image=$2 context_dir=$3
-  shift 3
-  log "docker build $image ($file)"
-  DOCKER_BUILDKIT=1 docker build -f "$kit/$file" -t "$image" "$@" "$context_dir"
-}
 if ((!skip_build)); then
-  build Dockerfile.operator "$operator_image" "$repo"
-  build Dockerfile.agent "$agent_repo:$v1" "$repo"
-  # The same build under the upgrade's tag; the label makes it a distinct image.
-  build Dockerfile.agent "$agent_repo:$v2" "$repo" --label "dev.baton.tag=$v2"
-  build Dockerfile.empty "$empty_image" "$kit"
+  # The same image definitions the real-node rig builds with buildah
+  # (e2e/images/): host-built binaries, FROM scratch. The `-v2` agent is the
+  # layout-2 build, so the upgrade migrates maps.
+  log "e2e/images/build.sh --tool docker --tag kind"
+  "$repo/e2e/images/build.sh" --tool docker --tag kind
 fi
 
 log "kind create cluster $cluster"
