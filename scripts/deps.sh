@@ -10,6 +10,14 @@ command -v ip >/dev/null || need_apt+=(iproute2)
 command -v iptables-restore >/dev/null || need_apt+=(iptables)
 command -v gcc >/dev/null || need_apt+=(gcc libc6-dev)
 command -v python3 >/dev/null || need_apt+=(python3 python3-pip)
+# The real-node rig (e2e/node/rig.sh) and its images (e2e/images/build.sh).
+command -v containerd >/dev/null || need_apt+=(containerd)
+command -v runc >/dev/null || need_apt+=(runc)
+[ -x /usr/lib/cni/bridge ] || need_apt+=(containernetworking-plugins)
+command -v buildah >/dev/null || need_apt+=(buildah)
+command -v socat >/dev/null || need_apt+=(socat)
+command -v openssl >/dev/null || need_apt+=(openssl)
+command -v bpftool >/dev/null || need_apt+=(bpftool)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo ">> apt-get install ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive

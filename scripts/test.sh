@@ -5,9 +5,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/deps.sh
 
-if [ -x e2e/cluster/k8s-bins.sh ] && [ -z "${BATON_SKIP_APISERVER:-}" ]; then
-  echo ">> kube-apiserver + etcd for the operator tests (cached after the first build)"
-  e2e/cluster/k8s-bins.sh
+if [ -z "${BATON_SKIP_APISERVER:-}" ]; then
+  echo ">> etcd, kube-apiserver, controller-manager, scheduler, kubelet, helm (cached after the first build)"
+  BATON_K8S_BIN_DIR=$(e2e/cluster/k8s-bins.sh)
+  export BATON_K8S_BIN_DIR
 fi
 if [ -f charts/tests/requirements.txt ]; then
   python3 -m pip install -q -r charts/tests/requirements.txt
@@ -22,4 +23,20 @@ cargo test --workspace --locked -- --test-threads="${BATON_TEST_THREADS:-2}"
 if [ -d charts/tests ]; then
   echo ">> chart tests"
   python3 -m pytest -q charts/tests
+fi
+
+if [ -z "${BATON_SKIP_REAL_NODE:-}" ]; then
+  # A real kubelet + containerd (e2e/node/rig.sh): images built here, the
+  # chart installed with Helm, hot upgrades under traffic. The rig is torn
+  # down on any exit, also when a scenario fails.
+  echo ">> real-node scenarios (kubelet + containerd, e2e/node/rig.sh)"
+  images="${BATON_CACHE:-$HOME/.cache/baton}/images"
+  e2e/images/build.sh --profile dev --tag rig --out "$images"
+  cargo test -p baton-e2e --features real-node --test real_node --locked --no-run 2>&1 | tail -n 1
+  trap 'e2e/node/rig.sh down' EXIT
+  e2e/node/rig.sh up --images "$images"
+  e2e/node/rig.sh exec cargo test -p baton-e2e --features real-node --test real_node --locked \
+    --offline -- --test-threads=1
+  e2e/node/rig.sh down
+  trap - EXIT
 fi

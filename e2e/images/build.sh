@@ -51,6 +51,8 @@ stage() {
   local root="$ctx/$1/rootfs" lib
   mkdir -p "$root$(dirname "$3")"
   cp "$2" "$root$3"
+  # Debug info is most of a binary's size; symbols stay for backtraces.
+  strip --strip-debug "$root$3" 2>/dev/null || true
   for lib in $(ldd "$2" 2>/dev/null | grep -o '/[^ ]*' | sort -u); do
     mkdir -p "$root$(dirname "$lib")"
     cp -L "$lib" "$root$lib"

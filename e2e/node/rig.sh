@@ -374,7 +374,7 @@ stop() {
 kill_cgroup_procs() {
   local f
   for f in $(find /sys/fs/cgroup/*/"$CGROUP_ROOT" -name cgroup.procs 2>/dev/null); do
-    xargs -r kill -KILL <"$f" 2>/dev/null || true
+    { xargs -r kill -KILL <"$f"; } 2>/dev/null || true
   done
 }
 

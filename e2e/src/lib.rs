@@ -43,6 +43,8 @@
 //!   with `apiserver::ApiServer` (feature `apiserver`), and play the kubelet
 //!   for fake nodes with [`shim`] / the `baton-node-shim` binary (feature
 //!   `shim`, on by default).
+//! * Real-node scenarios (a real kubelet + containerd, `e2e/node/rig.sh`) run
+//!   inside the rig and drive it with `node` (feature `real-node`).
 //! * Hot-upgrade measurements (`baton-bench --only handover`) drive
 //!   `baton-agent` processes and a timestamped connect stream with [`upgrade`].
 
@@ -54,6 +56,8 @@ pub mod harness;
 pub mod histogram;
 pub mod hold;
 pub mod kernel;
+#[cfg(feature = "real-node")]
+pub mod node;
 pub mod probe;
 pub mod report;
 pub mod sandbox;

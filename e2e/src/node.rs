@@ -1,0 +1,300 @@
+//! The real-node rig (`e2e/node/rig.sh`) as seen from a test running inside
+//! it (`rig.sh exec`): kubectl and Helm against its API server, waits that
+//! fail with the node's state attached, and traffic from the cgroup the agent
+//! attaches to. A test harness: it panics with context instead of returning
+//! errors.
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::harness::{parse_report, probe_bin, wait_for_file, ProbeRun};
+use crate::report::Report;
+
+/// Tag prefix of the images `e2e/images/build.sh --tag rig` builds.
+pub const TAG: &str = "rig";
+/// The layout-1 agent image.
+pub const AGENT_V1: &str = "ghcr.io/baton-dev/baton-agent:rig-v1";
+/// The layout-2 agent image.
+pub const AGENT_V2: &str = "ghcr.io/baton-dev/baton-agent:rig-v2";
+/// The empty image (idle slot, pod sandbox).
+pub const EMPTY: &str = "ghcr.io/baton-dev/baton-empty:1";
+/// The probe image (backends).
+pub const PROBE: &str = "ghcr.io/baton-dev/baton-probe:rig";
+/// Namespace of the release.
+pub const NS: &str = "baton-system";
+
+/// The rig, from the environment `rig.sh exec` sets.
+pub struct Rig {
+    /// The rig's directory (logs, kubeconfigs).
+    pub dir: PathBuf,
+    /// Node name.
+    pub node: String,
+    /// Node address (the API server listens there on 6443).
+    pub node_ip: String,
+    /// cgroup v2 directory the agent attaches to; clients run in it.
+    pub cgroup: PathBuf,
+    /// Directory of helm (and the Kubernetes binaries).
+    pub bins: PathBuf,
+    /// Repository root.
+    pub repo: PathBuf,
+}
+
+impl Rig {
+    /// The rig this test runs in; `None` (test skipped, said loudly) only when
+    /// `BATON_SKIP_REAL_NODE=1`, a panic with the way to start it otherwise.
+    pub fn from_env() -> Option<Rig> {
+        if std::env::var("BATON_SKIP_REAL_NODE").as_deref() == Ok("1") {
+            eprintln!("SKIPPED: real-node scenario (BATON_SKIP_REAL_NODE=1): nothing was checked");
+            return None;
+        }
+        let var = |k: &str| {
+            std::env::var(k).unwrap_or_else(|_| {
+                panic!(
+                    "{k} is unset: run the real-node tests inside the rig:\n  \
+                     e2e/node/rig.sh up --images DIR && e2e/node/rig.sh exec cargo test \
+                     -p baton-e2e --features real-node --test real_node\n\
+                     (scripts/test.sh does all of it), or set BATON_SKIP_REAL_NODE=1"
+                )
+            })
+        };
+        let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        Some(Rig {
+            dir: var("BATON_NODE_DIR").into(),
+            node: var("BATON_NODE_NAME"),
+            node_ip: var("BATON_NODE_IP"),
+            cgroup: var("BATON_NODE_CGROUP").into(),
+            bins: crate::apiserver::bin_dir(),
+            repo,
+        })
+    }
+
+    /// Runs a program; stdout on success, panics with stderr otherwise.
+    pub fn run(&self, program: &Path, args: &[&str]) -> String {
+        let out = self.try_run(program, args);
+        assert!(
+            out.status.success(),
+            "{} {}: {}\n{}",
+            program.display(),
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs a program and returns its output, whatever its status.
+    pub fn try_run(&self, program: &Path, args: &[&str]) -> Output {
+        Command::new(program)
+            .args(args)
+            .current_dir(&self.repo)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", program.display()))
+    }
+
+    /// `kubectl ARGS` (KUBECONFIG is the rig's admin).
+    pub fn kubectl(&self, args: &[&str]) -> String {
+        self.run(Path::new("kubectl"), args)
+    }
+
+    /// `kubectl get ... -o json`, parsed; `None` when the object does not exist.
+    pub fn get(&self, args: &[&str]) -> Option<Value> {
+        let mut a = vec!["get"];
+        a.extend_from_slice(args);
+        a.extend_from_slice(&["-o", "json", "--ignore-not-found"]);
+        let out = self.kubectl(&a);
+        if out.trim().is_empty() {
+            return None;
+        }
+        Some(serde_json::from_str(&out).unwrap_or_else(|e| panic!("kubectl {a:?}: {e}: {out}")))
+    }
+
+    /// `helm ARGS` with the rig's Helm.
+    pub fn helm(&self, args: &[&str]) -> String {
+        self.run(&self.bins.join("helm"), args)
+    }
+
+    /// `e2e/node/rig.sh ARGS` (e.g. `restart kubelet`).
+    pub fn rig(&self, args: &[&str]) -> String {
+        self.run(&self.repo.join("e2e/node/rig.sh"), args)
+    }
+
+    /// Polls `f` every 100 ms until it returns `Some`; panics after `timeout`
+    /// with what the node looks like.
+    pub fn wait_until<T>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut f: impl FnMut() -> Option<T>,
+    ) -> T {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(v) = f() {
+                return v;
+            }
+            if Instant::now() > deadline {
+                panic!("{what}: not within {timeout:?}\n{}", self.diagnostics());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Pods, the KmeshUpgrade, recent events and the operator's log tail.
+    pub fn diagnostics(&self) -> String {
+        let show = |args: &[&str]| {
+            let out = self.try_run(Path::new("kubectl"), args);
+            format!(
+                "$ kubectl {}\n{}{}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        };
+        [
+            show(&["get", "pods", "-A", "-o", "wide"]),
+            show(&["get", "kmu", "-A", "-o", "yaml"]),
+            show(&["get", "events", "-A", "--sort-by=.lastTimestamp"]),
+            show(&["logs", "-n", NS, "deploy/baton-operator", "--tail=40"]),
+        ]
+        .join("\n")
+    }
+
+    /// The KmeshUpgrade `name`'s status (empty object before the first write).
+    pub fn upgrade_status(&self, name: &str) -> Value {
+        self.get(&["kmu", "-n", NS, name])
+            .map(|u| u["status"].clone())
+            .unwrap_or(Value::Null)
+    }
+
+    /// Waits until the KmeshUpgrade is Complete on `image` with every node
+    /// ready; returns its status.
+    pub fn wait_complete(&self, name: &str, image: &str, timeout: Duration) -> Value {
+        self.wait_until(&format!("kmu/{name} Complete on {image}"), timeout, || {
+            let s = self.upgrade_status(name);
+            let nodes = s["nodes"].as_i64().unwrap_or(0);
+            (s["phase"] == "Complete"
+                && s["stableImage"] == image
+                && nodes > 0
+                && s["updated"].as_i64() == Some(nodes)
+                && s["ready"].as_i64() == Some(nodes))
+            .then_some(s)
+        })
+    }
+
+    /// The agent pair pod on this node (label `baton.dev/upgrade=<name>`).
+    pub fn agent_pod(&self, name: &str) -> Option<Value> {
+        let list = self.get(&["pods", "-n", NS, "-l", &format!("baton.dev/upgrade={name}")])?;
+        list["items"].as_array()?.first().cloned()
+    }
+}
+
+/// `ClusterIP:port` of a Service.
+pub fn cluster_ip(svc: &Value) -> String {
+    format!(
+        "{}:{}",
+        svc["spec"]["clusterIP"].as_str().unwrap_or_default(),
+        svc["spec"]["ports"][0]["port"]
+    )
+}
+
+/// A container status of a pod by container name.
+pub fn container_status<'a>(pod: &'a Value, container: &str) -> Option<&'a Value> {
+    pod["status"]["containerStatuses"]
+        .as_array()?
+        .iter()
+        .find(|c| c["name"] == container)
+}
+
+/// One `baton-probe run` in the rig's client cgroup: paced connects to a
+/// target plus held connections, until [`Traffic::stop`].
+pub struct Traffic {
+    child: Child,
+    out: PathBuf,
+    err: PathBuf,
+    stop: PathBuf,
+}
+
+impl Traffic {
+    /// Starts connecting to `target` at `rate`/s with `hold` held connections.
+    pub fn start(rig: &Rig, dir: &Path, target: &str, rate: f64, hold: u64) -> Traffic {
+        let file = |ext: &str| dir.join(format!("traffic.{ext}"));
+        for ext in ["ready", "stop"] {
+            let _ = std::fs::remove_file(file(ext));
+        }
+        let target = target
+            .parse()
+            .unwrap_or_else(|e| panic!("target {target}: {e}"));
+        let mut cmd = ProbeRun::new()
+            .cgroup(&rig.cgroup)
+            .no_netns()
+            .target(target)
+            .duration(Duration::from_secs(1800))
+            .rate(rate)
+            .concurrency(4)
+            .hold(hold)
+            .ready_file(file("ready"))
+            .stop_file(file("stop"))
+            .command(probe_bin().expect("baton-probe binary"));
+        cmd.stdout(std::fs::File::create(file("json")).expect("probe stdout"))
+            .stderr(std::fs::File::create(file("err")).expect("probe stderr"));
+        // SAFETY: prctl is async-signal-safe; a test killed without
+        // unwinding takes its probe along.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().expect("starting baton-probe");
+        assert!(
+            wait_for_file(&file("ready"), Duration::from_secs(20)),
+            "baton-probe did not get ready: {}",
+            std::fs::read_to_string(file("err")).unwrap_or_default()
+        );
+        Traffic {
+            child,
+            out: file("json"),
+            err: file("err"),
+            stop: file("stop"),
+        }
+    }
+
+    /// Stops the probe and returns its report.
+    pub fn stop(mut self) -> Report {
+        std::fs::write(&self.stop, b"").expect("stop file");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            match self.child.try_wait() {
+                Ok(Some(s)) => break s,
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                _ => panic!("baton-probe did not stop"),
+            }
+        };
+        let out = std::fs::read(&self.out).unwrap_or_default();
+        parse_report(&out).unwrap_or_else(|e| {
+            panic!(
+                "baton-probe ({status}): bad report ({e}): {}\n{}",
+                String::from_utf8_lossy(&out),
+                std::fs::read_to_string(&self.err).unwrap_or_default()
+            )
+        })
+    }
+}
+
+impl Drop for Traffic {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
