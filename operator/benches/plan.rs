@@ -23,11 +23,15 @@ fn fleet() -> Vec<NodeView> {
                     image: "agent:v2".into(),
                     elapsed_seconds: 3,
                     report: Some(HandoverReport::Committed),
+                    ready: true,
+                    kubelet: Default::default(),
                 },
                 1 => Standby::Upgrading {
                     image: "agent:v2".into(),
                     elapsed_seconds: 3,
                     report: None,
+                    ready: false,
+                    kubelet: Default::default(),
                 },
                 _ => Standby::Empty,
             };

@@ -52,16 +52,71 @@ pub fn kind(action: &Action) -> &'static str {
     }
 }
 
+/// Logs an action at info level: what the operator does to which node, slot and image.
+fn log(action: &Action, pod: &str) {
+    match action {
+        Action::CreatePod { node, image } => {
+            tracing::info!(node, pod, image, "creating the agent pod")
+        }
+        Action::DeletePod { node } => {
+            tracing::info!(node, pod, "deleting the agent pod: node not selected")
+        }
+        Action::StartUpgrade {
+            node,
+            slot,
+            image,
+            warm,
+        }
+        | Action::StartRollback {
+            node,
+            slot,
+            image,
+            warm,
+        } => tracing::info!(
+            node,
+            pod,
+            slot = %slot,
+            image,
+            warm,
+            rollback = matches!(action, Action::StartRollback { .. }),
+            "starting a handover ({})",
+            if *warm {
+                "waking the warm standby: annotations only"
+            } else {
+                "patching the slot's image"
+            }
+        ),
+        Action::FinishUpgrade {
+            node,
+            active,
+            retired,
+        } => tracing::info!(node, pod, active = %active, standby = %retired,
+            "handover committed: flipping the active slot"),
+        Action::MarkFailed {
+            node,
+            image,
+            reason,
+        } => tracing::info!(node, pod, image, reason, "recording a failed handover"),
+        Action::ResetStandby { node, slot } => {
+            tracing::info!(node, pod, slot = %slot, "parking the failed slot on the empty image")
+        }
+    }
+}
+
 impl Executor<'_> {
     /// Runs one action; returns what the pod store must show before the next plan.
     pub async fn run(&self, action: &Action) -> Result<Option<PodExpectation>, ExecuteError> {
         let node = action.node();
         let pod = pod_name(self.target.upgrade, node);
-        let fail = |source| ExecuteError {
-            action: kind(action),
-            node: node.to_owned(),
-            source,
+        let fail = |source: kube::Error| {
+            tracing::warn!(action = kind(action), node, pod = %pod, error = %source, "action failed");
+            ExecuteError {
+                action: kind(action),
+                node: node.to_owned(),
+                source,
+            }
         };
+        log(action, &pod);
         let expectation = match action {
             Action::CreatePod { image, .. } => {
                 let body = build_pod(&self.target, node, self.spec, image);
@@ -97,16 +152,25 @@ impl Executor<'_> {
                 .await;
                 Some(Expectation::Gone)
             }
-            Action::StartUpgrade { slot, image, .. }
-            | Action::StartRollback { slot, image, .. } => {
+            Action::StartUpgrade {
+                slot, image, warm, ..
+            }
+            | Action::StartRollback {
+                slot, image, warm, ..
+            } => {
                 // Whole seconds, like the condition times it is compared with.
                 let started = Timestamp::from_second(Timestamp::now().as_second())
                     .map(|t| t.to_string())
                     .unwrap_or_else(|_| Timestamp::now().to_string());
-                let rv = self
-                    .patch(&pod, *slot, image, json!({ANN_HANDOVER_STARTED: started}))
-                    .await
-                    .map_err(fail)?;
+                let annotations = json!({ANN_HANDOVER_STARTED: started});
+                let rv = if *warm {
+                    // The standby runs `image` already: annotations only, the
+                    // container is not restarted (no kubelet back-off).
+                    self.annotate(&pod, *slot, image, annotations).await
+                } else {
+                    self.patch(&pod, *slot, image, annotations).await
+                }
+                .map_err(fail)?;
                 // A rollback is news; a routine start is not: the status
                 // shows the node upgrading, and `HandoverCommitted` follows.
                 // One event per node upgrade keeps it at 3 API writes.
@@ -125,21 +189,24 @@ impl Executor<'_> {
             Action::FinishUpgrade {
                 active, retired, ..
             } => {
-                let rv = self
-                    .patch(
-                        &pod,
-                        *retired,
-                        &self.spec.empty_image,
-                        json!({ANN_ACTIVE_SLOT: active.to_string(), ANN_HANDOVER_STARTED: null}),
-                    )
-                    .await
-                    .map_err(fail)?;
+                // The retired slot keeps its image and annotation: its agent
+                // stays as a warm standby. Parking it on the empty image would
+                // restart its container, and the kubelet's crash-loop back-off
+                // (keyed by container name and image) would then delay the
+                // next handover back to that image by 10 s, 20 s, ... 5 min.
+                let body = json!({"metadata": {"annotations": {
+                    ANN_ACTIVE_SLOT: active.to_string(),
+                    ANN_HANDOVER_STARTED: null,
+                }}});
+                let rv = self.apply(&pod, &body).await.map_err(fail)?;
                 self.event(
                     &pod,
                     EventType::Normal,
                     "HandoverCommitted",
                     "Commit",
-                    format!("{node}: slot {active} is active, slot {retired} parked"),
+                    format!(
+                        "{node}: slot {active} is active, slot {retired} stays as warm standby"
+                    ),
                 )
                 .await;
                 Some(rv)
@@ -165,6 +232,7 @@ impl Executor<'_> {
                 Some(rv)
             }
             Action::MarkFailed { image, reason, .. } => {
+                tracing::warn!(node, pod = %pod, image = %image, %reason, "handover failed");
                 self.event(
                     &pod,
                     EventType::Warning,
@@ -193,13 +261,48 @@ impl Executor<'_> {
             "metadata": {"annotations": annotations},
             "spec": {"containers": [{"name": slot.container(), "image": image}]},
         });
+        self.apply(pod, &body).await
+    }
+
+    /// Writes `annotations` and the slot's version annotation (`image`, which
+    /// the slot already runs) without touching the container.
+    async fn annotate(
+        &self,
+        pod: &str,
+        slot: Slot,
+        image: &str,
+        mut annotations: Value,
+    ) -> Result<Expectation, kube::Error> {
+        annotations[slot_version_annotation(slot)] = json!(image);
+        self.apply(pod, &json!({"metadata": {"annotations": annotations}}))
+            .await
+    }
+
+    /// One strategic-merge patch of the pod.
+    async fn apply(&self, pod: &str, body: &Value) -> Result<Expectation, kube::Error> {
         let patched = self
             .pods
-            .patch(pod, &PatchParams::default(), &Patch::Strategic(&body))
+            .patch(pod, &PatchParams::default(), &Patch::Strategic(body))
             .await?;
         Ok(Expectation::from_resource_version(
             patched.metadata.resource_version.as_deref(),
         ))
+    }
+
+    /// Tells that the kubelet holds node `node`'s new slot back (a Warning
+    /// event; the node status carries the same text). The caller publishes
+    /// only when the text changed, so one back-off is one event.
+    pub async fn kubelet_wait(&self, node: &str, message: &str) {
+        let pod = pod_name(self.target.upgrade, node);
+        tracing::warn!(node, pod = %pod, message, "kubelet holds the new agent back");
+        self.event(
+            &pod,
+            EventType::Warning,
+            "KubeletWaiting",
+            "Upgrade",
+            format!("{node}: {message}"),
+        )
+        .await;
     }
 
     /// Publishes an event about the upgrade with the node's agent `pod` as its

@@ -56,7 +56,7 @@ pub fn observe_fleet(
         // selected node it stays in view (not ready) so nothing is created twice.
         let pod = pod.filter(|p| selected || p.metadata.deletion_timestamp.is_none());
         let pod = pod.map(|p| {
-            let observed = observe(p, now);
+            let observed = observe(p, &upgrade.spec.empty_image, now);
             if let Some(f) = observed.figures {
                 figures.insert(node.clone(), f);
             }

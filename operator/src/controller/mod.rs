@@ -192,6 +192,14 @@ async fn reconcile(
         .namespace()
         .ok_or_else(|| ReconcileError::NoNamespace(name.clone()))?;
     let key = format!("{namespace}/{name}");
+    if upgrade.metadata.deletion_timestamp.is_some() {
+        // Being deleted (the chart's pre-delete hook uses foreground
+        // propagation): the garbage collector removes the pods, and their
+        // agents tear the datapath down on SIGTERM because their owner is
+        // going. Creating pods now would bring up a datapath nobody removes.
+        tracing::info!(upgrade = %key, "KmeshUpgrade is being deleted; not acting on it");
+        return Ok(Requeue::await_change());
+    }
     let find_pod = |pod: &str| ctx.pods.get(&ObjectRef::new(pod).within(&namespace));
     if !ctx.expectations.satisfied(&key, find_pod) {
         return Ok(Requeue::requeue(Duration::from_millis(200)));
@@ -261,6 +269,22 @@ async fn reconcile(
     // Even after a failed action, wait for what did happen to show in the cache.
     ctx.expectations.expect(&key, expected);
     result?;
+
+    // The kubelet holding a new agent back (crash-loop back-off, image
+    // errors): one event per new text, as the status shows it.
+    for outcome in &plan.nodes {
+        let Some(message) = outcome.message.as_deref() else {
+            continue;
+        };
+        let before = status
+            .into_iter()
+            .flat_map(|s| &s.node_statuses)
+            .find(|n| n.node == outcome.name)
+            .and_then(|n| n.message.as_deref());
+        if outcome.phase == crate::crd::NodePhase::Upgrading && before != Some(message) {
+            executor.kubelet_wait(&outcome.name, message).await;
+        }
+    }
 
     let new_status = status::build_status(
         &plan,

@@ -25,17 +25,30 @@ pub fn build_status(
     let mut node_statuses: Vec<NodeStatus> = plan
         .nodes
         .iter()
-        .map(|n| NodeStatus {
-            node: n.name.clone(),
-            active_slot: n.active_slot,
-            version: n.version.clone(),
-            phase: n.phase,
-            failed_image: n.failed_image.clone(),
-            last_handover: figures.get(&n.name).cloned().or_else(|| {
-                old_nodes
-                    .get(n.name.as_str())
-                    .and_then(|o| o.last_handover.clone())
-            }),
+        .map(|n| {
+            let previous = old_nodes
+                .get(n.name.as_str())
+                .and_then(|o| o.last_handover.as_ref());
+            let last_handover = match &n.failure {
+                // A failure of this round is the node's last handover, even
+                // though the pod still shows the previous success's report.
+                Some(reason) => Some(HandoverFigures {
+                    message: Some(reason.clone()),
+                    result: Some("Failed".into()),
+                    at: Some(Time(now)),
+                    ..HandoverFigures::default()
+                }),
+                None => newest(figures.get(&n.name), previous).cloned(),
+            };
+            NodeStatus {
+                node: n.name.clone(),
+                active_slot: n.active_slot,
+                version: n.version.clone(),
+                phase: n.phase,
+                failed_image: n.failed_image.clone(),
+                last_handover,
+                message: n.message.clone(),
+            }
         })
         .collect();
     let omitted = compact(&mut node_statuses);
@@ -101,6 +114,22 @@ pub fn build_status(
                 failed_message,
             ),
         ],
+    }
+}
+
+/// The later of the observed report and the recorded last handover: the pod
+/// keeps the last Committed report after a failure, which must not replace
+/// the failure recorded since. Without times the observation wins.
+fn newest<'a>(
+    observed: Option<&'a HandoverFigures>,
+    recorded: Option<&'a HandoverFigures>,
+) -> Option<&'a HandoverFigures> {
+    match (observed, recorded) {
+        (Some(o), Some(r)) => match (&o.at, &r.at) {
+            (Some(o_at), Some(r_at)) if r_at.0 > o_at.0 => Some(r),
+            _ => Some(o),
+        },
+        (o, r) => o.or(r),
     }
 }
 
@@ -186,6 +215,8 @@ mod tests {
                 active_slot: Some(Slot::B),
                 version: Some("v2".into()),
                 failed_image: None,
+                message: None,
+                failure: None,
             }],
         }
     }
@@ -287,6 +318,8 @@ mod tests {
             active_slot: Some(Slot::A),
             version: Some("registry.example.com/baton/baton-agent:v0.2.0-rc.1".into()),
             failed_image: failed.then(|| "registry.example.com/baton/baton-agent:v0.3.0".into()),
+            message: None,
+            failure: None,
         }
     }
 
@@ -302,6 +335,7 @@ mod tests {
                     maps_migrated: 1,
                     entries_copied: 105_000,
                     message: Some("committed".into()),
+                    ..HandoverFigures::default()
                 };
                 (n.name.clone(), f)
             })
@@ -383,5 +417,68 @@ mod tests {
             1500
         );
         assert_eq!(s.node_statuses.len(), 1500, "no room left for the others");
+    }
+
+    #[test]
+    fn a_failure_replaces_the_last_success_and_outlives_its_stale_report() {
+        let committed = HandoverFigures {
+            duration_ms: 12,
+            result: Some("Committed".into()),
+            at: Some(Time(t("2026-01-01T00:00:00Z"))),
+            ..HandoverFigures::default()
+        };
+        let ok = build_status(
+            &plan(RolloutPhase::Progressing, 0),
+            &HashMap::from([("n1".to_string(), committed.clone())]),
+            None,
+            Some(1),
+            t("2026-01-01T00:00:00Z"),
+        );
+        assert_eq!(ok.node_statuses[0].last_handover.as_ref(), Some(&committed));
+        // A timeout: the pod still shows the old Committed report.
+        let mut failing = plan(RolloutPhase::Failed, 1);
+        failing.nodes[0].failure = Some("handover did not commit within 120s".into());
+        failing.nodes[0].message = failing.nodes[0].failure.clone();
+        let failed_at = t("2026-01-01T00:10:00Z");
+        let failed = build_status(
+            &failing,
+            &HashMap::from([("n1".to_string(), committed.clone())]),
+            Some(&ok),
+            Some(1),
+            failed_at,
+        );
+        let last = failed.node_statuses[0]
+            .last_handover
+            .clone()
+            .expect("recorded");
+        assert_eq!(last.result.as_deref(), Some("Failed"));
+        assert_eq!(
+            last.message.as_deref(),
+            Some("handover did not commit within 120s")
+        );
+        assert_eq!(last.at, Some(Time(failed_at)));
+        assert_eq!(failed.node_statuses[0].message, last.message);
+        // Next rounds keep the failure: the old report is older.
+        let later = build_status(
+            &plan(RolloutPhase::Failed, 1),
+            &HashMap::from([("n1".to_string(), committed.clone())]),
+            Some(&failed),
+            Some(1),
+            t("2026-01-01T00:10:02Z"),
+        );
+        assert_eq!(later.node_statuses[0].last_handover, Some(last));
+        // A newer success replaces it.
+        let newer = HandoverFigures {
+            at: Some(Time(t("2026-01-01T00:20:00Z"))),
+            ..committed
+        };
+        let again = build_status(
+            &plan(RolloutPhase::Progressing, 0),
+            &HashMap::from([("n1".to_string(), newer.clone())]),
+            Some(&later),
+            Some(1),
+            t("2026-01-01T00:20:01Z"),
+        );
+        assert_eq!(again.node_statuses[0].last_handover, Some(newer));
     }
 }

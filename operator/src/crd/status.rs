@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::KubeSchema;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -17,10 +17,11 @@ pub struct KmeshUpgradeStatus {
     /// Selected nodes.
     #[serde(default)]
     pub nodes: i32,
-    /// Selected nodes whose active slot runs `spec.agentImage`.
+    /// Selected nodes whose active slot runs `spec.agentImage` with its agent ready.
     #[serde(default)]
     pub updated: i32,
-    /// Selected nodes whose active agent is ready.
+    /// Selected nodes whose active agent is ready: its container is ready and
+    /// it reported owning the datapath (Committed, or Started).
     #[serde(default)]
     pub ready: i32,
     /// Selected nodes whose last handover to `spec.agentImage` failed.
@@ -29,7 +30,8 @@ pub struct KmeshUpgradeStatus {
     /// Where the rollout stands as a whole.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<RolloutPhase>,
-    /// Last image that every selected node ran; the target of a rollback.
+    /// Last image that every selected node ran with its agent ready (so it
+    /// has served); the target of a rollback.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stable_image: Option<String>,
     /// Image whose handover failed; cleared by changing `spec.agentImage`.
@@ -144,9 +146,14 @@ pub struct NodeStatus {
     /// Image whose handover last failed on this node; it is not retried there.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failed_image: Option<String>,
-    /// Figures of the node's last handover, as the agent reported them.
+    /// The node's last handover: the agent's figures when it committed, or
+    /// the failure (reason, time) when it failed or timed out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_handover: Option<HandoverFigures>,
+    /// What holds the node up now, e.g. "kubelet back-off 40s before
+    /// starting slot-b (...)" while a handover waits on the kubelet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 /// What the last handover on a node cost and did.
@@ -171,4 +178,11 @@ pub struct HandoverFigures {
     /// Free text from the agent (error on failure).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// `Committed` or `Failed` (a failure the operator saw, e.g. a timeout,
+    /// has only this, `message` and `at`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<String>,
+    /// When the agent reported, or the operator declared the failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<Time>,
 }

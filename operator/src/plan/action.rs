@@ -20,31 +20,40 @@ pub enum Action {
         /// Node name.
         node: String,
     },
-    /// Put `image` into the empty `slot` so its agent takes over (an upgrade).
+    /// Put `image` into the idle `slot` so its agent takes over (an upgrade).
     StartUpgrade {
         /// Node name.
         node: String,
-        /// The empty slot that receives the new agent.
+        /// The idle slot that receives the new agent.
         slot: Slot,
         /// Image of the new agent.
         image: String,
+        /// The slot's warm standby already runs `image`: write only the
+        /// annotations and let the standby re-exec itself as the successor,
+        /// no container restart (and no kubelet back-off). Otherwise the
+        /// slot's image is patched and the kubelet restarts the container.
+        warm: bool,
     },
     /// Like [`Action::StartUpgrade`], but handing back to the stable image after a failure.
     StartRollback {
         /// Node name.
         node: String,
-        /// The empty slot that receives the stable agent.
+        /// The idle slot that receives the stable agent.
         slot: Slot,
         /// The stable image.
         image: String,
+        /// As in [`Action::StartUpgrade`].
+        warm: bool,
     },
-    /// The handover committed: record `active` as active and park `retired` on the empty image.
+    /// The handover committed: record `active` as active. `retired` keeps
+    /// its image and stays as a warm standby (its agent re-execs itself into
+    /// a low-memory wait), so a later handover back to it needs no restart.
     FinishUpgrade {
         /// Node name.
         node: String,
         /// The slot that now owns the datapath.
         active: Slot,
-        /// The old slot, to reset to the empty image.
+        /// The old slot, now the warm standby.
         retired: Slot,
     },
     /// Record that `image` failed on the node (status, event, failure latch).
@@ -56,7 +65,8 @@ pub enum Action {
         /// Why, for the event and the node status.
         reason: String,
     },
-    /// Park a slot whose handover failed back on the empty image.
+    /// Park a slot whose handover failed on the empty image (a failed agent
+    /// is no standby worth keeping).
     ResetStandby {
         /// Node name.
         node: String,
@@ -85,7 +95,7 @@ impl Action {
 pub struct Summary {
     /// Selected nodes.
     pub nodes: u32,
-    /// Nodes whose active agent runs the spec's image, with no handover under way.
+    /// Nodes whose READY active agent runs the spec's image, with no handover under way.
     pub updated: u32,
     /// Nodes whose active agent is ready.
     pub ready: u32,
@@ -110,6 +120,13 @@ pub struct NodeOutcome {
     pub version: Option<String>,
     /// Failed image to remember for the node.
     pub failed_image: Option<String>,
+    /// What holds the node up, for `nodeStatuses[].message`: the kubelet's
+    /// waiting reason for the new slot while a handover runs ("kubelet
+    /// back-off 40s before starting slot-b: ..."), or this round's failure.
+    pub message: Option<String>,
+    /// Why a handover failed on this node in this round; the status records
+    /// it as the node's last handover.
+    pub failure: Option<String>,
 }
 
 /// The planner's answer.

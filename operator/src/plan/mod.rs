@@ -16,5 +16,5 @@ mod tests;
 
 pub use action::{Action, NodeOutcome, Plan, Summary};
 pub use budget::{max_unavailable, BudgetError};
-pub use model::{HandoverReport, Memory, NodeView, PairView, Standby};
-pub use planner::{plan, PlanError};
+pub use model::{HandoverReport, KubeletWait, Memory, NodeView, PairView, Standby};
+pub use planner::{plan, PlanError, BACKOFF_GRACE_SECONDS};

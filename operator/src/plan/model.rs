@@ -31,7 +31,10 @@ pub struct PairView {
     pub active: Slot,
     /// Image of the active slot.
     pub active_image: String,
-    /// Whether the active agent reports ready.
+    /// Whether the active agent is ready: its container is ready and the
+    /// agent reported owning the datapath at its slot and image (a Committed
+    /// handover report, or a Started report from an agent that started active).
+    /// Only ready nodes count as updated, complete or stable.
     pub ready: bool,
     /// What the other slot is doing.
     pub standby: Standby,
@@ -42,6 +45,16 @@ pub struct PairView {
 pub enum Standby {
     /// Parked on the empty image.
     Empty,
+    /// The agent that retired at the last commit waits here as a warm
+    /// standby: a handover back to `image` needs no container restart (and so
+    /// meets no kubelet back-off), only the annotations.
+    Warm {
+        /// Image of the standby agent (its slot's version annotation agrees).
+        image: String,
+        /// Whether its container runs (a standby that is not running cannot
+        /// be woken by annotations alone).
+        running: bool,
+    },
     /// Running a new agent that is taking over from the active one.
     Upgrading {
         /// Image the new agent runs.
@@ -50,7 +63,27 @@ pub enum Standby {
         elapsed_seconds: u64,
         /// What the new agent reported through its pod condition, if anything yet.
         report: Option<HandoverReport>,
+        /// Whether the new slot's container is ready (its readiness once committed).
+        ready: bool,
+        /// What the kubelet is doing with the new slot's container.
+        kubelet: KubeletWait,
     },
+}
+
+/// The kubelet holding a handover's new container back, as its container
+/// status shows it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KubeletWait {
+    /// Why the container is not running (`CrashLoopBackOff`, `ErrImagePull`,
+    /// `ImagePullBackOff`, `CreateContainerError`, ...), with the kubelet's
+    /// own words, for the node status and an event.
+    pub message: Option<String>,
+    /// Seconds of this handover the kubelet spent in crash-loop back-off
+    /// before it started the new agent (the back-off of an earlier container
+    /// of that name and image, not of the new agent itself). They do not
+    /// count against `handoverTimeoutSeconds`, up to
+    /// [`super::BACKOFF_GRACE_SECONDS`].
+    pub backoff_seconds: u64,
 }
 
 /// Outcome of a handover as the agent reports it.

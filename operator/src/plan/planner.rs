@@ -4,7 +4,13 @@ use crate::crd::{KmeshUpgradeSpec, NodePhase, OnFailure, RolloutPhase, Slot};
 
 use super::action::{Action, NodeOutcome, Plan, Summary};
 use super::budget::{max_unavailable, BudgetError};
-use super::model::{HandoverReport, Memory, NodeView, Standby};
+use super::model::{HandoverReport, KubeletWait, Memory, NodeView, Standby};
+
+/// Most seconds of kubelet crash-loop back-off that a handover's deadline is
+/// extended by: the kubelet's own back-off limit (5 min, pkg/kubelet
+/// `MaxContainerBackOff`). A handover can so take at most
+/// `handoverTimeoutSeconds` + 300 s before it counts as failed.
+pub const BACKOFF_GRACE_SECONDS: u64 = 300;
 
 /// Input the planner cannot work with.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -44,9 +50,15 @@ enum State<'a> {
         ready: bool,
         /// Finished or reset this round: leave it alone until the next one.
         touched: bool,
+        /// Image of a running warm standby in the other slot.
+        warm: Option<&'a str>,
     },
-    /// A handover to `image` is under way.
-    InFlight { image: &'a str, ready: bool },
+    /// A handover to `image` is under way; `wait` is what the kubelet says.
+    InFlight {
+        image: &'a str,
+        ready: bool,
+        wait: Option<&'a str>,
+    },
 }
 
 /// Plans the next round of a rollout. Deterministic: nodes are handled in
@@ -74,8 +86,13 @@ pub fn plan(
     let mut actions: Vec<Vec<Action>> = vec![Vec::new(); order.len()];
     let mut states: Vec<State> = Vec::with_capacity(order.len());
     let mut failed_now: Vec<Option<String>> = vec![None; order.len()];
+    let mut failures: Vec<Option<String>> = vec![None; order.len()];
     for (i, node) in order.iter().enumerate() {
         let state = transition(node, timeout, &mut actions[i], &mut failed_now[i]);
+        failures[i] = actions[i].iter().find_map(|a| match a {
+            Action::MarkFailed { reason, .. } => Some(reason.clone()),
+            _ => None,
+        });
         states.push(state);
     }
 
@@ -197,15 +214,17 @@ pub fn plan(
         if failed_image.as_deref() == Some(desired) {
             summary.failed += 1;
         }
+        let mut message = failures[i].clone();
         let (phase, active_slot, version) = match *state {
             State::Unselected | State::Missing => {
                 all_idle_on_goal = false;
                 (NodePhase::Pending, None, None)
             }
-            State::InFlight { ready, .. } => {
+            State::InFlight { ready, wait, .. } => {
                 all_idle_on_goal = false;
                 summary.upgrading += 1;
                 summary.ready += u32::from(ready);
+                message = wait.map(str::to_owned);
                 let pod = node.pod.as_ref();
                 (
                     NodePhase::Upgrading,
@@ -217,22 +236,27 @@ pub fn plan(
                 active,
                 image,
                 ready,
+                warm,
                 ..
             } => {
                 summary.ready += u32::from(ready);
                 let phase = if started[i] {
                     summary.upgrading += 1;
+                    // The standby already runs the goal: wake it, restart nothing.
+                    let warm = warm == Some(goal);
                     let start = if mode == Mode::RollingBack {
                         Action::StartRollback {
                             node: node.name.clone(),
                             slot: active.other(),
                             image: goal.to_owned(),
+                            warm,
                         }
                     } else {
                         Action::StartUpgrade {
                             node: node.name.clone(),
                             slot: active.other(),
                             image: goal.to_owned(),
+                            warm,
                         }
                     };
                     starts.push(start);
@@ -246,10 +270,13 @@ pub fn plan(
                 } else {
                     NodePhase::Outdated
                 };
-                if image == desired && !started[i] {
+                // Only an agent that serves counts: a pod whose agent never
+                // became ready must not make the rollout Complete, nor its
+                // image the rollback target.
+                if image == desired && !started[i] && ready {
                     summary.updated += 1;
                 }
-                if image == goal && !started[i] {
+                if image == goal && !started[i] && ready {
                     idle_on_goal += 1;
                 } else {
                     all_idle_on_goal = false;
@@ -263,6 +290,8 @@ pub fn plan(
             active_slot,
             version,
             failed_image,
+            message,
+            failure: failures[i].clone(),
         });
     }
 
@@ -277,7 +306,8 @@ pub fn plan(
         Mode::Normal => RolloutPhase::Progressing,
     };
     let memory = Memory {
-        // Only a fleet wholly on the spec's image becomes the rollback target.
+        // Only a fleet wholly on the spec's image, every agent ready (so the
+        // image has served), becomes the rollback target.
         stable_image: if !latched && all_idle_on_goal && selected > 0 {
             Some(desired.to_owned())
         } else {
@@ -314,10 +344,19 @@ fn transition<'a>(
         });
         return State::Unselected;
     }
+    let warm = match &pod.standby {
+        Standby::Warm {
+            image,
+            running: true,
+        } => Some(image.as_str()),
+        _ => None,
+    };
     let Standby::Upgrading {
         image,
         elapsed_seconds,
         report,
+        ready: new_ready,
+        kubelet,
     } = &pod.standby
     else {
         return State::Idle {
@@ -325,6 +364,7 @@ fn transition<'a>(
             image: &pod.active_image,
             ready: pod.ready,
             touched: false,
+            warm,
         };
     };
     let new_slot = pod.active.other();
@@ -335,23 +375,26 @@ fn transition<'a>(
                 active: new_slot,
                 retired: pod.active,
             });
-            // The committed agent serves from now on; its readiness is the
-            // pod's from the next observation, assume the old one's until then.
+            // The committed agent serves from now on: its Committed report
+            // is there, so it is ready when its container is.
             return State::Idle {
                 active: new_slot,
                 image,
-                ready: pod.ready,
+                ready: *new_ready,
                 touched: true,
+                // The old agent stays as the standby; leave it alone this round.
+                warm: None,
             };
         }
         Some(HandoverReport::Failed { message }) => message.clone(),
-        None if *elapsed_seconds >= timeout_seconds => {
-            format!("handover did not commit within {timeout_seconds}s")
+        None if counted_seconds(*elapsed_seconds, kubelet) >= timeout_seconds => {
+            timeout_reason(timeout_seconds, kubelet)
         }
         None => {
             return State::InFlight {
                 image,
                 ready: pod.ready,
+                wait: kubelet.message.as_deref(),
             }
         }
     };
@@ -370,5 +413,27 @@ fn transition<'a>(
         image: &pod.active_image,
         ready: pod.ready,
         touched: true,
+        warm: None,
     }
+}
+
+/// Seconds of a handover that count against its timeout: kubelet back-off
+/// before the new agent could start is not the agent's time (capped at
+/// [`BACKOFF_GRACE_SECONDS`], so a handover still ends).
+fn counted_seconds(elapsed: u64, kubelet: &KubeletWait) -> u64 {
+    elapsed.saturating_sub(kubelet.backoff_seconds.min(BACKOFF_GRACE_SECONDS))
+}
+
+/// The failure text of a timed-out handover, with what the kubelet was doing.
+fn timeout_reason(timeout_seconds: u64, kubelet: &KubeletWait) -> String {
+    let mut reason = format!("handover did not commit within {timeout_seconds}s");
+    let grace = kubelet.backoff_seconds.min(BACKOFF_GRACE_SECONDS);
+    if grace > 0 {
+        reason.push_str(&format!(" (plus {grace}s of kubelet back-off)"));
+    }
+    if let Some(m) = &kubelet.message {
+        reason.push_str("; ");
+        reason.push_str(m);
+    }
+    reason
 }

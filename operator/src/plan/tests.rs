@@ -60,6 +60,8 @@ fn upgrading(
             image: image.into(),
             elapsed_seconds: elapsed,
             report,
+            ready: true,
+            kubelet: KubeletWait::default(),
         };
     }
     node
@@ -159,7 +161,8 @@ fn one_node_at_a_time_by_default_in_name_order() {
         vec![Action::StartUpgrade {
             node: name(0),
             slot: Slot::B,
-            image: NEW.into()
+            image: NEW.into(),
+            warm: false,
         }]
     );
     assert_eq!(p.summary.upgrading, 1);
@@ -181,7 +184,10 @@ fn percentage_budget_counts_in_flight_and_unready_nodes() {
     assert_eq!(starts(&p), vec![name(0), name(1), name(2)]);
     assert_eq!(p.summary.upgrading, 4);
     assert_eq!(p.summary.ready, 9);
-    assert_eq!(p.summary.updated, 1);
+    assert_eq!(
+        p.summary.updated, 0,
+        "node 7 runs the image but is not ready"
+    );
 }
 
 #[test]
@@ -381,7 +387,7 @@ fn failure_with_rollback_hands_upgraded_nodes_back_ignoring_partition() {
     assert_eq!(starts(&p), vec![name(0), name(1)]);
     assert!(p.actions.iter().any(|a| matches!(
         a,
-        Action::StartRollback { node, slot: Slot::B, image } if node == &name(0) && image == OLD
+        Action::StartRollback { node, slot: Slot::B, image, warm: false } if node == &name(0) && image == OLD
     )));
     assert_eq!(p.memory.failed_image.as_deref(), Some(NEW));
     assert_eq!(p.memory.stable_image.as_deref(), Some(OLD));
@@ -531,22 +537,44 @@ mod simulation {
                     })
                 }
                 (Action::DeletePod { .. }, _) => nodes[i].pod = None,
-                (Action::StartUpgrade { slot, image, .. }, Some(pod))
-                | (Action::StartRollback { slot, image, .. }, Some(pod)) => {
+                (
+                    Action::StartUpgrade {
+                        slot, image, warm, ..
+                    },
+                    Some(pod),
+                )
+                | (
+                    Action::StartRollback {
+                        slot, image, warm, ..
+                    },
+                    Some(pod),
+                ) => {
                     assert_eq!(*slot, pod.active.other());
+                    let was_warm = matches!(&pod.standby,
+                        Standby::Warm { image: w, running: true } if w == image);
+                    assert_eq!(
+                        *warm, was_warm,
+                        "warm exactly when the standby runs {image}"
+                    );
                     pod.standby = Standby::Upgrading {
                         image: image.clone(),
                         elapsed_seconds: 0,
                         report: None,
+                        ready: true,
+                        kubelet: KubeletWait::default(),
                     };
                 }
                 (Action::FinishUpgrade { active, .. }, Some(pod)) => {
                     let Standby::Upgrading { image, .. } = &pod.standby else {
                         panic!("finish without handover")
                     };
-                    pod.active_image = image.clone();
+                    // The old agent stays in its slot as the warm standby.
+                    let old = std::mem::replace(&mut pod.active_image, image.clone());
                     pod.active = *active;
-                    pod.standby = Standby::Empty;
+                    pod.standby = Standby::Warm {
+                        image: old,
+                        running: true,
+                    };
                 }
                 (Action::ResetStandby { .. }, Some(pod)) => pod.standby = Standby::Empty,
                 (Action::MarkFailed { .. }, _) => {}
@@ -706,4 +734,255 @@ mod simulation {
         assert_eq!(p.phase, RolloutPhase::Complete);
         assert_eq!(p.summary.updated, 5000);
     }
+}
+
+/// A node whose agent runs `image` in slot a but never became ready (no
+/// report, or its container is not ready).
+fn unready(i: usize, image: &str) -> NodeView {
+    let mut n = on(i, image);
+    if let Some(pod) = n.pod.as_mut() {
+        pod.ready = false;
+    }
+    n
+}
+
+#[test]
+fn only_ready_agents_count_as_updated_complete_or_stable() {
+    // Every node runs the goal, one agent never became ready.
+    let mut nodes = fleet(3, NEW);
+    nodes[2] = unready(2, NEW);
+    let p = run(&spec(max("100%")), &stable(OLD), &nodes);
+    assert_eq!((p.summary.updated, p.summary.ready), (2, 2));
+    assert_ne!(
+        p.phase,
+        RolloutPhase::Complete,
+        "an unready agent is not done"
+    );
+    assert_eq!(p.nodes[2].phase, NodePhase::Pending);
+    assert_eq!(
+        p.memory.stable_image.as_deref(),
+        Some(OLD),
+        "the image has not served everywhere: it is no rollback target yet"
+    );
+    // Once it reports, the rollout completes and the image becomes stable.
+    let p = run(&spec(max("100%")), &stable(OLD), &fleet(3, NEW));
+    assert_eq!(p.summary.updated, 3);
+    assert_eq!(p.phase, RolloutPhase::Complete);
+    assert_eq!(p.memory.stable_image.as_deref(), Some(NEW));
+}
+
+#[test]
+fn a_fresh_install_whose_agents_never_serve_sets_no_stable_image() {
+    let nodes: Vec<_> = (0..2).map(|i| unready(i, NEW)).collect();
+    let p = run(&spec(max("100%")), &Memory::default(), &nodes);
+    assert_eq!((p.summary.updated, p.summary.ready), (0, 0));
+    assert_eq!(p.phase, RolloutPhase::Progressing);
+    assert_eq!(p.memory.stable_image, None);
+    // A later failure has nothing to roll back to: it halts.
+    let mut s = spec(Strategy {
+        on_failure: OnFailure::Rollback,
+        ..max("100%")
+    });
+    s.agent_image = "baton/agent:v3".into();
+    let mut nodes = nodes;
+    nodes[0] = upgrading(
+        nodes[0].clone(),
+        "baton/agent:v3",
+        1,
+        Some(HandoverReport::Failed {
+            message: "x".into(),
+        }),
+    );
+    let p = run(&s, &p.memory, &nodes);
+    assert_eq!(p.phase, RolloutPhase::Failed);
+    assert_eq!(starts(&p), Vec::<&str>::new());
+}
+
+#[test]
+fn a_running_warm_standby_of_the_goal_is_woken_with_annotations_only() {
+    let with_standby = |i: usize, image: &str, running: bool| {
+        let mut n = on(i, OLD);
+        if let Some(pod) = n.pod.as_mut() {
+            pod.standby = Standby::Warm {
+                image: image.into(),
+                running,
+            };
+        }
+        n
+    };
+    let nodes = vec![
+        with_standby(0, NEW, true),
+        // Not running (e.g. the kubelet is restarting it): patch the image.
+        with_standby(1, NEW, false),
+        // A standby of another image: the slot's image must change.
+        with_standby(2, "baton/agent:v0", true),
+        on(3, OLD),
+    ];
+    let p = run(&spec(max("100%")), &stable(OLD), &nodes);
+    let warm: Vec<(&str, bool)> = p
+        .actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::StartUpgrade { node, warm, .. } => Some((node.as_str(), *warm)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        warm,
+        [
+            (name(0).as_str(), true),
+            (name(1).as_str(), false),
+            (name(2).as_str(), false),
+            (name(3).as_str(), false)
+        ]
+    );
+    // A rollback to the image the standby still runs is warm too.
+    let mut s = spec(Strategy {
+        on_failure: OnFailure::Rollback,
+        ..max("100%")
+    });
+    s.agent_image = "baton/agent:v3".into();
+    let mut back = on(0, "baton/agent:v3");
+    if let Some(pod) = back.pod.as_mut() {
+        pod.standby = Standby::Warm {
+            image: OLD.into(),
+            running: true,
+        };
+    }
+    let memory = Memory {
+        stable_image: Some(OLD.into()),
+        failed_image: Some("baton/agent:v3".into()),
+    };
+    let p = run(&s, &memory, &[back]);
+    assert_eq!(
+        p.actions,
+        vec![Action::StartRollback {
+            node: name(0),
+            slot: Slot::B,
+            image: OLD.into(),
+            warm: true
+        }]
+    );
+}
+
+#[test]
+fn finishing_keeps_the_old_agent_as_standby_and_flips_back_warm() {
+    // v1 -> v2 -> v1 -> v2 on one node: after the first (cold) start every
+    // flip wakes the standby; no container is restarted.
+    let mut nodes = fleet(1, OLD);
+    let mut memory = stable(OLD);
+    let mut warm_starts = Vec::new();
+    for goal in [NEW, OLD, NEW] {
+        let mut s = spec(Strategy::default());
+        s.agent_image = goal.into();
+        let p = run(&s, &memory, &nodes);
+        let Some(Action::StartUpgrade { slot, warm, .. }) = p.actions.first().cloned() else {
+            panic!("{goal}: {:?}", p.actions);
+        };
+        warm_starts.push(warm);
+        let pod = nodes[0].pod.as_mut().expect("pod");
+        assert_eq!(slot, pod.active.other());
+        pod.standby = upgrading_standby(goal, Some(HandoverReport::Committed));
+        let p = run(&s, &p.memory, &nodes);
+        assert!(
+            matches!(&p.actions[..], [Action::FinishUpgrade { .. }]),
+            "{:?}",
+            p.actions
+        );
+        let pod = nodes[0].pod.as_mut().expect("pod");
+        let retired = std::mem::replace(&mut pod.active_image, goal.into());
+        pod.active = slot;
+        pod.standby = Standby::Warm {
+            image: retired,
+            running: true,
+        };
+        memory = p.memory.clone();
+    }
+    assert_eq!(warm_starts, [false, true, true]);
+}
+
+fn upgrading_standby(image: &str, report: Option<HandoverReport>) -> Standby {
+    Standby::Upgrading {
+        image: image.into(),
+        elapsed_seconds: 1,
+        report,
+        ready: true,
+        kubelet: KubeletWait::default(),
+    }
+}
+
+fn held_back(mut node: NodeView, elapsed: u64, backoff: u64, message: &str) -> NodeView {
+    node = upgrading(node, NEW, elapsed, None);
+    if let Some(PairView {
+        standby: Standby::Upgrading { kubelet, .. },
+        ..
+    }) = node.pod.as_mut()
+    {
+        *kubelet = KubeletWait {
+            message: Some(message.into()),
+            backoff_seconds: backoff,
+        };
+    }
+    node
+}
+
+#[test]
+fn kubelet_back_off_extends_the_deadline_up_to_a_cap() {
+    let wait = "kubelet back-off 40s before starting slot-b (back-off 40s restarting failed container=slot-b)";
+    let nodes = vec![
+        // 130 s elapsed, 40 of them in back-off: 90 s count, not timed out.
+        held_back(on(0, OLD), 130, 40, wait),
+        // The same without back-off: timed out.
+        held_back(on(1, OLD), 130, 0, "kubelet: slot-b waiting (ErrImagePull)"),
+        // Back-off beyond the cap: at most 300 s are forgiven.
+        held_back(on(2, OLD), 120 + BACKOFF_GRACE_SECONDS, 10_000, wait),
+        held_back(on(3, OLD), 119 + BACKOFF_GRACE_SECONDS, 10_000, wait),
+    ];
+    let p = run(&spec(max("100%")), &stable(OLD), &nodes);
+    let failed: Vec<&str> = p
+        .actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::MarkFailed { node, .. } => Some(node.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(failed, [name(1), name(2)]);
+    assert_eq!(p.nodes[0].phase, NodePhase::Upgrading);
+    assert_eq!(
+        p.nodes[0].message.as_deref(),
+        Some(wait),
+        "the node says what the kubelet does"
+    );
+    assert_eq!(p.nodes[3].message.as_deref(), Some(wait));
+    let reason = |i: usize| {
+        p.actions.iter().find_map(|a| match a {
+            Action::MarkFailed { node, reason, .. } if *node == name(i) => Some(reason.clone()),
+            _ => None,
+        })
+    };
+    assert_eq!(
+        reason(1).as_deref(),
+        Some("handover did not commit within 120s; kubelet: slot-b waiting (ErrImagePull)")
+    );
+    assert_eq!(
+        reason(2).as_deref(),
+        Some(
+            format!("handover did not commit within 120s (plus 300s of kubelet back-off); {wait}")
+                .as_str()
+        )
+    );
+}
+
+#[test]
+fn a_failure_is_the_nodes_outcome_of_the_round() {
+    let mut nodes = fleet(2, OLD);
+    nodes[0] = upgrading(nodes[0].clone(), NEW, 120, None);
+    let p = run(&spec(max("100%")), &stable(OLD), &nodes);
+    assert_eq!(
+        p.nodes[0].failure.as_deref(),
+        Some("handover did not commit within 120s")
+    );
+    assert_eq!(p.nodes[0].message, p.nodes[0].failure);
+    assert_eq!(p.nodes[1].failure, None);
 }
