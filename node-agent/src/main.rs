@@ -50,6 +50,9 @@ enum Cmd {
         /// Services file (YAML), watched for changes (the `file` source).
         #[arg(long, env = "BATON_SERVICES")]
         services: Option<PathBuf>,
+        /// Largest services file accepted, in bytes (a larger one is rejected).
+        #[arg(long, default_value_t = baton_agent::source::file::DEFAULT_MAX_BYTES)]
+        max_services_bytes: u64,
         /// Where services come from: `file` (--services) or `kubernetes`
         /// (Services + EndpointSlices; in-cluster config or KUBECONFIG).
         /// `auto`: the file when --services is given, else kubernetes in a
@@ -91,6 +94,16 @@ enum Cmd {
         /// Do not try to take over from an agent on the handover socket.
         #[arg(long)]
         no_take_over: bool,
+    },
+    /// Read, parse and validate a services file exactly as `run` would, then
+    /// exit: 0 when it would be applied, 1 (with the errors) when not.
+    Check {
+        /// The services file.
+        #[arg(long)]
+        services: PathBuf,
+        /// Largest services file accepted, in bytes.
+        #[arg(long, default_value_t = baton_agent::source::file::DEFAULT_MAX_BYTES)]
+        max_services_bytes: u64,
     },
     /// Print the running agent's status (JSON).
     Status {
@@ -211,6 +224,7 @@ fn real_main() -> Result<ExitCode> {
         Cmd::Run {
             paths,
             services,
+            max_services_bytes,
             source,
             kube_namespace,
             cgroup,
@@ -290,9 +304,10 @@ fn real_main() -> Result<ExitCode> {
                 (s, _) => s,
             };
             let source: Box<dyn Source> = match source {
-                "file" => Box::new(FileSource::new(
-                    services.context("--source file needs --services FILE")?,
-                )),
+                "file" => Box::new(
+                    FileSource::new(services.context("--source file needs --services FILE")?)
+                        .with_max_bytes(max_services_bytes),
+                ),
                 "kubernetes" | "kube" => Box::new(
                     KubeSource::start(KubeOptions {
                         namespace: kube_namespace,
@@ -331,6 +346,27 @@ fn real_main() -> Result<ExitCode> {
                 Request::Status,
             )?)?;
             Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Check {
+            services,
+            max_services_bytes,
+        } => {
+            let cap = baton_agent::model::Capacity::default();
+            match baton_agent::source::file::load(&services, max_services_bytes, &cap) {
+                Ok(state) => {
+                    let endpoints: usize = state.services.iter().map(|s| s.endpoints.len()).sum();
+                    println!(
+                        "{}: ok: {} services, {endpoints} endpoints",
+                        services.display(),
+                        state.services.len()
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    println!("{e}");
+                    Ok(ExitCode::from(1))
+                }
+            }
         }
         Cmd::Dump { paths } => {
             print(&client::request(

@@ -1,20 +1,46 @@
-//! The services file: parsed strictly, validated against the map capacities,
-//! every error named by file, line and field. A rejected file changes nothing.
+//! The services file: read only as a bounded regular file, parsed from the
+//! YAML event stream (see `reader.rs`), validated against the map
+//! capacities, every error named by file, line and field. A rejected file
+//! changes nothing, and a file being rewritten in place is not applied
+//! until its content is stable (see `FileSource`).
 
-use std::net::IpAddr;
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::time::{Duration, Instant};
 
-use baton_ebpf::LbPolicy;
-use serde::Deserialize;
+use super::reader::{self, ParseError};
+use crate::model::{Capacity, DesiredState};
 
-use super::locate::line_of;
-use crate::model::{Capacity, DesiredState, EndpointSpec, PortSpec, ServiceSpec};
+/// Default `--max-services-bytes`: 64 MiB. 10 000 services of 10 endpoints
+/// each (every field written out) take about 6 MiB in block style, so this
+/// is 10x the largest file the default maps can hold.
+pub const DEFAULT_MAX_BYTES: u64 = 64 << 20;
+
+/// How long a changed file's content must stay the same before it is
+/// applied: long enough for a `truncate + write` of a normal file by an
+/// editor or `cat >`, short enough not to be noticed.
+pub const DEFAULT_SETTLE: Duration = Duration::from_millis(150);
+
+/// At most this many validation problems are listed in an error.
+pub const MAX_PROBLEMS: usize = 20;
+
+/// One rule a services file breaks, at a line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// 1-based line (0 when unknown).
+    pub line: usize,
+    /// Field path, e.g. `services[2].vips[0]`.
+    pub path: String,
+    /// Why.
+    pub reason: String,
+}
 
 /// Why a source's desired state was not applied (file or cluster).
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
-    /// The file could not be read.
+    /// The file could not be opened or read.
     #[error("{file}: {source}")]
     Read {
         /// File.
@@ -22,23 +48,56 @@ pub enum SourceError {
         /// Cause.
         source: std::io::Error,
     },
-    /// YAML syntax or type error.
-    #[error("{file}:{line}: {message}")]
+    /// The path (after symlinks) is a FIFO, a device, a directory…: only a
+    /// regular file has an end that can be trusted to come.
+    #[error("{file}: not a regular file ({kind})")]
+    NotRegular {
+        /// File.
+        file: String,
+        /// What it is.
+        kind: &'static str,
+    },
+    /// Larger than `--max-services-bytes`.
+    #[error(
+        "{file}: {size} bytes or more, over the limit of {limit} bytes (--max-services-bytes)"
+    )]
+    TooLarge {
+        /// File.
+        file: String,
+        /// Its size (or at least how much was there to read).
+        size: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// Not UTF-8.
+    #[error("{file}:{line}: not UTF-8 text: {source}")]
+    NotUtf8 {
+        /// File.
+        file: String,
+        /// 1-based line of the first bad byte.
+        line: usize,
+        /// Cause.
+        source: std::str::Utf8Error,
+    },
+    /// Not a services document (YAML syntax, shape, types, values).
+    #[error("{file}:{line}: {source}")]
     Syntax {
         /// File.
         file: String,
-        /// Line (1-based, 0 when unknown).
+        /// 1-based line.
         line: usize,
-        /// serde_yaml's message (includes the field path).
-        message: String,
+        /// Cause.
+        source: ParseError,
     },
-    /// Rules the content breaks.
-    #[error("{}", .problems.iter().map(|p| format!("{}:{}: {}: {}", .file, p.0, p.1, p.2)).collect::<Vec<_>>().join("\n"))]
+    /// Rules the content breaks (at most `MAX_PROBLEMS` listed).
+    #[error("{}{}", .problems.iter().map(|p| format!("{}:{}: {}: {}", .file, p.line, p.path, p.reason)).collect::<Vec<_>>().join("\n"), if *.more > 0 { format!("\n... and {} more problems", .more) } else { String::new() })]
     Invalid {
         /// File.
         file: String,
-        /// (line, field path, reason).
-        problems: Vec<(usize, String, String)>,
+        /// The first problems.
+        problems: Vec<Problem>,
+        /// How many more were found and not listed.
+        more: usize,
     },
     /// The cluster's Services/EndpointSlices could not be watched, or their
     /// state breaks a rule or the map capacities (services named `ns/name`).
@@ -49,129 +108,159 @@ pub enum SourceError {
     },
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileDoc {
-    #[serde(default)]
-    services: Vec<FileService>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct FileService {
-    name: String,
-    vips: Vec<IpAddr>,
-    ports: Vec<FilePort>,
-    #[serde(default = "default_policy")]
-    policy: FilePolicy,
-    #[serde(default)]
-    endpoints: Vec<FileEndpoint>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct FilePort {
-    port: u16,
-    target_port: Option<u16>,
-}
-
-#[derive(Deserialize, Clone, Copy)]
-#[serde(rename_all = "lowercase")]
-enum FilePolicy {
-    Random,
-    Strict,
-    Failover,
-}
-
-fn default_policy() -> FilePolicy {
-    FilePolicy::Random
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct FileEndpoint {
-    address: IpAddr,
-    #[serde(default)]
-    port: u16,
-    #[serde(default)]
-    priority: u8,
-}
-
 /// Parses and validates a services file's text.
 pub fn parse(file: &str, text: &str, cap: &Capacity) -> Result<DesiredState, SourceError> {
-    let doc = match super::items::parse_items::<FileService>(text) {
-        Some(services) => FileDoc { services },
-        None => serde_yaml::from_str(text).map_err(|e| SourceError::Syntax {
-            file: file.into(),
-            line: e.location().map_or(0, |l| l.line()),
-            message: e.to_string(),
-        })?,
-    };
-    let services = doc
-        .services
-        .into_iter()
-        .map(|s| ServiceSpec {
-            name: s.name,
-            vips: s.vips,
-            ports: s
-                .ports
-                .iter()
-                .map(|p| PortSpec {
-                    port: p.port,
-                    target_port: p.target_port.unwrap_or(p.port),
-                })
-                .collect(),
-            policy: match s.policy {
-                FilePolicy::Random => LbPolicy::Random,
-                FilePolicy::Strict => LbPolicy::Strict,
-                FilePolicy::Failover => LbPolicy::Failover,
-            },
-            endpoints: s
-                .endpoints
-                .iter()
-                .map(|e| EndpointSpec {
-                    address: e.address,
-                    port: e.port,
-                    priority: e.priority,
-                })
-                .collect(),
-        })
-        .collect();
-    let state = DesiredState { services };
+    let (state, lines) = reader::read(text).map_err(|l| SourceError::Syntax {
+        file: file.into(),
+        line: l.line,
+        source: l.error,
+    })?;
     let invalid = state.validate(cap);
     if invalid.is_empty() {
         return Ok(state);
     }
+    let more = invalid.len().saturating_sub(MAX_PROBLEMS);
     Err(SourceError::Invalid {
         file: file.into(),
         problems: invalid
             .into_iter()
-            .map(|i| (line_of(text, &i.path), i.path, i.reason))
+            .take(MAX_PROBLEMS)
+            .map(|i| Problem {
+                line: lines.of(&i.path),
+                path: i.path,
+                reason: i.reason,
+            })
             .collect(),
+        more,
     })
 }
 
-/// Loads a services file.
-pub fn load(path: &Path, cap: &Capacity) -> Result<DesiredState, SourceError> {
-    let file = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|source| SourceError::Read {
-        file: file.clone(),
-        source,
-    })?;
-    parse(&file, &text, cap)
+/// Parses and validates a services file's bytes (UTF-8 checked first).
+pub fn parse_bytes(file: &str, bytes: &[u8], cap: &Capacity) -> Result<DesiredState, SourceError> {
+    match std::str::from_utf8(bytes) {
+        Ok(t) => parse(file, t, cap),
+        Err(source) => Err(SourceError::NotUtf8 {
+            file: file.into(),
+            line: 1 + bytes[..source.valid_up_to()]
+                .iter()
+                .filter(|&&b| b == b'\n')
+                .count(),
+            source,
+        }),
+    }
 }
 
-/// A services file watched by polling its metadata and content.
+fn kind_of(ft: std::fs::FileType) -> &'static str {
+    if ft.is_fifo() {
+        "a FIFO"
+    } else if ft.is_char_device() {
+        "a character device"
+    } else if ft.is_block_device() {
+        "a block device"
+    } else if ft.is_dir() {
+        "a directory"
+    } else if ft.is_socket() {
+        "a socket"
+    } else {
+        "not a file"
+    }
+}
+
+/// Reads a services file: a regular file (checked on the open fd, after
+/// symlinks), opened non-blocking so a FIFO cannot stall the caller, of at
+/// most `limit` bytes (checked on the fd, and the read stops at limit + 1
+/// so a file that grows or lies about its size cannot make it read more).
+pub fn read_bounded(path: &Path, limit: u64) -> Result<Vec<u8>, SourceError> {
+    let file = path.display().to_string();
+    let io = |source| SourceError::Read {
+        file: file.clone(),
+        source,
+    };
+    let f = File::options()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOCTTY)
+        .open(path)
+        .map_err(io)?;
+    let meta = f.metadata().map_err(io)?;
+    if !meta.file_type().is_file() {
+        return Err(SourceError::NotRegular {
+            file,
+            kind: kind_of(meta.file_type()),
+        });
+    }
+    if meta.len() > limit {
+        return Err(SourceError::TooLarge {
+            file,
+            size: meta.len(),
+            limit,
+        });
+    }
+    let mut buf = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0).saturating_add(1));
+    f.take(limit.saturating_add(1))
+        .read_to_end(&mut buf)
+        .map_err(io)?;
+    if buf.len() as u64 > limit {
+        return Err(SourceError::TooLarge {
+            file,
+            size: buf.len() as u64,
+            limit,
+        });
+    }
+    Ok(buf)
+}
+
+/// Loads a services file (bounded read, parse, validate): `baton-agent check`.
+pub fn load(path: &Path, limit: u64, cap: &Capacity) -> Result<DesiredState, SourceError> {
+    let bytes = read_bounded(path, limit)?;
+    parse_bytes(&path.display().to_string(), &bytes, cap)
+}
+
+/// What one read of the file saw: its content's fingerprint, or the error
+/// (errors are compared by text, so the same failure is reported once).
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Seen {
+    Content { len: u64, hash: u64 },
+    Failed(String),
+}
+
+/// A services file watched by polling. A change is applied only once two
+/// reads at least `settle` apart saw the same content (and every read in
+/// between too): a file rewritten in place (truncate, then write) is read
+/// as empty or cut at any byte in the middle, and a cut at a line boundary
+/// is valid YAML with fewer services.
 #[derive(Debug)]
 pub struct FileSource {
     path: PathBuf,
-    seen: Option<(Option<SystemTime>, u64, u64)>,
+    max_bytes: u64,
+    settle: Duration,
+    /// The last outcome acted on (applied or reported).
+    done: Option<Seen>,
+    /// A new outcome and when it was first seen.
+    pending: Option<(Seen, Instant)>,
 }
 
 impl FileSource {
-    /// Watches `path`.
+    /// Watches `path` with the default size limit and settle time.
     pub fn new(path: PathBuf) -> Self {
-        Self { path, seen: None }
+        Self {
+            path,
+            max_bytes: DEFAULT_MAX_BYTES,
+            settle: DEFAULT_SETTLE,
+            done: None,
+            pending: None,
+        }
+    }
+
+    /// Sets the size limit (`--max-services-bytes`).
+    pub fn with_max_bytes(mut self, max_bytes: u64) -> Self {
+        self.max_bytes = max_bytes;
+        self
+    }
+
+    /// Sets how long a change must be stable before it is acted on.
+    pub fn with_settle(mut self, settle: Duration) -> Self {
+        self.settle = settle;
+        self
     }
 
     /// The watched file.
@@ -179,42 +268,38 @@ impl FileSource {
         &self.path
     }
 
-    /// The new desired state when the file changed since the last call
-    /// (always on the first call); `None` when unchanged.
+    /// The new desired state (or why the file is rejected) once a change is
+    /// stable; `None` when nothing new is stable yet.
     pub fn poll(&mut self, cap: &Capacity) -> Option<Result<DesiredState, SourceError>> {
-        let meta = std::fs::metadata(&self.path);
-        let text = match std::fs::read(&self.path) {
-            Ok(t) => t,
-            Err(source) => {
-                let key = (None, u64::MAX, 0);
-                if self.seen == Some(key) {
-                    return None;
-                }
-                self.seen = Some(key);
-                return Some(Err(SourceError::Read {
-                    file: self.path.display().to_string(),
-                    source,
-                }));
-            }
+        let read = read_bounded(&self.path, self.max_bytes);
+        let seen = match &read {
+            Ok(b) => Seen::Content {
+                len: b.len() as u64,
+                hash: fnv1a(b),
+            },
+            Err(e) => Seen::Failed(e.to_string()),
         };
-        let key = (
-            meta.ok().and_then(|m| m.modified().ok()),
-            text.len() as u64,
-            fnv1a(&text),
-        );
-        if self.seen == Some(key) {
+        if self.done.as_ref() == Some(&seen) {
+            self.pending = None;
             return None;
         }
-        self.seen = Some(key);
+        let now = Instant::now();
+        match &self.pending {
+            Some((p, since)) if *p == seen => {
+                if now.duration_since(*since) < self.settle {
+                    return None;
+                }
+            }
+            _ => {
+                tracing::debug!(file = %self.path.display(), "services file changed; waiting for it to settle");
+                self.pending = Some((seen, now));
+                return None;
+            }
+        }
+        self.pending = None;
+        self.done = Some(seen);
         let file = self.path.display().to_string();
-        Some(match String::from_utf8(text) {
-            Ok(t) => parse(&file, &t, cap),
-            Err(_) => Err(SourceError::Syntax {
-                file,
-                line: 0,
-                message: "not UTF-8 text".into(),
-            }),
-        })
+        Some(read.and_then(|b| parse_bytes(&file, &b, cap)))
     }
 }
 
@@ -227,6 +312,8 @@ fn fnv1a(b: &[u8]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::PortSpec;
+    use baton_ebpf::LbPolicy;
 
     const GOOD: &str = "\
 services:
@@ -342,5 +429,302 @@ services:
     fn unknown_fields_and_garbage_are_rejected() {
         assert!(err(&GOOD.replace("policy:", "polcy:")).contains("unknown field `polcy`"));
         assert!(err("services: [").starts_with("svc.yaml:"));
+    }
+
+    #[test]
+    fn only_a_complete_document_is_accepted() {
+        for text in [
+            "",
+            "\n\n",
+            "# only a comment\n",
+            "---\n",
+            "services:\n",
+            "services: ~\n",
+            "{}\n",
+        ] {
+            let e = err(text);
+            assert!(e.starts_with("svc.yaml:"), "{text:?}: {e}");
+        }
+        assert!(err("").contains("write `services: []`"));
+        assert!(err("services:\n").contains("services: no value"));
+        assert!(err("{}\n").contains("missing field `services`"));
+        let s = parse(
+            "svc.yaml",
+            "# nothing\nservices: []\n",
+            &Capacity::default(),
+        )
+        .expect("explicit empty");
+        assert!(s.services.is_empty());
+        // Every field that is a list must be a list, not a null.
+        let e = err(&GOOD.replace(
+            "    endpoints:\n      - {address",
+            "    endpoints:\n    x: 1\n      - {address",
+        ));
+        assert!(e.starts_with("svc.yaml:"), "{e}");
+        let e = err(&GOOD.replace("ports: [{port: 443}]", "ports:"));
+        assert!(
+            e.contains("svc.yaml:14: services[1].ports: no value"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn second_document_and_top_level_keys_are_rejected() {
+        assert!(err(&format!("{GOOD}---\nservices: []\n")).contains("more than one YAML document"));
+        let line = GOOD.lines().count() + 1;
+        let e = err(&format!("{GOOD}other: 1\n"));
+        assert!(
+            e.starts_with(&format!(
+                "svc.yaml:{line}: (top level): unknown field `other`"
+            )),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn duplicate_key_is_reported_at_the_duplicate() {
+        let e = err(&GOOD.replace(
+            "    policy: failover\n",
+            "    policy: failover\n    name: again\n",
+        ));
+        assert!(
+            e.starts_with("svc.yaml:8: services[0]: duplicate key `name`"),
+            "{e}"
+        );
+        let e =
+            err("services: [{name: a, vips: [10.0.0.1],\n  ports: [{port: 1,\n    port: 2}]}]\n");
+        assert!(
+            e.starts_with("svc.yaml:3: services[0].ports[0]: duplicate key `port`"),
+            "{e}"
+        );
+        let e = err("services: []\nservices: []\n");
+        assert!(
+            e.starts_with("svc.yaml:2: (top level): duplicate key `services`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn anchors_aliases_and_tags_are_refused() {
+        let e = err("services:\n  - &a {name: a, vips: [10.0.0.1], ports: [{port: 1}]}\n  - *a\n");
+        assert!(
+            e.starts_with("svc.yaml:2: services[0]: anchors, aliases"),
+            "{e}"
+        );
+        let e = err("services:\n  - {name: !!str a, vips: [10.0.0.1], ports: [{port: 1}]}\n");
+        assert!(
+            e.starts_with("svc.yaml:2: services[0].name: anchors"),
+            "{e}"
+        );
+    }
+
+    /// `n` services, one per line in flow style or in block style; the
+    /// services named in `dup` reuse service 0's name and VIP.
+    fn many(n: usize, flow: bool, dup: bool) -> String {
+        let mut t = String::from(if flow {
+            "{services: [\n"
+        } else {
+            "services:\n"
+        });
+        for i in 0..n {
+            let k = if dup && i > 0 { 0 } else { i };
+            let (a, b) = (k / 250, k % 250);
+            if flow {
+                t.push_str(&format!("{{name: s{k}, vips: [10.96.{a}.{b}], ports: [{{port: 80}}], endpoints: [{{address: 10.1.{a}.{b}}}]}},\n"));
+            } else {
+                t.push_str(&format!("  - name: s{k}\n    vips: [10.96.{a}.{b}]\n    ports: [{{port: 80}}]\n    endpoints: [{{address: 10.1.{a}.{b}}}]\n"));
+            }
+        }
+        t.push_str(if flow { "]}\n" } else { "" });
+        t
+    }
+
+    #[test]
+    fn errors_in_a_large_flow_style_file_name_their_line() {
+        let text = many(5000, true, false).replace("address: 10.1.15.17}", "address: 10.1.15.300}");
+        let e = err(&text);
+        // Service 3767 is on line 3768 (the first line opens the mapping).
+        assert!(
+            e.starts_with("svc.yaml:3769: services[3767].endpoints[0].address: invalid IP"),
+            "{e}"
+        );
+        let text = many(5000, true, false).replace("{name: s4000,", "{name: s4000, name: x,");
+        assert!(err(&text).starts_with("svc.yaml:4002: services[4000]: duplicate key `name`"));
+    }
+
+    #[test]
+    fn many_errors_are_capped_and_each_has_its_line() {
+        let started = std::time::Instant::now();
+        let e = parse("svc.yaml", &many(16_000, false, true), &Capacity::default())
+            .expect_err("duplicates");
+        // A hang guard, not a benchmark (this takes milliseconds).
+        assert!(started.elapsed() < std::time::Duration::from_secs(10));
+        let SourceError::Invalid { problems, more, .. } = &e else {
+            panic!("{e}");
+        };
+        assert_eq!(problems.len(), MAX_PROBLEMS);
+        // Two problems (name, VIP) per duplicate service.
+        assert_eq!(problems.len() + more, 2 * 15_999);
+        assert_eq!(problems[0].path, "services[1].name");
+        assert_eq!(problems[0].line, 6);
+        assert_eq!(problems[1].path, "services[1].vips[0]");
+        assert_eq!(problems[1].line, 7);
+        assert_eq!(
+            (problems[19].path.as_str(), problems[19].line),
+            ("services[10].vips[0]", 43)
+        );
+        assert!(
+            e.to_string().ends_with("... and 31978 more problems"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn deep_nesting_and_alias_bombs_are_rejected_at_once() {
+        let started = std::time::Instant::now();
+        let n = 100_000;
+        let flow = format!("services: {}{}\n", "[".repeat(n), "]".repeat(n));
+        assert!(err(&flow).contains("services[0]: expected a mapping, found a sequence"));
+        let block = format!("services:\n{}x\n", "- ".repeat(n));
+        assert!(err(&block).contains("services[0]: expected a mapping, found a sequence"));
+        let in_field = format!("services: [{{name: {}}}]\n", "{".repeat(n));
+        assert!(err(&in_field).contains("services[0].name: expected a string, found a mapping"));
+        let mut bomb =
+            String::from("services:\n  - &s {name: a, vips: [10.0.0.1], ports: [{port: 1}]}\n");
+        for _ in 0..50_000 {
+            bomb.push_str("  - *s\n");
+        }
+        assert!(err(&bomb).contains("anchors, aliases"));
+        assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    }
+
+    #[test]
+    fn non_utf8_names_its_line() {
+        let e = parse_bytes(
+            "svc.yaml",
+            b"services:\n  - name: \xff\n",
+            &Capacity::default(),
+        )
+        .expect_err("not utf-8")
+        .to_string();
+        assert!(e.starts_with("svc.yaml:2: not UTF-8"), "{e}");
+    }
+
+    #[test]
+    fn only_bounded_regular_files_are_read() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let zero = dir.path().join("zero.yaml");
+        std::os::unix::fs::symlink("/dev/zero", &zero).expect("symlink");
+        let e = read_bounded(&zero, DEFAULT_MAX_BYTES).expect_err("device");
+        assert!(
+            matches!(
+                e,
+                SourceError::NotRegular {
+                    kind: "a character device",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+
+        let fifo = dir.path().join("fifo.yaml");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600))
+            .expect("mkfifo");
+        // Opening a FIFO with no writer would block without O_NONBLOCK.
+        let e = read_bounded(&fifo, DEFAULT_MAX_BYTES).expect_err("fifo");
+        assert!(
+            matches!(e, SourceError::NotRegular { kind: "a FIFO", .. }),
+            "{e}"
+        );
+
+        let e = read_bounded(dir.path(), DEFAULT_MAX_BYTES).expect_err("dir");
+        assert!(
+            matches!(e, SourceError::NotRegular { .. } | SourceError::Read { .. }),
+            "{e}"
+        );
+
+        let big = dir.path().join("big.yaml");
+        std::fs::write(&big, GOOD).expect("write");
+        let limit = GOOD.len() as u64 - 1;
+        let e = read_bounded(&big, limit).expect_err("too large");
+        assert!(matches!(e, SourceError::TooLarge { .. }), "{e}");
+        assert_eq!(
+            read_bounded(&big, GOOD.len() as u64).expect("at the limit"),
+            GOOD.as_bytes()
+        );
+    }
+
+    fn poll_until(src: &mut FileSource, secs: u64) -> Option<Result<DesiredState, SourceError>> {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while Instant::now() < deadline {
+            if let Some(r) = src.poll(&Capacity::default()) {
+                return Some(r);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
+    }
+
+    #[test]
+    fn a_change_is_acted_on_once_and_only_when_stable() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("svc.yaml");
+        std::fs::write(&path, GOOD).expect("write");
+        let mut src = FileSource::new(path.clone()).with_settle(Duration::from_millis(100));
+        let t0 = Instant::now();
+        assert!(
+            src.poll(&Capacity::default()).is_none(),
+            "not before it settled"
+        );
+        let first = poll_until(&mut src, 10).expect("applied").expect("valid");
+        assert!(t0.elapsed() >= Duration::from_millis(100));
+        assert_eq!(first.services.len(), 2);
+        std::thread::sleep(Duration::from_millis(150));
+        assert!(src.poll(&Capacity::default()).is_none(), "unchanged");
+        std::fs::write(&path, "").expect("truncate");
+        let e = poll_until(&mut src, 10)
+            .expect("reported")
+            .expect_err("empty");
+        assert!(e.to_string().contains("no document"), "{e}");
+        std::thread::sleep(Duration::from_millis(150));
+        assert!(src.poll(&Capacity::default()).is_none(), "reported once");
+    }
+
+    /// An in-place rewrite (truncate, then the new text a line every 20 ms,
+    /// as a slow writer would) is never applied half-written: every prefix
+    /// cut at a line boundary is valid YAML with fewer endpoints.
+    #[test]
+    fn a_slow_in_place_rewrite_is_applied_only_when_complete() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("svc.yaml");
+        std::fs::write(&path, GOOD).expect("write");
+        let mut src = FileSource::new(path.clone()).with_settle(DEFAULT_SETTLE);
+        poll_until(&mut src, 10).expect("applied").expect("valid");
+        let new = many(40, false, false);
+        let writer = {
+            let (path, new) = (path.clone(), new.clone());
+            std::thread::spawn(move || {
+                use std::io::Write;
+                let mut f = std::fs::File::create(&path).expect("truncate");
+                for line in new.split_inclusive('\n') {
+                    f.write_all(line.as_bytes()).expect("write");
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            })
+        };
+        let mut applied = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !writer.is_finished() || applied.is_empty() {
+            assert!(
+                Instant::now() < deadline,
+                "the complete file was never applied"
+            );
+            if let Some(r) = src.poll(&Capacity::default()) {
+                applied.push(r.map(|s| s.services.len()).map_err(|e| e.to_string()));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        writer.join().expect("writer");
+        assert_eq!(applied, [Ok(40)], "only the complete file is acted on");
     }
 }

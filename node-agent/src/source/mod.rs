@@ -2,9 +2,9 @@
 //! EndpointSlices in a cluster. Both produce the same `DesiredState`.
 
 pub mod file;
-mod items;
 pub mod kube;
-mod locate;
+pub mod reader;
+mod yaml;
 
 pub use self::kube::{KubeOptions, KubeSource};
 pub use file::{FileSource, SourceError};
