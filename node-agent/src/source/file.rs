@@ -14,8 +14,8 @@ use super::reader::{self, ParseError};
 use crate::model::{Capacity, DesiredState};
 
 /// Default `--max-services-bytes`: 64 MiB. 10 000 services of 10 endpoints
-/// each (every field written out) take about 6 MiB in block style, so this
-/// is 10x the largest file the default maps can hold.
+/// each (every field written out) take 8.3 MB in block style, so this is
+/// about 8x the largest file the default maps can hold.
 pub const DEFAULT_MAX_BYTES: u64 = 64 << 20;
 
 /// How long a changed file's content must stay the same before it is
