@@ -36,14 +36,20 @@ fuzz_target!(|data: &[u8]| {
     for s in &built.state.services {
         let v4 = s.vips.first().map(|v| v.is_ipv4());
         assert!(v4.is_some(), "{}: no VIP", s.name);
-        assert!(s.vips.iter().all(|v| Some(v.is_ipv4()) == v4), "{}: mixed VIPs", s.name);
+        assert!(
+            s.vips.iter().all(|v| Some(v.is_ipv4()) == v4),
+            "{}: mixed VIPs",
+            s.name
+        );
         assert!(
             s.endpoints.iter().all(|e| Some(e.address.is_ipv4()) == v4),
             "{}: endpoint family",
             s.name
         );
         assert!(
-            s.endpoints.iter().all(|e| usize::from(e.priority) < baton_ebpf::PRIO_COUNT),
+            s.endpoints
+                .iter()
+                .all(|e| usize::from(e.priority) < baton_ebpf::PRIO_COUNT),
             "{}: priority",
             s.name
         );

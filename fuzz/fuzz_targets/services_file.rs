@@ -31,7 +31,10 @@ fn render(s: &DesiredState) -> Option<String> {
             format!("{:?}", svc.policy).to_lowercase()
         ));
         for p in &svc.ports {
-            y.push_str(&format!("      - {{port: {}, targetPort: {}}}\n", p.port, p.target_port));
+            y.push_str(&format!(
+                "      - {{port: {}, targetPort: {}}}\n",
+                p.port, p.target_port
+            ));
         }
         y.push_str("    endpoints: [\n");
         for e in &svc.endpoints {
