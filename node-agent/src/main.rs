@@ -9,15 +9,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use baton_agent::admin::offline::{self, AnsweredBy};
 use baton_agent::admin::{client, Request};
 use baton_agent::agent::{self, admin_socket, AgentConfig, Exit, Hooks};
-use baton_agent::cluster::{ClusterClient, HandoverOutcome, HandoverReport, Role, SlotInfo};
+use baton_agent::cluster::{
+    standby, ClusterClient, HandoverOutcome, HandoverReport, Owner, Role, SlotInfo,
+};
 use baton_agent::datapath::{self, DatapathConfig};
 use baton_agent::handover::incumbent::Timeouts;
 use baton_agent::handover::successor::Figures;
 use baton_agent::source::kube::{KubeOptions, KubeSource, Locality};
 use baton_agent::source::{FileSource, Source};
-use baton_agent::{maps::MapSet, sys, verify};
+use baton_agent::sys;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
@@ -137,23 +140,31 @@ fn parse_kv(s: &str) -> Result<(String, u32), String> {
     Ok((k.to_string(), v.parse().map_err(|e| format!("{v:?}: {e}"))?))
 }
 
-/// A retired slot restarted by the kubelet: never touch the datapath, wait
-/// for the operator to park this container.
-fn idle(me: &SlotInfo) -> Result<ExitCode> {
-    tracing::info!(slot = ?me.slot, "this slot is retired: idle until stopped");
-    idle_until_stopped()
+/// A retired slot (after its handover, or restarted by the kubelet): never
+/// touch the datapath; wait as the slot's warm standby (docs/operator.md).
+fn standby(me: &SlotInfo) -> Result<ExitCode> {
+    standby::enter(me).context("standby")?;
+    Ok(ExitCode::SUCCESS)
 }
 
-/// Sleeps until SIGTERM/SIGINT.
-fn idle_until_stopped() -> Result<ExitCode> {
-    let stop = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        signal_hook::flag::register(sig, stop.clone()).context("installing signal handlers")?;
+/// On SIGTERM: remove the datapath only if the pod's KmeshUpgrade is deleted
+/// or being deleted (uninstall). Any other answer, an API error included,
+/// keeps it: a restart or an upgrade must not detach the node's datapath.
+fn owner_gone(cc: &ClusterClient, me: &SlotInfo) -> bool {
+    match cc.owner(me) {
+        Ok(Owner::Gone(why)) => {
+            tracing::info!(%why, "owner gone: removing the datapath");
+            true
+        }
+        Ok(owner) => {
+            tracing::info!(?owner, "owner alive: the datapath stays");
+            false
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the owner: the datapath stays");
+            false
+        }
     }
-    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    Ok(ExitCode::SUCCESS)
 }
 
 /// Writes the pod condition the operator waits for.
@@ -198,6 +209,16 @@ fn report(cc: &ClusterClient, me: &SlotInfo, r: Result<&Figures, &str>) {
     }
 }
 
+/// Says on stderr that the pins answered, not an agent.
+fn say_pins(by: &AnsweredBy, paths: &Paths) {
+    if let AnsweredBy::Pins(why) = by {
+        eprintln!(
+            "baton-agent: no agent answers ({why}); read the pins under {}",
+            paths.bpffs.display()
+        );
+    }
+}
+
 fn print(v: &serde_json::Value) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
@@ -238,6 +259,11 @@ fn real_main() -> Result<ExitCode> {
             freeze_timeout_ms,
             no_take_over,
         } => {
+            if std::env::var_os(standby::ENV_STANDBY).is_some() {
+                let me = SlotInfo::from_env().context("reading the slot (standby)")?;
+                standby::run(&me).context("standby")?;
+                return Ok(ExitCode::SUCCESS);
+            }
             let cgroup = match cgroup.or_else(sys::find_cgroup2_mount) {
                 Some(c) => c,
                 None => bail!("no cgroup v2 mount found; pass --cgroup"),
@@ -286,16 +312,31 @@ fn real_main() -> Result<ExitCode> {
             let mut cfg = cfg;
             cfg.keep_datapath |= in_pod;
             let mut hooks = Hooks::default();
+            let retired_slot = slot.clone();
             if let (Some(me), Some(cc)) = (slot, cluster) {
                 let role = cc.role(&me).context("reading this pod's slot role")?;
                 tracing::info!(slot = ?me.slot, version = %me.version, ?role, "pair pod slot");
+                let cc = Arc::new(cc);
                 match role {
-                    Role::Retired => return idle(&me),
-                    Role::Active => {}
+                    Role::Retired => return standby(&me),
+                    Role::Active => {
+                        // The operator counts the node ready only once the
+                        // agent says it owns the datapath.
+                        let (cc, me) = (cc.clone(), me.clone());
+                        hooks.on_takeover = Some(Box::new(move |r| {
+                            if r.is_ok() {
+                                if let Err(e) = cc.report_started(&me) {
+                                    tracing::error!(error = %e, "could not write the start condition");
+                                }
+                            }
+                        }));
+                    }
                     Role::Successor => {
+                        let (cc, me) = (cc.clone(), me.clone());
                         hooks.on_takeover = Some(Box::new(move |r| report(&cc, &me, r)));
                     }
                 }
+                hooks.teardown_on_stop = Some(Box::new(move || owner_gone(&cc, &me)));
             }
             let source = match (source.as_str(), &services) {
                 ("auto", Some(_)) => "file",
@@ -333,18 +374,18 @@ fn real_main() -> Result<ExitCode> {
                 // read itself as active: stay idle until the operator parks
                 // this container on the empty image.
                 Exit::Retired if in_pod => {
-                    tracing::info!("handed over to a successor; idle until this slot is parked");
-                    return idle_until_stopped();
+                    if let Some(me) = &retired_slot {
+                        return standby(me);
+                    }
                 }
                 Exit::Retired => eprintln!("baton-agent: handed over to a successor; exiting"),
             }
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Status { paths } => {
-            print(&client::request(
-                &admin_socket(&paths.run_dir),
-                Request::Status,
-            )?)?;
+            let (v, by) = offline::status(&admin_socket(&paths.run_dir), &paths.bpffs)?;
+            say_pins(&by, &paths);
+            print(&v)?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Check {
@@ -376,13 +417,10 @@ fn real_main() -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Verify { paths } => {
-            let sock = admin_socket(&paths.run_dir);
-            let report = if sock.exists() {
-                client::request(&sock, Request::Verify)?
-            } else {
-                let maps = MapSet::open_pinned(&paths.bpffs).context("opening pinned maps")?;
-                serde_json::to_value(verify::check(&maps.snapshot()?))?
-            };
+            // A SIGKILLed agent leaves its admin.sock behind: refused,
+            // missing or silent all fall back to the pins.
+            let (report, by) = offline::verify(&admin_socket(&paths.run_dir), &paths.bpffs)?;
+            say_pins(&by, &paths);
             print(&report)?;
             if let Some(e) = report.get("error") {
                 bail!("verify: {e}");

@@ -2,6 +2,7 @@
 //! `baton-agent status|dump|verify` are its clients.
 
 pub mod client;
+pub mod offline;
 pub mod server;
 
 use serde::{Deserialize, Serialize};
