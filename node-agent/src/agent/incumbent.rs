@@ -101,6 +101,23 @@ impl Incumbent for Shared {
                     break;
                 }
             }
+            // Retire only once the kernel says the link runs the successor's
+            // program (the id the commit named and the descriptor matched).
+            let want = programs.iter().find(|(a, _, _)| a == name).map(|p| p.2);
+            match sys::link_info(l.fd.as_fd()) {
+                Ok(i) if Some(i.prog_id) == want => {}
+                Ok(i) => {
+                    failure = Some(format!(
+                        "link {name} runs program {} after the update, not {want:?}",
+                        i.prog_id
+                    ));
+                    break;
+                }
+                Err(e) => {
+                    failure = Some(format!("link info {name}: {e}"));
+                    break;
+                }
+            }
         }
         crate::handover::crash_point("old:after_links_swapped");
         // 2. Pins of the replaced maps.
@@ -139,6 +156,10 @@ impl Incumbent for Shared {
     fn retire(&self) {
         self.retired.store(true, Ordering::SeqCst);
         self.stop.store(true, Ordering::SeqCst);
+    }
+
+    fn pin_dir(&self) -> &std::path::Path {
+        &self.dp.pin_dir
     }
 
     fn clean_staging(&self, peer_pid: i32) {

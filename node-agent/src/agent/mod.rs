@@ -78,6 +78,10 @@ pub struct Hooks {
     /// when the old agent keeps it.
     #[allow(clippy::type_complexity)]
     pub on_takeover: Option<Box<dyn Fn(Result<&Figures, &str>) + Send>>,
+    /// Asked once when a stop signal ends an agent that owns the datapath
+    /// and keeps it (`keep_datapath`): `true` removes it anyway (the pair
+    /// pod's owner is being deleted: an uninstall, not a restart).
+    pub teardown_on_stop: Option<Box<dyn Fn() -> bool + Send>>,
 }
 
 /// How `run` ended.
@@ -125,6 +129,7 @@ fn start(cfg: &AgentConfig, hooks: &Hooks) -> Result<Start, AgentError> {
             pin_dir: cfg.datapath.pin_dir.clone(),
             max_entries: cfg.datapath.max_entries.clone(),
             step_timeout: cfg.handover.step,
+            queue_wait: cfg.handover.queue_wait(),
         };
         match successor::take_over(&scfg) {
             Ok(t) => {
@@ -161,6 +166,12 @@ fn start(cfg: &AgentConfig, hooks: &Hooks) -> Result<Start, AgentError> {
             Err(e) if e.start_from_pins() => {
                 tracing::info!(reason = %e, "no handover: starting from the pins");
             }
+            // Not a failed upgrade: nothing was touched and the next start
+            // (the pod's restart loop) queues again, so no Failed report.
+            Err(e @ HandoverError::Busy { .. }) => {
+                tracing::error!(reason = %e, "handover socket busy; exiting for a retry");
+                return Err(e.into());
+            }
             Err(e) => {
                 report(Err(&e.to_string()));
                 return Err(e.into());
@@ -182,7 +193,9 @@ fn start(cfg: &AgentConfig, hooks: &Hooks) -> Result<Start, AgentError> {
     };
     let figures = cfg.take_over.then(|| Figures {
         handover_us: t0.elapsed().as_micros() as u64,
+        precopy_us: dp.migration.copy_us,
         maps: dp.migration.clone(),
+        via: successor::Via::Pins,
         ..Figures::default()
     });
     if let Some(f) = &figures {
@@ -193,7 +206,8 @@ fn start(cfg: &AgentConfig, hooks: &Hooks) -> Result<Start, AgentError> {
         dp,
         programmer,
         inherited: Default::default(),
-        figures: None,
+        // Shown in `status.handover` (with `via: pins`), as the report has it.
+        figures,
     })
 }
 
@@ -310,7 +324,8 @@ pub fn run(
     }
     let _ = std::fs::remove_file(&admin_path);
     let _ = std::fs::remove_file(handover_socket(&cfg.run_dir));
-    if cfg.keep_datapath {
+    let keep = cfg.keep_datapath && !hooks.teardown_on_stop.as_ref().is_some_and(|f| f());
+    if keep {
         tracing::info!("exiting; datapath stays pinned and attached");
     } else {
         shared.dp.teardown()?;

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use super::msg::{hex, CommitFigures, CommitMap, ErrorCode, JournalKey, Msg, CAPABILITIES, PROTO};
 use super::wire::{Conn, Listener, WireError, MAX_FDS};
-use super::{crash_point, manifest};
+use super::{commit, crash_point, manifest};
 use crate::sys;
 
 /// What the agent lends the handover.
@@ -35,6 +35,8 @@ pub trait Incumbent: Send + Sync {
     ) -> Result<(), String>;
     /// Never write again; stop serving (the successor has the listeners).
     fn retire(&self);
+    /// The pin directory (a successor's staging directory is under it).
+    fn pin_dir(&self) -> &std::path::Path;
     /// After a failed session with the process `peer_pid`: removes staging
     /// directories whose owner is gone (a successor that died mid-session
     /// leaves the maps it loaded pinned there).
@@ -48,8 +50,34 @@ pub struct Timeouts {
     pub step: Duration,
     /// Longest the control plane stays frozen waiting for `Commit`.
     pub freeze: Duration,
+    /// Longest a whole session may last, accept to `Committed`; `None`:
+    /// [`SESSION_STEPS`] × `step`.
+    pub session: Option<Duration>,
     /// Manifest entries per `Offer` message (≤ 253 descriptors).
     pub part_size: usize,
+}
+
+/// The session deadline in steps: a successor does two long pieces of work
+/// while the incumbent waits (load before `Prepare`, pre-copy before
+/// `Freeze`), each bounded by one step; everything else is message latency.
+pub const SESSION_STEPS: u32 = 2;
+
+/// How long a successor waits for its `Welcome` in steps: the session ahead
+/// of it ends within [`SESSION_STEPS`] steps, then its own `Hello` is
+/// answered within one more.
+pub const QUEUE_STEPS: u32 = SESSION_STEPS + 1;
+
+impl Timeouts {
+    /// The overall deadline of one session.
+    pub fn session(&self) -> Duration {
+        self.session.unwrap_or(self.step * SESSION_STEPS)
+    }
+
+    /// How long a successor waits for its `Welcome` while another session
+    /// holds the socket.
+    pub fn queue_wait(&self) -> Duration {
+        self.session() + self.step
+    }
 }
 
 impl Default for Timeouts {
@@ -57,6 +85,7 @@ impl Default for Timeouts {
         Self {
             step: Duration::from_secs(10),
             freeze: Duration::from_secs(2),
+            session: None,
             part_size: 64,
         }
     }
@@ -76,7 +105,8 @@ pub enum Outcome {
 }
 
 /// Accepts successors until `stop` is set or a handover commits. One session
-/// at a time: the listener's backlog holds others until it ends.
+/// at a time, each cut at its deadline ([`Timeouts::session`]): the
+/// listener's backlog holds the others, in connect order, until it ends.
 pub fn serve(
     listener: Arc<Listener>,
     agent: Arc<dyn Incumbent>,
@@ -151,6 +181,49 @@ pub fn session(conn: &Conn, agent: &dyn Incumbent, t: &Timeouts) -> Outcome {
 
 type Fail = (Option<ErrorCode>, String);
 
+/// The waits of one session: each is one step at most, and none goes past
+/// the session's deadline.
+struct Clock {
+    step: Duration,
+    session: Duration,
+    end: Instant,
+}
+
+impl Clock {
+    fn new(t: &Timeouts) -> Self {
+        Self {
+            step: t.step,
+            session: t.session(),
+            end: Instant::now() + t.session(),
+        }
+    }
+
+    /// The next wait for a message.
+    fn step(&self) -> Duration {
+        self.step.min(left(self.end))
+    }
+
+    /// A wait that must also end by `until`.
+    fn until(&self, until: Instant) -> Duration {
+        left(until).min(left(self.end))
+    }
+
+    /// Rewrites a timeout caused by the session deadline so the peer and the
+    /// log say which limit it hit.
+    fn explain(&self, f: Fail) -> Fail {
+        match f {
+            (Some(ErrorCode::Timeout), _) if Instant::now() >= self.end => (
+                Some(ErrorCode::Timeout),
+                format!(
+                    "session deadline of {:?} passed; ending the session",
+                    self.session
+                ),
+            ),
+            other => other,
+        }
+    }
+}
+
 fn wire(e: WireError) -> Fail {
     match e {
         WireError::Bad { code, detail } => (Some(code), detail),
@@ -197,7 +270,14 @@ fn send(conn: &Conn, m: &Msg, fds: &[std::os::fd::BorrowedFd<'_>]) -> Result<(),
 }
 
 fn run(conn: &Conn, g: &mut Guard<'_>, t: &Timeouts) -> Result<(), Fail> {
+    let clock = Clock::new(t);
+    run_within(conn, g, t, &clock).map_err(|f| clock.explain(f))
+}
+
+fn run_within(conn: &Conn, g: &mut Guard<'_>, t: &Timeouts, clock: &Clock) -> Result<(), Fail> {
     let agent = g.agent;
+    // A peer that stops reading must not block a send past the deadline.
+    conn.set_send_timeout(clock.step()).map_err(wire)?;
     let peer = conn.peer().map_err(wire)?;
     let me = nix::unistd::getuid().as_raw();
     if peer.uid != me {
@@ -216,7 +296,7 @@ fn run(conn: &Conn, g: &mut Guard<'_>, t: &Timeouts) -> Result<(), Fail> {
         agent_version,
         layout_version,
         ..
-    } = expect_plain(conn, t.step, "hello")?
+    } = expect_plain(conn, clock.step(), "hello")?
     else {
         return Err((Some(ErrorCode::Internal), "unreachable".into()));
     };
@@ -229,6 +309,7 @@ fn run(conn: &Conn, g: &mut Guard<'_>, t: &Timeouts) -> Result<(), Fail> {
     tracing::info!(peer_pid = peer.pid, %agent_version, layout_version, "handover: successor says hello");
 
     let offer = agent.offer().map_err(|e| (Some(ErrorCode::Internal), e))?;
+    let own = commit::Own::of(offer.iter().map(|(e, _)| e));
     let part_size = t.part_size.clamp(1, MAX_FDS);
     let parts = offer.len().div_ceil(part_size).max(1) as u32;
     send(
@@ -261,18 +342,18 @@ fn run(conn: &Conn, g: &mut Guard<'_>, t: &Timeouts) -> Result<(), Fail> {
             },
             &fds,
         )?;
-        expect_plain(conn, t.step, "ack")?;
+        expect_plain(conn, clock.step(), "ack")?;
     }
     drop(offer);
     crash_point("old:after_offer");
 
-    expect_plain(conn, t.step, "prepare")?;
+    expect_plain(conn, clock.step(), "prepare")?;
     agent.start_journal();
     g.journaling = true;
     send(conn, &Msg::Prepared, &[])?;
     crash_point("old:after_prepared");
 
-    expect_plain(conn, t.step, "freeze")?;
+    expect_plain(conn, clock.step(), "freeze")?;
     let frozen_at = Instant::now();
     g.frozen = true;
     let journal = agent.freeze();
@@ -301,12 +382,12 @@ fn run(conn: &Conn, g: &mut Guard<'_>, t: &Timeouts) -> Result<(), Fail> {
             },
             &[],
         )?;
-        expect_plain(conn, left(freeze_deadline), "ack")?;
+        expect_plain(conn, clock.until(freeze_deadline), "ack")?;
     }
     crash_point("old:after_frozen");
 
-    let (m, fds) = next(conn, left(freeze_deadline)).map_err(|(c, why)| {
-        if c == Some(ErrorCode::Timeout) {
+    let (m, fds) = next(conn, clock.until(freeze_deadline)).map_err(|(c, why)| {
+        if c == Some(ErrorCode::Timeout) && Instant::now() < clock.end {
             (
                 c,
                 format!("frozen for {:?} without a commit; resuming", t.freeze),
@@ -360,6 +441,11 @@ fn run(conn: &Conn, g: &mut Guard<'_>, t: &Timeouts) -> Result<(), Fail> {
         }
         progs.push((p.attach, fd, p.id));
     }
+    // Only a real successor's staged datapath may retire this agent.
+    commit::check(agent.pin_dir(), peer.pid, &own, &progs, &maps, &staging).map_err(|e| {
+        tracing::warn!(peer_pid = peer.pid, error = %e, "handover: refusing a commit");
+        (Some(ErrorCode::Refused), format!("commit: {e}"))
+    })?;
     agent
         .commit(&progs, &maps, &staging)
         .map_err(|e| (Some(ErrorCode::Internal), format!("commit: {e}")))?;
@@ -442,6 +528,9 @@ mod tests {
             Err("not in this test".into())
         }
         fn retire(&self) {}
+        fn pin_dir(&self) -> &std::path::Path {
+            std::path::Path::new("/nonexistent")
+        }
     }
 
     #[test]
@@ -476,5 +565,52 @@ mod tests {
         assert!(matches!(outcome, Outcome::Failed(_)), "{outcome:?}");
         let calls = fake.calls.lock().unwrap_or_else(|p| p.into_inner()).clone();
         assert_eq!(calls, ["start_journal", "unfreeze"]);
+    }
+
+    #[test]
+    fn a_peer_answering_each_step_in_time_is_cut_at_the_session_deadline() {
+        let (old, new) = Conn::pair().expect("socket pair");
+        let fake = Fake::default();
+        let t = Timeouts {
+            step: Duration::from_millis(300),
+            ..Timeouts::default()
+        };
+        assert_eq!(t.session(), Duration::from_millis(600));
+        assert_eq!(t.queue_wait(), Duration::from_millis(900));
+        let gap = Duration::from_millis(250);
+        let t0 = Instant::now();
+        let (outcome, err) = std::thread::scope(|s| {
+            let h = s.spawn(|| session(&old, &fake, &t));
+            std::thread::sleep(gap);
+            let hello = Msg::Hello {
+                proto: PROTO,
+                agent_version: "slow".into(),
+                layout_version: 1,
+                capabilities: Vec::new(),
+            };
+            new.send(&hello, &[]).expect("hello");
+            let wait = Duration::from_secs(5);
+            assert_eq!(new.recv(wait).expect("welcome").0.kind(), "welcome");
+            assert_eq!(new.recv(wait).expect("offer").0.kind(), "offer");
+            // Each answer comes within the step; the third is past the
+            // session deadline.
+            for m in [Msg::Ack, Msg::Prepare] {
+                std::thread::sleep(gap);
+                let _ = new.send(&m, &[]);
+            }
+            let mut err = None;
+            while let Ok((m, _)) = new.recv(wait) {
+                if let Msg::Error { code, message } = m {
+                    err = Some((code, message, t0.elapsed()));
+                    break;
+                }
+            }
+            (h.join().expect("session thread"), err)
+        });
+        assert!(matches!(outcome, Outcome::Failed(_)), "{outcome:?}");
+        let (code, message, at) = err.expect("an error from the incumbent");
+        assert_eq!(code, ErrorCode::Timeout, "{message}");
+        assert!(message.contains("session deadline"), "{message}");
+        assert!(at < Duration::from_millis(1_000), "cut after {at:?}");
     }
 }

@@ -3,6 +3,7 @@
 //! socket, two-phase, with the old agent serving until the commit
 //! (docs/handover.md).
 
+pub mod commit;
 pub mod incumbent;
 pub mod manifest;
 pub mod msg;

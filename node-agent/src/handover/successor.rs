@@ -38,6 +38,18 @@ pub enum HandoverError {
         /// Its message.
         message: String,
     },
+    /// Another session held the handover socket for longer than this side
+    /// waits its turn; nothing was touched, so starting again is safe.
+    #[error(
+        "the handover socket {socket} is busy: no Welcome within {waited:?} (another \
+         handover session holds it); nothing was changed, retry"
+    )]
+    Busy {
+        /// The socket.
+        socket: String,
+        /// How long this side waited for its turn.
+        waited: Duration,
+    },
     /// Something on this side failed; the old agent keeps serving.
     #[error("{code}: {detail}")]
     Local {
@@ -66,6 +78,21 @@ pub struct SuccessorConfig {
     pub max_entries: BTreeMap<String, u32>,
     /// Longest wait for any message.
     pub step_timeout: Duration,
+    /// Longest wait for the `Welcome`: this side's `Hello` waits in the
+    /// listen backlog while another session holds the socket
+    /// (`Timeouts::queue_wait`).
+    pub queue_wait: Duration,
+}
+
+/// How the agent got its datapath.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Via {
+    /// A committed handover from a running agent.
+    #[default]
+    Handover,
+    /// No agent answered: recovered from the pins (or created fresh).
+    Pins,
 }
 
 /// Timings and counts of a takeover, as reported to the operator.
@@ -87,6 +114,9 @@ pub struct Figures {
     pub from_version: String,
     /// The old agent's layout version.
     pub from_layout: u32,
+    /// Handover or recovery from the pins (then `from_*` are empty, and
+    /// `handover_us` is the whole start: plan, load, copy, link swap).
+    pub via: Via,
 }
 
 /// What the new agent holds after a committed handover.
@@ -149,6 +179,12 @@ struct Session {
     conn: Conn,
     peer_pid: i32,
     step: Duration,
+    /// Longest wait for the first answer (`Welcome`).
+    queue_wait: Duration,
+    /// The incumbent answered our `Hello`: this side has its turn.
+    welcomed: std::cell::Cell<bool>,
+    /// The socket path, for the busy message.
+    socket: String,
 }
 
 impl Session {
@@ -158,10 +194,21 @@ impl Session {
 
     /// Next message; an `Error` from the old agent becomes `Refused`.
     fn recv(&self, want: &'static str) -> R<(Msg, Vec<OwnedFd>)> {
-        let (m, fds) = self
-            .conn
-            .recv(self.step)
-            .map_err(|e| wire(e, self.peer_pid))?;
+        // Until the Welcome, our Hello may sit in the listen backlog behind
+        // another session: wait our turn, not just one step.
+        let wait = if self.welcomed.get() {
+            self.step
+        } else {
+            self.queue_wait
+        };
+        let (m, fds) = self.conn.recv(wait).map_err(|e| match e {
+            WireError::Timeout(waited) if !self.welcomed.get() => HandoverError::Busy {
+                socket: self.socket.clone(),
+                waited,
+            },
+            e => wire(e, self.peer_pid),
+        })?;
+        self.welcomed.set(true);
         if let Msg::Error { code, message } = m {
             return Err(HandoverError::Refused { code, message });
         }
@@ -225,6 +272,9 @@ pub fn take_over(cfg: &SuccessorConfig) -> R<Takeover> {
         conn,
         peer_pid: peer.pid,
         step: cfg.step_timeout,
+        queue_wait: cfg.queue_wait.max(cfg.step_timeout),
+        welcomed: std::cell::Cell::new(false),
+        socket: cfg.socket.display().to_string(),
     };
     let mut stage = None;
     let res = run(&s, cfg, &mut stage);
@@ -481,6 +531,7 @@ fn run(s: &Session, cfg: &SuccessorConfig, stage_out: &mut Option<Stage>) -> R<T
             self_committed,
             from_version: agent_version,
             from_layout: layout_version,
+            via: Via::Handover,
         },
     })
 }

@@ -109,6 +109,36 @@ fn wait_readable(fd: BorrowedFd<'_>, deadline: Instant, total: Duration) -> Resu
     }
 }
 
+/// Checks what `recvmsg` reported about one record before its bytes are
+/// decoded: dropped descriptors, a record longer than [`MAX_MESSAGE`], and
+/// the empty record that marks the end of the stream.
+pub fn check_record(bytes: usize, fds: usize, trunc: bool, ctrunc: bool) -> Result<(), WireError> {
+    if ctrunc {
+        return Err(WireError::FdsTruncated);
+    }
+    if trunc || bytes > MAX_MESSAGE {
+        return Err(WireError::Truncated);
+    }
+    if bytes == 0 && fds == 0 {
+        return Err(WireError::Closed);
+    }
+    Ok(())
+}
+
+/// Decodes one received record exactly as [`Conn::recv`] does once
+/// `recvmsg` returned (`fds` descriptors came with it, `trunc`/`ctrunc` are
+/// its `MSG_TRUNC`/`MSG_CTRUNC` flags); the fuzz target `handover_msg`
+/// drives the whole receive path through this without a socket.
+pub fn decode_record(
+    bytes: &[u8],
+    fds: usize,
+    trunc: bool,
+    ctrunc: bool,
+) -> Result<Msg, WireError> {
+    check_record(bytes.len(), fds, trunc, ctrunc)?;
+    Msg::decode(bytes)
+}
+
 /// The listening handover socket (mode 0600).
 #[derive(Debug)]
 pub struct Listener {
@@ -270,6 +300,8 @@ impl Conn {
                 Ok(_) => return Ok(()),
                 Err(Errno::EINTR) => continue,
                 Err(Errno::EPIPE) | Err(Errno::ECONNRESET) => return Err(WireError::Closed),
+                // SO_SNDTIMEO expired: the peer stopped reading.
+                Err(Errno::EAGAIN) => return Err(WireError::Timeout(self.send_timeout())),
                 Err(e) => {
                     return Err(WireError::Sys {
                         op: "sendmsg",
@@ -278,6 +310,15 @@ impl Conn {
                 }
             }
         }
+    }
+
+    fn send_timeout(&self) -> Duration {
+        getsockopt(&self.fd, sockopt::SendTimeout)
+            .map(|tv| {
+                use nix::sys::time::TimeValLike;
+                Duration::from_micros(tv.num_microseconds().max(0) as u64)
+            })
+            .unwrap_or_default()
     }
 
     /// Sends one message with descriptors.
@@ -330,16 +371,13 @@ impl Conn {
                     }
                 }
             }
-            if m.flags.contains(MsgFlags::MSG_CTRUNC) {
-                return Err(WireError::FdsTruncated);
-            }
-            if m.flags.contains(MsgFlags::MSG_TRUNC) {
-                return Err(WireError::Truncated);
-            }
             let n = m.bytes;
-            if n == 0 && fds.is_empty() {
-                return Err(WireError::Closed);
-            }
+            check_record(
+                n,
+                fds.len(),
+                m.flags.contains(MsgFlags::MSG_TRUNC),
+                m.flags.contains(MsgFlags::MSG_CTRUNC),
+            )?;
             buf.truncate(n);
             return Ok((buf, fds));
         }
@@ -349,6 +387,17 @@ impl Conn {
     pub fn recv(&self, wait: Duration) -> Result<(Msg, Vec<OwnedFd>), WireError> {
         let (bytes, fds) = self.recv_raw(wait)?;
         Ok((Msg::decode(&bytes)?, fds))
+    }
+
+    /// Bounds every later send: a peer that stops reading fills the socket
+    /// buffer, and a blocking `sendmsg` would then hold the session (and the
+    /// incumbent's only session slot) past any deadline.
+    pub fn set_send_timeout(&self, wait: Duration) -> Result<(), WireError> {
+        let tv = nix::sys::time::TimeVal::new(
+            i64::try_from(wait.as_secs()).unwrap_or(i64::MAX),
+            i64::from(wait.subsec_micros()),
+        );
+        socket::setsockopt(&self.fd, sockopt::SendTimeout, &tv).map_err(sys("SO_SNDTIMEO"))
     }
 
     /// Receives a message that must carry no descriptors.
