@@ -96,6 +96,7 @@ fn twenty_handovers_alternating_layouts_under_traffic() {
         let st = ctx.wait_serving(&new, Duration::from_secs(30));
         assert_eq!(st["layout_version"], to, "{when}: {st}");
         assert_eq!(st["frozen"], false, "{when}: {st}");
+        assert_eq!(st["handover"]["via"], "handover", "{when}: {st}");
         let mut f = HandoverFigures::from_status(&st)
             .unwrap_or_else(|| panic!("{when}: no handover figures in status: {st}"));
         f.wall_ms = wall.as_millis() as u64;

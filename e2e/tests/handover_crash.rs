@@ -113,7 +113,7 @@ fn crash_case(step: &str, from: u32) {
             assert_eq!(s["layout_version"], to, "{case}: {s}");
             assert_eq!(s["last_sync"]["writes"], 0, "{case}: entries lost: {s}");
             let from_pins = match survivor {
-                Survivor::NewEither => s["handover"].is_null(),
+                Survivor::NewEither => s["handover"]["via"] == "pins",
                 other => other == Survivor::NewFromPins,
             };
             eprintln!(
@@ -125,8 +125,8 @@ fn crash_case(step: &str, from: u32) {
                 }
             );
             if from_pins {
-                assert!(
-                    s["handover"].is_null(),
+                assert_eq!(
+                    s["handover"]["via"], "pins",
                     "{case}: the new agent should have started from the pins: {s}"
                 );
                 assert_eq!(
@@ -170,7 +170,7 @@ fn crash_case(step: &str, from: u32) {
             std::thread::sleep(Duration::from_millis(300));
             let r = ctx.start(to, &none);
             let s = ctx.wait_serving(&r, Duration::from_secs(30));
-            assert!(s["handover"].is_null(), "{case}: {s}");
+            assert_eq!(s["handover"]["via"], "pins", "{case}: {s}");
             assert_eq!(
                 (s["maps"]["reused"].as_u64(), s["maps"]["migrated"].as_u64()),
                 (Some(6), Some(0)),
@@ -269,10 +269,24 @@ fn sigkill_without_handover_recovers_from_pins_in_both_layouts() {
         let from = agent.layout;
         let case = format!("SIGKILL layout {from}, restart as layout {to}");
         agent.kill();
+        // The dead agent left its admin.sock: `verify` and `status` say no
+        // agent answers and read the pins instead.
+        assert_pins_answer(&ctx, from, &case);
         std::thread::sleep(Duration::from_millis(300));
         agent = ctx.start(to, &Opts::default());
         let s = ctx.wait_serving(&agent, Duration::from_secs(30));
-        assert!(s["handover"].is_null(), "{case}: {s}");
+        // The recovery's figures are in status, as for a handover.
+        let h = &s["handover"];
+        assert_eq!(h["via"], "pins", "{case}: {s}");
+        assert_eq!(h["maps"], s["maps"], "{case}: {s}");
+        assert!(h["handover_us"].as_u64() > Some(0), "{case}: {s}");
+        if migrated > 0 {
+            assert!(
+                h["maps"]["entries_copied"].as_u64() > Some(0)
+                    && h["precopy_us"].as_u64() > Some(0),
+                "{case}: {s}"
+            );
+        }
         assert_eq!(s["layout_version"], to, "{case}: {s}");
         assert_eq!(
             (s["maps"]["migrated"].as_u64(), s["maps"]["reused"].as_u64()),
@@ -293,4 +307,42 @@ fn sigkill_without_handover_recovers_from_pins_in_both_layouts() {
     let problems = fixture.traffic_problems(&report);
     assert!(problems.is_empty(), "traffic: {problems:#?}");
     agent.stop();
+}
+
+/// With the agent SIGKILLed (its admin.sock left behind), `verify` and
+/// `status` fall back to the pins, say so, and `verify` exits 0 on the clean
+/// datapath.
+fn assert_pins_answer(ctx: &Ctx, layout: u32, case: &str) {
+    assert!(
+        ctx.run_dir.join("admin.sock").exists(),
+        "{case}: the SIGKILLed agent's admin.sock is gone; the case needs it stale"
+    );
+    let out = ctx.verify_cli(layout);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(
+        out.status.success() && stderr.contains("no agent answers"),
+        "{case}: baton-agent verify exit {}: {stdout}\n{stderr}",
+        out.status
+    );
+    let v: serde_json::Value = serde_json::from_str(&stdout).expect("verify prints JSON");
+    assert_eq!(v["answered_by"], "pins", "{case}: {v}");
+    assert_eq!(v["violations"], serde_json::json!([]), "{case}: {v}");
+    assert!(v["endpoints"].as_u64() > Some(0), "{case}: {v}");
+    let out = std::process::Command::new(support::agent_bin(layout))
+        .args(["status", "--run-dir"])
+        .arg(&ctx.run_dir)
+        .arg("--bpffs")
+        .arg(&ctx.env.pin_dir)
+        .output()
+        .expect("baton-agent status");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    assert!(
+        out.status.success() && v["answered_by"] == "pins" && v["layout_version"] == layout,
+        "{case}: baton-agent status exit {}: {v} {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -22,6 +22,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use baton_agent::handover::incumbent::{QUEUE_STEPS, SESSION_STEPS};
 use baton_agent::handover::msg::{CommitProgram, Msg, Role};
 use baton_agent::handover::{Conn, ErrorCode, WireError, PROTO};
 use support::{AgentProc, Ctx, Fixture, Opts, Traffic};
@@ -30,6 +31,18 @@ use support::{AgentProc, Ctx, Fixture, Opts, Traffic};
 const STEP_MS: u64 = 2_000;
 /// The agent's longest freeze (`--freeze-timeout-ms`).
 const FREEZE_MS: u64 = 1_000;
+/// The session deadline that follows from STEP_MS
+/// (`baton_agent::handover::incumbent::SESSION_STEPS` steps).
+const SESSION_MS: u64 = STEP_MS * SESSION_STEPS as u64;
+/// How long a successor with STEP_MS waits for its Welcome (`QUEUE_STEPS`).
+const QUEUE_MS: u64 = STEP_MS * QUEUE_STEPS as u64;
+/// The short timeouts of the agents under test.
+const SHORT: [&str; 4] = [
+    "--handover-timeout-ms",
+    "2000",
+    "--freeze-timeout-ms",
+    "1000",
+];
 /// How long the test waits for an answer.
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -154,20 +167,28 @@ fn assert_unharmed(ctx: &Ctx, agent: &AgentProc, round: u64, case: &str) {
 /// make the silent-peer cases quick; `run_dir` replaces the scratch run
 /// directory.
 fn hostile_world(name: &str, short: bool, run_dir: Option<PathBuf>) -> (Ctx, AgentProc, Traffic) {
+    hostile_world_with(name, short, run_dir, None)
+}
+
+/// [`hostile_world`] with a metrics listener at `metrics`.
+fn hostile_world_with(
+    name: &str,
+    short: bool,
+    run_dir: Option<PathBuf>,
+    metrics: Option<&str>,
+) -> (Ctx, AgentProc, Traffic) {
     support::agent_bin(1);
     support::agent_bin(2);
+    assert_eq!(SHORT[1], STEP_MS.to_string());
+    assert_eq!(SHORT[3], FREEZE_MS.to_string());
     let fixture = Fixture::at(0);
     let mut ctx = Ctx::new(name, &fixture);
     if let Some(d) = run_dir {
         ctx.run_dir = d;
     }
+    ctx.metrics = metrics.map(str::to_string);
     let opts = if short {
-        Opts::default().with_args(&[
-            "--handover-timeout-ms",
-            &STEP_MS.to_string(),
-            "--freeze-timeout-ms",
-            &FREEZE_MS.to_string(),
-        ])
+        Opts::default().with_args(&SHORT)
     } else {
         Opts::default()
     };
@@ -346,7 +367,7 @@ fn malformed_and_out_of_order_messages_are_refused_while_the_agent_serves() {
         &[],
     )
     .expect("commit");
-    let m = expect_error(&c, ErrorCode::Internal, case);
+    let m = expect_error(&c, ErrorCode::Refused, case);
     assert!(m.contains("bad staging directory"), "{case}: {m}");
     drop(offer);
     next(case);
@@ -603,6 +624,303 @@ fn a_build_whose_programs_the_verifier_rejects_is_refused() {
     );
     drop(c);
     assert_unharmed(&ctx, &new, 2, "after the good upgrade");
+    finish(traffic);
+    new.stop();
+}
+
+/// Waits up to `gap` for an `Error` from the agent: its text and when it
+/// arrived (from `t0`), or `None` when the gap passed without one. Other
+/// messages (the agent going on with the protocol) are read and ignored.
+fn error_within(c: &Conn, gap: Duration, t0: Instant) -> Option<(String, Duration)> {
+    let until = Instant::now() + gap;
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return None;
+        }
+        match c.recv(left) {
+            Ok((Msg::Error { code, message }, _)) => {
+                return Some((format!("{code}: {message}"), t0.elapsed()))
+            }
+            Ok(_) => continue,
+            Err(WireError::Timeout(_)) => return None,
+            Err(e) => return Some((format!("connection: {e}"), t0.elapsed())),
+        }
+    }
+}
+
+/// A same-uid peer that answers each step 300 ms before the step timeout:
+/// `Hello`, the offer's `Ack`, `Prepare`, `Freeze`, then `Abort`. Returns
+/// the error that ended its session and when (from connect), or `None` when
+/// the agent went along with the whole slow session.
+fn slow_session(ctx: &Ctx, case: &str) -> Option<(String, Duration)> {
+    let gap = Duration::from_millis(STEP_MS - 300);
+    let c = connect(ctx);
+    let t0 = Instant::now();
+    if let Some(e) = error_within(&c, gap, t0) {
+        return Some(e);
+    }
+    c.send(&hello(PROTO), &[]).expect("hello");
+    let (m, _) = recv_kind(&c, "welcome", case);
+    assert!(
+        matches!(m, Msg::Welcome { parts: 1, .. }),
+        "{case}: one offer part expected: {m:?}"
+    );
+    let offer = recv_kind(&c, "offer", case);
+    for next in [Msg::Ack, Msg::Prepare, Msg::Freeze] {
+        if let Some(e) = error_within(&c, gap, t0) {
+            return Some(e);
+        }
+        // The agent may close between our check and this send.
+        let _ = c.send(&next, &[]);
+    }
+    let _ = c.send(
+        &Msg::Abort {
+            reason: "slow peer done".into(),
+        },
+        &[],
+    );
+    drop(offer);
+    error_within(&c, WAIT, t0)
+}
+
+#[test]
+fn a_peer_answering_each_step_just_under_the_timeout_is_cut_at_the_session_deadline() {
+    let case = "slow peer";
+    let (ctx, agent, traffic) = hostile_world("hostile-slow", true, None);
+    let before = ctx.status().expect("status before");
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (cut, answered) = std::thread::scope(|s| {
+        // The admin socket answers all along, from the same agent.
+        let poller = s.spawn(|| {
+            let mut n = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let st = ctx
+                    .status()
+                    .expect("status during the slow session: no answer");
+                assert_eq!(st["pid"], agent.pid, "{st}");
+                n += 1;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            n
+        });
+        let cut = slow_session(&ctx, case);
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        (cut, poller.join().expect("status poller"))
+    });
+    let (why, at) = cut.unwrap_or_else(|| {
+        panic!(
+            "{case}: the agent went along with a {} ms-per-step session: {}",
+            STEP_MS - 300,
+            agent.log_text()
+        )
+    });
+    eprintln!("{case}: cut after {at:?} ({why}); status answered {answered} times meanwhile");
+    assert!(
+        why.contains("timeout") && why.contains("session deadline"),
+        "{case}: {why}"
+    );
+    assert!(
+        at >= Duration::from_millis(SESSION_MS - 150)
+            && at < Duration::from_millis(SESSION_MS + 1_500),
+        "{case}: cut after {at:?}; the session deadline is {SESSION_MS} ms"
+    );
+    let after = ctx.status().expect("status after");
+    for k in ["pid", "generation", "layout_version", "frozen", "services"] {
+        assert_eq!(before[k], after[k], "{case}: {k} changed: {after}");
+    }
+    assert_unharmed(&ctx, &agent, 1, case);
+    finish(traffic);
+    agent.stop();
+}
+
+#[test]
+fn a_successor_started_while_a_peer_holds_the_socket_gets_the_datapath_in_turn() {
+    let (ctx, old, traffic) = hostile_world("hostile-queue", true, None);
+    let (new, waited, holder) = std::thread::scope(|s| {
+        let holder = s.spawn(|| slow_session(&ctx, "holder"));
+        std::thread::sleep(Duration::from_millis(300));
+
+        // A successor whose turn does not come within its own bound
+        // (3 × 400 ms) fails fast, saying the socket is busy.
+        let case = "impatient successor";
+        let impatient = ctx.spawn(
+            2,
+            &Opts::default().with_args(&["--handover-timeout-ms", "400"]),
+        );
+        let st = impatient.expect_exit(Duration::from_secs(20), case);
+        let log = impatient.log_text();
+        assert!(
+            !st.success() && log.contains("is busy") && log.contains("retry"),
+            "{case}: exit {st}; log:\n{log}"
+        );
+        let gave_up = impatient
+            .exited_at()
+            .map(|t| t.saturating_duration_since(impatient.started));
+        eprintln!("{case}: gave up after {gave_up:?}: busy");
+        assert!(
+            old.alive(),
+            "{case}: the incumbent left: {}",
+            old.log_text()
+        );
+
+        // Its retry, with the agents' own timeouts, waits its turn.
+        let new = ctx.spawn(2, &Opts::default().with_args(&SHORT));
+        let exit = old.expect_exit(Duration::from_secs(30), "handed over after the holder");
+        assert!(
+            exit.success(),
+            "old agent exit {exit}: {}\nnew agent:\n{}",
+            old.log_text(),
+            new.log_text()
+        );
+        let waited = old
+            .exited_at()
+            .map_or(Duration::MAX, |t| t.saturating_duration_since(new.started));
+        let holder = holder.join().expect("holder thread");
+        (new, waited, holder)
+    });
+    let (why, held) = holder.expect("the holder's session was never cut");
+    assert!(why.contains("session deadline"), "holder: {why}");
+    eprintln!(
+        "a successor started while a peer held the socket had the datapath {waited:?} after \
+         its start (holder cut after {held:?}; queue bound {QUEUE_MS} ms)"
+    );
+    // Within its queue bound, plus the program load and commit that follow.
+    assert!(
+        waited < Duration::from_millis(QUEUE_MS + 4_000),
+        "the successor waited {waited:?}"
+    );
+    let st = ctx.wait_serving(&new, Duration::from_secs(30));
+    assert_eq!(
+        (
+            st["handover"]["via"].as_str(),
+            st["handover"]["from_layout"].as_u64()
+        ),
+        (Some("handover"), Some(1)),
+        "{st}"
+    );
+    assert_unharmed(&ctx, &new, 1, "after the queued successor");
+    finish(traffic);
+    new.stop();
+}
+
+/// Pins the offered maps under `<pin_dir>/<name>/maps/`, as a peer can from
+/// the offer alone, and returns the directory.
+fn fake_staging(
+    ctx: &Ctx,
+    name: &str,
+    offer: &[(baton_agent::handover::msg::Entry, OwnedFd)],
+) -> PathBuf {
+    let dir = ctx.env.pin_dir.join(name);
+    std::fs::create_dir_all(dir.join("maps")).expect("mkdir staging");
+    for (e, fd) in offer.iter().filter(|(e, _)| e.role == Role::Map) {
+        baton_agent::sys::obj_pin(fd.as_fd(), &dir.join("maps").join(&e.name)).expect("pin a map");
+    }
+    dir
+}
+
+fn remove_staging(dir: &Path) {
+    if let Ok(rd) = std::fs::read_dir(dir.join("maps")) {
+        for e in rd.flatten() {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+    let _ = std::fs::remove_dir(dir.join("maps"));
+    let _ = std::fs::remove_dir(dir);
+}
+
+/// Sends a `Commit` of the agent's own programs (from its offer).
+fn commit_own_programs(
+    c: &Conn,
+    offer: &[(baton_agent::handover::msg::Entry, OwnedFd)],
+    staging: String,
+) {
+    let progs: Vec<_> = offer
+        .iter()
+        .filter(|(e, _)| e.role == Role::Program)
+        .collect();
+    assert_eq!(progs.len(), 2, "connect4 and connect6 in the offer");
+    c.send(
+        &Msg::Commit {
+            programs: progs
+                .iter()
+                .map(|(e, _)| CommitProgram {
+                    attach: e.name.clone(),
+                    id: e.id,
+                })
+                .collect(),
+            maps: Vec::new(),
+            staging,
+        },
+        &progs.iter().map(|(_, fd)| fd.as_fd()).collect::<Vec<_>>(),
+    )
+    .expect("commit");
+}
+
+#[test]
+fn a_commit_of_the_agents_own_programs_is_refused_and_a_real_successor_still_takes_over() {
+    let (ctx, agent, traffic) =
+        hostile_world_with("hostile-forged", true, None, Some("127.0.0.1:19196"));
+    let me = std::process::id();
+    let metrics_ok = |ctx: &Ctx, case: &str| {
+        let m = ctx.scrape();
+        assert!(
+            m.starts_with("HTTP/1.1 200 OK") && m.contains("baton_generation"),
+            "{case}: metrics: {m}"
+        );
+    };
+
+    let case = "own programs, no maps, nothing staged";
+    let c = connect(&ctx);
+    let offer = up_to_frozen(&c, case);
+    commit_own_programs(&c, &offer, format!("staging-{me}"));
+    let m = expect_error(&c, ErrorCode::Refused, case);
+    assert!(m.contains("this agent's own"), "{case}: {m}");
+    drop(offer);
+    assert_unharmed(&ctx, &agent, 1, case);
+    metrics_ok(&ctx, case);
+
+    let case = "own programs, the agent's own maps pinned as a staging directory";
+    let c = connect(&ctx);
+    let offer = up_to_frozen(&c, case);
+    let dir = fake_staging(&ctx, &format!("staging-{me}"), &offer);
+    commit_own_programs(&c, &offer, format!("staging-{me}"));
+    let m = expect_error(&c, ErrorCode::Refused, case);
+    remove_staging(&dir);
+    assert!(m.contains("this agent's own"), "{case}: {m}");
+    drop(offer);
+    assert_unharmed(&ctx, &agent, 2, case);
+
+    let case = "another process's staging directory";
+    let c = connect(&ctx);
+    let offer = up_to_frozen(&c, case);
+    commit_own_programs(&c, &offer, format!("staging-{}", agent.pid));
+    let m = expect_error(&c, ErrorCode::Refused, case);
+    assert!(m.contains("is not the peer's"), "{case}: {m}");
+    drop(offer);
+    assert_unharmed(&ctx, &agent, 3, case);
+    metrics_ok(&ctx, case);
+    assert!(
+        !agent.log_text().contains("handover committed"),
+        "a forged commit got through:\n{}",
+        agent.log_text()
+    );
+
+    // A real successor still takes over: the same layout, so every map is
+    // reused and the commit names none (the checks pass on reused pins).
+    let new = ctx.spawn(1, &Opts::default().with_args(&SHORT));
+    let exit = agent.expect_exit(Duration::from_secs(30), "handed over");
+    assert!(
+        exit.success(),
+        "old agent exit {exit}: {}",
+        agent.log_text()
+    );
+    let st = ctx.wait_serving(&new, Duration::from_secs(30));
+    assert_eq!(st["handover"]["via"], "handover", "{st}");
+    assert_eq!(st["handover"]["from_layout"], 1, "{st}");
+    assert_eq!(st["handover"]["maps"]["reused"], 6, "{st}");
+    metrics_ok(&ctx, "after the real successor");
+    assert_unharmed(&ctx, &new, 4, "after the real successor");
     finish(traffic);
     new.stop();
 }
