@@ -4,7 +4,8 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, HostPathVolumeSource,
-    ObjectFieldSelector, Pod, PodSpec, SecurityContext, Volume, VolumeMount,
+    ObjectFieldSelector, Pod, PodSecurityContext, PodSpec, SeccompProfile, SecurityContext, Volume,
+    VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 
@@ -12,9 +13,11 @@ use super::names::{slot_version_annotation, ANN_ACTIVE_SLOT, APP_NAME, LABEL_UPG
 use crate::crd::{KmeshUpgradeSpec, Slot};
 
 /// Capabilities the agent needs, and nothing else: load programs and maps
-/// (BPF), attach to cgroups and pin (SYS_ADMIN), program sockets (NET_ADMIN),
-/// and lift memlock limits on older kernels (SYS_RESOURCE).
-pub const AGENT_CAPABILITIES: [&str; 4] = ["BPF", "NET_ADMIN", "SYS_ADMIN", "SYS_RESOURCE"];
+/// (BPF), attach to cgroups and pin (SYS_ADMIN), program sockets (NET_ADMIN).
+/// Not SYS_RESOURCE: since kernel 5.11 BPF memory is charged to the memory
+/// cgroup instead of RLIMIT_MEMLOCK, and a container adding a capability that
+/// the host's bounding set lacks does not start at all ("unable to apply caps").
+pub const AGENT_CAPABILITIES: [&str; 3] = ["BPF", "NET_ADMIN", "SYS_ADMIN"];
 
 /// What the agent pods of one `KmeshUpgrade` share.
 pub struct PodTarget<'a> {
@@ -56,6 +59,24 @@ pub fn build_pod(target: &PodTarget<'_>, node: &str, spec: &KmeshUpgradeSpec, im
                 slot_container(Slot::B, &spec.empty_image, spec),
             ],
             volumes: Some(volumes()),
+            // A node datapath agent, like kube-proxy or the Cilium agent: it
+            // must run before and without any CNI and reach a node-local API
+            // server address (docs/operator.md).
+            host_network: spec.pod.host_network.then_some(true),
+            // Cluster DNS still resolves names on the host network.
+            dns_policy: spec
+                .pod
+                .host_network
+                .then(|| "ClusterFirstWithHostNet".to_owned()),
+            // bpf() and every other call the agent makes pass the runtime's
+            // default filter (checked with containerd on a real kubelet).
+            security_context: Some(PodSecurityContext {
+                seccomp_profile: Some(SeccompProfile {
+                    type_: "RuntimeDefault".into(),
+                    ..SeccompProfile::default()
+                }),
+                ..PodSecurityContext::default()
+            }),
             tolerations: (!spec.pod.tolerations.is_empty()).then(|| spec.pod.tolerations.clone()),
             priority_class_name: spec.pod.priority_class_name.clone(),
             restart_policy: Some("Always".into()),
@@ -73,7 +94,7 @@ fn slot_container(slot: Slot, image: &str, spec: &KmeshUpgradeSpec) -> Container
         name: slot.container().to_owned(),
         image: Some(image.to_owned()),
         args: (!spec.pod.extra_args.is_empty()).then(|| spec.pod.extra_args.clone()),
-        env: Some(slot_env(slot)),
+        env: Some(slot_env(slot, spec)),
         resources: spec.pod.resources.clone(),
         security_context: Some(SecurityContext {
             privileged: Some(false),
@@ -96,7 +117,7 @@ fn slot_container(slot: Slot, image: &str, spec: &KmeshUpgradeSpec) -> Container
 /// Slot identity through the downward API: a restarted container reads the
 /// annotations as they are now, so a retired agent learns it is older than the
 /// active one and stays idle.
-fn slot_env(slot: Slot) -> Vec<EnvVar> {
+fn slot_env(slot: Slot, spec: &KmeshUpgradeSpec) -> Vec<EnvVar> {
     let field = |name: &str, path: String| EnvVar {
         name: name.to_owned(),
         value_from: Some(EnvVarSource {
@@ -108,13 +129,14 @@ fn slot_env(slot: Slot) -> Vec<EnvVar> {
         }),
         ..EnvVar::default()
     };
+    let value = |name: &str, value: String| EnvVar {
+        name: name.to_owned(),
+        value: Some(value),
+        ..EnvVar::default()
+    };
     let annotation = |key: String| format!("metadata.annotations['{key}']");
-    vec![
-        EnvVar {
-            name: "BATON_SLOT".into(),
-            value: Some(slot.to_string()),
-            ..EnvVar::default()
-        },
+    let mut env = vec![
+        value("BATON_SLOT", slot.to_string()),
         field(
             "BATON_SLOT_VERSION",
             annotation(slot_version_annotation(slot)),
@@ -124,15 +146,22 @@ fn slot_env(slot: Slot) -> Vec<EnvVar> {
             annotation(slot_version_annotation(slot.other())),
         ),
         field("BATON_ACTIVE_SLOT", annotation(ANN_ACTIVE_SLOT.to_owned())),
-        EnvVar {
-            name: "BATON_RUN_DIR".into(),
-            value: Some(RUN_DIR.into()),
-            ..EnvVar::default()
-        },
+        value("BATON_RUN_DIR", RUN_DIR.into()),
         field("NODE_NAME", "spec.nodeName".into()),
         field("POD_NAME", "metadata.name".into()),
         field("POD_NAMESPACE", "metadata.namespace".into()),
-    ]
+    ];
+    // The container's own env wins over the service env the kubelet injects,
+    // and kube's in-cluster config reads these two: the agent then reaches the
+    // API server without anything routing the `kubernetes` Service.
+    if let Some(api) = &spec.pod.api_server {
+        env.push(value("KUBERNETES_SERVICE_HOST", api.host.clone()));
+        env.push(value("KUBERNETES_SERVICE_PORT", api.port.to_string()));
+    }
+    if let Some(cgroup) = &spec.pod.cgroup {
+        env.push(value("BATON_CGROUP", cgroup.clone()));
+    }
+    env
 }
 
 fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
@@ -179,14 +208,27 @@ mod tests {
         .expect("spec parses")
     }
 
-    fn pod() -> Pod {
+    fn pod_of(spec: &KmeshUpgradeSpec) -> Pod {
         let target = PodTarget {
             namespace: "mesh",
             upgrade: "baton",
             owner: OwnerReference::default(),
             service_account: "baton-agent",
         };
-        build_pod(&target, "n1", &spec(), "agent:v1")
+        build_pod(&target, "n1", spec, "agent:v1")
+    }
+
+    fn pod() -> Pod {
+        pod_of(&spec())
+    }
+
+    /// Literal env values of a container, by name.
+    fn env_values(c: &Container) -> BTreeMap<String, Option<String>> {
+        c.env
+            .iter()
+            .flatten()
+            .map(|e| (e.name.clone(), e.value.clone()))
+            .collect()
     }
 
     #[test]
@@ -219,8 +261,9 @@ mod tests {
             let caps = sc.capabilities.as_ref().expect("caps");
             assert_eq!(
                 caps.add.as_deref(),
-                Some(&["BPF", "NET_ADMIN", "SYS_ADMIN", "SYS_RESOURCE"].map(String::from)[..])
+                Some(&["BPF", "NET_ADMIN", "SYS_ADMIN"].map(String::from)[..])
             );
+            assert_eq!(sc.allow_privilege_escalation, Some(false));
             assert_eq!(caps.drop.as_deref(), Some(&["ALL".to_string()][..]));
             let mounts: Vec<_> = c
                 .volume_mounts
@@ -230,6 +273,88 @@ mod tests {
                 .collect();
             assert_eq!(mounts, ["/sys/fs/bpf", "/sys/fs/cgroup", "/run/baton"]);
             assert_eq!(c.args.as_deref(), Some(&["--x".to_string()][..]));
+        }
+    }
+
+    #[test]
+    fn pod_runs_under_the_runtime_default_seccomp_profile() {
+        let pod = pod();
+        let ps = pod.spec.as_ref().expect("spec");
+        let profile = ps
+            .security_context
+            .as_ref()
+            .and_then(|sc| sc.seccomp_profile.as_ref())
+            .expect("pod seccomp profile");
+        assert_eq!(profile.type_, "RuntimeDefault");
+        for c in &ps.containers {
+            let sc = c.security_context.as_ref().expect("security context");
+            assert!(
+                sc.seccomp_profile.is_none(),
+                "{}: a container profile would override the pod's",
+                c.name
+            );
+        }
+    }
+
+    #[test]
+    fn host_network_is_the_default_with_cluster_dns() {
+        let pod = pod();
+        let ps = pod.spec.as_ref().expect("spec");
+        assert_eq!(ps.host_network, Some(true));
+        assert_eq!(ps.dns_policy.as_deref(), Some("ClusterFirstWithHostNet"));
+
+        let mut own = spec();
+        own.pod.host_network = false;
+        let ps = pod_of(&own).spec.expect("spec");
+        assert_eq!(ps.host_network, None);
+        assert_eq!(ps.dns_policy, None);
+    }
+
+    #[test]
+    fn api_server_and_cgroup_reach_both_slots_as_env() {
+        for c in &pod().spec.expect("spec").containers {
+            let env = env_values(c);
+            for name in [
+                "KUBERNETES_SERVICE_HOST",
+                "KUBERNETES_SERVICE_PORT",
+                "BATON_CGROUP",
+            ] {
+                assert!(
+                    !env.contains_key(name),
+                    "{}: {name} set without a value in the spec",
+                    c.name
+                );
+            }
+        }
+        let own: KmeshUpgradeSpec = serde_yaml::from_str(
+            "agentImage: agent:v2\nemptyImage: empty:1\n\
+             pod: {apiServer: {host: 192.0.2.10, port: 6443}, cgroup: /sys/fs/cgroup/unified/t}\n",
+        )
+        .expect("spec parses");
+        let pod = pod_of(&own);
+        let containers = &pod.spec.as_ref().expect("spec").containers;
+        assert_eq!(containers.len(), 2);
+        for c in containers {
+            let env = env_values(c);
+            let get = |name: &str| env.get(name).cloned().flatten();
+            assert_eq!(
+                get("KUBERNETES_SERVICE_HOST").as_deref(),
+                Some("192.0.2.10"),
+                "{}",
+                c.name
+            );
+            assert_eq!(
+                get("KUBERNETES_SERVICE_PORT").as_deref(),
+                Some("6443"),
+                "{}",
+                c.name
+            );
+            assert_eq!(
+                get("BATON_CGROUP").as_deref(),
+                Some("/sys/fs/cgroup/unified/t"),
+                "{}",
+                c.name
+            );
         }
     }
 

@@ -43,6 +43,9 @@ mod tests {
             "!self.matches(''^0+%?$'')",
             "self >= 1 && self <= 3600",
             "self.size() > 0",
+            "self.matches('^0*([0-9]{1,2}|100)%$')",
+            "@sha256:[a-f0-9]{64})?$",
+            "self.startsWith('/')",
         ] {
             assert!(
                 rules.iter().any(|r| r.contains(needle)),
@@ -69,6 +72,9 @@ mod tests {
             .flatten()
             .map(|c| c.name.as_str())
             .collect();
-        assert_eq!(columns, ["Nodes", "Updated", "Failed", "Phase", "Age"]);
+        assert_eq!(
+            columns,
+            ["Nodes", "Ready", "Updated", "Failed", "Phase", "Age"]
+        );
     }
 }

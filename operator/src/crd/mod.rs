@@ -9,7 +9,7 @@ mod status;
 
 pub use generate::{crd_yaml, CrdError};
 pub use spec::{
-    KmeshUpgrade, KmeshUpgradeSpec, NodeSelector, OnFailure, PodSettings, Strategy,
-    DEFAULT_HANDOVER_TIMEOUT_SECONDS, DEFAULT_MAX_UNAVAILABLE,
+    ApiServerAddress, KmeshUpgrade, KmeshUpgradeSpec, NodeSelector, OnFailure, PodSettings,
+    Strategy, DEFAULT_HANDOVER_TIMEOUT_SECONDS, DEFAULT_MAX_UNAVAILABLE, IMAGE_REFERENCE_REGEX,
 };
 pub use status::{HandoverFigures, KmeshUpgradeStatus, NodePhase, NodeStatus, RolloutPhase, Slot};

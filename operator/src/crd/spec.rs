@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{ResourceRequirements, Toleration};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::core::{Message, Rule};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -31,6 +32,7 @@ pub const DEFAULT_HANDOVER_TIMEOUT_SECONDS: i32 = 120;
     status = "KmeshUpgradeStatus",
     derive = "PartialEq",
     printcolumn(name = "Nodes", type_ = "integer", json_path = ".status.nodes"),
+    printcolumn(name = "Ready", type_ = "integer", json_path = ".status.ready"),
     printcolumn(name = "Updated", type_ = "integer", json_path = ".status.updated"),
     printcolumn(name = "Failed", type_ = "integer", json_path = ".status.failed"),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
@@ -49,10 +51,18 @@ pub struct KmeshUpgradeSpec {
     #[serde(default)]
     pub node_selector: NodeSelector,
     /// Image of the Baton agent to run (and to upgrade to) on the selected nodes.
-    #[x_kube(validation = Rule::new("self.size() > 0").message("agentImage must not be empty"))]
+    #[x_kube(
+        validation = Rule::new("self.size() > 0").message("agentImage must not be empty"),
+        validation = image_reference_rule("agentImage")
+    )]
+    #[schemars(length(max = 512))]
     pub agent_image: String,
     /// Image parked in the idle slot: it must sleep forever and use no resources.
-    #[x_kube(validation = Rule::new("self.size() > 0").message("emptyImage must not be empty"))]
+    #[x_kube(
+        validation = Rule::new("self.size() > 0").message("emptyImage must not be empty"),
+        validation = image_reference_rule("emptyImage")
+    )]
+    #[schemars(length(max = 512))]
     pub empty_image: String,
     /// Settings copied into every agent pod.
     #[serde(default)]
@@ -72,7 +82,7 @@ pub struct NodeSelector {
 }
 
 /// Settings of the per-node agent pod.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct PodSettings {
     /// Resources of each agent slot. Both slots reserve them: a pod's requests
@@ -89,6 +99,52 @@ pub struct PodSettings {
     /// a running pod's arguments cannot change, only its images).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub extra_args: Vec<String>,
+    /// Address of the API server for the agents, given to both slots as
+    /// KUBERNETES_SERVICE_HOST/PORT. Needed where nothing (no kube-proxy)
+    /// routes the `kubernetes` Service's ClusterIP, which Baton replaces.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_server: Option<ApiServerAddress>,
+    /// Run the agent pod in the node's network namespace. A node datapath
+    /// agent must work before and without any CNI and reach a node-local API
+    /// server address, as kube-proxy and the Cilium agent do.
+    #[serde(default = "default_host_network")]
+    pub host_network: bool,
+    /// cgroup v2 directory the agents attach to (env BATON_CGROUP); unset means
+    /// the root of the cgroup2 mount, i.e. every process of the node. Meant for tests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.startsWith('/')")
+        .message("pod.cgroup must be an absolute path"))]
+    pub cgroup: Option<String>,
+}
+
+// Hand-written because `hostNetwork` defaults to true: a derived Default
+// would make a spec without `pod` run the agents off the host network.
+impl Default for PodSettings {
+    fn default() -> Self {
+        Self {
+            resources: None,
+            tolerations: Vec::new(),
+            priority_class_name: None,
+            extra_args: Vec::new(),
+            api_server: None,
+            host_network: default_host_network(),
+            cgroup: None,
+        }
+    }
+}
+
+/// Where the agents reach the API server (like Cilium's k8sServiceHost/Port).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ApiServerAddress {
+    /// Host name or IP address; it must be in the API server certificate's names.
+    #[x_kube(validation = Rule::new("self.size() > 0")
+        .message("pod.apiServer.host must not be empty"))]
+    pub host: String,
+    /// TCP port of the API server (often 6443 or 443).
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 65535")
+        .message("pod.apiServer.port must be between 1 and 65535"))]
+    pub port: i32,
 }
 
 /// Rollout strategy.
@@ -104,7 +160,13 @@ pub struct Strategy {
         validation = Rule::new("type(self) == int || self.matches('^[0-9]+%?$')")
             .message("maxUnavailable must be a whole number or a percentage such as '25%'"),
         validation = Rule::new("type(self) == int ? self > 0 : !self.matches('^0+%?$')")
-            .message("maxUnavailable must not be 0 or 0%: the rollout could never progress")
+            .message("maxUnavailable must not be 0 or 0%: the rollout could never progress"),
+        // A regex rather than int(): int() of a long digit string overflows and
+        // the rule would fail with an evaluation error instead of its message.
+        validation = Rule::new(
+            "type(self) == int || !self.endsWith('%') || self.matches('^0*([0-9]{1,2}|100)%$')"
+        )
+        .message("maxUnavailable must not be over 100%")
     )]
     pub max_unavailable: Option<IntOrString>,
     /// Number of nodes to keep on the old version (a canary knob); 0 upgrades all.
@@ -152,6 +214,54 @@ fn default_max_unavailable() -> Option<IntOrString> {
 
 fn default_handover_timeout() -> i32 {
     DEFAULT_HANDOVER_TIMEOUT_SECONDS
+}
+
+fn default_host_network() -> bool {
+    true
+}
+
+/// A well-formed image reference, after the grammar of
+/// github.com/distribution/reference (RE2 syntax, as CEL's `matches` uses):
+///
+/// ```text
+/// reference := [domain "/"] path [":" tag] ["@" digest]
+/// domain    := host [":" port]      host: DNS labels joined by ".", any case
+/// path      := component ("/" component)*
+/// component := [a-z0-9]+ (separator [a-z0-9]+)*    separator: "." "_" "__" "-"+
+/// tag       := [A-Za-z0-9_][A-Za-z0-9_.-]{0,127}
+/// digest    := "sha256:" 64 lowercase hex digits
+/// ```
+///
+/// The image fields also carry `maxLength: 512` (a 255-character name, a
+/// 128-character tag and a digest fit): without a bound the API server
+/// estimates the regex's cost on a 3 MiB string and refuses the CRD.
+///
+/// Not accepted: IPv6 registry hosts (`[::1]:5000/…`) and digests other than
+/// sha256. The kubelet would refuse anything outside the grammar with
+/// InvalidImageName only once a pod exists; here the API server refuses it.
+pub const IMAGE_REFERENCE_REGEX: &str = concat!(
+    "^",
+    // Optional registry: DNS labels (alphanumerics, inner hyphens) joined by dots, optional port.
+    "([a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?([.][a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?)*(:[0-9]+)?/)?",
+    // First path component: lowercase alphanumerics with single separators between them.
+    "[a-z0-9]+(([._]|__|[-]+)[a-z0-9]+)*",
+    // Further path components, each after a slash.
+    "(/[a-z0-9]+(([._]|__|[-]+)[a-z0-9]+)*)*",
+    // Optional tag: a word character, then up to 127 word characters, dots or hyphens.
+    "(:[a-zA-Z0-9_][a-zA-Z0-9_.-]{0,127})?",
+    // Optional digest.
+    "(@sha256:[a-f0-9]{64})?",
+    "$",
+);
+
+/// The CEL rule that `field` holds a well-formed image reference.
+fn image_reference_rule(field: &str) -> Rule {
+    Rule::new(format!("self.matches('{IMAGE_REFERENCE_REGEX}')")).message(Message::Message(
+        format!(
+            "{field} must be an image reference such as registry.example:5000/baton/agent:v1.2 \
+             (lowercase path, optional :tag, optional @sha256:<64 hex digits>), without spaces"
+        ),
+    ))
 }
 
 #[cfg(test)]
