@@ -6,3 +6,4 @@ pub mod crd;
 pub mod leader;
 pub mod metrics;
 pub mod plan;
+pub mod uninstall;

@@ -30,6 +30,22 @@ enum Command {
     },
     /// Run the controller against the cluster of the ambient kubeconfig.
     Run(RunArgs),
+    /// Delete a KmeshUpgrade in the foreground and wait until it and its agent
+    /// pods are gone, so every agent tears its datapath down (Helm pre-delete hook).
+    Uninstall(UninstallArgs),
+}
+
+#[derive(clap::Args)]
+struct UninstallArgs {
+    /// Namespace of the KmeshUpgrade.
+    #[arg(long, env = "POD_NAMESPACE")]
+    namespace: String,
+    /// Name of the KmeshUpgrade.
+    #[arg(long)]
+    name: String,
+    /// Longest wait, e.g. 120s, 5m.
+    #[arg(long, default_value = "120s", value_parser = baton_operator::uninstall::parse_timeout)]
+    timeout: Duration,
 }
 
 #[derive(clap::Args)]
@@ -71,15 +87,32 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Run(args) => run(args).await,
+        Command::Uninstall(args) => uninstall(args).await,
     }
 }
 
-async fn run(args: RunArgs) -> anyhow::Result<()> {
+async fn uninstall(args: UninstallArgs) -> anyhow::Result<()> {
+    init_logging();
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to the cluster")?;
+    let outcome =
+        baton_operator::uninstall::uninstall(client, &args.namespace, &args.name, args.timeout)
+            .await?;
+    tracing::info!(namespace = %args.namespace, name = %args.name, ?outcome, "uninstalled");
+    Ok(())
+}
+
+fn init_logging() {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    init_logging();
     let client = kube::Client::try_default()
         .await
         .context("connecting to the cluster")?;
