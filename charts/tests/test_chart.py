@@ -71,6 +71,7 @@ def test_default_render_has_exactly_the_expected_objects(default_objects):
             "RoleBinding": 2,
             "Deployment": 1,
             "KmeshUpgrade": 1,
+            "Job": 1,
         }
     )
     for obj in default_objects:
@@ -89,7 +90,11 @@ def test_operator_rbac_is_least_privilege(default_objects):
         ("baton.dev", "kmeshupgrades/status"): ["get", "patch", "update"],
     }
     leader = one(default_objects, "Role", "-operator-leader")
-    assert rules_of(leader) == {("coordination.k8s.io", "leases"): ["create", "get", "update"]}
+    assert rules_of(leader) == {
+        ("coordination.k8s.io", "leases"): ["create", "get", "update"],
+        # For the uninstall hook, in the release namespace only.
+        ("baton.dev", "kmeshupgrades"): ["delete"],
+    }
 
 
 def test_agent_rbac_reads_services_and_writes_only_pod_status(default_objects):
@@ -99,7 +104,12 @@ def test_agent_rbac_reads_services_and_writes_only_pod_status(default_objects):
         ("discovery.k8s.io", "endpointslices"): ["list", "watch"],
     }
     status = one(default_objects, "Role", "-agent-status")
-    assert rules_of(status) == {("", "pods"): ["get"], ("", "pods/status"): ["get", "patch"]}
+    assert rules_of(status) == {
+        ("", "pods"): ["get"],
+        ("", "pods/status"): ["get", "patch"],
+        # Is my owner being deleted? (datapath teardown on uninstall only)
+        ("baton.dev", "kmeshupgrades"): ["get"],
+    }
 
 
 def test_no_role_uses_wildcards_or_touches_secrets(default_objects):
@@ -157,7 +167,7 @@ def test_strategy_and_pod_values_flow_into_the_kmeshupgrade():
             "upgrade": {
                 "name": "mesh",
                 "nodeSelector": {"baton.dev/mesh": "on"},
-                "pod": {"extraArgs": ["--log=debug"], "priorityClassName": ""},
+                "pod": {"extraArgs": ["--handover-timeout-ms=20000"], "priorityClassName": ""},
                 "strategy": {
                     "maxUnavailable": "25%",
                     "partition": 4,
@@ -178,7 +188,7 @@ def test_strategy_and_pod_values_flow_into_the_kmeshupgrade():
         "handoverTimeoutSeconds": 30,
         "onFailure": "Rollback",
     }
-    assert cr["spec"]["pod"]["extraArgs"] == ["--log=debug"]
+    assert cr["spec"]["pod"]["extraArgs"] == ["--handover-timeout-ms=20000"]
     assert "priorityClassName" not in cr["spec"]["pod"]
     assert isinstance(one(render_objects(), "KmeshUpgrade")["spec"]["strategy"]["maxUnavailable"], int)
 
@@ -186,7 +196,111 @@ def test_strategy_and_pod_values_flow_into_the_kmeshupgrade():
 def test_the_default_kmeshupgrade_can_be_turned_off():
     objects = render_objects({"upgrade": {"enabled": False}})
     assert by_kind(objects, "KmeshUpgrade") == []
+    # Nothing of the release's to uninstall: KmeshUpgrades of your own are yours to delete.
+    assert by_kind(objects, "Job") == []
     assert len(by_kind(objects, "Deployment")) == 1
+
+
+def test_agent_pods_default_to_the_host_network_without_api_server_or_cgroup(default_objects):
+    pod = one(default_objects, "KmeshUpgrade")["spec"]["pod"]
+    assert pod["hostNetwork"] is True
+    assert "apiServer" not in pod
+    assert "cgroup" not in pod
+
+
+def test_agent_values_flow_into_the_kmeshupgrade():
+    objects = render_objects(
+        {
+            "agent": {
+                "apiServer": {"host": "192.0.2.10", "port": 6443},
+                "hostNetwork": False,
+                "cgroup": "/sys/fs/cgroup/unified/baton-test",
+            }
+        }
+    )
+    pod = one(objects, "KmeshUpgrade")["spec"]["pod"]
+    assert pod["apiServer"] == {"host": "192.0.2.10", "port": 6443}
+    assert pod["hostNetwork"] is False
+    assert pod["cgroup"] == "/sys/fs/cgroup/unified/baton-test"
+
+
+def env_of(container):
+    return {e["name"]: e.get("value") for e in container.get("env", [])}
+
+
+def operator_pods(objects):
+    """(what, pod spec) of the operator Deployment and the uninstall hook Job."""
+    return [
+        ("Deployment", one(objects, "Deployment")["spec"]["template"]["spec"]),
+        ("Job", one(objects, "Job")["spec"]["template"]["spec"]),
+    ]
+
+
+def test_operator_placement_and_api_server_reach_the_deployment_and_the_hook():
+    objects = render_objects(
+        {
+            "operator": {
+                "nodeName": "cp-1",
+                "hostNetwork": True,
+                "apiServer": {"host": "127.0.0.1", "port": 6443},
+                "env": [{"name": "RUST_BACKTRACE", "value": "1"}],
+                "tolerations": [{"operator": "Exists"}],
+            }
+        }
+    )
+    for what, pod in operator_pods(objects):
+        assert pod["nodeName"] == "cp-1", what
+        assert pod["hostNetwork"] is True, what
+        assert pod["dnsPolicy"] == "ClusterFirstWithHostNet", what
+        assert pod["tolerations"] == [{"operator": "Exists"}], what
+        assert pod["serviceAccountName"].endswith("-operator"), what
+        assert pod["securityContext"]["runAsNonRoot"] is True, what
+        (container,) = pod["containers"]
+        env = env_of(container)
+        assert env["KUBERNETES_SERVICE_HOST"] == "127.0.0.1", what
+        assert env["KUBERNETES_SERVICE_PORT"] == "6443", what
+        assert env["RUST_BACKTRACE"] == "1", what
+        names = [e["name"] for e in container["env"]]
+        assert names.index("RUST_BACKTRACE") > names.index("KUBERNETES_SERVICE_HOST"), (
+            f"{what}: operator.env comes last so that it wins"
+        )
+
+
+def test_operator_defaults_leave_placement_to_the_cluster(default_objects):
+    for what, pod in operator_pods(default_objects):
+        for key in ("nodeName", "hostNetwork", "dnsPolicy"):
+            assert key not in pod, (what, key)
+        (container,) = pod["containers"]
+        assert "KUBERNETES_SERVICE_HOST" not in env_of(container), what
+    assert "strategy" not in one(default_objects, "Deployment")["spec"]
+
+
+def test_operator_on_the_host_network_rolls_without_surge():
+    # A surge pod would need the metrics port the old pod holds on the node: Pending forever.
+    deployment = one(render_objects({"operator": {"hostNetwork": True}}), "Deployment")
+    assert deployment["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1},
+    }
+
+
+def test_uninstall_hook_deletes_the_release_kmeshupgrade_before_anything_else(default_objects):
+    job = one(default_objects, "Job")
+    annotations = job["metadata"]["annotations"]
+    assert annotations["helm.sh/hook"] == "pre-delete"
+    assert annotations["helm.sh/hook-delete-policy"] == "before-hook-creation,hook-succeeded"
+    pod = job["spec"]["template"]["spec"]
+    assert pod["restartPolicy"] == "Never"
+    (container,) = pod["containers"]
+    assert container["image"] == one(default_objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert container["args"] == ["uninstall", f"--namespace={NAMESPACE}", "--name=baton", "--timeout=120s"]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    # Its account may delete the release's KmeshUpgrade: the operator's Role in that namespace.
+    binding = one(default_objects, "RoleBinding", "-operator-leader")
+    assert {"kind": "ServiceAccount", "name": pod["serviceAccountName"], "namespace": NAMESPACE} in binding["subjects"]
+
+    custom = one(render_objects({"upgrade": {"name": "mesh", "uninstallTimeout": "5m"}}), "Job")
+    assert custom["spec"]["template"]["spec"]["containers"][0]["args"][2:] == ["--name=mesh", "--timeout=5m"]
 
 
 GOOD = [
@@ -194,6 +308,10 @@ GOOD = [
     {"upgrade": {"enabled": True, "strategy": {"maxUnavailable": "10%"}}},
     {"upgrade": {"enabled": True, "strategy": {"maxUnavailable": "100%", "handoverTimeoutSeconds": 3600}}},
     {"operator": {"replicas": 2, "image": {"repository": "x", "tag": "1"}, "metricsPort": 8080}},
+    {"upgrade": {"enabled": True, "strategy": {"maxUnavailable": "007%"}}},
+    {"operator": {"hostNetwork": True, "nodeName": "n1", "apiServer": {"host": "fd00::1", "port": 443}, "env": [{"name": "X", "value": "y"}]}},
+    {"agent": {"apiServer": {"host": "10.0.0.1", "port": 6443}, "hostNetwork": False, "cgroup": "/sys/fs/cgroup/t"}},
+    {"upgrade": {"enabled": True, "uninstallTimeout": "1h"}},
 ]
 
 BAD = {
@@ -209,6 +327,15 @@ BAD = {
     "no replicas": {"operator": {"replicas": 0}},
     "empty image repository": {"agent": {"image": {"repository": ""}}},
     "bad CR name": {"upgrade": {"enabled": True, "name": "Not_A_Name"}},
+    "maxUnavailable 150%": {"upgrade": {"enabled": True, "strategy": {"maxUnavailable": "150%"}}},
+    "maxUnavailable 101%": {"upgrade": {"enabled": True, "strategy": {"maxUnavailable": "101%"}}},
+    "agent apiServer port 0": {"agent": {"apiServer": {"host": "10.0.0.1", "port": 0}}},
+    "agent apiServer typo": {"agent": {"apiServer": {"hots": "10.0.0.1"}}},
+    "agent hostNetwork string": {"agent": {"hostNetwork": "yes"}},
+    "relative cgroup": {"agent": {"cgroup": "sys/fs/cgroup"}},
+    "operator env without name": {"operator": {"env": [{"value": "x"}]}},
+    "operator apiServer URL": {"operator": {"apiServer": {"host": "https://10.0.0.1"}}},
+    "uninstall timeout words": {"upgrade": {"enabled": True, "uninstallTimeout": "two minutes"}},
 }
 
 
