@@ -291,7 +291,7 @@ agentImage: baton/agent:v2
 emptyImage: baton/empty:1
 pod:
   priorityClassName: system-node-critical
-  extraArgs: ["--log=debug"]
+  extraArgs: ["--handover-timeout-ms=20000"]
   tolerations: [{operator: Exists}]
   resources: {requests: {cpu: 100m}}
 strategy: {maxUnavailable: "25%", partition: 3, paused: true, handoverTimeoutSeconds: 30, onFailure: Rollback}
@@ -302,7 +302,10 @@ strategy: {maxUnavailable: "25%", partition: 3, paused: true, handoverTimeoutSec
             Some(IntOrString::String("25%".into()))
         );
         assert_eq!(spec.strategy.on_failure, OnFailure::Rollback);
-        assert_eq!(spec.pod.extra_args, vec!["--log=debug".to_string()]);
+        assert_eq!(
+            spec.pod.extra_args,
+            vec!["--handover-timeout-ms=20000".to_string()]
+        );
         let back = serde_json::to_value(&spec).expect("serializes");
         assert_eq!(back["strategy"]["handoverTimeoutSeconds"], 30);
         assert_eq!(back["nodeSelector"]["matchLabels"]["baton.dev/mesh"], "on");
