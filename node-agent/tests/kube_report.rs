@@ -147,7 +147,7 @@ async fn handover_report_lands_on_the_pod_and_the_operator_reads_it() {
     );
 
     // The operator's parser sees a committed handover with these figures.
-    let seen = observe(&pod, Timestamp::now());
+    let seen = observe(&pod, "empty:1", Timestamp::now());
     assert!(
         matches!(&seen.view.standby, Standby::Upgrading { image, report: Some(Seen::Committed), .. }
                  if image == "agent:v2"),
@@ -191,7 +191,7 @@ async fn handover_report_lands_on_the_pod_and_the_operator_reads_it() {
     .expect("blocking client thread");
     let pod = pods.get(POD).await.expect("reading the pod back");
     assert_eq!(conditions_sorted(&pod).len(), 3);
-    let seen = observe(&pod, Timestamp::now());
+    let seen = observe(&pod, "empty:1", Timestamp::now());
     assert!(
         matches!(&seen.view.standby,
                  Standby::Upgrading { report: Some(Seen::Failed { message }), .. }

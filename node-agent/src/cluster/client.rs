@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use kube::Client;
 
-use super::condition::{report_handover, HandoverOutcome, HandoverReport};
+use super::condition::{report_handover, report_started, HandoverOutcome, HandoverReport};
+use super::owner::{owner_of, Owner};
 use super::slot::{Role, SlotInfo};
 use super::{connect, ClusterError};
 
@@ -64,6 +65,34 @@ impl ClusterClient {
                 outcome,
                 report,
             ),
+        )
+    }
+
+    /// Sets this agent's `baton.dev/Started` condition: it started as the
+    /// active slot and owns the datapath.
+    pub fn report_started(&self, me: &SlotInfo) -> Result<(), ClusterError> {
+        let what = format!(
+            "reporting the start on {}/{}",
+            me.pod_namespace, me.pod_name
+        );
+        self.call(
+            what,
+            report_started(
+                &self.client,
+                &me.pod_namespace,
+                &me.pod_name,
+                me.slot,
+                &me.version,
+            ),
+        )
+    }
+
+    /// What became of the `KmeshUpgrade` that owns this agent's pod.
+    pub fn owner(&self, me: &SlotInfo) -> Result<Owner, ClusterError> {
+        let what = format!("reading the owner of {}/{}", me.pod_namespace, me.pod_name);
+        self.call(
+            what,
+            owner_of(&self.client, &me.pod_namespace, &me.pod_name),
         )
     }
 

@@ -99,6 +99,44 @@ pub async fn report_handover(
     Ok(())
 }
 
+/// Pod condition an agent that starts as the active slot (not through a
+/// handover) writes once it owns the datapath: the operator counts the node
+/// ready only with this or a Committed handover report naming the active
+/// slot and image (`operator/src/controller/observe.rs`, `CONDITION_STARTED`).
+pub const CONDITION_STARTED: &str = "baton.dev/Started";
+
+/// Sets `baton.dev/Started` (`status: "True"`, `reason: Started`, message
+/// `{"slot":..,"version":..}`) on pod `namespace/pod`, as
+/// [`report_handover`] does its condition.
+pub async fn report_started(
+    client: &Client,
+    namespace: &str,
+    pod: &str,
+    slot: Slot,
+    version: &str,
+) -> Result<(), ClusterError> {
+    let now =
+        Timestamp::from_second(Timestamp::now().as_second()).unwrap_or_else(|_| Timestamp::now());
+    let condition = PodCondition {
+        type_: CONDITION_STARTED.into(),
+        status: "True".into(),
+        reason: Some("Started".into()),
+        message: Some(json!({"slot": slot, "version": version}).to_string()),
+        last_transition_time: Some(Time(now)),
+        ..PodCondition::default()
+    };
+    let body = json!({"status": {"conditions": [condition]}});
+    Api::<Pod>::namespaced(client.clone(), namespace)
+        .patch_status(pod, &PatchParams::default(), &Patch::Strategic(&body))
+        .await
+        .map_err(|source| ClusterError::Api {
+            what: format!("patching the status of pod {namespace}/{pod}"),
+            source,
+        })?;
+    tracing::info!(pod, %slot, version, "start reported on the pod");
+    Ok(())
+}
+
 /// The handover condition of `pod`, its outcome (`None` while neither
 /// Committed nor Failed) and its parsed message (`None` if unreadable).
 pub fn read_report(

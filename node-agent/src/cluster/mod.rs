@@ -1,14 +1,22 @@
 //! The agent inside its operator-managed pod: which slot it is and whether it
-//! may own the datapath (`slot`), and its handover report on the pod (`condition`).
+//! may own the datapath (`slot`), its handover and start reports on the pod
+//! (`condition`), the warm standby a retired agent becomes (`standby`), and
+//! whether its owner is gone so SIGTERM must remove the datapath (`owner`).
 //! The strings here are the contract of docs/operator.md, mirrored from
 //! `operator/src/controller/names.rs`.
 
 pub mod client;
 pub mod condition;
+pub mod owner;
 pub mod slot;
+pub mod standby;
 
 pub use client::ClusterClient;
-pub use condition::{report_handover, HandoverOutcome, HandoverReport, CONDITION_HANDOVER};
+pub use condition::{
+    report_handover, report_started, HandoverOutcome, HandoverReport, CONDITION_HANDOVER,
+    CONDITION_STARTED,
+};
+pub use owner::Owner;
 pub use slot::{Role, Slot, SlotInfo};
 
 use std::time::Duration;

@@ -4,22 +4,31 @@
 //! hands each container, through the downward API, the pod annotations as they
 //! were when the kubelet (re)started it:
 //!
-//! | operator step | annotations after it |
-//! |---|---|
-//! | create pod | `active-slot=a`, `slot-a-version=<agent>`, `slot-b-version=<empty image>` |
-//! | StartUpgrade/StartRollback | standby slot's image and `slot-X-version=<new>`, `handover-started` |
-//! | FinishUpgrade (after Committed) | `active-slot=<new slot>`, old slot parked on the empty image, no `handover-started` |
-//! | ResetStandby (after Failed/timeout) | standby parked on the empty image, no `handover-started` |
+//! | operator step | annotations after it | containers |
+//! |---|---|---|
+//! | create pod | `active-slot=a`, `slot-a-version=<agent>`, `slot-b-version=<empty image>` | both start |
+//! | StartUpgrade/StartRollback, cold | idle slot's image and `slot-X-version=<new>`, `handover-started` | the idle slot restarts with the new image |
+//! | StartUpgrade/StartRollback, warm (the idle slot's standby already runs `<new>`) | `handover-started` only (`slot-X-version` unchanged) | none: the standby execs itself as the successor |
+//! | FinishUpgrade (after Committed) | `active-slot=<new slot>`, no `handover-started`; the old slot keeps its image and version | none: the retired agent execs itself into the standby |
+//! | ResetStandby (after Failed/timeout) | standby parked on the empty image, no `handover-started` | the failed slot restarts on the empty image |
 //!
-//! A parked slot runs the empty image, not an agent. So an agent process sees
-//! one of: its slot is active (it owns the datapath); its slot is the standby
-//! with its own new version (a handover into it is running); or its slot is
-//! active but the other slot holds another agent version. The last case is
-//! ambiguous from the environment alone: the active agent restarted during a
-//! handover, or the *retired* agent restarted by the kubelet after its
-//! successor committed and before the operator parked it. [`SlotInfo::role`]
-//! answers from the environment; [`SlotInfo::role_in`] resolves the ambiguity
-//! with the pod as it is now (its handover condition), and should be preferred.
+//! Why a warm standby and not parking: the kubelet keys crash-loop back-off
+//! by container name and image and counts the kill of a swapped container as
+//! an exit, so swapping a slot back to an image it ran minutes ago waited
+//! 10 s, 20 s, ... 5 min (see [`super::standby`]).
+//!
+//! So an agent process sees one of: its slot is active (it owns the
+//! datapath); its slot is the standby with its own new version (a handover
+//! into it is running); its slot is a retired agent's (it waits as the warm
+//! standby); or its slot is active but the other slot holds another agent
+//! version. The last case is ambiguous from the environment alone: the active
+//! agent restarted during a handover, or the *retired* agent restarted by the
+//! kubelet after its successor committed and before the operator flipped the
+//! active slot. [`SlotInfo::role`] answers from the environment;
+//! [`SlotInfo::role_in`] resolves the ambiguity with the pod as it is now (its
+//! handover condition), and should be preferred. A standby's environment is
+//! frozen at its container's start: it reads the pod, and hands the successor
+//! fresh values through `execve`.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -91,8 +100,9 @@ pub enum Role {
     /// A handover into this slot runs: take over from the active agent
     /// through `handover.sock`, then report on the pod.
     Successor,
-    /// Must not touch the datapath. Stay idle, do not exit (the kubelet would
-    /// restart it): the operator replaces this container with the empty image.
+    /// Must not touch the datapath. Wait as the slot's warm standby, do not
+    /// exit (the kubelet would restart it): a later handover back to this
+    /// version wakes it without a container restart.
     Retired,
 }
 
