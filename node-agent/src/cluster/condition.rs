@@ -87,7 +87,15 @@ pub async fn report_handover(
     report: &HandoverReport,
 ) -> Result<(), ClusterError> {
     let condition = handover_condition(outcome, report)?;
-    let body = json!({"status": {"conditions": [condition]}});
+    let mut conditions = vec![condition];
+    if outcome == HandoverOutcome::Committed {
+        // The committed agent serves now: say so in the Started condition
+        // too, in the same write. The Handover condition is overwritten by
+        // the next handover's report, a failed one included, and the
+        // operator must still see that this agent is the ready one.
+        conditions.push(started_condition(report.slot, &report.version));
+    }
+    let body = json!({"status": {"conditions": conditions}});
     Api::<Pod>::namespaced(client.clone(), namespace)
         .patch_status(pod, &PatchParams::default(), &Patch::Strategic(&body))
         .await
@@ -99,11 +107,26 @@ pub async fn report_handover(
     Ok(())
 }
 
-/// Pod condition an agent that starts as the active slot (not through a
-/// handover) writes once it owns the datapath: the operator counts the node
-/// ready only with this or a Committed handover report naming the active
-/// slot and image (`operator/src/controller/observe.rs`, `CONDITION_STARTED`).
+/// Pod condition of the agent that owns the datapath: written by an agent
+/// that starts as the active slot, and with its Committed report by a
+/// successor. The operator counts the node ready only with this or a
+/// Committed report naming the active slot and image
+/// (`operator/src/controller/observe.rs`, `CONDITION_STARTED`).
 pub const CONDITION_STARTED: &str = "baton.dev/Started";
+
+/// The `baton.dev/Started` condition of the agent of `slot` at `version`, stamped now.
+pub fn started_condition(slot: Slot, version: &str) -> PodCondition {
+    let now =
+        Timestamp::from_second(Timestamp::now().as_second()).unwrap_or_else(|_| Timestamp::now());
+    PodCondition {
+        type_: CONDITION_STARTED.into(),
+        status: "True".into(),
+        reason: Some("Started".into()),
+        message: Some(json!({"slot": slot, "version": version}).to_string()),
+        last_transition_time: Some(Time(now)),
+        ..PodCondition::default()
+    }
+}
 
 /// Sets `baton.dev/Started` (`status: "True"`, `reason: Started`, message
 /// `{"slot":..,"version":..}`) on pod `namespace/pod`, as
@@ -115,17 +138,7 @@ pub async fn report_started(
     slot: Slot,
     version: &str,
 ) -> Result<(), ClusterError> {
-    let now =
-        Timestamp::from_second(Timestamp::now().as_second()).unwrap_or_else(|_| Timestamp::now());
-    let condition = PodCondition {
-        type_: CONDITION_STARTED.into(),
-        status: "True".into(),
-        reason: Some("Started".into()),
-        message: Some(json!({"slot": slot, "version": version}).to_string()),
-        last_transition_time: Some(Time(now)),
-        ..PodCondition::default()
-    };
-    let body = json!({"status": {"conditions": [condition]}});
+    let body = json!({"status": {"conditions": [started_condition(slot, version)]}});
     Api::<Pod>::namespaced(client.clone(), namespace)
         .patch_status(pod, &PatchParams::default(), &Patch::Strategic(&body))
         .await

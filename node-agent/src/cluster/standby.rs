@@ -22,7 +22,7 @@ use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use futures::{StreamExt, TryStreamExt};
+use futures::TryStreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, WatchEvent, WatchParams};
 
@@ -169,8 +169,7 @@ async fn wait_async(me: &SlotInfo, stop: &AtomicBool) -> Result<Wake, ClusterErr
                 _ = tick.tick() => if stopped() { return Ok(Wake::Stopped) },
             }
         }
-        // Drain nothing more from this stream; the next round re-reads the pod.
-        let _ = stream.next();
+        // The stream is dropped here; the next round re-reads the pod.
     }
     Ok(Wake::Stopped)
 }
