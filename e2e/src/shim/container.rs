@@ -1,6 +1,17 @@
 //! One container's life as the kubelet tracks it: waiting, running, exited;
 //! restart count, last termination and crash-loop back-off.
+//!
+//! The back-off follows the kubelet (v1.34 `kuberuntime_manager.go`
+//! `doBackOff`, `flowcontrol.Backoff`): before starting a container that has
+//! an exited instance (a crash, or a kill for an image swap: both count),
+//! the key (container name, image; the kubelet hashes only those) is looked
+//! up; if its back-off has not elapsed since that instance finished, the
+//! start waits (`CrashLoopBackOff`, "back-off 20s restarting failed
+//! container=..."), else the entry is created (initial) or doubled (capped).
+//! An entry is forgotten 2 × max after its last update. So swapping a slot
+//! back to an image it ran minutes ago waits, as on a real node.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{
@@ -97,6 +108,39 @@ pub enum Next {
     Start,
     /// Stop the running process, then start the new image.
     Replace,
+    /// Crash-loop back-off of (container, image) holds the start until then.
+    BackOff(Instant),
+}
+
+/// One back-off key's state (`flowcontrol.backoffEntry`).
+#[derive(Clone, Copy, Debug)]
+struct BackoffEntry {
+    delay: Duration,
+    last_update: Instant,
+}
+
+/// Go's `time.Duration.String()` for whole milliseconds: `300ms`, `10s`, `2m40s`.
+pub fn go_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms < 1000 {
+        return format!("{ms}ms");
+    }
+    let (m, rest) = (ms / 60_000, ms % 60_000);
+    let secs = if rest % 1000 == 0 {
+        format!("{}s", rest / 1000)
+    } else {
+        format!("{}s", rest as f64 / 1000.0)
+    };
+    if m > 0 {
+        format!("{m}m{secs}")
+    } else {
+        secs
+    }
+}
+
+/// `flowcontrol.hasExpired`: an entry not updated for 2 × max is forgotten.
+fn expired(event: Instant, last_update: Instant, cfg: &Backoff) -> bool {
+    event.saturating_duration_since(last_update) > cfg.max * 2
 }
 
 /// One container of a pod.
@@ -113,7 +157,12 @@ pub struct Runtime {
     /// Bumped on every start, so late exit notices of older runs are ignored.
     pub generation: u64,
     started_once: bool,
+    /// Retry delay of failed starts (image errors), not crash-loop back-off.
     delay: Duration,
+    /// Crash-loop back-off per image (the key's other parts are fixed here).
+    backoff: HashMap<String, BackoffEntry>,
+    /// When the most recent exited instance finished.
+    last_finished: Option<Instant>,
 }
 
 impl Runtime {
@@ -132,7 +181,65 @@ impl Runtime {
             generation: 0,
             started_once: false,
             delay: Duration::ZERO,
+            backoff: HashMap::new(),
+            last_finished: None,
         }
+    }
+
+    /// Until when the back-off of `image` holds a start at `now`, if it does.
+    fn backoff_until(&self, image: &str, now: Instant, cfg: &Backoff) -> Option<Instant> {
+        let finished = self.last_finished?;
+        let entry = self.backoff.get(image)?;
+        if expired(finished, entry.last_update, cfg) {
+            return None;
+        }
+        let until = finished + entry.delay;
+        (now < until).then_some(until)
+    }
+
+    /// The kubelet's `backOff.Next(key, finishedAt)` when a container starts
+    /// after an exited instance.
+    fn note_start(&mut self, image: &str, cfg: &Backoff) {
+        let Some(finished) = self.last_finished else {
+            return;
+        };
+        let now = Instant::now();
+        let entry = self
+            .backoff
+            .entry(image.to_owned())
+            .or_insert(BackoffEntry {
+                delay: Duration::ZERO,
+                last_update: now,
+            });
+        entry.delay = if entry.delay.is_zero() || expired(finished, entry.last_update, cfg) {
+            cfg.initial
+        } else {
+            (entry.delay * 2).min(cfg.max)
+        };
+        entry.last_update = now;
+    }
+
+    /// The CrashLoopBackOff message the kubelet writes for a held start.
+    pub fn backoff_message(&self, image: &str, pod_name: &str) -> String {
+        let delay = self.backoff.get(image).map(|e| e.delay).unwrap_or_default();
+        format!(
+            "back-off {} restarting failed container={} pod={pod_name}",
+            go_duration(delay),
+            self.name
+        )
+    }
+
+    /// Holds the start of `image` until `until` (crash-loop back-off).
+    pub fn hold(&mut self, image: &str, until: Instant, pod_name: &str) {
+        if let State::Exited { run, .. } = &self.state {
+            self.last = Some(run.clone());
+        }
+        self.state = State::Waiting {
+            reason: "CrashLoopBackOff".into(),
+            message: self.backoff_message(image, pod_name),
+            image: image.to_owned(),
+            retry_at: Some(until),
+        };
     }
 
     /// Image of the current (or waiting, or last) run.
@@ -149,21 +256,28 @@ impl Runtime {
     }
 
     /// What to do given the spec's image at `now`.
-    pub fn next(&self, spec_image: &str, now: Instant) -> Next {
+    pub fn next(&self, spec_image: &str, now: Instant, cfg: &Backoff) -> Next {
         let changed = self.image() != spec_image;
         match &self.state {
-            State::Running { .. } if changed => Next::Replace,
-            State::Running { .. } => Next::Keep,
-            // A new image starts at once: the back-off belongs to the old one.
-            _ if changed => Next::Start,
-            State::Waiting { retry_at, .. } => match retry_at {
-                Some(at) if *at > now => Next::Keep,
-                _ => Next::Start,
-            },
-            State::Exited { restart_at, .. } => match restart_at {
-                Some(at) if *at <= now => Next::Start,
-                _ => Next::Keep,
-            },
+            State::Running { .. } if changed => return Next::Replace,
+            State::Running { .. } => return Next::Keep,
+            State::Waiting {
+                retry_at: Some(at), ..
+            } if !changed && *at > now => return Next::Keep,
+            State::Exited {
+                restart_at: None, ..
+            } if !changed => return Next::Keep,
+            State::Exited {
+                restart_at: Some(at),
+                ..
+            } if !changed && *at > now => return Next::Keep,
+            _ => {}
+        }
+        // Another image has its own key, but the exited instance is the
+        // same: a swap back to a recently run image waits too.
+        match self.backoff_until(spec_image, now, cfg) {
+            Some(until) => Next::BackOff(until),
+            None => Next::Start,
         }
     }
 
@@ -177,7 +291,15 @@ impl Runtime {
     }
 
     /// Records a started process.
-    pub fn started(&mut self, process: Process, image: &str, image_id: String, node: &str) {
+    pub fn started(
+        &mut self,
+        process: Process,
+        image: &str,
+        image_id: String,
+        node: &str,
+        cfg: &Backoff,
+    ) {
+        self.note_start(image, cfg);
         if self.started_once {
             self.restart_count += 1;
         }
@@ -243,31 +365,28 @@ impl Runtime {
         else {
             return None;
         };
-        // A container that ran long enough is forgiven its earlier crashes.
-        if since.elapsed() >= backoff.max * 2 {
-            self.delay = Duration::ZERO;
-        }
+        let _ = since;
         let run = Terminated {
             exit,
             started_at: *started_at,
             container_id: container_id.clone(),
             image: image.clone(),
         };
-        let restart_at = restart.then(|| Instant::now() + self.delay);
-        if restart {
-            self.bump(backoff);
-        }
+        let now = Instant::now();
+        self.last_finished = Some(now);
+        let restart_at =
+            restart.then(|| self.backoff_until(&run.image, now, backoff).unwrap_or(now));
         match std::mem::replace(&mut self.state, State::Exited { run, restart_at }) {
             State::Running { process, .. } => Some(process),
             _ => None,
         }
     }
 
-    /// Stopped on purpose (image replaced, pod deleted): no back-off.
+    /// Stopped on purpose (image replaced, pod deleted). Still an exited
+    /// instance to the kubelet: the next start of this container meets the
+    /// back-off of its image.
     pub fn stopped(&mut self, exit: ExitInfo) -> Option<Process> {
-        let process = self.exited(exit, false, &Backoff::default());
-        self.delay = Duration::ZERO;
-        process
+        self.exited(exit, false, &Backoff::default())
     }
 
     /// The running process, if any.
@@ -330,10 +449,7 @@ impl Runtime {
                 restart_at: Some(_),
             } => {
                 // No countdown in the text: an unchanged status is not re-sent.
-                let message = format!(
-                    "back-off restarting failed container={} pod={pod_name}",
-                    self.name
-                );
+                let message = self.backoff_message(&run.image, pod_name);
                 (
                     waiting("CrashLoopBackOff", &message),
                     Some(run),
@@ -380,7 +496,8 @@ mod tests {
         }
     }
 
-    fn fake_running(rt: &mut Runtime, image: &str) {
+    fn fake_running(rt: &mut Runtime, image: &str, cfg: &Backoff) {
+        rt.note_start(image, cfg);
         rt.generation += 1;
         if rt.started_once {
             rt.restart_count += 1;
@@ -399,6 +516,13 @@ mod tests {
         };
     }
 
+    fn secs(at: Instant) -> u64 {
+        at.saturating_duration_since(Instant::now())
+            .as_secs()
+            .div_ceil(10)
+            * 10
+    }
+
     #[test]
     fn crash_loop_restarts_at_once_then_backs_off_doubling() {
         let backoff = Backoff {
@@ -407,21 +531,16 @@ mod tests {
         };
         let mut rt = Runtime::new("c", "img");
         let now = Instant::now();
-        assert_eq!(rt.next("img", now), Next::Start);
-        fake_running(&mut rt, "img");
-        assert_eq!(rt.next("img", now), Next::Keep);
+        assert_eq!(rt.next("img", now, &backoff), Next::Start);
+        fake_running(&mut rt, "img", &backoff);
+        assert_eq!(rt.next("img", now, &backoff), Next::Keep);
         let mut delays = Vec::new();
         for _ in 0..4 {
             rt.exited(exit(3), true, &backoff);
             let at = rt.wake_at().expect("restart scheduled");
-            delays.push(
-                at.saturating_duration_since(Instant::now())
-                    .as_secs()
-                    .div_ceil(10)
-                    * 10,
-            );
-            assert_eq!(rt.next("img", at), Next::Start);
-            fake_running(&mut rt, "img");
+            delays.push(secs(at));
+            assert_eq!(rt.next("img", at, &backoff), Next::Start);
+            fake_running(&mut rt, "img", &backoff);
         }
         assert_eq!(delays, [0, 10, 20, 40]);
         assert_eq!(rt.restart_count, 4);
@@ -431,17 +550,61 @@ mod tests {
     }
 
     #[test]
-    fn a_new_image_replaces_a_running_one_and_skips_back_off() {
-        let backoff = Backoff::default();
-        let mut rt = Runtime::new("c", "v1");
-        fake_running(&mut rt, "v1");
-        assert_eq!(rt.next("v2", Instant::now()), Next::Replace);
-        rt.exited(exit(1), true, &backoff);
-        fake_running(&mut rt, "v1");
-        rt.exited(exit(1), true, &backoff);
-        // Crashed twice in a row: v1 waits, v2 starts at once.
-        assert_eq!(rt.next("v1", Instant::now()), Next::Keep);
-        assert_eq!(rt.next("v2", Instant::now()), Next::Start);
+    fn an_image_swap_counts_and_a_swap_back_waits_like_the_kubelets() {
+        let backoff = Backoff {
+            initial: Duration::from_secs(10),
+            max: Duration::from_secs(300),
+        };
+        // Created with v1: no exited instance, no back-off.
+        let mut rt = Runtime::new("slot-b", "v1");
+        assert_eq!(rt.next("v1", Instant::now(), &backoff), Next::Start);
+        fake_running(&mut rt, "v1", &backoff);
+        // Swap to v2: the kill leaves an exited instance; v2's key is new,
+        // so it starts at once (and its entry is created).
+        assert_eq!(rt.next("v2", Instant::now(), &backoff), Next::Replace);
+        rt.stopped(exit(0));
+        assert_eq!(rt.next("v2", Instant::now(), &backoff), Next::Start);
+        fake_running(&mut rt, "v2", &backoff);
+        // Swap back to v1: v1 never started after an exited instance, so it
+        // has no entry either: starts at once, entry created.
+        rt.stopped(exit(0));
+        assert_eq!(rt.next("v1", Instant::now(), &backoff), Next::Start);
+        fake_running(&mut rt, "v1", &backoff);
+        // Back to v2 within minutes: v2's entry (10 s) holds the start.
+        rt.stopped(exit(0));
+        let Next::BackOff(until) = rt.next("v2", Instant::now(), &backoff) else {
+            panic!("a swap back to v2 must wait");
+        };
+        assert_eq!(secs(until), 10);
+        rt.hold("v2", until, "p_ns(uid)");
+        let s = rt.status("p_ns(uid)");
+        let w = s.state.and_then(|st| st.waiting).expect("waiting");
+        assert_eq!(w.reason.as_deref(), Some("CrashLoopBackOff"));
+        assert_eq!(
+            w.message.as_deref(),
+            Some("back-off 10s restarting failed container=slot-b pod=p_ns(uid)")
+        );
+        assert!(s.last_state.and_then(|l| l.terminated).is_some());
+        // Once started, the next swap back doubles: 20 s.
+        assert_eq!(rt.next("v2", until, &backoff), Next::Start);
+        fake_running(&mut rt, "v2", &backoff);
+        rt.stopped(exit(0));
+        fake_running(&mut rt, "v1", &backoff);
+        rt.stopped(exit(0));
+        let Next::BackOff(until) = rt.next("v2", Instant::now(), &backoff) else {
+            panic!("must wait");
+        };
+        assert_eq!(secs(until), 20);
+        // A third image has no entry: it starts at once.
+        assert_eq!(rt.next("v3", Instant::now(), &backoff), Next::Start);
+    }
+
+    #[test]
+    fn go_durations_read_like_the_kubelets() {
+        assert_eq!(go_duration(Duration::from_millis(300)), "300ms");
+        assert_eq!(go_duration(Duration::from_secs(20)), "20s");
+        assert_eq!(go_duration(Duration::from_secs(160)), "2m40s");
+        assert_eq!(go_duration(Duration::from_millis(1500)), "1.5s");
     }
 
     #[test]
@@ -456,7 +619,7 @@ mod tests {
             Some("ContainerCreating")
         );
         assert!(!s.ready);
-        fake_running(&mut rt, "v1");
+        fake_running(&mut rt, "v1", &Backoff::default());
         let s = rt.status("p");
         assert!(s.ready && s.started == Some(true));
         assert!(s.state.and_then(|st| st.running).is_some());

@@ -307,8 +307,26 @@ impl Worker {
         let Some(i) = self.containers.iter().position(|r| r.name == spec.name) else {
             return;
         };
-        match self.containers[i].next(image, Instant::now()) {
+        let backoff = self.ctx.cfg.backoff;
+        match self.containers[i].next(image, Instant::now(), &backoff) {
             Next::Keep => return,
+            Next::BackOff(until) => {
+                let pod_name = format!(
+                    "{}_{}({})",
+                    pod.metadata.name.as_deref().unwrap_or_default(),
+                    pod.metadata.namespace.as_deref().unwrap_or_default(),
+                    pod.metadata.uid.as_deref().unwrap_or_default()
+                );
+                let rt = &mut self.containers[i];
+                if !matches!(&rt.state, super::container::State::Waiting { reason, image: w, .. }
+                    if reason == "CrashLoopBackOff" && w == image)
+                {
+                    tracing::info!(pod = %self.ident, container = %spec.name, image,
+                        message = %rt.backoff_message(image, &pod_name), "start held by back-off");
+                }
+                rt.hold(image, until, &pod_name);
+                return;
+            }
             Next::Start => {}
             Next::Replace => {
                 let rt = &mut self.containers[i];
@@ -383,7 +401,8 @@ impl Worker {
         })?;
         tracing::info!(pod = %self.ident, container = %spec.name, image, pid = process.pid(), run, "container started");
         let image_id = format!("baton-node-shim://{}", planned.program.display());
-        self.containers[i].started(process, image, image_id, &self.ctx.node.name);
+        let backoff = self.ctx.cfg.backoff;
+        self.containers[i].started(process, image, image_id, &self.ctx.node.name, &backoff);
         Ok(())
     }
 
