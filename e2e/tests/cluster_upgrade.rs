@@ -97,6 +97,50 @@ async fn fresh_install_one_pod_per_selected_node_with_one_active_slot() {
         .await
         .expect("creating the KmeshUpgrade");
 
+    // Readiness gating: running containers are not ready agents. The
+    // stand-in never says it owns a datapath, so nothing counts yet.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+    eventually(
+        "3 pods running, none counted ready before its agent reports",
+        Duration::from_secs(60),
+        logs,
+        async || {
+            let status = upgrades.get("baton").await.ok()?.data["status"].clone();
+            let counts = ["nodes", "updated", "ready", "failed"].map(|k| status[k].as_i64());
+            let list = pods.list(&ListParams::default()).await.ok()?;
+            let running = list
+                .items
+                .iter()
+                .filter(|p| container_status(p, "slot-a").is_some_and(|c| is_running(&c)))
+                .count();
+            (running == 3
+                && counts == [Some(3), Some(0), Some(0), Some(0)]
+                && status["phase"] == "Progressing"
+                && status.get("stableImage").is_none())
+            .then_some(())
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let status = upgrades.get("baton").await.expect("upgrade").data["status"].clone();
+    assert_eq!(
+        (status["ready"].as_i64(), status["phase"].as_str()),
+        (Some(0), Some("Progressing")),
+        "still nothing ready without a report: {status:#}"
+    );
+    // What the real agent writes once it owns the datapath (baton.dev/Started).
+    for node in ["w1", "w2", "w3"] {
+        let body = json!({"status": {"conditions": [{
+            "type": "baton.dev/Started", "status": "True", "reason": "Started",
+            "message": json!({"slot": "a", "version": AGENT_V1}).to_string()}]}});
+        pods.patch_status(
+            &format!("baton-{node}"),
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Strategic(&body),
+        )
+        .await
+        .expect("writing the start report");
+    }
     let status = eventually(
         "status Complete with 3 nodes ready",
         Duration::from_secs(60),
@@ -131,7 +175,6 @@ async fn fresh_install_one_pod_per_selected_node_with_one_active_slot() {
         "{status:#}"
     );
 
-    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
     let list = pods
         .list(&ListParams::default().labels("app.kubernetes.io/name=baton-agent"))
         .await
@@ -215,13 +258,16 @@ async fn fresh_install_one_pod_per_selected_node_with_one_active_slot() {
 }
 
 /// Checks every node after a rollout to `image` (map layout `layout`) that
-/// put its agent in `slot`: the pod, the running processes, the agent's own
-/// status and `verify`, and the node status with its handover figures.
+/// put its agent in `slot`, the retired agent of `standby` waiting in the
+/// other slot: the pod, the running processes, the agent's own status and
+/// `verify`, and the node status with its handover figures.
+#[allow(clippy::too_many_arguments)]
 async fn assert_nodes_on(
     fleet: &cluster_support::Fleet,
     status: &serde_json::Value,
     nodes: &[&str],
     image: &str,
+    standby: &str,
     layout: u64,
     slot: &str,
     when: &str,
@@ -264,37 +310,38 @@ async fn assert_nodes_on(
                 get(&format!("baton.dev/slot-{parked}-version")),
                 get("baton.dev/handover-started"),
             ),
-            (Some(slot), Some(image), Some(EMPTY), None),
-            "{when}: {node}: {ann:?}"
+            (Some(slot), Some(image), Some(standby), None),
+            "{when}: {node}: the retired slot keeps its image as the standby: {ann:?}"
         );
-        // The kubelet (shim) reports the parked slot's restart shortly after
-        // the operator's patch.
-        let (parked_c, active_c) = eventually(
-            &format!(
-                "{when}: {node}: the old slot parked on the empty image (the shim's idle mode)"
-            ),
+        // The retired agent re-execs itself into standby mode (same pid,
+        // same container) shortly after handing over.
+        let (standby_c, active_c) = eventually(
+            &format!("{when}: {node}: the old slot's agent waits as a warm standby"),
             Duration::from_secs(30),
             || fleet.logs(),
             async || {
                 let pod = fleet.pod(node).await;
-                let parked_c = container_status(&pod, &format!("slot-{parked}"))?;
+                let standby_c = container_status(&pod, &format!("slot-{parked}"))?;
                 let active_c = container_status(&pod, &format!("slot-{slot}"))?;
-                (is_running(&parked_c)
-                    && parked_c.image == EMPTY
-                    && parked_c.image_id.ends_with("baton-node-shim")
+                let pid = container_pid(&standby_c)?;
+                (is_running(&standby_c)
+                    && standby_c.image == standby
+                    && cluster_support::in_standby_mode(pid)
                     && is_running(&active_c)
                     && active_c.image == image)
-                    .then_some((parked_c, active_c))
+                    .then_some((standby_c, active_c))
             },
         )
         .await;
-        assert_eq!(
-            parked_c
-                .last_state
-                .and_then(|s| s.terminated)
-                .map(|t| t.exit_code),
-            Some(0),
-            "{when}: {node}: the retired agent stopped cleanly"
+        let pid = container_pid(&standby_c).unwrap_or_default();
+        let [rss, anon, file] =
+            ["VmRSS", "RssAnon", "RssFile"].map(|f| cluster_support::proc_kib(pid, f));
+        eprintln!(
+            "{when}: {node}: standby {standby} RSS {rss:?} KiB (anon {anon:?}, file {file:?})"
+        );
+        assert!(
+            anon.is_some_and(|kib| kib < cluster_support::STANDBY_RSS_MAX_KIB),
+            "{when}: {node}: a standby holds nothing and stays small: {anon:?} KiB anonymous"
         );
         let agent = fleet
             .agent_json(node, "status")
@@ -380,7 +427,10 @@ async fn rolling_upgrade_under_traffic_then_partition_pause_and_resume() {
     assert_eq!(available["status"], "True", "{status:#}");
     assert_eq!(status_condition(&status, "Degraded")["status"], "False");
     print_nodes("v1 -> v2", &status);
-    assert_nodes_on(&fleet, &status, &nodes, AGENT_V2, 2, "b", "v1 -> v2").await;
+    assert_nodes_on(
+        &fleet, &status, &nodes, AGENT_V2, AGENT_V1, 2, "b", "v1 -> v2",
+    )
+    .await;
     let rollout = fleet.rollout.get();
     assert_eq!(
         rollout.max_in_flight, 1,
@@ -419,7 +469,17 @@ async fn rolling_upgrade_under_traffic_then_partition_pause_and_resume() {
                 && node_status(s, "w1")["version"] == AGENT_V1
         })
         .await;
-    assert_nodes_on(&fleet, &status, &["w1"], AGENT_V1, 1, "a", "partition 2").await;
+    assert_nodes_on(
+        &fleet,
+        &status,
+        &["w1"],
+        AGENT_V1,
+        AGENT_V2,
+        1,
+        "a",
+        "partition 2",
+    )
+    .await;
     for node in ["w2", "w3"] {
         assert_eq!(node_status(&status, node)["version"], AGENT_V2, "{node}");
     }
@@ -487,7 +547,10 @@ async fn rolling_upgrade_under_traffic_then_partition_pause_and_resume() {
         .await;
     let connects_back = fleet.stop_traffic("v2 -> v1 with partition, pause and resume");
     print_nodes("v2 -> v1", &status);
-    assert_nodes_on(&fleet, &status, &nodes, AGENT_V1, 1, "a", "v2 -> v1").await;
+    assert_nodes_on(
+        &fleet, &status, &nodes, AGENT_V1, AGENT_V2, 1, "a", "v2 -> v1",
+    )
+    .await;
     let rollout = fleet.rollout.get();
     assert_eq!(rollout.max_in_flight, 1, "{rollout:?}");
     for node in nodes {
@@ -504,4 +567,266 @@ async fn rolling_upgrade_under_traffic_then_partition_pause_and_resume() {
         upgrade_time.as_secs_f64(),
         t0.elapsed().as_secs_f64()
     );
+}
+
+/// Container id, restart count and pid of both slots of `node`'s pod.
+async fn containers(fleet: &cluster_support::Fleet, node: &str) -> Vec<(String, i32, Option<i32>)> {
+    let pod = fleet.pod(node).await;
+    ["slot-a", "slot-b"]
+        .iter()
+        .map(|c| {
+            let s = container_status(&pod, c).unwrap_or_else(|| panic!("{node}: {c} status"));
+            (
+                s.container_id.clone().unwrap_or_default(),
+                s.restart_count,
+                container_pid(&s),
+            )
+        })
+        .collect()
+}
+
+/// The warm standby: v1 -> v2 -> v1 -> v2 under traffic. The first change
+/// restarts slot b once (empty image -> v2); every later flip wakes the
+/// retired agent waiting in the other slot through annotations only, so no
+/// container restarts (same container ids, restart counts and pids) and the
+/// kubelet's crash-loop back-off (keyed by container and image, which the
+/// shim mimics) never applies. 0 failed connects throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_standby_flips_between_two_images_restart_no_container() {
+    use cluster_support::*;
+    let Some(mut fleet) = Fleet::start("standby", [127, 0, 79], &["w1", "w2", "w3"], |_, _| {
+        Vec::new()
+    })
+    .await
+    else {
+        return;
+    };
+    let nodes = ["w1", "w2", "w3"];
+    let timeout = Duration::from_secs(120);
+    fleet
+        .create_upgrade(
+            AGENT_V1,
+            json!({"maxUnavailable": 1, "handoverTimeoutSeconds": 60}),
+        )
+        .await;
+    fleet
+        .wait_status("v1 installed", 1, timeout, |s| {
+            counts(s) == [Some(3), Some(3), Some(3), Some(0)] && s["phase"] == "Complete"
+        })
+        .await;
+    for node in nodes {
+        fleet.wait_serving(node, 1).await;
+    }
+    fleet.start_traffic(150.0);
+    let mut after_first = Vec::new();
+    let mut flip_times = Vec::new();
+    for (i, (image, layout, slot)) in [(AGENT_V2, 2, "b"), (AGENT_V1, 1, "a"), (AGENT_V2, 2, "b")]
+        .into_iter()
+        .enumerate()
+    {
+        let t = std::time::Instant::now();
+        let generation = fleet
+            .patch_spec(json!({"agentImage": image}))
+            .await
+            .expect("patching agentImage");
+        let status = fleet
+            .wait_status(&format!("flip {i} to {image}"), generation, timeout, |s| {
+                s["phase"] == "Complete"
+                    && s["stableImage"] == image
+                    && s["updated"] == 3
+                    && s["ready"] == 3
+            })
+            .await;
+        flip_times.push(t.elapsed().as_secs_f64());
+        let other = if image == AGENT_V1 {
+            AGENT_V2
+        } else {
+            AGENT_V1
+        };
+        let when = format!("flip {i} to {image}");
+        assert_nodes_on(&fleet, &status, &nodes, image, other, layout, slot, &when).await;
+        let now: Vec<_> = {
+            let mut v = Vec::new();
+            for node in nodes {
+                v.push(containers(&fleet, node).await);
+            }
+            v
+        };
+        if i == 0 {
+            after_first = now;
+        } else {
+            assert_eq!(
+                now, after_first,
+                "{when}: no container restarted (ids, restart counts, pids)"
+            );
+        }
+    }
+    let connects = fleet.stop_traffic("v1 -> v2 -> v1 -> v2");
+    for node in nodes {
+        assert_eq!(
+            (
+                fleet.process_starts(node, AGENT_V1),
+                fleet.process_starts(node, AGENT_V2)
+            ),
+            (1, 1),
+            "{node}: each image started once; the flips were exec's of the standby"
+        );
+        assert_eq!(
+            fleet.rollout.get().starts_on(node),
+            [AGENT_V2, AGENT_V1, AGENT_V2],
+            "{node}"
+        );
+        let pod = fleet.pod(node).await;
+        for c in ["slot-a", "slot-b"] {
+            let s = container_status(&pod, c).expect("status");
+            assert!(
+                s.state
+                    .as_ref()
+                    .and_then(|st| st.waiting.as_ref())
+                    .is_none(),
+                "{node}: {c} never waits on the kubelet: {s:?}"
+            );
+        }
+    }
+    eprintln!("warm standby flips: {flip_times:.1?} s, {connects} connects, 0 failed");
+}
+
+/// Uninstall: an agent pod deleted while its KmeshUpgrade lives keeps the
+/// datapath (traffic stays clean, the operator recreates the pod and the new
+/// agent adopts the pins); deleting the KmeshUpgrade with foreground
+/// propagation removes it: pins gone, programs detached on every node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uninstall_removes_the_datapath_a_deleted_pod_keeps_it() {
+    use cluster_support::*;
+    use kube::api::{DeleteParams, PropagationPolicy};
+    let Some(mut fleet) =
+        Fleet::start("uninstall", [127, 0, 80], &["w1", "w2"], |_, _| Vec::new()).await
+    else {
+        return;
+    };
+    let nodes = ["w1", "w2"];
+    let timeout = Duration::from_secs(120);
+    fleet
+        .create_upgrade(AGENT_V1, json!({"maxUnavailable": 1}))
+        .await;
+    fleet
+        .wait_status("v1 installed", 1, timeout, |s| {
+            counts(s) == [Some(2), Some(2), Some(2), Some(0)] && s["phase"] == "Complete"
+        })
+        .await;
+    for node in nodes {
+        fleet.wait_serving(node, 1).await;
+    }
+
+    // 1. A pod deleted while the KmeshUpgrade lives: the datapath stays.
+    fleet.start_traffic(150.0);
+    let pods: Api<Pod> = Api::namespaced(fleet.client.clone(), NS);
+    let old_uid = fleet.pod("w1").await.metadata.uid;
+    pods.delete("baton-w1", &DeleteParams::default())
+        .await
+        .expect("deleting w1's agent pod");
+    eventually(
+        "w1's pod gone and recreated",
+        Duration::from_secs(60),
+        || fleet.logs(),
+        async || {
+            let p = pods.get("baton-w1").await.ok()?;
+            (p.metadata.uid != old_uid).then_some(())
+        },
+    )
+    .await;
+    fleet
+        .wait_status("w1 ready again", 1, timeout, |s| {
+            counts(s) == [Some(2), Some(2), Some(2), Some(0)] && s["phase"] == "Complete"
+        })
+        .await;
+    fleet.wait_serving("w1", 1).await;
+    fleet.stop_traffic("w1's agent pod deleted and recreated");
+    for node in nodes {
+        assert!(
+            pinned(&fleet, node) && !attached(&fleet, node).is_empty(),
+            "{node}: the datapath stays while the KmeshUpgrade lives"
+        );
+    }
+
+    // 2. Uninstall: delete the KmeshUpgrade with foreground propagation.
+    let upgrades = {
+        let gvk = GroupVersionKind::gvk("baton.dev", "v1alpha1", "KmeshUpgrade");
+        let ar = ApiResource::from_gvk_with_plural(&gvk, "kmeshupgrades");
+        Api::<DynamicObject>::namespaced_with(fleet.client.clone(), NS, &ar)
+    };
+    let dp = DeleteParams {
+        propagation_policy: Some(PropagationPolicy::Foreground),
+        ..DeleteParams::default()
+    };
+    upgrades
+        .delete(UPGRADE, &dp)
+        .await
+        .expect("deleting the KmeshUpgrade");
+    // This API server runs no garbage collector: do its part, as
+    // kube-controller-manager would for foreground deletion (delete the
+    // dependents while the owner carries its deletionTimestamp).
+    let owner = upgrades
+        .get(UPGRADE)
+        .await
+        .expect("owner kept until dependents go");
+    assert!(owner.metadata.deletion_timestamp.is_some());
+    for node in nodes {
+        pods.delete(&pod_name(node), &DeleteParams::default())
+            .await
+            .expect("deleting a dependent pod");
+    }
+    eventually(
+        "agent pods gone",
+        Duration::from_secs(60),
+        || fleet.logs(),
+        async || {
+            let list = pods.list(&ListParams::default()).await.ok()?;
+            list.items.is_empty().then_some(())
+        },
+    )
+    .await;
+    for node in nodes {
+        assert!(
+            !pinned(&fleet, node),
+            "{node}: pins removed on uninstall: {:?}",
+            std::fs::read_dir(fleet.kernel.node(node).pin_dir()).map(|d| d.count())
+        );
+        assert_eq!(
+            attached(&fleet, node),
+            Vec::<String>::new(),
+            "{node}: programs detached on uninstall"
+        );
+    }
+    // The GC would now drop the foregroundDeletion finalizer.
+    let _ = upgrades
+        .patch(
+            UPGRADE,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"metadata": {"finalizers": null}})),
+        )
+        .await;
+}
+
+/// Whether `node`'s pin directory holds any pin.
+fn pinned(fleet: &cluster_support::Fleet, node: &str) -> bool {
+    std::fs::read_dir(fleet.kernel.node(node).pin_dir())
+        .map(|mut d| d.next().is_some())
+        .unwrap_or(false)
+}
+
+/// Program names attached to `node`'s cgroup (bpftool).
+fn attached(fleet: &cluster_support::Fleet, node: &str) -> Vec<String> {
+    let out = std::process::Command::new("bpftool")
+        .args(["cgroup", "show"])
+        .arg(&fleet.kernel.node(node).cgroup)
+        .arg("-j")
+        .output()
+        .expect("running bpftool");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or(json!([]));
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["name"].as_str().map(str::to_owned))
+        .collect()
 }

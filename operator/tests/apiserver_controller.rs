@@ -89,6 +89,18 @@ async fn kubelet_runs(pods: &Api<Pod>, name: &str) {
         .unwrap_or_else(|e| panic!("kubelet status of {name}: {e}"));
 }
 
+/// Plays an agent that started as the active slot: `baton.dev/Started`.
+async fn agent_starts(pods: &Api<Pod>, name: &str, slot: &str, version: &str) {
+    let body = json!({"status": {"conditions": [{
+        "type": "baton.dev/Started", "status": "True", "reason": "Started",
+        "message": json!({"slot": slot, "version": version}).to_string(),
+        "lastTransitionTime": Timestamp::now().to_string(),
+    }]}});
+    pods.patch_status(name, &PatchParams::default(), &Patch::Strategic(&body))
+        .await
+        .unwrap_or_else(|e| panic!("agent start condition on {name}: {e}"));
+}
+
 /// Plays the new agent: reports its handover through the pod condition.
 async fn agent_reports(pods: &Api<Pod>, name: &str, slot: &str, version: &str, committed: bool) {
     let message = json!({"slot": slot, "version": version, "durationMs": 42, "freezeMs": 3,
@@ -294,6 +306,30 @@ impl Harness {
         for pod in &created {
             kubelet_runs(&self.pods, pod.metadata.name.as_deref().expect("name")).await;
         }
+        // Running containers are not ready agents: nothing counts until the
+        // agents say they own the datapath.
+        let s = status_where(&self.upgrades, "pods running, no agent ready", |s| {
+            s.nodes == 3 && s.phase.is_some()
+        })
+        .await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let s = self
+            .upgrades
+            .get("baton")
+            .await
+            .ok()
+            .and_then(|u| u.status)
+            .unwrap_or(s);
+        assert_eq!((s.ready, s.updated), (0, 0), "{s:?}");
+        assert_ne!(s.phase, Some(RolloutPhase::Complete));
+        assert_eq!(
+            s.stable_image, None,
+            "an image that never served is no rollback target"
+        );
+        for pod in &created {
+            let name = pod.metadata.name.as_deref().expect("name");
+            agent_starts(&self.agent_pods, name, "a", "agent:v1").await;
+        }
         let s = status_where(&self.upgrades, "a complete v1 rollout", |s| {
             s.phase == Some(RolloutPhase::Complete) && s.ready == 3
         })
@@ -368,8 +404,12 @@ async fn controller_rolls_out_upgrades_and_stops_on_failure() {
     for pod in pods_by_name(pods).await {
         assert_eq!(
             image(&pod, "slot-a").as_deref(),
-            Some("empty:1"),
-            "old slot parked"
+            Some("agent:v1"),
+            "the old agent stays in its slot as the warm standby"
+        );
+        assert_eq!(
+            annotation(&pod, "baton.dev/slot-a-version").as_deref(),
+            Some("agent:v1")
         );
         assert_eq!(image(&pod, "slot-b").as_deref(), Some("agent:v2"));
     }
@@ -409,6 +449,15 @@ async fn controller_rolls_out_upgrades_and_stops_on_failure() {
         annotation(&n1, "baton.dev/active-slot").as_deref(),
         Some("b"),
         "old agent still active"
+    );
+    let n1_status = s.node_statuses.iter().find(|n| n.node == "n1").expect("n1");
+    assert_eq!(
+        n1_status
+            .last_handover
+            .as_ref()
+            .and_then(|h| h.message.as_deref()),
+        Some("frontend map refused"),
+        "the failure, not the previous success, is n1's last handover: {n1_status:?}"
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
     let busy: Vec<_> = pods_by_name(pods)
@@ -571,7 +620,9 @@ async fn controller_never_exceeds_max_unavailable_on_a_hundred_nodes() {
     })
     .await;
     for pod in &created {
-        kubelet_runs(&h.pods, pod.metadata.name.as_deref().expect("name")).await;
+        let name = pod.metadata.name.as_deref().expect("name");
+        kubelet_runs(&h.pods, name).await;
+        agent_starts(&h.agent_pods, name, "a", "agent:v1").await;
     }
     status_where(&h.upgrades, "a complete v1 rollout", |s| {
         s.phase == Some(RolloutPhase::Complete) && s.ready == 100

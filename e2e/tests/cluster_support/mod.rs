@@ -98,6 +98,31 @@ pub fn backend_identities() -> BTreeSet<String> {
         .collect()
 }
 
+/// Largest anonymous (private) RSS a warm standby may have, in KiB: it
+/// holds no datapath, only a one-thread runtime and an API client. (Its
+/// file-backed RSS is the agent binary's mapped pages, shared and clean.)
+pub const STANDBY_RSS_MAX_KIB: u64 = 8 * 1024;
+
+/// Whether process `pid` runs in standby mode (`BATON_STANDBY` in the
+/// environment of its current image: the agent exec'd itself into it).
+pub fn in_standby_mode(pid: i32) -> bool {
+    std::fs::read(format!("/proc/{pid}/environ"))
+        .map(|env| env.split(|b| *b == 0).any(|kv| kv == b"BATON_STANDBY=1"))
+        .unwrap_or(false)
+}
+
+/// A `/proc/<pid>/status` field in KiB (`VmRSS`, `RssAnon`, `RssFile`).
+pub fn proc_kib(pid: i32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// One node's host side.
 pub struct NodeBox {
     /// Node name.
