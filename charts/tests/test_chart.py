@@ -105,7 +105,7 @@ def test_agent_rbac_reads_services_and_writes_only_pod_status(default_objects):
     }
     status = one(default_objects, "Role", "-agent-status")
     assert rules_of(status) == {
-        ("", "pods"): ["get"],
+        ("", "pods"): ["get", "watch"],
         ("", "pods/status"): ["get", "patch"],
         # Is my owner being deleted? (datapath teardown on uninstall only)
         ("baton.dev", "kmeshupgrades"): ["get"],

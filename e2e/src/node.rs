@@ -195,6 +195,45 @@ impl Rig {
     }
 }
 
+/// Resident memory (KiB, `VmRSS`) of each container's main process in `pod`,
+/// by container name, read through containerd's task list.
+pub fn container_rss(pod: &Value) -> Vec<(String, u64)> {
+    let Ok(sock) = std::env::var("BATON_NODE_CONTAINERD") else {
+        return Vec::new();
+    };
+    let out = Command::new("ctr")
+        .args(["-a", &sock, "-n", "k8s.io", "tasks", "ls"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let pid_of = |id: &str| {
+        out.lines()
+            .find(|l| l.starts_with(id))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .map(str::to_owned)
+    };
+    let statuses = pod["status"]["containerStatuses"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    statuses
+        .iter()
+        .filter_map(|c| {
+            let id = c["containerID"].as_str()?.strip_prefix("containerd://")?;
+            let pid = pid_of(id)?;
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+            let kib = status
+                .lines()
+                .find(|l| l.starts_with("VmRSS:"))?
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()?;
+            Some((c["name"].as_str()?.to_owned(), kib))
+        })
+        .collect()
+}
+
 /// `ClusterIP:port` of a Service.
 pub fn cluster_ip(svc: &Value) -> String {
     format!(
