@@ -446,6 +446,44 @@ fn restart_counts(pod: &Value) -> (i64, i64) {
     (count("slot-a"), count("slot-b"))
 }
 
+/// The path without Helm for the KmeshUpgrade: the operator from the chart
+/// (`upgrade.enabled=false`), the node labelled, the sample applied; returns
+/// the backends' `ClusterIP:80` once the agent serves on the layout-1 image.
+fn install_with_kubectl(rig: &Rig, dir: &Path) -> String {
+    helm_install(
+        rig,
+        &format!("{TAG}-v1"),
+        &["--set", "upgrade.enabled=false"],
+    );
+    let vip = backends(rig, dir);
+    label_node(rig);
+    apply(rig, dir, &sample_upgrade(rig, AGENT_V1));
+    wait_installed(rig, AGENT_V1);
+    vip
+}
+
+/// `kubectl delete kmu --cascade=foreground` leaves the node clean; then the
+/// operator and the backends go.
+fn uninstall_with_kubectl(rig: &Rig) {
+    let t0 = Instant::now();
+    rig.kubectl(&[
+        "delete",
+        "kmu",
+        "-n",
+        NS,
+        UPGRADE,
+        "--cascade=foreground",
+        "--timeout=120s",
+    ]);
+    eprintln!(
+        "kubectl delete kmu --cascade=foreground: {:?}",
+        t0.elapsed()
+    );
+    assert_node_clean(rig, "kubectl delete kmu");
+    helm_uninstall(rig);
+    remove_backends(rig);
+}
+
 /// One node change's wall time: apply -> the new slot committed -> finished.
 struct Timing {
     to: &'static str,
@@ -458,15 +496,7 @@ fn kubectl_apply_rollbacks_back_to_back() {
     let Some(rig) = Rig::from_env() else { return };
     fresh(&rig);
     let dir = scratch("kubectl");
-    helm_install(
-        &rig,
-        &format!("{TAG}-v1"),
-        &["--set", "upgrade.enabled=false"],
-    );
-    let vip = backends(&rig, &dir);
-    label_node(&rig);
-    apply(&rig, &dir, &sample_upgrade(&rig, AGENT_V1));
-    wait_installed(&rig, AGENT_V1);
+    let vip = install_with_kubectl(&rig, &dir);
     assert_serving(&rig, &dir, &vip, "after kubectl apply");
 
     let want = backend_identities(&rig);
@@ -548,23 +578,7 @@ fn kubectl_apply_rollbacks_back_to_back() {
         std::fs::write(out, summary.to_string()).expect("results file");
     }
 
-    let t0 = Instant::now();
-    rig.kubectl(&[
-        "delete",
-        "kmu",
-        "-n",
-        NS,
-        UPGRADE,
-        "--cascade=foreground",
-        "--timeout=120s",
-    ]);
-    eprintln!(
-        "kubectl delete kmu --cascade=foreground: {:?}",
-        t0.elapsed()
-    );
-    assert_node_clean(&rig, "kubectl delete kmu");
-    helm_uninstall(&rig);
-    remove_backends(&rig);
+    uninstall_with_kubectl(&rig);
 }
 
 /// The pod's container id of `container` (without the runtime prefix).
@@ -607,15 +621,7 @@ fn restarts_in_the_middle() {
     let Some(rig) = Rig::from_env() else { return };
     fresh(&rig);
     let dir = scratch("restarts");
-    helm_install(
-        &rig,
-        &format!("{TAG}-v1"),
-        &["--set", "upgrade.enabled=false"],
-    );
-    let vip = backends(&rig, &dir);
-    label_node(&rig);
-    apply(&rig, &dir, &sample_upgrade(&rig, AGENT_V1));
-    wait_installed(&rig, AGENT_V1);
+    let vip = install_with_kubectl(&rig, &dir);
     let want = backend_identities(&rig);
     let traffic = Traffic::start(&rig, &dir, &vip, RATE, HOLD);
 
@@ -666,16 +672,5 @@ fn restarts_in_the_middle() {
     let report = traffic.stop();
     assert_clean(&report, &want, "restarts and kills in the middle");
 
-    rig.kubectl(&[
-        "delete",
-        "kmu",
-        "-n",
-        NS,
-        UPGRADE,
-        "--cascade=foreground",
-        "--timeout=120s",
-    ]);
-    assert_node_clean(&rig, "kubectl delete kmu");
-    helm_uninstall(&rig);
-    remove_backends(&rig);
+    uninstall_with_kubectl(&rig);
 }
