@@ -17,6 +17,11 @@ const CAP: Capacity = Capacity {
 /// The state as a block-style services file (names as JSON strings, which
 /// are YAML double-quoted scalars).
 fn render(s: &DesiredState) -> Option<String> {
+    // A null `services` is refused on purpose (a half-written file): "no
+    // services" is only an explicit empty list.
+    if s.services.is_empty() {
+        return Some("services: []\n".into());
+    }
     let mut y = String::from("services:\n");
     for svc in &s.services {
         // Raw non-printable characters are not allowed in YAML input.
