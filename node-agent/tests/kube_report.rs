@@ -10,7 +10,7 @@ use std::collections::HashMap;
 
 use baton_agent::cluster::{
     report_handover, ClusterClient, HandoverOutcome, HandoverReport, Role, Slot, SlotInfo,
-    CONDITION_HANDOVER,
+    CONDITION_HANDOVER, CONDITION_STARTED,
 };
 use baton_e2e::apiserver::ApiServer;
 use baton_operator::controller::observe::observe;
@@ -123,6 +123,12 @@ async fn handover_report_lands_on_the_pod_and_the_operator_reads_it() {
                 "True".into(),
                 Some("Committed".into())
             ),
+            // A committing successor also says it started (readiness gating).
+            (
+                CONDITION_STARTED.into(),
+                "True".into(),
+                Some("Started".into())
+            ),
         ],
         "the kubelet's conditions survive"
     );
@@ -190,7 +196,17 @@ async fn handover_report_lands_on_the_pod_and_the_operator_reads_it() {
     .await
     .expect("blocking client thread");
     let pod = pods.get(POD).await.expect("reading the pod back");
-    assert_eq!(conditions_sorted(&pod).len(), 3);
+    // One condition per type: the Handover condition replaced, Started kept.
+    let types: Vec<String> = conditions_sorted(&pod).into_iter().map(|c| c.0).collect();
+    assert_eq!(
+        types,
+        [
+            "PodScheduled",
+            "Ready",
+            CONDITION_HANDOVER,
+            CONDITION_STARTED
+        ]
+    );
     let seen = observe(&pod, "empty:1", Timestamp::now());
     assert!(
         matches!(&seen.view.standby,
