@@ -171,6 +171,13 @@ fn kind_of(ft: std::fs::FileType) -> &'static str {
 /// most `limit` bytes (checked on the fd, and the read stops at limit + 1
 /// so a file that grows or lies about its size cannot make it read more).
 pub fn read_bounded(path: &Path, limit: u64) -> Result<Vec<u8>, SourceError> {
+    read_bounded_identified(path, limit).map(|(bytes, _)| bytes)
+}
+
+/// [`read_bounded`], also returning the file's identity (device, inode): a
+/// new identity means the path was replaced (rename), not rewritten in place.
+fn read_bounded_identified(path: &Path, limit: u64) -> Result<(Vec<u8>, (u64, u64)), SourceError> {
+    use std::os::unix::fs::MetadataExt;
     let file = path.display().to_string();
     let io = |source| SourceError::Read {
         file: file.clone(),
@@ -206,7 +213,7 @@ pub fn read_bounded(path: &Path, limit: u64) -> Result<Vec<u8>, SourceError> {
             limit,
         });
     }
-    Ok(buf)
+    Ok((buf, (meta.dev(), meta.ino())))
 }
 
 /// Loads a services file (bounded read, parse, validate): `baton-agent check`.
@@ -223,11 +230,15 @@ enum Seen {
     Failed(String),
 }
 
-/// A services file watched by polling. A change is applied only once two
-/// reads at least `settle` apart saw the same content (and every read in
-/// between too): a file rewritten in place (truncate, then write) is read
-/// as empty or cut at any byte in the middle, and a cut at a line boundary
-/// is valid YAML with fewer services.
+/// A services file watched by polling. A change made in place is applied only
+/// once two reads at least `settle` apart saw the same content (and every
+/// read in between too): a file rewritten in place (truncate, then write) is
+/// read as empty or cut at any byte in the middle, and a cut at a line
+/// boundary is valid YAML with fewer services. A file replaced by a rename
+/// (another inode than the one last acted on) was complete before it
+/// appeared, so it is acted on at once: atomic writers pay no settle time,
+/// and a writer that changes the file faster than `settle` still gets
+/// through.
 #[derive(Debug)]
 pub struct FileSource {
     path: PathBuf,
@@ -235,6 +246,8 @@ pub struct FileSource {
     settle: Duration,
     /// The last outcome acted on (applied or reported).
     done: Option<Seen>,
+    /// Identity (device, inode) of the file last acted on.
+    done_id: Option<(u64, u64)>,
     /// A new outcome and when it was first seen.
     pending: Option<(Seen, Instant)>,
 }
@@ -247,6 +260,7 @@ impl FileSource {
             max_bytes: DEFAULT_MAX_BYTES,
             settle: DEFAULT_SETTLE,
             done: None,
+            done_id: None,
             pending: None,
         }
     }
@@ -271,7 +285,9 @@ impl FileSource {
     /// The new desired state (or why the file is rejected) once a change is
     /// stable; `None` when nothing new is stable yet.
     pub fn poll(&mut self, cap: &Capacity) -> Option<Result<DesiredState, SourceError>> {
-        let read = read_bounded(&self.path, self.max_bytes);
+        let read = read_bounded_identified(&self.path, self.max_bytes);
+        let id = read.as_ref().ok().map(|(_, id)| *id);
+        let read = read.map(|(b, _)| b);
         let seen = match &read {
             Ok(b) => Seen::Content {
                 len: b.len() as u64,
@@ -284,7 +300,9 @@ impl FileSource {
             return None;
         }
         let now = Instant::now();
+        let replaced = id.is_some() && self.done_id.is_some() && id != self.done_id;
         match &self.pending {
+            _ if replaced => {}
             Some((p, since)) if *p == seen => {
                 if now.duration_since(*since) < self.settle {
                     return None;
@@ -298,6 +316,9 @@ impl FileSource {
         }
         self.pending = None;
         self.done = Some(seen);
+        if id.is_some() {
+            self.done_id = id;
+        }
         let file = self.path.display().to_string();
         Some(read.and_then(|b| parse_bytes(&file, &b, cap)))
     }
@@ -688,6 +709,38 @@ services:
         assert!(e.to_string().contains("no document"), "{e}");
         std::thread::sleep(Duration::from_millis(150));
         assert!(src.poll(&Capacity::default()).is_none(), "reported once");
+    }
+
+    /// A file replaced by a rename is complete when it appears: acted on at
+    /// the first poll, even while the writer replaces it faster than the
+    /// settle time (an in-place writer that fast would never settle).
+    #[test]
+    fn a_renamed_file_is_acted_on_at_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("svc.yaml");
+        std::fs::write(&path, GOOD).expect("write");
+        // The first read has nothing to compare with: it settles like any.
+        let mut src = FileSource::new(path.clone()).with_settle(Duration::ZERO);
+        poll_until(&mut src, 10).expect("applied").expect("valid");
+        src.settle = Duration::from_secs(3600);
+        for n in [3, 5, 7] {
+            let tmp = dir.path().join("svc.yaml.tmp");
+            std::fs::write(&tmp, many(n, false, false)).expect("write tmp");
+            std::fs::rename(&tmp, &path).expect("rename");
+            let got = src
+                .poll(&Capacity::default())
+                .expect("acted on at once")
+                .expect("valid");
+            assert_eq!(got.services.len(), n);
+        }
+        // The same inode rewritten in place waits for the (here endless)
+        // settle. (Were the inode number reused from the one last acted on,
+        // the change would settle too: never applied early.)
+        std::fs::write(&path, GOOD).expect("in place");
+        assert!(
+            src.poll(&Capacity::default()).is_none(),
+            "in place: settles"
+        );
     }
 
     /// An in-place rewrite (truncate, then the new text a line every 20 ms,
