@@ -110,7 +110,8 @@ pub enum SourceError {
 
 /// Parses and validates a services file's text.
 pub fn parse(file: &str, text: &str, cap: &Capacity) -> Result<DesiredState, SourceError> {
-    let (state, lines) = reader::read(text).map_err(|l| SourceError::Syntax {
+    let max = usize::try_from(cap.services).unwrap_or(usize::MAX);
+    let (state, lines) = reader::read(text, max).map_err(|l| SourceError::Syntax {
         file: file.into(),
         line: l.line,
         source: l.error,
@@ -429,6 +430,26 @@ services:
             e.contains("svc.yaml:11: services[0].endpoints[1].priority"),
             "{e}"
         );
+    }
+
+    /// Parsing stops at the first service past the service map's capacity,
+    /// with that service's line: memory follows the capacity, not the file.
+    #[test]
+    fn parsing_stops_past_the_service_capacity() {
+        let cap = Capacity {
+            services: 3,
+            ..Capacity::default()
+        };
+        let text = many(5, false, false);
+        let e = parse("svc.yaml", &text, &cap)
+            .expect_err("over capacity")
+            .to_string();
+        // many(): 4 lines per service after `services:`, the 4th starts on line 14.
+        assert_eq!(
+            e, "svc.yaml:14: services: more than 3 services (the service map's capacity)",
+            "{e}"
+        );
+        assert!(parse("svc.yaml", &many(3, false, false), &cap).is_ok());
     }
 
     #[test]

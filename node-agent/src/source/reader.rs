@@ -35,6 +35,13 @@ pub enum ParseError {
     /// A second `---` document.
     #[error("more than one YAML document")]
     MultipleDocuments,
+    /// More services than the service map holds: parsing stops there, so
+    /// memory follows the map's capacity, not the file's size.
+    #[error("services: more than {limit} services (the service map's capacity)")]
+    TooManyServices {
+        /// The capacity.
+        limit: usize,
+    },
     /// `&anchor`, `*alias` or `!tag`.
     #[error("{path}: anchors, aliases and tags are not supported")]
     Decorated {
@@ -254,6 +261,7 @@ fn integer(value: &str, style: Style, max: u64) -> Option<u64> {
 
 struct Reader<'a> {
     p: Parser<'a>,
+    max_services: usize,
 }
 
 type R<T> = Result<T, Located>;
@@ -522,6 +530,14 @@ impl<'a> Reader<'a> {
                 item: line32(m),
                 ..ServiceLines::default()
             };
+            if i >= self.max_services {
+                return Err(at(
+                    m,
+                    ParseError::TooManyServices {
+                        limit: self.max_services,
+                    },
+                ));
+            }
             out.push(self.service(i, m, &mut sl)?);
             lines.services.push(sl);
         }
@@ -759,9 +775,11 @@ impl<'a> Reader<'a> {
 }
 
 /// Parses a services document: the desired state and where each field is.
-pub fn read(text: &str) -> Result<(DesiredState, Lines), Located> {
+/// Stops with an error at service number `max_services + 1`.
+pub fn read(text: &str, max_services: usize) -> Result<(DesiredState, Lines), Located> {
     Reader {
         p: Parser::new(text),
+        max_services,
     }
     .document()
 }
