@@ -42,8 +42,9 @@ const UPGRADE: &str = "baton";
 const APP_NS: &str = "demo";
 const INSTALL_TIMEOUT: Duration = Duration::from_secs(120);
 const CHANGE_TIMEOUT: Duration = Duration::from_secs(120);
-/// Paced connects/s of the client (the issue asks for at least 1 000).
-const RATE: f64 = 1200.0;
+/// Paced connects/s of the client: at least 1 000 must be achieved (asserted),
+/// with headroom for a loaded CI machine.
+const RATE: f64 = 1500.0;
 const HOLD: u64 = 20;
 
 /// Removes what an earlier, failed scenario may have left (best effort), so
