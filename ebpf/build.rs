@@ -2,6 +2,8 @@
 //! `baton-v1.bpf.o` and `baton-v2.bpf.o` in OUT_DIR. Both are always built so
 //! any build can read the other layout's BTF; the `layout-v2` feature only
 //! chooses which one the crate calls its own.
+// A build script reports failure by panicking: cargo prints the message.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
 use std::{env, path::PathBuf, process::Command};
 
 /// Layout generations known to `src/bpf/layout.h`.

@@ -48,6 +48,10 @@
 //! * Hot-upgrade measurements (`baton-bench --only handover`) drive
 //!   `baton-agent` processes and a timestamped connect stream with [`upgrade`].
 
+// Test support: its harnesses (API server, rig, shim launchers) panic with
+// context by design, like the tests that call them.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 #[cfg(feature = "apiserver")]
 pub mod apiserver;
 pub mod backend;

@@ -28,6 +28,7 @@
 //!
 //! Needs root, `e2e/cluster/k8s-bins.sh` (or `BATON_SKIP_APISERVER=1`) and
 //! `cargo build --workspace --bins`.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step panics
 
 mod cluster_support;
 mod kube_support;

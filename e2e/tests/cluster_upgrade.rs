@@ -22,6 +22,7 @@
 //! `BATON_SKIP_APISERVER=1`) and the binaries (`cargo build --workspace
 //! --bins`; the layout-2 agent is built on demand, see
 //! `baton_e2e::harness::agent_bin_for_layout`).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step panics
 
 mod cluster_support;
 mod kube_support;

@@ -1,6 +1,7 @@
 //! Real connects through the real datapath: a probe process in the test's
 //! cgroup and its own network namespace connects to VIPs while this process
 //! programs the maps.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step panics
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::{IpAddr, SocketAddr};

@@ -29,6 +29,7 @@
 //!   test restarts the new agent — as the kubelet would restart the crashed
 //!   container — which must start from the pins (already of its layout,
 //!   all reused) and clean up the dead agent's staging directory.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step panics
 
 mod support;
 

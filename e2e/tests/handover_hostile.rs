@@ -13,6 +13,7 @@
 //! `frozen: false`, a services-file edit reaches the maps (`dump`, `verify`
 //! clean), and no staging directory is left. At the end a real successor
 //! still takes over.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step panics
 
 mod support;
 

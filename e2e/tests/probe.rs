@@ -1,5 +1,6 @@
 //! Runs the real `baton-probe` binary (needs root: it unshares a network namespace).
 //! No BPF is involved, so targets are the backends themselves.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step panics
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};

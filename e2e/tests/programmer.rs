@@ -1,6 +1,7 @@
 //! Transactional map programming against real kernel maps: invariants after
 //! every sync, exhaustive fault injection at every write, a real map-full
 //! error, and adoption of pinned maps after a restart.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step panics
 
 use std::net::IpAddr;
 

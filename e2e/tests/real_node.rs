@@ -25,6 +25,7 @@
 //!   e2e/images/build.sh --profile dev --tag rig --out /var/tmp/baton-images
 //!   e2e/node/rig.sh up --images /var/tmp/baton-images
 //!   e2e/node/rig.sh exec cargo test -p baton-e2e --features real-node --test real_node -- --test-threads=1
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step panics
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

@@ -4,6 +4,7 @@
 //! policies, unmapped images, and deletion within the grace period.
 //!
 //! Needs `e2e/cluster/k8s-bins.sh` (or `BATON_SKIP_APISERVER=1`).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step panics
 
 mod kube_support;
 

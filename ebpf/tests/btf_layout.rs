@@ -2,6 +2,7 @@
 //! as the compiler recorded them in the active layout's object BTF (run under
 //! both features), and layouts 1 and 2 must differ exactly as documented in
 //! `src/bpf/layout.h` and docs/architecture.md.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step panics
 
 use baton_ebpf::btf::{Btf, Shape};
 use baton_ebpf::*;

@@ -6,6 +6,7 @@
 //! `cargo bench -p baton-agent --bench migrate` (root: real kernel maps).
 //! `BATON_BENCH_SIZES=10000,100000` limits the sizes, `BATON_BENCH_CHUNK`
 //! sets the entries per batch call.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step panics
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};

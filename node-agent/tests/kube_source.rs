@@ -3,6 +3,7 @@
 //! controller would). The source runs as the chart's agent service account.
 //!
 //! Needs `e2e/cluster/k8s-bins.sh` (or `BATON_SKIP_APISERVER=1`).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step panics
 
 mod support;
 

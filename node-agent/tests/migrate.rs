@@ -2,6 +2,7 @@
 //! objects (layout 1 and 2) and by `create_map`, layouts read back from the
 //! kernel's BTF, every entry compared after `copy_all` and `replay`, on the
 //! batch and the per-element paths.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step panics
 
 use std::collections::BTreeMap;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};

@@ -2,6 +2,7 @@
 //!
 //! `cargo bench -p baton-operator --bench plan`; exits non-zero when the
 //! median plan takes longer than the 50 ms target, so a regression is loud.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step panics
 
 use std::time::{Duration, Instant};
 

@@ -6,6 +6,7 @@
 //!
 //! Needs `e2e/cluster/k8s-bins.sh` (or `BATON_SKIP_APISERVER=1`) and the chart
 //! test requirements: `pip install -r charts/tests/requirements.txt`.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step panics
 
 mod support;
 

@@ -2,6 +2,7 @@
 //! (with defaults), every CEL rule rejects what it should with its message.
 //!
 //! Needs `e2e/cluster/k8s-bins.sh` to have run (or `BATON_SKIP_APISERVER=1`).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step panics
 
 mod support;
 
