@@ -63,12 +63,7 @@ fn spawn(bin: &Path, args: &[String], log: &Path) -> Child {
     // SAFETY: prctl is async-signal-safe; it only sets a flag on the child so
     // that a test process killed without unwinding does not leak servers.
     unsafe {
-        cmd.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
+        cmd.pre_exec(crate::harness::set_parent_death_signal);
     }
     cmd.spawn()
         .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()))

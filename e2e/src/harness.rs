@@ -20,8 +20,9 @@
 
 use std::ffi::OsString;
 use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use crate::report::Report;
@@ -155,6 +156,101 @@ impl ProbeRun {
 /// Parses the JSON report printed on stdout.
 pub fn parse_report(stdout: &[u8]) -> Result<Report, serde_json::Error> {
     serde_json::from_slice(stdout)
+}
+
+/// For `pre_exec`: the child gets SIGKILL when the thread that spawned it
+/// dies, so a test (or shim) killed without unwinding leaves no process
+/// behind. Async-signal-safe: one `prctl`.
+pub fn set_parent_death_signal() -> std::io::Result<()> {
+    // SAFETY: prctl(PR_SET_PDEATHSIG) only sets a flag on the calling process.
+    if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// A running `baton-probe run`: stdout (the report) and stderr in files, ready
+/// and stop files beside them; killed on drop. Test support: panics with the
+/// probe's stderr when it does not start or report.
+pub struct ProbeProcess {
+    name: String,
+    child: Child,
+    out: PathBuf,
+    err: PathBuf,
+    stop: PathBuf,
+}
+
+impl ProbeProcess {
+    /// Spawns `run` with `dir/<name>.{json,err,ready,stop}` (a stale ready or
+    /// stop file is removed first), dying with the spawning thread, and waits
+    /// up to `ready_within` for it to be ready.
+    pub fn start(run: ProbeRun, dir: &Path, name: &str, ready_within: Duration) -> ProbeProcess {
+        let file = |ext: &str| dir.join(format!("{name}.{ext}"));
+        for ext in ["ready", "stop"] {
+            let _ = std::fs::remove_file(file(ext));
+        }
+        let bin = probe_bin().expect("baton-probe binary");
+        let mut cmd = run
+            .ready_file(file("ready"))
+            .stop_file(file("stop"))
+            .command(bin);
+        cmd.stdout(std::fs::File::create(file("json")).expect("probe stdout"))
+            .stderr(std::fs::File::create(file("err")).expect("probe stderr"));
+        // SAFETY: set_parent_death_signal is async-signal-safe.
+        unsafe {
+            cmd.pre_exec(set_parent_death_signal);
+        }
+        let child = cmd.spawn().expect("starting baton-probe");
+        let probe = ProbeProcess {
+            name: name.to_owned(),
+            child,
+            out: file("json"),
+            err: file("err"),
+            stop: file("stop"),
+        };
+        assert!(
+            wait_for_file(&file("ready"), ready_within),
+            "baton-probe {name} did not get ready: {}",
+            std::fs::read_to_string(&probe.err).unwrap_or_default()
+        );
+        probe
+    }
+
+    /// Asks the probe to end its run (its stop file), without waiting.
+    pub fn request_stop(&self) {
+        std::fs::write(&self.stop, b"").expect("stop file");
+    }
+
+    /// Stops the probe, waits up to `timeout` for it to exit, returns its report.
+    pub fn report(mut self, timeout: Duration) -> Report {
+        self.request_stop();
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            match self.child.try_wait() {
+                Ok(Some(s)) => break s,
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                _ => panic!("baton-probe {} did not stop", self.name),
+            }
+        };
+        let out = std::fs::read(&self.out).unwrap_or_default();
+        parse_report(&out).unwrap_or_else(|e| {
+            panic!(
+                "baton-probe {} ({status}): bad report ({e}): {}\n{}",
+                self.name,
+                String::from_utf8_lossy(&out),
+                std::fs::read_to_string(&self.err).unwrap_or_default()
+            )
+        })
+    }
+}
+
+impl Drop for ProbeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// Polls until `path` exists; false on timeout.

@@ -4,14 +4,13 @@
 //! attaches to. A test harness: it panics with context instead of returning
 //! errors.
 
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::harness::{parse_report, probe_bin, wait_for_file, ProbeRun};
+use crate::harness::{ProbeProcess, ProbeRun};
 use crate::report::Report;
 
 /// Tag prefix of the images `e2e/images/build.sh --tag rig` builds.
@@ -253,87 +252,32 @@ pub fn container_status<'a>(pod: &'a Value, container: &str) -> Option<&'a Value
 
 /// One `baton-probe run` in the rig's client cgroup: paced connects to a
 /// target plus held connections, until [`Traffic::stop`].
-pub struct Traffic {
-    child: Child,
-    out: PathBuf,
-    err: PathBuf,
-    stop: PathBuf,
-}
+pub struct Traffic(ProbeProcess);
 
 impl Traffic {
     /// Starts connecting to `target` at `rate`/s with `hold` held connections.
     pub fn start(rig: &Rig, dir: &Path, target: &str, rate: f64, hold: u64) -> Traffic {
-        let file = |ext: &str| dir.join(format!("traffic.{ext}"));
-        for ext in ["ready", "stop"] {
-            let _ = std::fs::remove_file(file(ext));
-        }
         let target = target
             .parse()
             .unwrap_or_else(|e| panic!("target {target}: {e}"));
-        let mut cmd = ProbeRun::new()
+        let run = ProbeRun::new()
             .cgroup(&rig.cgroup)
             .no_netns()
             .target(target)
             .duration(Duration::from_secs(1800))
             .rate(rate)
             .concurrency(4)
-            .hold(hold)
-            .ready_file(file("ready"))
-            .stop_file(file("stop"))
-            .command(probe_bin().expect("baton-probe binary"));
-        cmd.stdout(std::fs::File::create(file("json")).expect("probe stdout"))
-            .stderr(std::fs::File::create(file("err")).expect("probe stderr"));
-        // SAFETY: prctl is async-signal-safe; a test killed without
-        // unwinding takes its probe along.
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let child = cmd.spawn().expect("starting baton-probe");
-        assert!(
-            wait_for_file(&file("ready"), Duration::from_secs(20)),
-            "baton-probe did not get ready: {}",
-            std::fs::read_to_string(file("err")).unwrap_or_default()
-        );
-        Traffic {
-            child,
-            out: file("json"),
-            err: file("err"),
-            stop: file("stop"),
-        }
+            .hold(hold);
+        Traffic(ProbeProcess::start(
+            run,
+            dir,
+            "traffic",
+            Duration::from_secs(20),
+        ))
     }
 
     /// Stops the probe and returns its report.
-    pub fn stop(mut self) -> Report {
-        std::fs::write(&self.stop, b"").expect("stop file");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let status = loop {
-            match self.child.try_wait() {
-                Ok(Some(s)) => break s,
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(20))
-                }
-                _ => panic!("baton-probe did not stop"),
-            }
-        };
-        let out = std::fs::read(&self.out).unwrap_or_default();
-        parse_report(&out).unwrap_or_else(|e| {
-            panic!(
-                "baton-probe ({status}): bad report ({e}): {}\n{}",
-                String::from_utf8_lossy(&out),
-                std::fs::read_to_string(&self.err).unwrap_or_default()
-            )
-        })
-    }
-}
-
-impl Drop for Traffic {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    pub fn stop(self) -> Report {
+        self.0.report(Duration::from_secs(30))
     }
 }

@@ -129,12 +129,7 @@ impl ShimLaunch {
         // SAFETY: prctl is async-signal-safe; a test process that dies
         // without unwinding takes the shim (and, through it, its containers) along.
         unsafe {
-            cmd.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
+            cmd.pre_exec(crate::harness::set_parent_death_signal);
         }
         let child = cmd.spawn().map_err(err)?;
         Ok(ShimProcess {

@@ -39,14 +39,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddr};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output};
+use std::process::{Command, Output};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use baton_e2e::apiserver::{install_agent_rbac, ApiServer};
-use baton_e2e::harness::{agent_bin_for_layout, parse_report, probe_bin, ProbeRun};
+use baton_e2e::harness::{agent_bin_for_layout, ProbeProcess, ProbeRun};
 use baton_e2e::kernel::cgroup_root;
 use baton_e2e::report::Report;
 use baton_e2e::shim::launch::{ShimLaunch, ShimProcess};
@@ -799,15 +798,7 @@ async fn create_service(client: &kube::Client) -> SocketAddr {
 /// One `baton-probe` per node in that node's cgroup and its own netns,
 /// connecting to the ClusterIP at a paced rate until stopped; killed on drop.
 pub struct Traffic {
-    probes: Vec<Probe>,
-}
-
-struct Probe {
-    node: String,
-    child: Child,
-    out: PathBuf,
-    err: PathBuf,
-    stop: PathBuf,
+    probes: Vec<(String, ProbeProcess)>,
 }
 
 static TRAFFIC_RUN: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
@@ -817,97 +808,37 @@ impl Traffic {
         let run = TRAFFIC_RUN.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let dir = fleet.dir.join(format!("traffic-{run}"));
         std::fs::create_dir_all(&dir).expect("traffic dir");
-        let bin = probe_bin().expect("baton-probe");
         let mut traffic = Traffic { probes: Vec::new() };
         for node in &fleet.kernel.nodes {
-            let file = |ext: &str| dir.join(format!("{}.{ext}", node.name));
             let mut args = ProbeRun::new()
                 .cgroup(&node.cgroup)
                 .local_backends()
                 .target(fleet.vip)
                 .duration(Duration::from_secs(900))
                 .rate(rate_per_node)
-                .concurrency(2)
-                .ready_file(file("ready"))
-                .stop_file(file("stop"));
+                .concurrency(2);
             for b in BACKENDS {
                 args = args.backend(SocketAddr::from((
                     b.parse::<Ipv4Addr>().expect("backend address"),
                     TARGET_PORT,
                 )));
             }
-            let mut cmd = args.command(&bin);
-            cmd.stdout(std::fs::File::create(file("json")).expect("probe stdout"))
-                .stderr(std::fs::File::create(file("err")).expect("probe stderr"));
-            // SAFETY: prctl is async-signal-safe; a test process killed
-            // without unwinding takes its probes along.
-            unsafe {
-                cmd.pre_exec(|| {
-                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
-            }
-            let child = cmd.spawn().expect("starting baton-probe");
-            traffic.probes.push(Probe {
-                node: node.name.clone(),
-                child,
-                out: file("json"),
-                err: file("err"),
-                stop: file("stop"),
-            });
-            assert!(
-                baton_e2e::harness::wait_for_file(&file("ready"), Duration::from_secs(10)),
-                "baton-probe for {} did not get ready: {}",
-                node.name,
-                std::fs::read_to_string(file("err")).unwrap_or_default()
-            );
+            let probe = ProbeProcess::start(args, &dir, &node.name, Duration::from_secs(10));
+            traffic.probes.push((node.name.clone(), probe));
         }
         traffic
     }
 
     /// Stops every probe and returns its report, by node.
     fn stop(mut self) -> Vec<(String, Report)> {
-        for p in &self.probes {
-            std::fs::write(&p.stop, b"").expect("stop file");
+        // All stop at once, then each is collected.
+        for (_, p) in &self.probes {
+            p.request_stop();
         }
-        let mut reports = Vec::new();
-        for mut p in std::mem::take(&mut self.probes) {
-            let deadline = Instant::now() + Duration::from_secs(20);
-            let status = loop {
-                match p.child.try_wait() {
-                    Ok(Some(status)) => break status,
-                    Ok(None) if Instant::now() < deadline => {
-                        std::thread::sleep(Duration::from_millis(20))
-                    }
-                    _ => {
-                        let _ = p.child.kill();
-                        panic!("baton-probe for {} did not stop", p.node);
-                    }
-                }
-            };
-            let out = std::fs::read(&p.out).unwrap_or_default();
-            let report = parse_report(&out).unwrap_or_else(|e| {
-                panic!(
-                    "baton-probe for {} ({status}): bad report ({e}): {}\n{}",
-                    p.node,
-                    String::from_utf8_lossy(&out),
-                    std::fs::read_to_string(&p.err).unwrap_or_default()
-                )
-            });
-            reports.push((p.node.clone(), report));
-        }
-        reports
-    }
-}
-
-impl Drop for Traffic {
-    fn drop(&mut self) {
-        for p in &mut self.probes {
-            let _ = p.child.kill();
-            let _ = p.child.wait();
-        }
+        std::mem::take(&mut self.probes)
+            .into_iter()
+            .map(|(node, p)| (node, p.report(Duration::from_secs(20))))
+            .collect()
     }
 }
 

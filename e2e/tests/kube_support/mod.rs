@@ -235,12 +235,10 @@ impl OperatorProcess {
         // SAFETY: prctl is async-signal-safe; a test process killed without
         // unwinding takes the operator along.
         unsafe {
-            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
+            std::os::unix::process::CommandExt::pre_exec(
+                &mut cmd,
+                baton_e2e::harness::set_parent_death_signal,
+            );
         }
         let child = cmd
             .args([
