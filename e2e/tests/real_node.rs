@@ -41,6 +41,16 @@ use serde_json::Value;
 const RELEASE: &str = "baton";
 const UPGRADE: &str = "baton";
 const APP_NS: &str = "demo";
+/// `helm uninstall` of the release, waiting for its resources to go.
+const HELM_UNINSTALL: [&str; 7] = [
+    "uninstall",
+    RELEASE,
+    "-n",
+    NS,
+    "--wait",
+    "--timeout",
+    "120s",
+];
 const INSTALL_TIMEOUT: Duration = Duration::from_secs(120);
 const CHANGE_TIMEOUT: Duration = Duration::from_secs(120);
 /// Paced connects/s of the client: at least 1 000 must be achieved (asserted),
@@ -64,18 +74,7 @@ fn fresh(rig: &Rig) {
             "--timeout=120s",
         ],
     );
-    let _ = rig.try_run(
-        &rig.bins.join("helm"),
-        &[
-            "uninstall",
-            RELEASE,
-            "-n",
-            NS,
-            "--wait",
-            "--timeout",
-            "120s",
-        ],
-    );
+    let _ = rig.try_run(&rig.bins.join("helm"), &HELM_UNINSTALL);
     let _ = rig.try_run(
         kubectl,
         &[
@@ -137,15 +136,7 @@ fn helm_install(rig: &Rig, agent_tag: &str, extra: &[&str]) {
 
 fn helm_uninstall(rig: &Rig) {
     let t0 = Instant::now();
-    rig.helm(&[
-        "uninstall",
-        RELEASE,
-        "-n",
-        NS,
-        "--wait",
-        "--timeout",
-        "120s",
-    ]);
+    rig.helm(&HELM_UNINSTALL);
     eprintln!("helm uninstall: {:?}", t0.elapsed());
 }
 

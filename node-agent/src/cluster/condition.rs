@@ -63,14 +63,12 @@ pub fn handover_condition(
     report: &HandoverReport,
 ) -> Result<PodCondition, ClusterError> {
     let (status, reason) = outcome.status_reason();
-    let now =
-        Timestamp::from_second(Timestamp::now().as_second()).unwrap_or_else(|_| Timestamp::now());
     Ok(PodCondition {
         type_: CONDITION_HANDOVER.into(),
         status: status.into(),
         reason: Some(reason.into()),
         message: Some(serde_json::to_string(report).map_err(ClusterError::Encode)?),
-        last_transition_time: Some(Time(now)),
+        last_transition_time: Some(now_in_seconds()),
         ..PodCondition::default()
     })
 }
@@ -95,14 +93,7 @@ pub async fn report_handover(
         // operator must still see that this agent is the ready one.
         conditions.push(started_condition(report.slot, &report.version));
     }
-    let body = json!({"status": {"conditions": conditions}});
-    Api::<Pod>::namespaced(client.clone(), namespace)
-        .patch_status(pod, &PatchParams::default(), &Patch::Strategic(&body))
-        .await
-        .map_err(|source| ClusterError::Api {
-            what: format!("patching the status of pod {namespace}/{pod}"),
-            source,
-        })?;
+    patch_conditions(client, namespace, pod, &conditions).await?;
     tracing::info!(pod, ?outcome, version = %report.version, "handover reported on the pod");
     Ok(())
 }
@@ -116,14 +107,12 @@ pub const CONDITION_STARTED: &str = "baton.dev/Started";
 
 /// The `baton.dev/Started` condition of the agent of `slot` at `version`, stamped now.
 pub fn started_condition(slot: Slot, version: &str) -> PodCondition {
-    let now =
-        Timestamp::from_second(Timestamp::now().as_second()).unwrap_or_else(|_| Timestamp::now());
     PodCondition {
         type_: CONDITION_STARTED.into(),
         status: "True".into(),
         reason: Some("Started".into()),
         message: Some(json!({"slot": slot, "version": version}).to_string()),
-        last_transition_time: Some(Time(now)),
+        last_transition_time: Some(now_in_seconds()),
         ..PodCondition::default()
     }
 }
@@ -138,7 +127,25 @@ pub async fn report_started(
     slot: Slot,
     version: &str,
 ) -> Result<(), ClusterError> {
-    let body = json!({"status": {"conditions": [started_condition(slot, version)]}});
+    patch_conditions(client, namespace, pod, &[started_condition(slot, version)]).await?;
+    tracing::info!(pod, %slot, version, "start reported on the pod");
+    Ok(())
+}
+
+/// Now, in whole seconds (how the API server stores condition times).
+fn now_in_seconds() -> Time {
+    Time(Timestamp::from_second(Timestamp::now().as_second()).unwrap_or_else(|_| Timestamp::now()))
+}
+
+/// Strategic merge patch of `conditions` into the pod's status: merged by
+/// `type`, so the kubelet's and the other agent's conditions stay.
+async fn patch_conditions(
+    client: &Client,
+    namespace: &str,
+    pod: &str,
+    conditions: &[PodCondition],
+) -> Result<(), ClusterError> {
+    let body = json!({"status": {"conditions": conditions}});
     Api::<Pod>::namespaced(client.clone(), namespace)
         .patch_status(pod, &PatchParams::default(), &Patch::Strategic(&body))
         .await
@@ -146,7 +153,6 @@ pub async fn report_started(
             what: format!("patching the status of pod {namespace}/{pod}"),
             source,
         })?;
-    tracing::info!(pod, %slot, version, "start reported on the pod");
     Ok(())
 }
 
