@@ -81,14 +81,15 @@ cargo_profile=(--profile "$profile")
 v2_bin="$repo/target/layout-v2/$sub/baton-agent"
 if [ "$skip_cargo" = 0 ]; then
   cd "$repo"
+  # --workspace: the same dependency features as `cargo xtask build`, so
+  # nothing but the three binaries is compiled after a test build.
   log "cargo build (profile $profile): baton-agent, baton-operator, baton-probe"
-  "$CARGO" build -q --locked "${cargo_profile[@]}" -p baton-agent -p baton-operator -p baton-e2e \
+  "$CARGO" build -q --locked "${cargo_profile[@]}" --workspace \
     --bin baton-agent --bin baton-operator --bin baton-probe
-  # The layout-2 agent where the e2e tests look for it
-  # (baton_e2e::harness::agent_bin_for_layout), so a test run reuses it.
+  # The layout-2 agent, from the same dependency tree, at
+  # target/layout-v2/<profile>/baton-agent where the e2e tests look for it.
   log "cargo build (profile $profile): baton-agent layout 2 (target/layout-v2)"
-  "$CARGO" build -q --locked "${cargo_profile[@]}" -p baton-agent --features layout-v2 \
-    --target-dir "$repo/target/layout-v2" --bin baton-agent
+  "$CARGO" xtask agent-v2 --profile "$profile"
 fi
 for b in "$bin_dir/baton-agent" "$bin_dir/baton-operator" "$bin_dir/baton-probe" "$v2_bin"; do
   [ -x "$b" ] || { echo "build.sh: $b missing (run without --skip-cargo)" >&2; exit 2; }
