@@ -1,0 +1,16 @@
+//! Baton's shared contracts, in one place so that the agent, the operator and
+//! the tests cannot drift apart:
+//!
+//! - [`pairpod`]: what the operator and the node agent tell each other
+//!   through the agent pod (slots, annotations, env, the
+//!   `baton.dev/Handover` and `baton.dev/Started` conditions), and the rules
+//!   both sides read it by;
+//! - [`admin`]: the agent's admin socket (requests and typed answers).
+//!
+//! No Kubernetes types here: the crate stays light, and each side converts
+//! at its edge.
+
+#![deny(missing_docs)]
+
+pub mod admin;
+pub mod pairpod;
