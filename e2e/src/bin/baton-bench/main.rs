@@ -1,0 +1,117 @@
+//! `baton-bench`: connect latency (direct / BPF VIP / iptables DNAT), map programming speed,
+//! agent memory and agent hot upgrades (handover), measured in a private cgroup + network
+//! namespace of this process.
+//!
+//! Safety: the bench creates its own child cgroup (`baton-bench-<pid>`) and its own bpffs mount in a
+//! temporary directory, and removes both on exit (Drop guards). All traffic, routes and iptables rules
+//! live in the private network namespace created by [`baton_e2e::sandbox::enter`]; only loopback
+//! backends are used. Run as root: `baton-bench [--quick] [--rounds N]`.
+//!
+//! One module per section (`--only latency|programming|rss|handover`), each a `run` function:
+//! [`latency`], [`programming`], [`rss`], [`handover`]; [`report`] formats the tables, [`args`]
+//! parses the command line, [`common`] holds the generated services and datapath helpers.
+
+mod args;
+mod common;
+mod guards;
+mod handover;
+mod iptables;
+mod latency;
+mod programming;
+mod report;
+mod rss;
+
+use std::fmt::Write as _;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+
+use args::{Args, Section};
+use guards::{BpffsGuard, CgroupGuard};
+
+fn main() -> std::process::ExitCode {
+    match real_main() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("baton-bench: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main() -> Result<()> {
+    let opts = Args::parse();
+    if !nix::unistd::Uid::effective().is_root() {
+        bail!("baton-bench needs root (cgroups, bpffs, BPF, network namespaces)");
+    }
+    iptables::check_iptables()?;
+    // Before pinning: the agents' binaries (may run cargo) and the CPUs they get.
+    let upgrade = if opts.runs(Section::Handover) {
+        Some(handover::upgrade_setup()?)
+    } else {
+        None
+    };
+    let cgroup = CgroupGuard::create()?;
+    let bpffs = BpffsGuard::mount()?;
+    if let Some(cpu) = opts.cpu() {
+        // Every thread (client, backend handlers) and the agent child inherit this: on small VMs
+        // cross-CPU wakeups of idle vCPUs otherwise add a bimodal ~1-jiffy (4 ms) tail to every path.
+        let mut set = nix::sched::CpuSet::new();
+        set.set(cpu).context("--cpu out of range")?;
+        nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
+            .with_context(|| format!("pinning to CPU {cpu}"))?;
+    }
+    // Single-threaded here: join the bench cgroup and move into a private netns with only lo.
+    baton_e2e::sandbox::enter(Some(&cgroup.dir)).context("entering the sandbox")?;
+    for conf in ["all", "lo", "default"] {
+        std::fs::write(
+            format!("/proc/sys/net/ipv4/conf/{conf}/route_localnet"),
+            "1",
+        )
+        .with_context(|| format!("route_localnet ({conf}) in the private netns"))?;
+    }
+
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "## baton-bench{} — kernel {}, {} CPUs online, {}",
+        if opts.quick { " --quick" } else { "" },
+        kernel(),
+        online_cpus(),
+        opts.cpu()
+            .map_or("not pinned".to_string(), |c| format!("pinned to CPU {c}"))
+    );
+    let t0 = Instant::now();
+    if opts.runs(Section::Latency) {
+        latency::run(&opts, bpffs.path(), &cgroup.dir, &mut out)?;
+    }
+    if opts.runs(Section::Programming) {
+        programming::run(&opts, bpffs.path(), &cgroup.dir, &mut out)?;
+    }
+    if opts.runs(Section::Rss) {
+        rss::run(bpffs.path(), &cgroup.dir, &mut out)?;
+    }
+    if let Some(setup) = &upgrade {
+        handover::run(&opts, setup, bpffs.path(), &cgroup.dir, &mut out)?;
+    }
+    let _ = writeln!(
+        out,
+        "\n(total bench time {:.0} s)",
+        t0.elapsed().as_secs_f64()
+    );
+    println!("{out}");
+    Ok(())
+}
+
+fn online_cpus() -> String {
+    std::fs::read_to_string("/sys/devices/system/cpu/online")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "?".into())
+}
+
+fn kernel() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "?".into())
+}
