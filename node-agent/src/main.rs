@@ -12,15 +12,18 @@ use anyhow::{bail, Context, Result};
 use baton_agent::admin::offline::{self, AnsweredBy};
 use baton_agent::admin::{client, Request};
 use baton_agent::agent::{self, admin_socket, AgentConfig, Exit, Hooks};
-use baton_agent::cluster::{
-    standby, ClusterClient, HandoverOutcome, HandoverReport, Owner, Role, SlotInfo,
-};
+use baton_agent::cluster::{standby, ClusterClient, Owner, Role, SlotInfo};
 use baton_agent::datapath::{self, DatapathConfig};
 use baton_agent::handover::incumbent::Timeouts;
 use baton_agent::handover::successor::Figures;
 use baton_agent::source::kube::{KubeOptions, KubeSource, Locality};
 use baton_agent::source::{FileSource, Source};
 use baton_agent::sys;
+use baton_api::admin::{Answer, Verify};
+use baton_api::pairpod::{
+    HandoverOutcome, HandoverReport, DEFAULT_RUN_DIR, ENV_CGROUP, ENV_NODE_NAME, ENV_RUN_DIR,
+    ENV_SLOT,
+};
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
@@ -40,7 +43,7 @@ struct Paths {
     #[arg(long, env = "BATON_BPFFS", default_value = "/sys/fs/bpf/baton")]
     bpffs: PathBuf,
     /// Directory for the admin socket.
-    #[arg(long, env = "BATON_RUN_DIR", default_value = "/run/baton")]
+    #[arg(long, env = ENV_RUN_DIR, default_value = DEFAULT_RUN_DIR)]
     run_dir: PathBuf,
 }
 
@@ -66,7 +69,7 @@ enum Cmd {
         #[arg(long, env = "BATON_KUBE_NAMESPACE")]
         kube_namespace: Option<String>,
         /// cgroup v2 directory to attach to (default: the host's cgroup2 mount).
-        #[arg(long, env = "BATON_CGROUP")]
+        #[arg(long, env = ENV_CGROUP)]
         cgroup: Option<PathBuf>,
         /// Mount a bpffs at --bpffs if it is not on one.
         #[arg(long)]
@@ -296,7 +299,7 @@ fn real_main() -> Result<ExitCode> {
                 take_over: !no_take_over,
             };
             // In a pair pod (BATON_SLOT set) the slot's role decides what to do.
-            let slot = match std::env::var_os("BATON_SLOT") {
+            let slot = match std::env::var_os(ENV_SLOT) {
                 Some(_) => {
                     Some(SlotInfo::from_env().context("reading the slot from the downward API")?)
                 }
@@ -340,7 +343,7 @@ fn real_main() -> Result<ExitCode> {
             }
             let source = match (source.as_str(), &services) {
                 ("auto", Some(_)) => "file",
-                ("auto", None) if std::env::var_os("BATON_SLOT").is_some() => "kubernetes",
+                ("auto", None) if std::env::var_os(ENV_SLOT).is_some() => "kubernetes",
                 ("auto", None) => bail!("no source: pass --services FILE or --source kubernetes"),
                 (s, _) => s,
             };
@@ -353,7 +356,7 @@ fn real_main() -> Result<ExitCode> {
                     KubeSource::start(KubeOptions {
                         namespace: kube_namespace,
                         locality: Locality {
-                            node: std::env::var("NODE_NAME").ok(),
+                            node: std::env::var(ENV_NODE_NAME).ok(),
                             zone: None,
                         },
                         ..KubeOptions::default()
@@ -422,12 +425,14 @@ fn real_main() -> Result<ExitCode> {
             let (report, by) = offline::verify(&admin_socket(&paths.run_dir), &paths.bpffs)?;
             say_pins(&by, &paths);
             print(&report)?;
-            if let Some(e) = report.get("error") {
-                bail!("verify: {e}");
-            }
-            let clean = report["violations"]
-                .as_array()
-                .is_some_and(|v| v.is_empty());
+            // Printed as it came (the agent may be of another version);
+            // read as the typed answer to decide the exit code.
+            let clean = match serde_json::from_value::<Answer<Verify>>(report)
+                .context("verify: unreadable answer")?
+            {
+                Answer::Ok(v) => v.is_clean(),
+                Answer::Error(e) => bail!("verify: {}", e.error),
+            };
             Ok(if clean {
                 ExitCode::SUCCESS
             } else {

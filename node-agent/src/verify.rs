@@ -6,110 +6,15 @@
 use std::collections::{BTreeSet, HashSet};
 
 use baton_ebpf::{ip_from_raw, EndpointKey, LbPolicy, PRIO_COUNT};
-use serde::Serialize;
 
 use crate::maps::Snapshot;
 
-/// One broken invariant.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, PartialOrd, Ord)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum Violation {
-    /// Key (service, prio, index) missing while index <= count.
-    Hole {
-        /// Service id.
-        service: u32,
-        /// Bucket.
-        prio: u32,
-        /// Missing 1-based index.
-        index: u32,
-    },
-    /// An endpoint key with index 0 or past its bucket's count.
-    PastCount {
-        /// Service id.
-        service: u32,
-        /// Bucket.
-        prio: u32,
-        /// Index found.
-        index: u32,
-        /// Bucket count.
-        count: u32,
-    },
-    /// Endpoint of a service that does not exist.
-    OrphanEndpoint {
-        /// Service id.
-        service: u32,
-        /// Bucket.
-        prio: u32,
-        /// Index.
-        index: u32,
-    },
-    /// Endpoint points at a backend uid with no backend entry.
-    DanglingBackend {
-        /// Service id.
-        service: u32,
-        /// Bucket.
-        prio: u32,
-        /// Index.
-        index: u32,
-        /// Missing backend uid.
-        backend: u32,
-    },
-    /// Backend entry no endpoint refers to.
-    UnusedBackend {
-        /// Backend uid.
-        backend: u32,
-    },
-    /// VIP points at a missing service.
-    DanglingFrontend {
-        /// The VIP.
-        vip: String,
-        /// Missing service id.
-        service: u32,
-    },
-    /// Unknown load-balancing policy value.
-    BadPolicy {
-        /// Service id.
-        service: u32,
-        /// Raw value.
-        policy: u32,
-    },
-    /// The maps and the agent's view differ.
-    ViewMismatch {
-        /// Which map.
-        map: &'static str,
-        /// Entries only in the maps.
-        only_in_maps: usize,
-        /// Entries only in the view.
-        only_in_view: usize,
-        /// Entries present in both with different values.
-        differing: usize,
-    },
-}
-
-/// The result of a verification.
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct VerifyReport {
-    /// Services checked.
-    pub services: usize,
-    /// Endpoint entries checked.
-    pub endpoints: usize,
-    /// Backend entries checked.
-    pub backends: usize,
-    /// Frontend entries checked.
-    pub frontends: usize,
-    /// Everything wrong (empty = clean).
-    pub violations: Vec<Violation>,
-}
-
-impl VerifyReport {
-    /// No violation found.
-    pub fn is_clean(&self) -> bool {
-        self.violations.is_empty()
-    }
-}
+// The report is the admin socket's `verify` answer: its types live with the
+// other answers, re-exported here for the callers of `check`.
+pub use baton_api::admin::{Verify, Violation};
 
 /// Checks the invariants of one snapshot of the maps.
-pub fn check(s: &Snapshot) -> VerifyReport {
+pub fn check(s: &Snapshot) -> Verify {
     let mut v = BTreeSet::new();
     for (sk, sv) in &s.services {
         if LbPolicy::from_raw(sv.lb_policy).is_none() {
@@ -193,11 +98,11 @@ pub fn check(s: &Snapshot) -> VerifyReport {
             });
         }
     }
-    VerifyReport {
-        services: s.services.len(),
-        endpoints: s.endpoints.len(),
-        backends: s.backends.len(),
-        frontends: s.frontends.len(),
+    Verify {
+        services: s.services.len() as u64,
+        endpoints: s.endpoints.len() as u64,
+        backends: s.backends.len() as u64,
+        frontends: s.frontends.len() as u64,
         violations: v.into_iter().collect(),
     }
 }
@@ -213,16 +118,16 @@ fn diff<K: Ord, V: PartialEq>(
         .iter()
         .filter(|(k, v)| view.get(k).is_some_and(|w| w != *v))
         .count();
-    (only_in_maps + only_in_view + differing > 0).then_some(Violation::ViewMismatch {
-        map,
-        only_in_maps,
-        only_in_view,
-        differing,
+    (only_in_maps + only_in_view + differing > 0).then(|| Violation::ViewMismatch {
+        map: map.to_owned(),
+        only_in_maps: only_in_maps as u64,
+        only_in_view: only_in_view as u64,
+        differing: differing as u64,
     })
 }
 
 /// Checks the invariants and that the maps equal the agent's expected contents.
-pub fn check_against(maps: &Snapshot, view: &Snapshot) -> VerifyReport {
+pub fn check_against(maps: &Snapshot, view: &Snapshot) -> Verify {
     let mut r = check(maps);
     r.violations
         .extend(diff("frontend", &maps.frontends, &view.frontends));

@@ -9,9 +9,9 @@ mod support;
 
 use std::collections::HashMap;
 
-use baton_agent::cluster::{
-    report_handover, ClusterClient, HandoverOutcome, HandoverReport, Role, Slot, SlotInfo,
-    CONDITION_HANDOVER, CONDITION_STARTED,
+use baton_agent::cluster::{report_handover, ClusterClient, Role, SlotInfo};
+use baton_api::pairpod::{
+    HandoverOutcome, HandoverReport, Slot, CONDITION_HANDOVER, CONDITION_STARTED,
 };
 use baton_e2e::apiserver::ApiServer;
 use baton_operator::controller::observe::observe;

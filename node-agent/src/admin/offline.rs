@@ -6,7 +6,9 @@
 use std::io::ErrorKind;
 use std::path::Path;
 
-use serde_json::{json, Value};
+use baton_api::admin::{FromPins, PinStatus};
+use serde::Serialize;
+use serde_json::Value;
 
 use super::client::{self, ClientError};
 use super::Request;
@@ -29,6 +31,9 @@ pub enum OfflineError {
         /// Cause.
         source: MapError,
     },
+    /// The answer from the pins could not be encoded.
+    #[error("encoding the answer from the pins: {0}")]
+    Encode(#[source] serde_json::Error),
 }
 
 /// Who produced an answer.
@@ -56,15 +61,18 @@ pub fn no_agent(e: &ClientError) -> bool {
         // The agent closed the connection without a line (it died or
         // retired mid-request).
         ClientError::Decode { source, .. } => source.is_eof(),
+        ClientError::Agent { .. } => false,
     }
 }
 
-/// Sends `req` to the agent; when no agent answers, `from_pins` answers.
-fn agent_or_pins(
+/// Sends `req` to the agent; when no agent answers, `from_pins` answers,
+/// marked [`FromPins`]. The agent's answer is passed on as it came: it may
+/// be of another version than this binary.
+fn agent_or_pins<T: Serialize>(
     sock: &Path,
     pin_dir: &Path,
     req: Request,
-    from_pins: impl FnOnce(&MapSet) -> Result<Value, MapError>,
+    from_pins: impl FnOnce(&MapSet) -> Result<T, MapError>,
 ) -> Result<(Value, AnsweredBy), OfflineError> {
     let why = match client::request(sock, req) {
         Ok(v) => return Ok((v, AnsweredBy::Agent)),
@@ -78,11 +86,8 @@ fn agent_or_pins(
         source,
     };
     let maps = MapSet::open_pinned(pin_dir).map_err(pins)?;
-    let mut v = from_pins(&maps).map_err(pins)?;
-    if let Some(o) = v.as_object_mut() {
-        o.insert("answered_by".into(), json!("pins"));
-        o.insert("no_agent".into(), json!(why));
-    }
+    let answer = FromPins::new(from_pins(&maps).map_err(pins)?, why.clone());
+    let v = serde_json::to_value(answer).map_err(OfflineError::Encode)?;
     Ok((v, AnsweredBy::Pins(why)))
 }
 
@@ -90,30 +95,28 @@ fn agent_or_pins(
 /// invariants only: there is no agent view to compare with).
 pub fn verify(sock: &Path, pin_dir: &Path) -> Result<(Value, AnsweredBy), OfflineError> {
     agent_or_pins(sock, pin_dir, Request::Verify, |maps| {
-        let report = verify::check(&maps.snapshot()?);
-        Ok(serde_json::to_value(report).unwrap_or(Value::Null))
+        Ok(verify::check(&maps.snapshot()?))
     })
 }
 
-/// `status` from the agent, else what the pins tell: generation, layout,
-/// entry counts and whether the maps' invariants hold.
+/// `status` from the agent, else what the pins tell ([`PinStatus`]):
+/// generation, layout, entry counts and whether the maps' invariants hold.
 pub fn status(sock: &Path, pin_dir: &Path) -> Result<(Value, AnsweredBy), OfflineError> {
     agent_or_pins(sock, pin_dir, Request::Status, |maps| {
         let meta = maps.meta()?;
         let counts = maps.entry_counts()?;
         let report = verify::check(&maps.snapshot()?);
-        let mut entries = serde_json::Map::new();
-        for (name, n) in counts {
-            entries.insert(name.into(), json!(n));
-        }
-        Ok(json!({
-            "pid": null,
-            "pin_dir": pin_dir,
-            "layout_version": meta.layout_version,
-            "generation": meta.generation,
-            "entries": entries,
-            "violations": report.violations.len(),
-        }))
+        Ok(PinStatus {
+            pid: None,
+            pin_dir: pin_dir.display().to_string(),
+            layout_version: meta.layout_version,
+            generation: meta.generation,
+            entries: counts
+                .into_iter()
+                .map(|(name, n)| (name.to_owned(), n as u64))
+                .collect(),
+            violations: report.violations.len() as u64,
+        })
     })
 }
 

@@ -9,14 +9,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::json;
+use baton_api::admin::Response;
 
 use super::{Request, MAX_REQUEST};
 
 /// Answers requests; implemented by the agent.
 pub trait Handler: Send + Sync + 'static {
-    /// Produces the JSON response to one request.
-    fn handle(&self, req: Request) -> serde_json::Value;
+    /// Produces the answer to one request.
+    fn handle(&self, req: Request) -> Response;
 }
 
 /// Binds the socket at `path` (mode 0600, replacing a stale one).
@@ -66,14 +66,72 @@ fn one(s: UnixStream, handler: &dyn Handler) -> std::io::Result<()> {
     let mut line = String::new();
     BufReader::new((&s).take(MAX_REQUEST as u64 + 1)).read_line(&mut line)?;
     let resp = if line.len() > MAX_REQUEST {
-        json!({"error": format!("request longer than {MAX_REQUEST} bytes")})
+        Response::error(format!("request longer than {MAX_REQUEST} bytes"))
     } else {
         match serde_json::from_str::<Request>(line.trim()) {
             Ok(req) => handler.handle(req),
-            Err(e) => json!({"error": format!("bad request: {e}")}),
+            Err(e) => Response::error(format!("bad request: {e}")),
         }
     };
     let mut w = &s;
     serde_json::to_writer(&mut w, &resp)?;
     w.write_all(b"\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use baton_api::admin::{Dump, ErrorAnswer, Verify, Violation};
+
+    use super::*;
+    use crate::admin::client::{self, ClientError};
+
+    /// Answers verify with one violation, and everything else with an error.
+    struct Stub;
+
+    impl Handler for Stub {
+        fn handle(&self, req: Request) -> Response {
+            match req {
+                Request::Verify => Response::Verify(Verify {
+                    services: 1,
+                    violations: vec![Violation::UnusedBackend { backend: 7 }],
+                    ..Verify::default()
+                }),
+                Request::Dump => Response::Dump(Dump::default()),
+                Request::Status => Response::error("no status here"),
+            }
+        }
+    }
+
+    #[test]
+    fn typed_answers_reach_raw_and_typed_clients_alike() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sock = dir.path().join(baton_api::admin::SOCKET_FILE);
+        let stop = Arc::new(AtomicBool::new(false));
+        let server = serve(bind(&sock).expect("bind"), Arc::new(Stub), stop.clone());
+
+        let raw = client::request(&sock, Request::Verify).expect("raw verify");
+        assert_eq!(
+            raw,
+            serde_json::json!({"services": 1, "endpoints": 0, "backends": 0, "frontends": 0,
+                "violations": [{"kind": "unused_backend", "backend": 7}]})
+        );
+        let v = client::verify(&sock).expect("typed verify");
+        assert_eq!(v.violations, [Violation::UnusedBackend { backend: 7 }]);
+        assert_eq!(client::dump(&sock).expect("typed dump"), Dump::default());
+        match client::status(&sock) {
+            Err(ClientError::Agent { error, .. }) => assert_eq!(error, "no status here"),
+            other => panic!("expected the agent's error: {other:?}"),
+        }
+
+        // A request the server cannot read gets an error answer, not silence.
+        let mut s = UnixStream::connect(&sock).expect("connect");
+        s.write_all(b"{\"cmd\":\"reboot\"}\n").expect("write");
+        let mut line = String::new();
+        BufReader::new(&s).read_line(&mut line).expect("read");
+        let e: ErrorAnswer = serde_json::from_str(&line).expect("error answer");
+        assert!(e.error.starts_with("bad request"), "{}", e.error);
+
+        stop.store(true, Ordering::Relaxed);
+        server.join().expect("server thread");
+    }
 }

@@ -95,7 +95,7 @@ pub enum Exit {
 
 /// Path of the admin socket in a run directory.
 pub fn admin_socket(run_dir: &Path) -> PathBuf {
-    run_dir.join("admin.sock")
+    run_dir.join(baton_api::admin::SOCKET_FILE)
 }
 
 /// Path of the handover socket in a run directory.

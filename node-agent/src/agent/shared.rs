@@ -6,12 +6,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
+use baton_api::admin::{
+    Dump, DumpPort, DumpService, MapsSummary, Response, Status, SyncFailure, SyncSummary, Takeover,
+    Via,
+};
 use baton_ebpf::{ip_from_raw, Counter, LbPolicy, LAYOUT_VERSION};
-use serde_json::{json, Value};
 
 use crate::admin::{self, Request};
-use crate::datapath::Datapath;
-use crate::handover::successor::Figures;
+use crate::datapath::{Datapath, MigrationSummary};
+use crate::handover::successor::{self, Figures};
 use crate::metrics::{self, family, SyncStats};
 use crate::model::{Capacity, DesiredState};
 use crate::programmer::{Programmer, SyncReport, MISSING};
@@ -110,89 +113,147 @@ impl Shared {
         g.last.as_ref().is_some_and(|r| !r.ok()) || g.programmer.is_dirty()
     }
 
-    fn status(&self) -> Value {
+    fn status(&self) -> Status {
         let g = self.lock();
         let st = g.programmer.state();
-        json!({
-            "version": env!("CARGO_PKG_VERSION"),
-            "layout_version": LAYOUT_VERSION,
-            "generation": self.dp.generation,
-            "pid": std::process::id(),
-            "uptime_seconds": self.started.elapsed().as_secs_f64(),
-            "pin_dir": self.dp.pin_dir,
-            "adopted_maps": self.dp.reused_maps,
-            "maps": self.dp.migration,
-            "handover": self.handover,
-            "source": self.source,
-            "frozen": g.frozen,
-            "services": st.services.len(),
-            "endpoints": st.endpoint_count(),
-            "backends": st.backends.len(),
-            "source_error": g.source_error,
-            "last_sync": g.last,
-            "syncs": g.stats.syncs,
-        })
+        Status {
+            version: env!("CARGO_PKG_VERSION").into(),
+            layout_version: LAYOUT_VERSION,
+            generation: self.dp.generation,
+            pid: std::process::id(),
+            uptime_seconds: self.started.elapsed().as_secs_f64(),
+            pin_dir: self.dp.pin_dir.display().to_string(),
+            adopted_maps: self.dp.reused_maps,
+            maps: maps_summary(&self.dp.migration),
+            handover: self.handover.as_ref().map(takeover),
+            source: self.source.clone(),
+            frozen: g.frozen,
+            services: st.services.len() as u64,
+            endpoints: st.endpoint_count() as u64,
+            backends: st.backends.len() as u64,
+            source_error: g.source_error.clone(),
+            last_sync: g.last.as_ref().map(sync_summary),
+            syncs: g.stats.syncs,
+        }
     }
 
-    fn dump(&self) -> Value {
+    fn dump(&self) -> Dump {
         let g = self.lock();
         let st = g.programmer.state();
-        let services: Vec<Value> = st
+        let backend = |uid: &u32| match st.backend_by_uid.get(uid) {
+            Some(bv) if *uid != MISSING => {
+                let ip = ip_from_raw(&bv.addr);
+                if bv.port() == 0 {
+                    ip.to_string()
+                } else {
+                    std::net::SocketAddr::new(ip, bv.port()).to_string()
+                }
+            }
+            _ => "<missing>".into(),
+        };
+        let services = st
             .services
             .iter()
-            .map(|(name, s)| {
-                let ports: Vec<Value> = (0..baton_ebpf::MAX_PORTS)
+            .map(|(name, s)| DumpService {
+                name: name.clone(),
+                id: s.id,
+                vips: s
+                    .vips
+                    .iter()
+                    .map(|v| ip_from_raw(&v.addr).to_string())
+                    .collect(),
+                ports: (0..baton_ebpf::MAX_PORTS)
                     .filter(|&i| s.value.service_port[i] != 0)
-                    .map(|i| json!({"port": s.value.service_port[i], "target_port": s.value.target_port[i]}))
-                    .collect();
-                let buckets: Vec<Vec<String>> = s
+                    .map(|i| DumpPort {
+                        port: s.value.service_port[i],
+                        target_port: s.value.target_port[i],
+                    })
+                    .collect(),
+                policy: LbPolicy::from_raw(s.value.lb_policy).map_or_else(
+                    || "unknown".to_string(),
+                    |p| format!("{p:?}").to_lowercase(),
+                ),
+                buckets: s
                     .buckets
                     .iter()
-                    .map(|b| {
-                        b.iter()
-                            .map(|uid| match st.backend_by_uid.get(uid) {
-                                Some(bv) if *uid != MISSING => {
-                                    let ip = ip_from_raw(&bv.addr);
-                                    if bv.port() == 0 { ip.to_string() } else { std::net::SocketAddr::new(ip, bv.port()).to_string() }
-                                }
-                                _ => "<missing>".into(),
-                            })
-                            .collect()
-                    })
-                    .collect();
-                json!({
-                    "name": name,
-                    "id": s.id,
-                    "vips": s.vips.iter().map(|v| ip_from_raw(&v.addr).to_string()).collect::<Vec<_>>(),
-                    "ports": ports,
-                    "policy": LbPolicy::from_raw(s.value.lb_policy).map_or_else(|| "unknown".to_string(), |p| format!("{p:?}").to_lowercase()),
-                    "buckets": buckets,
-                })
+                    .map(|b| b.iter().map(backend).collect())
+                    .collect(),
             })
             .collect();
-        json!({ "services": services })
+        Dump { services }
     }
 
-    fn verify(&self) -> Value {
+    fn verify(&self) -> Response {
         let g = self.lock();
         match self.dp.maps.snapshot() {
-            Ok(snap) => serde_json::to_value(verify::check_against(
+            Ok(snap) => Response::Verify(verify::check_against(
                 &snap,
                 &g.programmer.state().expected(),
-            ))
-            .unwrap_or_else(|e| json!({"error": e.to_string()})),
-            Err(e) => json!({"error": e.to_string()}),
+            )),
+            Err(e) => Response::error(e.to_string()),
         }
     }
 }
 
 impl admin::server::Handler for Shared {
-    fn handle(&self, req: Request) -> Value {
+    fn handle(&self, req: Request) -> Response {
         match req {
-            Request::Status => self.status(),
-            Request::Dump => self.dump(),
+            Request::Status => Response::Status(Box::new(self.status())),
+            Request::Dump => Response::Dump(self.dump()),
             Request::Verify => self.verify(),
         }
+    }
+}
+
+/// The admin answer's view of what happened to the maps.
+fn maps_summary(m: &MigrationSummary) -> MapsSummary {
+    MapsSummary {
+        reused: m.reused as u64,
+        migrated: m.migrated as u64,
+        recreated: m.recreated as u64,
+        created: m.created as u64,
+        entries_copied: m.entries_copied as u64,
+        copy_us: m.copy_us,
+    }
+}
+
+/// The admin answer's view of a takeover's figures.
+fn takeover(f: &Figures) -> Takeover {
+    Takeover {
+        handover_us: f.handover_us,
+        freeze_us: f.freeze_us,
+        precopy_us: f.precopy_us,
+        journal_keys: f.journal_keys,
+        maps: maps_summary(&f.maps),
+        self_committed: f.self_committed,
+        from_version: f.from_version.clone(),
+        from_layout: f.from_layout,
+        via: match f.via {
+            successor::Via::Handover => Via::Handover,
+            successor::Via::Pins => Via::Pins,
+        },
+    }
+}
+
+/// The admin answer's view of a sync.
+fn sync_summary(r: &SyncReport) -> SyncSummary {
+    SyncSummary {
+        created: r.created as u64,
+        updated: r.updated as u64,
+        removed: r.removed as u64,
+        unchanged: r.unchanged as u64,
+        failed: r
+            .failed
+            .iter()
+            .map(|f| SyncFailure {
+                service: f.service.clone(),
+                error: f.error.clone(),
+            })
+            .collect(),
+        writes: r.writes as u64,
+        rolled_back: r.rolled_back as u64,
+        resynced: r.resynced,
+        duration_us: r.duration.as_micros() as u64,
     }
 }
 

@@ -5,9 +5,10 @@
 use std::future::Future;
 use std::time::Duration;
 
+use baton_api::pairpod::{HandoverOutcome, HandoverReport};
 use kube::Client;
 
-use super::condition::{report_handover, report_started, HandoverOutcome, HandoverReport};
+use super::condition::{report_handover, report_started};
 use super::owner::{owner_of, Owner};
 use super::slot::{Role, SlotInfo};
 use super::{connect, ClusterError};
@@ -128,7 +129,7 @@ impl ClusterClient {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::Slot;
+    use baton_api::pairpod::Slot;
 
     /// From a plain thread, as `baton-agent`'s main thread calls it: a call
     /// ends with an error (nothing listens), it does not panic for want of a

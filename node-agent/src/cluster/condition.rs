@@ -1,79 +1,38 @@
-//! The new agent's handover report: the pod condition `baton.dev/Handover`
-//! whose message is a JSON object the operator parses
-//! (`operator/src/controller/observe.rs`, `HandoverConditionBody`).
+//! The agent's reports on its pod, as Kubernetes pod conditions: the new
+//! agent's handover report ([`CONDITION_HANDOVER`], a [`HandoverReport`]
+//! message) and the serving agent's start ([`CONDITION_STARTED`], a
+//! [`StartedReport`] message). The contract is `baton_api::pairpod`; the
+//! operator reads it with the same types (`operator/src/controller/observe.rs`).
 
+use baton_api::pairpod::{
+    HandoverOutcome, HandoverReport, Slot, StartedReport, CONDITION_HANDOVER, CONDITION_STARTED,
+    REASON_STARTED, STATUS_TRUE,
+};
 use k8s_openapi::api::core::v1::{Pod, PodCondition};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
 use kube::Client;
-use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::slot::Slot;
 use super::ClusterError;
-
-/// Pod condition type of the report.
-pub const CONDITION_HANDOVER: &str = "baton.dev/Handover";
-
-/// How the handover ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum HandoverOutcome {
-    /// The new agent owns the datapath (`status: "True"`, `reason: Committed`).
-    Committed,
-    /// The old agent keeps it (`status: "False"`, `reason: Failed`).
-    Failed,
-}
-
-impl HandoverOutcome {
-    /// Condition `status` and `reason`.
-    pub fn status_reason(self) -> (&'static str, &'static str) {
-        match self {
-            Self::Committed => ("True", "Committed"),
-            Self::Failed => ("False", "Failed"),
-        }
-    }
-}
-
-/// The condition message: which agent reports, and what the handover cost.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct HandoverReport {
-    /// Slot of the reporting (new) agent.
-    pub slot: Slot,
-    /// Its version: the value of `BATON_SLOT_VERSION` (its image).
-    pub version: String,
-    /// Wall time from Hello to Committed.
-    pub duration_ms: u64,
-    /// Time control-plane writes were frozen.
-    pub freeze_ms: u64,
-    /// Maps taken over as they were.
-    pub maps_reused: u32,
-    /// Maps whose layout changed and whose entries were copied.
-    pub maps_migrated: u32,
-    /// Entries copied across all migrated maps.
-    pub entries_copied: u64,
-    /// Free text (the error on failure).
-    pub message: String,
-}
 
 /// The condition for `report`, stamped now (whole seconds, as the API keeps).
 pub fn handover_condition(
     outcome: HandoverOutcome,
     report: &HandoverReport,
 ) -> Result<PodCondition, ClusterError> {
-    let (status, reason) = outcome.status_reason();
     Ok(PodCondition {
         type_: CONDITION_HANDOVER.into(),
-        status: status.into(),
-        reason: Some(reason.into()),
-        message: Some(serde_json::to_string(report).map_err(ClusterError::Encode)?),
+        status: outcome.status().into(),
+        reason: Some(outcome.reason().into()),
+        message: Some(report.to_message().map_err(ClusterError::Encode)?),
         last_transition_time: Some(now_in_seconds()),
         ..PodCondition::default()
     })
 }
 
-/// Sets the `baton.dev/Handover` condition on pod `namespace/pod`. A
+/// Sets the [`CONDITION_HANDOVER`] condition on pod `namespace/pod`. A
 /// strategic merge patch of `status.conditions` (merged by `type`, as the
 /// kubelet writes its own) leaves every other condition as it is. Needs
 /// `patch` on `pods/status`.
@@ -91,35 +50,33 @@ pub async fn report_handover(
         // too, in the same write. The Handover condition is overwritten by
         // the next handover's report, a failed one included, and the
         // operator must still see that this agent is the ready one.
-        conditions.push(started_condition(report.slot, &report.version));
+        conditions.push(started_condition(report.slot, &report.version)?);
     }
     patch_conditions(client, namespace, pod, &conditions).await?;
     tracing::info!(pod, ?outcome, version = %report.version, "handover reported on the pod");
     Ok(())
 }
 
-/// Pod condition of the agent that owns the datapath: written by an agent
-/// that starts as the active slot, and with its Committed report by a
-/// successor. The operator counts the node ready only with this or a
-/// Committed report naming the active slot and image
-/// (`operator/src/controller/observe.rs`, `CONDITION_STARTED`).
-pub const CONDITION_STARTED: &str = "baton.dev/Started";
-
-/// The `baton.dev/Started` condition of the agent of `slot` at `version`, stamped now.
-pub fn started_condition(slot: Slot, version: &str) -> PodCondition {
-    PodCondition {
+/// The [`CONDITION_STARTED`] condition of the agent of `slot` at `version`,
+/// stamped now. The operator counts the node ready only with this or a
+/// Committed report naming the active slot and image.
+pub fn started_condition(slot: Slot, version: &str) -> Result<PodCondition, ClusterError> {
+    let report = StartedReport {
+        slot,
+        version: version.to_owned(),
+    };
+    Ok(PodCondition {
         type_: CONDITION_STARTED.into(),
-        status: "True".into(),
-        reason: Some("Started".into()),
-        message: Some(json!({"slot": slot, "version": version}).to_string()),
+        status: STATUS_TRUE.into(),
+        reason: Some(REASON_STARTED.into()),
+        message: Some(report.to_message().map_err(ClusterError::Encode)?),
         last_transition_time: Some(now_in_seconds()),
         ..PodCondition::default()
-    }
+    })
 }
 
-/// Sets `baton.dev/Started` (`status: "True"`, `reason: Started`, message
-/// `{"slot":..,"version":..}`) on pod `namespace/pod`, as
-/// [`report_handover`] does its condition.
+/// Sets [`CONDITION_STARTED`] on pod `namespace/pod`, as [`report_handover`]
+/// does its condition.
 pub async fn report_started(
     client: &Client,
     namespace: &str,
@@ -127,7 +84,7 @@ pub async fn report_started(
     slot: Slot,
     version: &str,
 ) -> Result<(), ClusterError> {
-    patch_conditions(client, namespace, pod, &[started_condition(slot, version)]).await?;
+    patch_conditions(client, namespace, pod, &[started_condition(slot, version)?]).await?;
     tracing::info!(pod, %slot, version, "start reported on the pod");
     Ok(())
 }
@@ -172,15 +129,11 @@ pub fn read_report(
         .as_ref()?
         .iter()
         .find(|c| c.type_ == CONDITION_HANDOVER)?;
-    let outcome = match (c.reason.as_deref(), c.status.as_str()) {
-        (Some("Committed"), "True") => Some(HandoverOutcome::Committed),
-        (Some("Failed"), _) => Some(HandoverOutcome::Failed),
-        _ => None,
-    };
+    let outcome = HandoverOutcome::from_condition(&c.status, c.reason.as_deref());
     let report = c
         .message
         .as_deref()
-        .and_then(|m| serde_json::from_str(m).ok());
+        .and_then(|m| HandoverReport::from_message(m).ok());
     Some((c, outcome, report))
 }
 

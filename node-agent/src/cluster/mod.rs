@@ -2,8 +2,9 @@
 //! may own the datapath (`slot`), its handover and start reports on the pod
 //! (`condition`), the warm standby a retired agent becomes (`standby`), and
 //! whether its owner is gone so SIGTERM must remove the datapath (`owner`).
-//! The strings here are the contract of docs/operator.md, mirrored from
-//! `operator/src/controller/names.rs`.
+//! The contract itself (names, report bodies, the rules to read them) is
+//! `baton_api::pairpod`, shared with the operator; this module is the
+//! agent's Kubernetes edge of it.
 
 pub mod client;
 pub mod condition;
@@ -12,12 +13,9 @@ pub mod slot;
 pub mod standby;
 
 pub use client::ClusterClient;
-pub use condition::{
-    report_handover, report_started, HandoverOutcome, HandoverReport, CONDITION_HANDOVER,
-    CONDITION_STARTED,
-};
+pub use condition::{report_handover, report_started};
 pub use owner::Owner;
-pub use slot::{Role, Slot, SlotInfo};
+pub use slot::{Role, SlotInfo};
 
 use std::time::Duration;
 
@@ -46,9 +44,9 @@ pub enum ClusterError {
         /// What is wrong with it.
         reason: String,
     },
-    /// The report could not be encoded.
-    #[error("encoding the handover report: {0}")]
-    Encode(#[source] serde_json::Error),
+    /// A condition message could not be encoded.
+    #[error("encoding a pod condition message: {0}")]
+    Encode(#[source] baton_api::pairpod::ContractError),
     /// The background runtime or thread could not start or stopped.
     #[error("kubernetes runtime: {0}")]
     Runtime(#[source] std::io::Error),

@@ -2,21 +2,13 @@
 //! is deleted or being deleted (uninstall), as opposed to a pod restart,
 //! an eviction or an upgrade, which must keep the datapath.
 
+use baton_api::pairpod::{UPGRADE_GROUP, UPGRADE_KIND, UPGRADE_PLURAL, UPGRADE_VERSION};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ApiResource, DynamicObject};
 use kube::core::GroupVersionKind;
 use kube::Client;
 
 use super::ClusterError;
-
-/// API group of the operator's CRD (`operator/src/crd/spec.rs`).
-pub const UPGRADE_GROUP: &str = "baton.dev";
-/// Version of the CRD.
-pub const UPGRADE_VERSION: &str = "v1alpha1";
-/// Kind of the CRD.
-pub const UPGRADE_KIND: &str = "KmeshUpgrade";
-/// Plural of the CRD.
-pub const UPGRADE_PLURAL: &str = "kmeshupgrades";
 
 /// What became of the pod's owner.
 #[derive(Clone, Debug, PartialEq, Eq)]

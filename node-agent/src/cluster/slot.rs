@@ -30,67 +30,20 @@
 //! frozen at its container's start: it reads the pod, and hands the successor
 //! fresh values through `execve`.
 
-use std::fmt;
 use std::path::PathBuf;
 
+use baton_api::pairpod::{
+    active_slot, report_is_fresh, HandoverOutcome, Slot, ANN_ACTIVE_SLOT, ANN_HANDOVER_STARTED,
+    DEFAULT_RUN_DIR, ENV_ACTIVE_SLOT, ENV_NODE_NAME, ENV_POD_NAME, ENV_POD_NAMESPACE, ENV_RUN_DIR,
+    ENV_SLOT, ENV_SLOT_VERSION, ENV_SLOT_VERSION_ALT,
+};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::Api;
 use kube::Client;
-use serde::{Deserialize, Serialize};
 
-use super::condition::{read_report, HandoverOutcome};
+use super::condition::read_report;
 use super::ClusterError;
-
-/// Annotation: the slot (`a`/`b`) whose agent owns the datapath.
-pub const ANN_ACTIVE_SLOT: &str = "baton.dev/active-slot";
-/// Annotation: when the running handover started (RFC 3339); absent when idle.
-pub const ANN_HANDOVER_STARTED: &str = "baton.dev/handover-started";
-/// Shared directory of both slots when `BATON_RUN_DIR` is unset.
-pub const DEFAULT_RUN_DIR: &str = "/run/baton";
-
-/// One of the two agent containers of the pod.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Slot {
-    /// Container `slot-a`.
-    A,
-    /// Container `slot-b`.
-    B,
-}
-
-impl Slot {
-    /// The other slot of the pair.
-    pub fn other(self) -> Slot {
-        match self {
-            Slot::A => Slot::B,
-            Slot::B => Slot::A,
-        }
-    }
-
-    /// `a` → A, `b` → B, anything else `None`.
-    pub fn parse(s: &str) -> Option<Slot> {
-        match s {
-            "a" => Some(Slot::A),
-            "b" => Some(Slot::B),
-            _ => None,
-        }
-    }
-
-    /// Annotation holding this slot's version (image).
-    pub fn version_annotation(self) -> String {
-        format!("baton.dev/slot-{self}-version")
-    }
-}
-
-impl fmt::Display for Slot {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Slot::A => "a",
-            Slot::B => "b",
-        })
-    }
-}
 
 /// What this agent may do with the datapath.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -109,21 +62,21 @@ pub enum Role {
 /// The downward-API environment of an agent container.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SlotInfo {
-    /// `BATON_SLOT`.
+    /// [`ENV_SLOT`].
     pub slot: Slot,
-    /// `BATON_SLOT_VERSION`: this slot's version annotation (empty if unset).
+    /// [`ENV_SLOT_VERSION`]: this slot's version annotation (empty if unset).
     pub version: String,
-    /// `BATON_SLOT_VERSION_ALT`: the other slot's version annotation.
+    /// [`ENV_SLOT_VERSION_ALT`]: the other slot's version annotation.
     pub alt_version: String,
-    /// `BATON_ACTIVE_SLOT`; slot a when missing or garbled, as the operator reads it.
+    /// [`ENV_ACTIVE_SLOT`], read by [`active_slot`] (missing or garbled: slot a).
     pub active_slot: Slot,
-    /// `NODE_NAME`.
+    /// [`ENV_NODE_NAME`].
     pub node_name: String,
-    /// `POD_NAME`.
+    /// [`ENV_POD_NAME`].
     pub pod_name: String,
-    /// `POD_NAMESPACE`.
+    /// [`ENV_POD_NAMESPACE`].
     pub pod_namespace: String,
-    /// `BATON_RUN_DIR` (default `/run/baton`), shared by both slots.
+    /// [`ENV_RUN_DIR`] (default [`DEFAULT_RUN_DIR`]), shared by both slots.
     pub run_dir: PathBuf,
 }
 
@@ -141,22 +94,21 @@ impl SlotInfo {
                 reason: "not set (is the agent running in its operator-managed pod?)".into(),
             })
         };
-        let slot_var = required("BATON_SLOT")?;
-        let slot = Slot::parse(&slot_var).ok_or_else(|| ClusterError::Env {
-            var: "BATON_SLOT",
-            reason: format!("{slot_var:?} is neither a nor b"),
-        })?;
+        let slot = required(ENV_SLOT)?
+            .parse::<Slot>()
+            .map_err(|e| ClusterError::Env {
+                var: ENV_SLOT,
+                reason: e.to_string(),
+            })?;
         Ok(Self {
             slot,
-            version: get("BATON_SLOT_VERSION").unwrap_or_default(),
-            alt_version: get("BATON_SLOT_VERSION_ALT").unwrap_or_default(),
-            active_slot: get("BATON_ACTIVE_SLOT")
-                .and_then(|s| Slot::parse(&s))
-                .unwrap_or(Slot::A),
-            node_name: required("NODE_NAME")?,
-            pod_name: required("POD_NAME")?,
-            pod_namespace: required("POD_NAMESPACE")?,
-            run_dir: get("BATON_RUN_DIR")
+            version: get(ENV_SLOT_VERSION).unwrap_or_default(),
+            alt_version: get(ENV_SLOT_VERSION_ALT).unwrap_or_default(),
+            active_slot: active_slot(get(ENV_ACTIVE_SLOT).as_deref()),
+            node_name: required(ENV_NODE_NAME)?,
+            pod_name: required(ENV_POD_NAME)?,
+            pod_namespace: required(ENV_POD_NAMESPACE)?,
+            run_dir: get(ENV_RUN_DIR)
                 .filter(|v| !v.is_empty())
                 .unwrap_or_else(|| DEFAULT_RUN_DIR.into())
                 .into(),
@@ -179,8 +131,8 @@ impl SlotInfo {
     }
 
     /// The role given the pod as it is now (annotations and the handover
-    /// condition, whose report counts only if not older than
-    /// `handover-started`, as the operator reads it). In order:
+    /// condition, whose report counts only if fresh by
+    /// [`report_is_fresh`], as the operator reads it). In order:
     /// 1. this slot's version annotation moved on → `Retired` (the kubelet is
     ///    about to replace this container);
     /// 2. this slot is active: `Retired` if the other slot's agent reported
@@ -195,24 +147,21 @@ impl SlotInfo {
         if ann(&self.slot.version_annotation()).is_some_and(|v| v != self.version) {
             return Role::Retired;
         }
-        let active = ann(ANN_ACTIVE_SLOT)
-            .and_then(Slot::parse)
-            .unwrap_or(Slot::A);
+        let active = active_slot(ann(ANN_ACTIVE_SLOT));
         let started = ann(ANN_HANDOVER_STARTED);
         let other = self.slot.other();
         let other_version = ann(&other.version_annotation()).unwrap_or(&self.alt_version);
+        let start = started
+            .and_then(|s| s.parse::<Timestamp>().ok())
+            .map(|t| t.as_second());
         let report = read_report(pod).and_then(|(c, outcome, report)| {
-            let start = started.and_then(|s| s.parse::<Timestamp>().ok());
-            let fresh = match (start, c.last_transition_time.as_ref()) {
-                (Some(start), Some(at)) => at.0.as_second() >= start.as_second(),
-                _ => true,
-            };
-            Some((outcome?, report?)).filter(|_| fresh)
+            let at = c.last_transition_time.as_ref().map(|t| t.0.as_second());
+            Some((outcome?, report?)).filter(|_| report_is_fresh(start, at))
         });
         let reported = |slot: Slot, version: &str| {
             report
                 .as_ref()
-                .filter(|(_, r)| r.slot == slot && r.version == version)
+                .filter(|(_, r)| r.is_from(slot, version))
                 .map(|(o, _)| *o)
         };
         if active == self.slot {
@@ -244,7 +193,7 @@ impl SlotInfo {
 
     /// `<run dir>/handover.sock`, where the active agent listens for its successor.
     pub fn handover_socket(&self) -> PathBuf {
-        self.run_dir.join("handover.sock")
+        self.run_dir.join(crate::handover::SOCKET)
     }
 }
 

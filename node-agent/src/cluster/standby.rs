@@ -22,11 +22,14 @@ use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use baton_api::pairpod::{
+    ANN_ACTIVE_SLOT, ENV_ACTIVE_SLOT, ENV_SLOT_VERSION, ENV_SLOT_VERSION_ALT,
+};
 use futures::TryStreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, WatchEvent, WatchParams};
 
-use super::slot::{Role, SlotInfo, ANN_ACTIVE_SLOT};
+use super::slot::{Role, SlotInfo};
 use super::{connect, ClusterError};
 
 /// Set (to `1`) in the environment of an agent that must wait as a standby.
@@ -54,12 +57,12 @@ pub fn successor_env(me: &SlotInfo, pod: &Pod) -> Vec<(&'static str, String)> {
     let annotations = pod.metadata.annotations.clone().unwrap_or_default();
     let ann = |k: &str| annotations.get(k).cloned().unwrap_or_default();
     vec![
-        ("BATON_SLOT_VERSION", ann(&me.slot.version_annotation())),
+        (ENV_SLOT_VERSION, ann(&me.slot.version_annotation())),
         (
-            "BATON_SLOT_VERSION_ALT",
+            ENV_SLOT_VERSION_ALT,
             ann(&me.slot.other().version_annotation()),
         ),
-        ("BATON_ACTIVE_SLOT", ann(ANN_ACTIVE_SLOT)),
+        (ENV_ACTIVE_SLOT, ann(ANN_ACTIVE_SLOT)),
     ]
 }
 
@@ -222,7 +225,7 @@ async fn sleep_unless(stop: &AtomicBool, total: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::Slot;
+    use baton_api::pairpod::Slot;
     use serde_json::json;
 
     fn me() -> SlotInfo {
