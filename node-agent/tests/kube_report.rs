@@ -15,7 +15,7 @@ use baton_api::pairpod::{
 };
 use baton_e2e::apiserver::ApiServer;
 use baton_operator::controller::observe::observe;
-use baton_operator::plan::{HandoverReport as Seen, Standby};
+use baton_operator::plan::{Reported, Standby};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
@@ -156,7 +156,7 @@ async fn handover_report_lands_on_the_pod_and_the_operator_reads_it() {
     // The operator's parser sees a committed handover with these figures.
     let seen = observe(&pod, "empty:1", Timestamp::now());
     assert!(
-        matches!(&seen.view.standby, Standby::Upgrading { image, report: Some(Seen::Committed), .. }
+        matches!(&seen.view.standby, Standby::Upgrading { image, report: Some(Reported::Committed), .. }
                  if image == "agent:v2"),
         "{:?}",
         seen.view.standby
@@ -211,7 +211,7 @@ async fn handover_report_lands_on_the_pod_and_the_operator_reads_it() {
     let seen = observe(&pod, "empty:1", Timestamp::now());
     assert!(
         matches!(&seen.view.standby,
-                 Standby::Upgrading { report: Some(Seen::Failed { message }), .. }
+                 Standby::Upgrading { report: Some(Reported::Failed { message }), .. }
                  if message == "frontend map refused"),
         "{:?}",
         seen.view.standby

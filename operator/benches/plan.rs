@@ -6,8 +6,9 @@
 
 use std::time::{Duration, Instant};
 
-use baton_operator::crd::{KmeshUpgradeSpec, Slot, Strategy};
-use baton_operator::plan::{plan, HandoverReport, Memory, NodeView, PairView, Standby};
+use baton_api::pairpod::Slot;
+use baton_operator::crd::{KmeshUpgradeSpec, Strategy};
+use baton_operator::plan::{plan, Memory, NodeView, PairView, Reported, Standby};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 const NODES: usize = 5_000;
@@ -23,7 +24,7 @@ fn fleet() -> Vec<NodeView> {
                 0 => Standby::Upgrading {
                     image: "agent:v2".into(),
                     elapsed_seconds: 3,
-                    report: Some(HandoverReport::Committed),
+                    report: Some(Reported::Committed),
                     ready: true,
                     kubelet: Default::default(),
                 },

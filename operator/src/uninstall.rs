@@ -11,10 +11,10 @@
 use std::fmt;
 use std::time::{Duration, Instant};
 
+use baton_api::pairpod::LABEL_UPGRADE;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, ListParams};
 
-use crate::controller::names::LABEL_UPGRADE;
 use crate::crd::KmeshUpgrade;
 
 /// How often the wait looks again.

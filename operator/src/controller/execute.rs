@@ -1,5 +1,6 @@
 //! Carries out planner actions against the API server.
 
+use baton_api::pairpod::{Slot, ANN_ACTIVE_SLOT, ANN_HANDOVER_STARTED};
 use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
@@ -7,9 +8,8 @@ use kube::runtime::events::{Event, EventType, Recorder};
 use serde_json::{json, Value};
 
 use super::expect::{Expectation, PodExpectation};
-use super::names::{pod_name, slot_version_annotation, ANN_ACTIVE_SLOT, ANN_HANDOVER_STARTED};
-use super::podspec::{build_pod, PodTarget};
-use crate::crd::{KmeshUpgradeSpec, Slot};
+use super::podspec::{build_pod, pod_name, PodTarget};
+use crate::crd::KmeshUpgradeSpec;
 use crate::plan::Action;
 
 /// A failed API call of one action.
@@ -256,7 +256,7 @@ impl Executor<'_> {
         image: &str,
         mut annotations: Value,
     ) -> Result<Expectation, kube::Error> {
-        annotations[slot_version_annotation(slot)] = json!(image);
+        annotations[slot.version_annotation()] = json!(image);
         let body = json!({
             "metadata": {"annotations": annotations},
             "spec": {"containers": [{"name": slot.container(), "image": image}]},
@@ -273,7 +273,7 @@ impl Executor<'_> {
         image: &str,
         mut annotations: Value,
     ) -> Result<Expectation, kube::Error> {
-        annotations[slot_version_annotation(slot)] = json!(image);
+        annotations[slot.version_annotation()] = json!(image);
         self.apply(pod, &json!({"metadata": {"annotations": annotations}}))
             .await
     }

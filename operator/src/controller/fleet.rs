@@ -3,11 +3,11 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use baton_api::pairpod::LABEL_UPGRADE;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 
-use super::names::LABEL_UPGRADE;
 use super::observe::{observe, selects};
 use crate::crd::{HandoverFigures, KmeshUpgrade};
 use crate::plan::NodeView;

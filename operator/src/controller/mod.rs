@@ -4,7 +4,6 @@
 mod execute;
 mod expect;
 mod fleet;
-pub mod names;
 pub mod observe;
 pub mod podspec;
 mod status;
@@ -13,6 +12,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use baton_api::pairpod::{APP_NAME, LABEL_APP_NAME};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::jiff::Timestamp;
@@ -29,7 +29,6 @@ use crate::metrics::{ActionLabels, Metrics, UpgradeLabels};
 use crate::plan::{plan, Memory, PlanError};
 use execute::{ExecuteError, Executor};
 use expect::Expectations;
-use names::APP_NAME;
 use podspec::PodTarget;
 
 /// Field manager of the operator's status writes.
@@ -108,8 +107,7 @@ pub async fn run(
         .map_err(ControllerError::CrdNotServed)?;
     let pod_api: Api<Pod> = Api::all(client.clone());
     let node_api: Api<Node> = Api::all(client.clone());
-    let pod_watch =
-        watcher::Config::default().labels(&format!("app.kubernetes.io/name={APP_NAME}"));
+    let pod_watch = watcher::Config::default().labels(&format!("{LABEL_APP_NAME}={APP_NAME}"));
 
     // Caches the planner reads; the controller's own watches only trigger.
     let (pods, pod_writer) = reflector::store();

@@ -1,21 +1,19 @@
-//! Reads the planner's view of a node back from its agent pod.
+//! Reads the planner's view of a node back from its agent pod. The pod's
+//! contract with the agent (annotations, conditions, report bodies and the
+//! rules to read them) is `baton_api::pairpod`; this is the operator's
+//! Kubernetes edge of it.
 
 use std::collections::BTreeMap;
 
+use baton_api::pairpod::{
+    self, report_is_fresh, HandoverOutcome, HandoverReport, Slot, StartedReport, ANN_ACTIVE_SLOT,
+    ANN_HANDOVER_STARTED, CONDITION_HANDOVER, CONDITION_STARTED, STATUS_TRUE,
+};
 use k8s_openapi::api::core::v1::{ContainerStatus, Node, Pod, PodCondition};
 use k8s_openapi::jiff::Timestamp;
-use serde::Deserialize;
 
-use super::names::{
-    slot_version_annotation, ANN_ACTIVE_SLOT, ANN_HANDOVER_STARTED, CONDITION_HANDOVER,
-};
-use crate::crd::{HandoverFigures, Slot};
-use crate::plan::{HandoverReport, KubeletWait, PairView, Standby};
-
-/// Pod condition an agent writes when it starts as the active slot (not by
-/// a handover) and owns the datapath; message `{"slot":..,"version":..}`.
-/// Mirrors `node-agent/src/cluster/condition.rs`.
-pub const CONDITION_STARTED: &str = "baton.dev/Started";
+use crate::crd::HandoverFigures;
+use crate::plan::{KubeletWait, PairView, Reported, Standby};
 
 /// Waiting reasons of a container that the kubelet holds back: shown in the
 /// node status and an event while a handover waits on them.
@@ -38,17 +36,19 @@ pub fn selects(match_labels: &BTreeMap<String, String>, node: &Node) -> bool {
         .all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
 }
 
-/// The JSON body of the agent's `baton.dev/Handover` condition message.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct HandoverConditionBody {
-    /// Slot of the reporting (new) agent.
-    pub slot: Option<Slot>,
-    /// Version (image) of the reporting agent.
-    pub version: Option<String>,
-    /// The figures themselves.
-    #[serde(flatten)]
-    pub figures: HandoverFigures,
+/// The status's figures of an agent's report (the CRD's integer types,
+/// saturating). `result` and `at` are the condition's, set by the caller.
+pub fn figures_of(report: &HandoverReport) -> HandoverFigures {
+    HandoverFigures {
+        duration_ms: i64::try_from(report.duration_ms).unwrap_or(i64::MAX),
+        freeze_ms: i64::try_from(report.freeze_ms).unwrap_or(i64::MAX),
+        maps_reused: i32::try_from(report.maps_reused).unwrap_or(i32::MAX),
+        maps_migrated: i32::try_from(report.maps_migrated).unwrap_or(i32::MAX),
+        entries_copied: i64::try_from(report.entries_copied).unwrap_or(i64::MAX),
+        message: (!report.message.is_empty()).then(|| report.message.clone()),
+        result: None,
+        at: None,
+    }
 }
 
 /// A pod as the planner sees it, plus the figures of its last handover report.
@@ -59,12 +59,10 @@ pub struct Observed {
     pub figures: Option<HandoverFigures>,
 }
 
-/// Slot that the pod's annotation names as active (slot a when missing or garbled).
+/// Slot that the pod's annotation names as active ([`pairpod::active_slot`]:
+/// slot a when missing or garbled).
 pub fn active_slot(pod: &Pod) -> Slot {
-    match annotation(pod, ANN_ACTIVE_SLOT) {
-        Some("b") => Slot::B,
-        _ => Slot::A,
-    }
+    pairpod::active_slot(annotation(pod, ANN_ACTIVE_SLOT))
 }
 
 fn annotation<'a>(pod: &'a Pod, key: &str) -> Option<&'a str> {
@@ -108,14 +106,16 @@ fn condition<'a>(pod: &'a Pod, type_: &str) -> Option<&'a PodCondition> {
 /// Whether the agent of `slot` at `image` said it owns the datapath: a
 /// Committed handover report, or a Started report, naming that slot and image.
 fn serving(pod: &Pod, slot: Slot, image: &str) -> bool {
-    let names = |c: &PodCondition| {
-        serde_json::from_str::<HandoverConditionBody>(c.message.as_deref().unwrap_or_default())
-            .is_ok_and(|b| b.slot == Some(slot) && b.version.as_deref() == Some(image))
-    };
+    let message = |c: &PodCondition| c.message.clone().unwrap_or_default();
     let committed = condition(pod, CONDITION_HANDOVER).is_some_and(|c| {
-        c.status == "True" && c.reason.as_deref() == Some("Committed") && names(c)
+        HandoverOutcome::from_condition(&c.status, c.reason.as_deref())
+            == Some(HandoverOutcome::Committed)
+            && HandoverReport::from_message(&message(c)).is_ok_and(|r| r.is_from(slot, image))
     });
-    let started = condition(pod, CONDITION_STARTED).is_some_and(|c| c.status == "True" && names(c));
+    let started = condition(pod, CONDITION_STARTED).is_some_and(|c| {
+        c.status == STATUS_TRUE
+            && StartedReport::from_message(&message(c)).is_ok_and(|r| r.is_from(slot, image))
+    });
     committed || started
 }
 
@@ -200,33 +200,26 @@ pub fn observe(pod: &Pod, empty_image: &str, now: Timestamp) -> Observed {
     // speaks about the running handover; anything else is an old report.
     let started = annotation(pod, ANN_HANDOVER_STARTED);
     let started_at = started.and_then(|s| s.parse::<Timestamp>().ok());
+    let report_of = |c: &PodCondition| HandoverReport::from_message(c.message.as_deref()?).ok();
     let body = condition.and_then(|c| {
-        let body: HandoverConditionBody = serde_json::from_str(c.message.as_deref()?).ok()?;
-        // A retry of the same version into the same slot must not pick up the
-        // previous attempt's report: it has to be newer than this start.
-        let fresh = match (started_at, c.last_transition_time.as_ref()) {
-            // Condition times have whole seconds only.
-            (Some(start), Some(at)) => at.0.as_second() >= start.as_second(),
-            _ => true,
-        };
-        (fresh
-            && body.slot == Some(standby_slot)
-            && body.version.as_deref() == Some(&standby_image))
+        let body = report_of(c)?;
+        let at = c.last_transition_time.as_ref().map(|t| t.0.as_second());
+        (report_is_fresh(started_at.map(|t| t.as_second()), at)
+            && body.is_from(standby_slot, &standby_image))
         .then_some((c, body))
     });
-    let report = body
-        .as_ref()
-        .and_then(|(c, body)| match c.reason.as_deref() {
-            Some("Committed") if c.status == "True" => Some(HandoverReport::Committed),
-            Some("Failed") => Some(HandoverReport::Failed {
-                message: body
-                    .figures
-                    .message
-                    .clone()
-                    .unwrap_or_else(|| "the new agent reported a failed handover".into()),
+    let report = body.as_ref().and_then(|(c, body)| {
+        match HandoverOutcome::from_condition(&c.status, c.reason.as_deref())? {
+            HandoverOutcome::Committed => Some(Reported::Committed),
+            HandoverOutcome::Failed => Some(Reported::Failed {
+                message: if body.message.is_empty() {
+                    "the new agent reported a failed handover".into()
+                } else {
+                    body.message.clone()
+                },
             }),
-            _ => None,
-        });
+        }
+    });
 
     let standby_container = container_status(pod, standby_slot);
     let standby = match started {
@@ -236,7 +229,7 @@ pub fn observe(pod: &Pod, empty_image: &str, now: Timestamp) -> Observed {
         None => Standby::Warm {
             running: standby_container
                 .is_some_and(|c| c.state.as_ref().is_some_and(|s| s.running.is_some()))
-                && annotation(pod, &slot_version_annotation(standby_slot))
+                && annotation(pod, &standby_slot.version_annotation())
                     == Some(standby_image.as_str()),
             image: standby_image,
         },
@@ -254,24 +247,23 @@ pub fn observe(pod: &Pod, empty_image: &str, now: Timestamp) -> Observed {
     };
     // The report's outcome and time go with its figures, so the status can
     // tell an old success from a newer failure.
-    let stamp = |mut f: HandoverFigures, c: &PodCondition| {
-        f.result = c.reason.clone();
-        f.at = c.last_transition_time.clone();
-        f
+    let stamp = |report: &HandoverReport, c: &PodCondition| HandoverFigures {
+        result: c.reason.clone(),
+        at: c.last_transition_time.clone(),
+        ..figures_of(report)
     };
     let figures = match body {
-        Some((c, b)) => Some(stamp(b.figures, c)),
+        Some((c, b)) => Some(stamp(&b, c)),
         // No running handover reported: the Committed report of the agent
         // now active, at its image, holds the figures of the handover that
         // put it there. An operator that finished that handover and died
         // before writing the status (or any later one) finds them here.
         None => condition.and_then(|c| {
-            let body: HandoverConditionBody = serde_json::from_str(c.message.as_deref()?).ok()?;
-            (c.reason.as_deref() == Some("Committed")
-                && c.status == "True"
-                && body.slot == Some(active)
-                && body.version.as_deref() == Some(&active_image))
-            .then(|| stamp(body.figures, c))
+            let body = report_of(c)?;
+            (HandoverOutcome::from_condition(&c.status, c.reason.as_deref())
+                == Some(HandoverOutcome::Committed)
+                && body.is_from(active, &active_image))
+            .then(|| stamp(&body, c))
         }),
     };
     Observed {
@@ -355,7 +347,7 @@ mod tests {
             Standby::Upgrading {
                 image: "agent:v2".into(),
                 elapsed_seconds: 60,
-                report: Some(HandoverReport::Committed),
+                report: Some(Reported::Committed),
                 ready: false,
                 kubelet: KubeletWait::default(),
             }
@@ -410,7 +402,7 @@ mod tests {
         assert!(matches!(
             o.view.standby,
             Standby::Upgrading {
-                report: Some(HandoverReport::Committed),
+                report: Some(Reported::Committed),
                 ..
             }
         ));
@@ -428,7 +420,7 @@ mod tests {
             Standby::Upgrading {
                 image: "agent:v2".into(),
                 elapsed_seconds: 30,
-                report: Some(HandoverReport::Failed {
+                report: Some(Reported::Failed {
                     message: "map frontend: key size changed".into()
                 }),
                 ready: false,

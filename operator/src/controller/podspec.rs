@@ -1,7 +1,13 @@
 //! Builds the per-node agent pair pod.
 
 use std::collections::BTreeMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
 
+use baton_api::pairpod::{
+    Slot, ANN_ACTIVE_SLOT, APP_NAME, DEFAULT_RUN_DIR, ENV_ACTIVE_SLOT, ENV_CGROUP, ENV_NODE_NAME,
+    ENV_POD_NAME, ENV_POD_NAMESPACE, ENV_RUN_DIR, ENV_SLOT, ENV_SLOT_VERSION, ENV_SLOT_VERSION_ALT,
+    LABEL_APP_NAME, LABEL_UPGRADE,
+};
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, HostPathVolumeSource,
     ObjectFieldSelector, Pod, PodSecurityContext, PodSpec, SeccompProfile, SecurityContext, Volume,
@@ -9,8 +15,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 
-use super::names::{slot_version_annotation, ANN_ACTIVE_SLOT, APP_NAME, LABEL_UPGRADE, RUN_DIR};
-use crate::crd::{KmeshUpgradeSpec, Slot};
+use crate::crd::KmeshUpgradeSpec;
 
 /// Capabilities the agent needs, and nothing else: load programs and maps
 /// (BPF), attach to cgroups and pin (SYS_ADMIN), program sockets (NET_ADMIN).
@@ -35,15 +40,15 @@ pub struct PodTarget<'a> {
 pub fn build_pod(target: &PodTarget<'_>, node: &str, spec: &KmeshUpgradeSpec, image: &str) -> Pod {
     let mut annotations = BTreeMap::new();
     annotations.insert(ANN_ACTIVE_SLOT.to_owned(), Slot::A.to_string());
-    annotations.insert(slot_version_annotation(Slot::A), image.to_owned());
-    annotations.insert(slot_version_annotation(Slot::B), spec.empty_image.clone());
+    annotations.insert(Slot::A.version_annotation(), image.to_owned());
+    annotations.insert(Slot::B.version_annotation(), spec.empty_image.clone());
     let labels = BTreeMap::from([
-        ("app.kubernetes.io/name".to_owned(), APP_NAME.to_owned()),
+        (LABEL_APP_NAME.to_owned(), APP_NAME.to_owned()),
         (LABEL_UPGRADE.to_owned(), target.upgrade.to_owned()),
     ]);
     Pod {
         metadata: ObjectMeta {
-            name: Some(super::names::pod_name(target.upgrade, node)),
+            name: Some(pod_name(target.upgrade, node)),
             namespace: Some(target.namespace.to_owned()),
             labels: Some(labels),
             annotations: Some(annotations),
@@ -108,10 +113,28 @@ fn slot_container(slot: Slot, image: &str, spec: &KmeshUpgradeSpec) -> Container
         volume_mounts: Some(vec![
             mount("bpffs", "/sys/fs/bpf", false),
             mount("cgroup", "/sys/fs/cgroup", true),
-            mount("run", RUN_DIR, false),
+            mount("run", DEFAULT_RUN_DIR, false),
         ]),
         ..Container::default()
     }
+}
+
+/// Name of the agent pod of `upgrade` on `node`, a valid DNS subdomain.
+pub fn pod_name(upgrade: &str, node: &str) -> String {
+    const MAX: usize = 253;
+    let name = format!("{upgrade}-{node}");
+    if name.len() <= MAX {
+        return name;
+    }
+    // Too long: keep a prefix and make it unique with a hash of the full name.
+    let mut hasher = DefaultHasher::new();
+    name.hash(&mut hasher);
+    let suffix = format!("-{:016x}", hasher.finish());
+    let mut prefix: String = name.chars().take(MAX - suffix.len()).collect();
+    while prefix.ends_with(['-', '.']) {
+        prefix.pop();
+    }
+    prefix + &suffix
 }
 
 /// Slot identity through the downward API: a restarted container reads the
@@ -136,20 +159,17 @@ fn slot_env(slot: Slot, spec: &KmeshUpgradeSpec) -> Vec<EnvVar> {
     };
     let annotation = |key: String| format!("metadata.annotations['{key}']");
     let mut env = vec![
-        value("BATON_SLOT", slot.to_string()),
+        value(ENV_SLOT, slot.to_string()),
+        field(ENV_SLOT_VERSION, annotation(slot.version_annotation())),
         field(
-            "BATON_SLOT_VERSION",
-            annotation(slot_version_annotation(slot)),
+            ENV_SLOT_VERSION_ALT,
+            annotation(slot.other().version_annotation()),
         ),
-        field(
-            "BATON_SLOT_VERSION_ALT",
-            annotation(slot_version_annotation(slot.other())),
-        ),
-        field("BATON_ACTIVE_SLOT", annotation(ANN_ACTIVE_SLOT.to_owned())),
-        value("BATON_RUN_DIR", RUN_DIR.into()),
-        field("NODE_NAME", "spec.nodeName".into()),
-        field("POD_NAME", "metadata.name".into()),
-        field("POD_NAMESPACE", "metadata.namespace".into()),
+        field(ENV_ACTIVE_SLOT, annotation(ANN_ACTIVE_SLOT.to_owned())),
+        value(ENV_RUN_DIR, DEFAULT_RUN_DIR.into()),
+        field(ENV_NODE_NAME, "spec.nodeName".into()),
+        field(ENV_POD_NAME, "metadata.name".into()),
+        field(ENV_POD_NAMESPACE, "metadata.namespace".into()),
     ];
     // The container's own env wins over the service env the kubelet injects,
     // and kube's in-cluster config reads these two: the agent then reaches the
@@ -159,7 +179,7 @@ fn slot_env(slot: Slot, spec: &KmeshUpgradeSpec) -> Vec<EnvVar> {
         env.push(value("KUBERNETES_SERVICE_PORT", api.port.to_string()));
     }
     if let Some(cgroup) = &spec.pod.cgroup {
-        env.push(value("BATON_CGROUP", cgroup.clone()));
+        env.push(value(ENV_CGROUP, cgroup.clone()));
     }
     env
 }
@@ -229,6 +249,16 @@ mod tests {
             .flatten()
             .map(|e| (e.name.clone(), e.value.clone()))
             .collect()
+    }
+
+    #[test]
+    fn pod_names_are_readable_and_bounded() {
+        assert_eq!(pod_name("baton", "node-1"), "baton-node-1");
+        let long = "n".repeat(300);
+        let a = pod_name("baton", &long);
+        assert_eq!(a.len(), 253);
+        assert_ne!(a, pod_name("baton", &format!("{long}x")));
+        assert_eq!(a, pod_name("baton", &long), "stable across calls");
     }
 
     #[test]

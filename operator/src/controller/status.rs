@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 
+use baton_api::pairpod::HandoverOutcome;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 
@@ -34,7 +35,7 @@ pub fn build_status(
                 // though the pod still shows the previous success's report.
                 Some(reason) => Some(HandoverFigures {
                     message: Some(reason.clone()),
-                    result: Some("Failed".into()),
+                    result: Some(HandoverOutcome::Failed.reason().into()),
                     at: Some(Time(now)),
                     ..HandoverFigures::default()
                 }),
@@ -190,8 +191,8 @@ fn make_condition(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::Slot;
     use crate::plan::{Memory, NodeOutcome, Summary};
+    use baton_api::pairpod::Slot;
 
     fn plan(phase: RolloutPhase, failed: u32) -> Plan {
         Plan {

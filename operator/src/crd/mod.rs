@@ -12,4 +12,4 @@ pub use spec::{
     ApiServerAddress, KmeshUpgrade, KmeshUpgradeSpec, NodeSelector, OnFailure, PodSettings,
     Strategy, DEFAULT_HANDOVER_TIMEOUT_SECONDS, DEFAULT_MAX_UNAVAILABLE, IMAGE_REFERENCE_REGEX,
 };
-pub use status::{HandoverFigures, KmeshUpgradeStatus, NodePhase, NodeStatus, RolloutPhase, Slot};
+pub use status::{HandoverFigures, KmeshUpgradeStatus, NodePhase, NodeStatus, RolloutPhase};

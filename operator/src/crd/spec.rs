@@ -22,6 +22,8 @@ pub const DEFAULT_HANDOVER_TIMEOUT_SECONDS: i32 = 120;
 // duplicated attribute.
 #[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+// The derive takes literals only: a test checks them against baton_api's
+// UPGRADE_* constants, which the agent's owner check uses.
 #[kube(
     group = "baton.dev",
     version = "v1alpha1",
@@ -267,6 +269,16 @@ fn image_reference_rule(field: &str) -> Rule {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_crd_is_where_the_agent_looks_for_its_owner() {
+        use baton_api::pairpod::{UPGRADE_GROUP, UPGRADE_KIND, UPGRADE_PLURAL, UPGRADE_VERSION};
+        use kube::Resource;
+        assert_eq!(KmeshUpgrade::group(&()), UPGRADE_GROUP);
+        assert_eq!(KmeshUpgrade::version(&()), UPGRADE_VERSION);
+        assert_eq!(KmeshUpgrade::kind(&()), UPGRADE_KIND);
+        assert_eq!(KmeshUpgrade::plural(&()), UPGRADE_PLURAL);
+    }
 
     #[test]
     fn minimal_spec_gets_documented_defaults() {

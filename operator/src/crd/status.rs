@@ -2,6 +2,7 @@
 
 use std::fmt;
 
+use baton_api::pairpod::Slot;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::KubeSchema;
 use schemars::JsonSchema;
@@ -75,43 +76,17 @@ impl fmt::Display for RolloutPhase {
     }
 }
 
+// The schema of `baton_api::pairpod::Slot` (which has no schemars): its serde
+// form, and its doc comment, which the CRD carries as the description.
 /// One of the two agent containers of a node's pod.
-#[derive(
-    JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash,
-)]
+#[derive(JsonSchema)]
 #[serde(rename_all = "lowercase")]
-pub enum Slot {
+#[allow(dead_code)] // only its schema is used
+enum SlotSchema {
     /// Container `slot-a`.
     A,
     /// Container `slot-b`.
     B,
-}
-
-impl Slot {
-    /// The other slot of the pair.
-    pub fn other(self) -> Slot {
-        match self {
-            Slot::A => Slot::B,
-            Slot::B => Slot::A,
-        }
-    }
-
-    /// Container name of this slot in the agent pod.
-    pub fn container(self) -> &'static str {
-        match self {
-            Slot::A => "slot-a",
-            Slot::B => "slot-b",
-        }
-    }
-}
-
-impl fmt::Display for Slot {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Slot::A => "a",
-            Slot::B => "b",
-        })
-    }
 }
 
 /// What one node is doing.
@@ -137,6 +112,7 @@ pub struct NodeStatus {
     pub node: String,
     /// Slot whose agent owns the datapath.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<SlotSchema>")]
     pub active_slot: Option<Slot>,
     /// Image (version) of the active agent.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -1,6 +1,8 @@
 //! What the planner tells the controller to do.
 
-use crate::crd::{NodePhase, RolloutPhase, Slot};
+use baton_api::pairpod::Slot;
+
+use crate::crd::{NodePhase, RolloutPhase};
 
 use super::model::Memory;
 

@@ -16,5 +16,5 @@ mod tests;
 
 pub use action::{Action, NodeOutcome, Plan, Summary};
 pub use budget::{max_unavailable, BudgetError};
-pub use model::{HandoverReport, KubeletWait, Memory, NodeView, PairView, Standby};
+pub use model::{KubeletWait, Memory, NodeView, PairView, Reported, Standby};
 pub use planner::{plan, PlanError, BACKOFF_GRACE_SECONDS};

@@ -1,6 +1,6 @@
 //! What the planner is told about the fleet.
 
-use crate::crd::Slot;
+use baton_api::pairpod::Slot;
 
 /// Facts remembered across reconciles (kept in the `KmeshUpgrade` status).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -62,7 +62,7 @@ pub enum Standby {
         /// Seconds since the operator started this handover.
         elapsed_seconds: u64,
         /// What the new agent reported through its pod condition, if anything yet.
-        report: Option<HandoverReport>,
+        report: Option<Reported>,
         /// Whether the new slot's container is ready (its readiness once committed).
         ready: bool,
         /// What the kubelet is doing with the new slot's container.
@@ -86,9 +86,10 @@ pub struct KubeletWait {
     pub backoff_seconds: u64,
 }
 
-/// Outcome of a handover as the agent reports it.
+/// Outcome of a handover as the new agent reported it (its
+/// `baton_api::pairpod::HandoverReport`, read by `controller::observe`).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum HandoverReport {
+pub enum Reported {
     /// The new agent committed: it owns the datapath now.
     Committed,
     /// The handover was aborted; the old agent kept serving.

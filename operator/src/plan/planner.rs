@@ -1,10 +1,12 @@
 //! The planning algorithm.
 
-use crate::crd::{KmeshUpgradeSpec, NodePhase, OnFailure, RolloutPhase, Slot};
+use baton_api::pairpod::Slot;
+
+use crate::crd::{KmeshUpgradeSpec, NodePhase, OnFailure, RolloutPhase};
 
 use super::action::{Action, NodeOutcome, Plan, Summary};
 use super::budget::{max_unavailable, BudgetError};
-use super::model::{HandoverReport, KubeletWait, Memory, NodeView, Standby};
+use super::model::{KubeletWait, Memory, NodeView, Reported, Standby};
 
 /// Most seconds of kubelet crash-loop back-off that a handover's deadline is
 /// extended by: the kubelet's own back-off limit (5 min, pkg/kubelet
@@ -369,7 +371,7 @@ fn transition<'a>(
     };
     let new_slot = pod.active.other();
     let reason = match report {
-        Some(HandoverReport::Committed) => {
+        Some(Reported::Committed) => {
             actions.push(Action::FinishUpgrade {
                 node: node.name.clone(),
                 active: new_slot,
@@ -386,7 +388,7 @@ fn transition<'a>(
                 warm: None,
             };
         }
-        Some(HandoverReport::Failed { message }) => message.clone(),
+        Some(Reported::Failed { message }) => message.clone(),
         None if counted_seconds(*elapsed_seconds, kubelet) >= timeout_seconds => {
             timeout_reason(timeout_seconds, kubelet)
         }

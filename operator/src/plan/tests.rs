@@ -1,9 +1,10 @@
 //! Scenario tests of the planner, from single nodes to 5 000-node fleets.
 
+use baton_api::pairpod::Slot;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::*;
-use crate::crd::{KmeshUpgradeSpec, NodePhase, OnFailure, RolloutPhase, Slot, Strategy};
+use crate::crd::{KmeshUpgradeSpec, NodePhase, OnFailure, RolloutPhase, Strategy};
 
 const OLD: &str = "baton/agent:v1";
 const NEW: &str = "baton/agent:v2";
@@ -49,12 +50,7 @@ fn fleet(n: usize, image: &str) -> Vec<NodeView> {
     (0..n).map(|i| on(i, image)).collect()
 }
 
-fn upgrading(
-    mut node: NodeView,
-    image: &str,
-    elapsed: u64,
-    report: Option<HandoverReport>,
-) -> NodeView {
+fn upgrading(mut node: NodeView, image: &str, elapsed: u64, report: Option<Reported>) -> NodeView {
     if let Some(pod) = node.pod.as_mut() {
         pod.standby = Standby::Upgrading {
             image: image.into(),
@@ -245,7 +241,7 @@ fn partition_larger_than_the_fleet_upgrades_nothing() {
 #[test]
 fn paused_finishes_and_resets_but_starts_nothing() {
     let mut nodes = fleet(4, OLD);
-    nodes[0] = upgrading(nodes[0].clone(), NEW, 1, Some(HandoverReport::Committed));
+    nodes[0] = upgrading(nodes[0].clone(), NEW, 1, Some(Reported::Committed));
     let strategy = Strategy {
         paused: true,
         ..max("100%")
@@ -268,7 +264,7 @@ fn paused_finishes_and_resets_but_starts_nothing() {
 #[test]
 fn a_committed_node_is_not_restarted_in_the_same_round() {
     let mut nodes = fleet(1, OLD);
-    nodes[0] = upgrading(nodes[0].clone(), NEW, 1, Some(HandoverReport::Committed));
+    nodes[0] = upgrading(nodes[0].clone(), NEW, 1, Some(Reported::Committed));
     let mut s = spec(max("100%"));
     s.agent_image = "baton/agent:v3".into();
     let p = run(&s, &stable(OLD), &nodes);
@@ -279,12 +275,7 @@ fn a_committed_node_is_not_restarted_in_the_same_round() {
 #[test]
 fn committed_beats_the_timeout() {
     let mut nodes = fleet(1, OLD);
-    nodes[0] = upgrading(
-        nodes[0].clone(),
-        NEW,
-        10_000,
-        Some(HandoverReport::Committed),
-    );
+    nodes[0] = upgrading(nodes[0].clone(), NEW, 10_000, Some(Reported::Committed));
     let p = run(&spec(Strategy::default()), &stable(OLD), &nodes);
     assert!(matches!(p.actions[0], Action::FinishUpgrade { .. }));
     assert_eq!(p.phase, RolloutPhase::Complete);
@@ -298,7 +289,7 @@ fn failure_with_pause_resets_the_slot_and_halts_at_once() {
         nodes[1].clone(),
         NEW,
         3,
-        Some(HandoverReport::Failed {
+        Some(Reported::Failed {
             message: "map layout refused".into(),
         }),
     );
@@ -373,7 +364,7 @@ fn failure_with_rollback_hands_upgraded_nodes_back_ignoring_partition() {
         on(4, OLD),
         NEW,
         1,
-        Some(HandoverReport::Failed {
+        Some(Reported::Failed {
             message: "x".into(),
         }),
     );
@@ -478,12 +469,12 @@ fn in_flight_handovers_to_an_old_goal_finish_before_anything_else() {
 #[test]
 fn input_order_does_not_change_the_plan() {
     let mut nodes = fleet(50, OLD);
-    nodes[7] = upgrading(nodes[7].clone(), NEW, 1, Some(HandoverReport::Committed));
+    nodes[7] = upgrading(nodes[7].clone(), NEW, 1, Some(Reported::Committed));
     nodes[9] = upgrading(
         nodes[9].clone(),
         NEW,
         1,
-        Some(HandoverReport::Failed {
+        Some(Reported::Failed {
             message: "m".into(),
         }),
     );
@@ -590,9 +581,9 @@ mod simulation {
             }) = node.pod.as_mut()
             {
                 *report = Some(if verdict(&name, image) {
-                    HandoverReport::Committed
+                    Reported::Committed
                 } else {
-                    HandoverReport::Failed {
+                    Reported::Failed {
                         message: "simulated".into(),
                     }
                 });
@@ -789,7 +780,7 @@ fn a_fresh_install_whose_agents_never_serve_sets_no_stable_image() {
         nodes[0].clone(),
         "baton/agent:v3",
         1,
-        Some(HandoverReport::Failed {
+        Some(Reported::Failed {
             message: "x".into(),
         }),
     );
@@ -882,7 +873,7 @@ fn finishing_keeps_the_old_agent_as_standby_and_flips_back_warm() {
         warm_starts.push(warm);
         let pod = nodes[0].pod.as_mut().expect("pod");
         assert_eq!(slot, pod.active.other());
-        pod.standby = upgrading_standby(goal, Some(HandoverReport::Committed));
+        pod.standby = upgrading_standby(goal, Some(Reported::Committed));
         let p = run(&s, &p.memory, &nodes);
         assert!(
             matches!(&p.actions[..], [Action::FinishUpgrade { .. }]),
@@ -901,7 +892,7 @@ fn finishing_keeps_the_old_agent_as_standby_and_flips_back_warm() {
     assert_eq!(warm_starts, [false, true, true]);
 }
 
-fn upgrading_standby(image: &str, report: Option<HandoverReport>) -> Standby {
+fn upgrading_standby(image: &str, report: Option<Reported>) -> Standby {
     Standby::Upgrading {
         image: image.into(),
         elapsed_seconds: 1,
