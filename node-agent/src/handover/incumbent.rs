@@ -8,7 +8,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::msg::{hex, CommitFigures, CommitMap, ErrorCode, JournalKey, Msg, CAPABILITIES, PROTO};
+use super::msg::{
+    hex, versions, CommitFigures, CommitMap, ErrorCode, JournalKey, Msg, CAPABILITIES, MIN_PROTO,
+    PROTO,
+};
 use super::wire::{Conn, Listener, WireError, MAX_FDS};
 use super::{commit, crash_point, manifest};
 use crate::sys;
@@ -300,13 +303,17 @@ fn run_within(conn: &Conn, g: &mut Guard<'_>, t: &Timeouts, clock: &Clock) -> Re
     else {
         return Err((Some(ErrorCode::Internal), "unreachable".into()));
     };
-    if proto != PROTO {
+    // The successor proposes; an older or newer one that also speaks one of
+    // our versions asks again with it (docs/handover.md, "Compatibility").
+    if !versions().contains(&proto) {
+        tracing::warn!(peer_pid = peer.pid, proto, %agent_version,
+            "handover: refusing a successor of another protocol version; this agent keeps serving");
         return Err((
             Some(ErrorCode::VersionMismatch),
-            format!("protocol {proto} is not {PROTO}"),
+            format!("protocol {proto} is not one this agent speaks ({MIN_PROTO}..={PROTO})"),
         ));
     }
-    tracing::info!(peer_pid = peer.pid, %agent_version, layout_version, "handover: successor says hello");
+    tracing::info!(peer_pid = peer.pid, %agent_version, layout_version, proto, "handover: successor says hello");
 
     let offer = agent.offer().map_err(|e| (Some(ErrorCode::Internal), e))?;
     let own = commit::Own::of(offer.iter().map(|(e, _)| e));
@@ -315,7 +322,8 @@ fn run_within(conn: &Conn, g: &mut Guard<'_>, t: &Timeouts, clock: &Clock) -> Re
     send(
         conn,
         &Msg::Welcome {
-            proto: PROTO,
+            // The session runs at the successor's version.
+            proto,
             agent_version: env!("CARGO_PKG_VERSION").into(),
             layout_version: baton_ebpf::LAYOUT_VERSION,
             capabilities: CAPABILITIES.iter().map(|s| s.to_string()).collect(),
@@ -565,6 +573,84 @@ mod tests {
         assert!(matches!(outcome, Outcome::Failed(_)), "{outcome:?}");
         let calls = fake.calls.lock().unwrap_or_else(|p| p.into_inner()).clone();
         assert_eq!(calls, ["start_journal", "unfreeze"]);
+    }
+
+    /// Runs a session against `hello` (raw bytes) and returns the outcome,
+    /// the incumbent's answer and what the agent was asked to do.
+    fn answer_to(hello: &[u8]) -> (Outcome, Option<Msg>, Vec<&'static str>) {
+        let (old, new) = Conn::pair().expect("socket pair");
+        let fake = Fake::default();
+        let t = Timeouts {
+            step: Duration::from_secs(5),
+            ..Timeouts::default()
+        };
+        let (outcome, answer) = std::thread::scope(|s| {
+            let h = s.spawn(|| session(&old, &fake, &t));
+            new.send_raw(hello, &[]).expect("hello");
+            let answer = new.recv(Duration::from_secs(5)).ok().map(|(m, _)| m);
+            drop(new);
+            (h.join().expect("session thread"), answer)
+        });
+        let calls = fake.calls.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        (outcome, answer, calls)
+    }
+
+    fn hello(proto: u32) -> Vec<u8> {
+        serde_json::to_vec(&Msg::Hello {
+            proto,
+            agent_version: "other".into(),
+            layout_version: 2,
+            capabilities: Vec::new(),
+        })
+        .expect("encodes")
+    }
+
+    #[test]
+    fn a_successor_of_another_protocol_version_is_refused_and_nothing_changes() {
+        for proto in [0, MIN_PROTO - 1, PROTO + 1] {
+            if versions().contains(&proto) {
+                continue;
+            }
+            let (outcome, answer, calls) = answer_to(&hello(proto));
+            assert!(matches!(outcome, Outcome::Failed(_)), "{outcome:?}");
+            match answer {
+                Some(Msg::Error {
+                    code: ErrorCode::VersionMismatch,
+                    message,
+                }) => assert!(
+                    message.contains(&format!("protocol {proto} "))
+                        && message.contains(&format!("{MIN_PROTO}..={PROTO}")),
+                    "{message}"
+                ),
+                other => panic!("protocol {proto}: {other:?}"),
+            }
+            // Nothing journaled or frozen: the agent keeps serving as it was.
+            assert!(calls.is_empty(), "{calls:?}");
+        }
+        for proto in versions() {
+            let (_, answer, _) = answer_to(&hello(proto));
+            match answer {
+                Some(Msg::Welcome { proto: p, .. }) => assert_eq!(p, proto),
+                other => panic!("protocol {proto}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_hello_with_a_field_this_build_does_not_know_is_refused() {
+        let mut v: serde_json::Value =
+            serde_json::from_slice(&hello(PROTO)).expect("hello is JSON");
+        v["weights"] = serde_json::json!(true);
+        let (outcome, answer, calls) = answer_to(&serde_json::to_vec(&v).expect("encodes"));
+        assert!(matches!(outcome, Outcome::Failed(_)), "{outcome:?}");
+        match answer {
+            Some(Msg::Error {
+                code: ErrorCode::Malformed,
+                message,
+            }) => assert!(message.contains("weights"), "{message}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(calls.is_empty(), "{calls:?}");
     }
 
     #[test]

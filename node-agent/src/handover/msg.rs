@@ -1,13 +1,29 @@
 //! Handover messages (docs/handover.md). Every message is a JSON object with a
-//! `type`; unknown types and unknown fields are errors, never ignored.
+//! `type`; unknown types and unknown fields, at any depth, are errors, never
+//! ignored. Compatibility across versions comes from the protocol version a
+//! session agrees on, not from tolerance (docs/handover.md, "Compatibility").
+
+use std::ops::RangeInclusive;
 
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use super::wire::WireError;
 use crate::migrate::MapLayout;
 
-/// Protocol version; a peer speaking another one is refused.
+/// Protocol version this build proposes in its `Hello`. Golden fixtures of
+/// every message at each version: `node-agent/tests/fixtures/handover/`.
 pub const PROTO: u32 = 1;
+
+/// Oldest protocol version this build still speaks, in both roles: an agent
+/// takes over from, and hands back to, agents one version older (rollback
+/// must work after any upgrade).
+pub const MIN_PROTO: u32 = if PROTO > 1 { PROTO - 1 } else { 1 };
+
+/// The protocol versions this build speaks.
+pub fn versions() -> RangeInclusive<u32> {
+    MIN_PROTO..=PROTO
+}
 
 /// What this build can do (sent in Hello/Welcome, for the logs and for
 /// future negotiation).
@@ -149,6 +165,22 @@ pub struct CommitFigures {
     pub journal_keys: u64,
 }
 
+/// Every message `type` (the golden fixtures hold one of each per version).
+pub const KINDS: [&str; 12] = [
+    "hello",
+    "welcome",
+    "offer",
+    "prepare",
+    "prepared",
+    "freeze",
+    "frozen",
+    "commit",
+    "committed",
+    "abort",
+    "ack",
+    "error",
+];
+
 /// One protocol message.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
@@ -266,45 +298,53 @@ impl Msg {
                 detail: "no \"type\" string".into(),
             });
         };
-        const KNOWN: [&str; 12] = [
-            "hello",
-            "welcome",
-            "offer",
-            "prepare",
-            "prepared",
-            "freeze",
-            "frozen",
-            "commit",
-            "committed",
-            "abort",
-            "ack",
-            "error",
-        ];
-        if !KNOWN.contains(&kind) {
+        if !KINDS.contains(&kind) {
             return Err(WireError::Bad {
                 code: ErrorCode::UnknownMessage,
                 detail: format!("unknown message type {kind:?}"),
             });
         }
         let kind = kind.to_string();
-        let keys: Vec<String> = v
-            .as_object()
-            .map(|o| o.keys().cloned().collect())
-            .unwrap_or_default();
-        let msg: Msg = serde_json::from_value(v).map_err(|e| WireError::Bad {
+        let msg = Msg::deserialize(&v).map_err(|e| WireError::Bad {
             code: ErrorCode::Malformed,
             detail: format!("{kind}: {e}"),
         })?;
-        // serde ignores extra fields on unit variants of tagged enums:
-        // compare with what the message encodes to.
+        // serde ignores extra fields on unit variants of tagged enums and in
+        // the nested map layouts (`MapLayout`, BTF shapes): whatever the
+        // message does not encode back was not understood.
         let known = serde_json::to_value(&msg).unwrap_or_default();
-        if let Some(extra) = keys.iter().find(|k| known.get(k.as_str()).is_none()) {
+        if let Some(extra) = unknown_field(&v, &known, "") {
             return Err(WireError::Bad {
                 code: ErrorCode::Malformed,
                 detail: format!("{kind}: unknown field {extra:?}"),
             });
         }
         Ok(msg)
+    }
+}
+
+/// Path of the first key of `got` (the message as received) that `known`
+/// (its decoded form, encoded again) lacks. A `null` given for an optional
+/// field counts too: no agent sends one (absent fields are omitted).
+fn unknown_field(got: &Value, known: &Value, at: &str) -> Option<String> {
+    match (got, known) {
+        (Value::Object(g), Value::Object(k)) => g.iter().find_map(|(key, gv)| {
+            let path = if at.is_empty() {
+                key.clone()
+            } else {
+                format!("{at}.{key}")
+            };
+            match k.get(key) {
+                None => Some(path),
+                Some(kv) => unknown_field(gv, kv, &path),
+            }
+        }),
+        (Value::Array(g), Value::Array(k)) => g
+            .iter()
+            .zip(k)
+            .enumerate()
+            .find_map(|(i, (gv, kv))| unknown_field(gv, kv, &format!("{at}[{i}]"))),
+        _ => None,
     }
 }
 

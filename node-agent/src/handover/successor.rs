@@ -4,6 +4,7 @@
 //! agent to commit.
 
 use std::collections::BTreeMap;
+use std::ops::RangeInclusive;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -11,7 +12,7 @@ use std::time::{Duration, Instant};
 use super::crash_point;
 use super::manifest::{self, Received};
 use super::msg::{
-    unhex, CommitFigures, CommitMap, CommitProgram, ErrorCode, Msg, CAPABILITIES, PROTO,
+    unhex, versions, CommitFigures, CommitMap, CommitProgram, ErrorCode, Msg, CAPABILITIES,
 };
 use super::wire::{Conn, WireError};
 use crate::datapath::load::{self, Loaded};
@@ -49,6 +50,18 @@ pub enum HandoverError {
         socket: String,
         /// How long this side waited for its turn.
         waited: Duration,
+    },
+    /// The old agent speaks none of this build's protocol versions; it
+    /// keeps serving.
+    #[error(
+        "no handover protocol version in common with the old agent: this agent speaks \
+         {ours}, the old agent refused each (last: {message}); the old agent keeps serving"
+    )]
+    VersionMismatch {
+        /// This build's versions, `min..=max`.
+        ours: String,
+        /// The old agent's refusal.
+        message: String,
     },
     /// Something on this side failed; the old agent keeps serving.
     #[error("{code}: {detail}")]
@@ -263,21 +276,9 @@ pub fn connect(socket: &Path) -> R<Conn> {
 
 /// Takes over from the agent listening on `cfg.socket`.
 pub fn take_over(cfg: &SuccessorConfig) -> R<Takeover> {
-    let conn = connect(&cfg.socket)?;
-    let peer = conn.peer().map_err(|e| HandoverError::Local {
-        code: ErrorCode::Internal,
-        detail: e.to_string(),
-    })?;
-    let s = Session {
-        conn,
-        peer_pid: peer.pid,
-        step: cfg.step_timeout,
-        queue_wait: cfg.queue_wait.max(cfg.step_timeout),
-        welcomed: std::cell::Cell::new(false),
-        socket: cfg.socket.display().to_string(),
-    };
+    let (s, welcome) = greet(cfg, versions())?;
     let mut stage = None;
-    let res = run(&s, cfg, &mut stage);
+    let res = run(&s, welcome, cfg, &mut stage);
     if let Err(e) = &res {
         s.abort(e);
         if let Some(st) = stage {
@@ -287,10 +288,71 @@ pub fn take_over(cfg: &SuccessorConfig) -> R<Takeover> {
     res
 }
 
-fn run(s: &Session, cfg: &SuccessorConfig, stage_out: &mut Option<Stage>) -> R<Takeover> {
+/// Opens a session with the agent on `cfg.socket`.
+fn open(cfg: &SuccessorConfig) -> R<Session> {
+    let conn = connect(&cfg.socket)?;
+    let peer = conn.peer().map_err(|e| HandoverError::Local {
+        code: ErrorCode::Internal,
+        detail: e.to_string(),
+    })?;
+    Ok(Session {
+        conn,
+        peer_pid: peer.pid,
+        step: cfg.step_timeout,
+        queue_wait: cfg.queue_wait.max(cfg.step_timeout),
+        welcomed: std::cell::Cell::new(false),
+        socket: cfg.socket.display().to_string(),
+    })
+}
+
+/// What the old agent's `Welcome` said.
+#[derive(Debug)]
+struct Welcome {
+    /// The session's protocol version.
+    proto: u32,
+    agent_version: String,
+    layout_version: u32,
+    generation: u64,
+    parts: u32,
+}
+
+/// Says `Hello` with the newest of `versions` and, while the old agent
+/// refuses it as a version mismatch, again with the next older one on a
+/// fresh connection: an older agent knows only its own versions. Nothing is
+/// touched before a `Welcome`, so asking again is safe.
+fn greet(cfg: &SuccessorConfig, versions: RangeInclusive<u32>) -> R<(Session, Welcome)> {
+    let mut proto = *versions.end();
+    loop {
+        let s = open(cfg)?;
+        match hello(&s, proto) {
+            Ok(w) => return Ok((s, w)),
+            Err(HandoverError::Refused {
+                code: ErrorCode::VersionMismatch,
+                message,
+            }) => {
+                if proto <= *versions.start() {
+                    return Err(HandoverError::VersionMismatch {
+                        ours: format!("{}..={}", versions.start(), versions.end()),
+                        message,
+                    });
+                }
+                tracing::info!(proto, reason = %message,
+                    "handover: the old agent does not speak this protocol version; asking with the previous one");
+                proto -= 1;
+            }
+            Err(e) => {
+                s.abort(&e);
+                return Err(e);
+            }
+        }
+    }
+}
+
+/// One `Hello` → `Welcome` exchange at `proto`.
+fn hello(s: &Session, proto: u32) -> R<Welcome> {
     s.send(
         &Msg::Hello {
-            proto: PROTO,
+            proto,
             agent_version: env!("CARGO_PKG_VERSION").into(),
             layout_version: baton_ebpf::LAYOUT_VERSION,
             capabilities: CAPABILITIES.iter().map(|c| c.to_string()).collect(),
@@ -298,7 +360,7 @@ fn run(s: &Session, cfg: &SuccessorConfig, stage_out: &mut Option<Stage>) -> R<T
         &[],
     )?;
     let Msg::Welcome {
-        proto,
+        proto: answered,
         agent_version,
         layout_version,
         generation,
@@ -308,11 +370,34 @@ fn run(s: &Session, cfg: &SuccessorConfig, stage_out: &mut Option<Stage>) -> R<T
     else {
         return Err(local(ErrorCode::Internal)("unreachable".into()));
     };
-    if proto != PROTO {
+    if answered != proto {
         return Err(local(ErrorCode::VersionMismatch)(format!(
-            "old agent speaks protocol {proto}, this one {PROTO}"
+            "asked for protocol {proto}, the old agent welcomed protocol {answered}"
         )));
     }
+    Ok(Welcome {
+        proto,
+        agent_version,
+        layout_version,
+        generation,
+        parts,
+    })
+}
+
+fn run(
+    s: &Session,
+    welcome: Welcome,
+    cfg: &SuccessorConfig,
+    stage_out: &mut Option<Stage>,
+) -> R<Takeover> {
+    let Welcome {
+        proto,
+        agent_version,
+        layout_version,
+        generation,
+        parts,
+    } = welcome;
+    tracing::info!(proto, from = %agent_version, from_layout = layout_version, "handover: welcomed");
     crash_point("new:after_welcome");
 
     let mut entries = Vec::new();
@@ -601,5 +686,138 @@ pub fn attach_of(name: &str) -> Option<AttachType> {
         "connect4" => Some(AttachType::Connect4),
         "connect6" => Some(AttachType::Connect6),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::handover::wire::Listener;
+
+    const WAIT: Duration = Duration::from_secs(5);
+
+    fn config(socket: &Path) -> SuccessorConfig {
+        SuccessorConfig {
+            socket: socket.to_owned(),
+            pin_dir: PathBuf::from("/nonexistent"),
+            max_entries: BTreeMap::new(),
+            step_timeout: WAIT,
+            queue_wait: WAIT,
+        }
+    }
+
+    /// An incumbent that speaks only `speaks`, as one released before
+    /// negotiation would: each connection's `Hello` is refused as a version
+    /// mismatch or welcomed, and what the successor said is returned.
+    fn incumbent(
+        listener: Listener,
+        speaks: u32,
+        welcome_as: Option<u32>,
+    ) -> std::thread::JoinHandle<Vec<Msg>> {
+        std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            // A successor that gives up does not connect again: wait for
+            // it only briefly after the first connection.
+            let mut wait = WAIT;
+            while let Ok(Some(c)) = listener.accept(wait) {
+                wait = Duration::from_millis(300);
+                let Ok((hello, _)) = c.recv(WAIT) else { break };
+                let Msg::Hello { proto, .. } = hello else {
+                    break;
+                };
+                seen.push(hello);
+                if proto != speaks {
+                    c.send_error(
+                        ErrorCode::VersionMismatch,
+                        format!("protocol {proto} is not {speaks}"),
+                    );
+                    continue;
+                }
+                let _ = c.send(
+                    &Msg::Welcome {
+                        proto: welcome_as.unwrap_or(proto),
+                        agent_version: "old".into(),
+                        layout_version: 1,
+                        capabilities: Vec::new(),
+                        generation: 1,
+                        parts: 1,
+                    },
+                    &[],
+                );
+                // Whatever comes next (an abort) ends the exchange.
+                if let Ok((m, _)) = c.recv(WAIT) {
+                    seen.push(m);
+                }
+                break;
+            }
+            seen
+        })
+    }
+
+    fn protos(seen: &[Msg]) -> Vec<u32> {
+        seen.iter()
+            .filter_map(|m| match m {
+                Msg::Hello { proto, .. } => Some(*proto),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_successor_asks_an_older_incumbent_again_with_the_previous_version() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let socket = dir.path().join("handover.sock");
+        let old = incumbent(Listener::bind(&socket).expect("bind"), 1, None);
+        // A build speaking 1..=2 against one that knows only 1.
+        let (s, welcome) = greet(&config(&socket), 1..=2).expect("welcomed");
+        assert_eq!(welcome.proto, 1);
+        drop(s);
+        assert_eq!(protos(&old.join().expect("incumbent")), [2, 1]);
+    }
+
+    #[test]
+    fn no_version_in_common_is_a_clear_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let socket = dir.path().join("handover.sock");
+        let old = incumbent(Listener::bind(&socket).expect("bind"), 3, None);
+        let err = greet(&config(&socket), 1..=2)
+            .map(|_| ())
+            .expect_err("no common version");
+        let text = err.to_string();
+        assert!(
+            matches!(err, HandoverError::VersionMismatch { .. }),
+            "{err:?}"
+        );
+        assert!(
+            text.contains("1..=2") && text.contains("protocol 1 is not 3"),
+            "{text}"
+        );
+        assert!(!err.start_from_pins(), "the old agent keeps the datapath");
+        assert_eq!(protos(&old.join().expect("incumbent")), [2, 1]);
+    }
+
+    #[test]
+    fn a_welcome_at_another_version_than_asked_is_aborted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let socket = dir.path().join("handover.sock");
+        let old = incumbent(Listener::bind(&socket).expect("bind"), 1, Some(7));
+        let err = greet(&config(&socket), 1..=1)
+            .map(|_| ())
+            .expect_err("refused");
+        assert!(
+            matches!(
+                err,
+                HandoverError::Local {
+                    code: ErrorCode::VersionMismatch,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        let seen = old.join().expect("incumbent");
+        assert!(
+            matches!(seen.last(), Some(Msg::Abort { .. })),
+            "the old agent is told to keep serving: {seen:?}"
+        );
     }
 }
