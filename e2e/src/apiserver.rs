@@ -9,24 +9,25 @@
 use std::fs;
 use std::io::Read;
 use std::net::TcpListener;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use tempfile::TempDir;
+
+use crate::kit::process::{Process, Spawn};
 
 /// Kubernetes version `k8s-bins.sh` builds by default.
 const DEFAULT_K8S_VERSION: &str = "v1.34.4";
 /// Bearer token of the test's cluster-admin user (system:masters).
 const ADMIN_TOKEN: &str = "baton-test-admin-token";
 
-/// A running API server and its etcd.
+/// A running API server and its etcd (SIGKILLed on drop, the API server first).
 pub struct ApiServer {
+    apiserver: Process,
+    etcd: Process,
     dir: TempDir,
-    etcd: Child,
-    apiserver: Child,
     kubeconfig: PathBuf,
 }
 
@@ -55,18 +56,12 @@ fn free_port() -> u16 {
 }
 
 /// Spawns `bin` with output to `log`, killed if the test thread dies first.
-fn spawn(bin: &Path, args: &[String], log: &Path) -> Child {
-    let out = fs::File::create(log).expect("creating log file");
-    let err = out.try_clone().expect("cloning log handle");
+fn spawn(name: &str, bin: &Path, args: &[String], log: &Path) -> Process {
     let mut cmd = Command::new(bin);
-    cmd.args(args).stdin(Stdio::null()).stdout(out).stderr(err);
-    // SAFETY: prctl is async-signal-safe; it only sets a flag on the child so
-    // that a test process killed without unwinding does not leak servers.
-    unsafe {
-        cmd.pre_exec(crate::harness::set_parent_death_signal);
-    }
-    cmd.spawn()
-        .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()))
+    cmd.args(args);
+    Spawn::new(name, cmd, log)
+        .start()
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 impl ApiServer {
@@ -104,6 +99,7 @@ impl ApiServer {
         let (client_port, peer_port, secure_port) = (free_port(), free_port(), free_port());
 
         let etcd = spawn(
+            "etcd",
             &etcd_bin,
             &[
                 format!("--data-dir={}", d.join("etcd").display()),
@@ -131,6 +127,7 @@ impl ApiServer {
         .expect("writing tokens.csv");
         let certs = d.join("certs");
         let apiserver = spawn(
+            "kube-apiserver",
             &apiserver_bin,
             &[
                 format!("--etcd-servers=http://127.0.0.1:{client_port}"),
@@ -160,10 +157,10 @@ impl ApiServer {
             &d.join("kube-apiserver.log"),
         );
         let kubeconfig = d.join("kubeconfig");
-        let mut server = ApiServer {
-            dir,
-            etcd,
+        let server = ApiServer {
             apiserver,
+            etcd,
+            dir,
             kubeconfig,
         };
         server.wait_ready(&certs, secure_port).await;
@@ -171,7 +168,7 @@ impl ApiServer {
     }
 
     /// Polls `/readyz` until the server is ready; panics with the logs if it dies or hangs.
-    async fn wait_ready(&mut self, certs: &Path, port: u16) {
+    async fn wait_ready(&self, certs: &Path, port: u16) {
         let timeout = Duration::from_secs(
             std::env::var("BATON_APISERVER_START_TIMEOUT")
                 .ok()
@@ -182,12 +179,9 @@ impl ApiServer {
         let cert = certs.join("apiserver.crt");
         let mut last_error = String::from("serving certificate not written yet");
         while start.elapsed() < timeout {
-            let exited = [
-                ("etcd", &mut self.etcd),
-                ("kube-apiserver", &mut self.apiserver),
-            ]
-            .into_iter()
-            .find_map(|(name, child)| Some((name, child.try_wait().ok()??)));
+            let exited = [&self.etcd, &self.apiserver]
+                .into_iter()
+                .find_map(|p| Some((p.name(), p.exited()?)));
             if let Some((name, status)) = exited {
                 panic!("{name} exited early ({status})\n{}", self.logs());
             }
@@ -305,16 +299,6 @@ impl ApiServer {
             }
         }
         out
-    }
-}
-
-impl Drop for ApiServer {
-    fn drop(&mut self) {
-        // API server first so it does not log etcd connection errors forever.
-        for child in [&mut self.apiserver, &mut self.etcd] {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
     }
 }
 

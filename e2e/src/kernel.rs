@@ -1,98 +1,57 @@
-//! Test environment on the real kernel: a child cgroup of its own, a private
-//! bpffs mount for pins, everything removed on drop (also when a test fails).
+//! Former home of the test sandbox, now [`crate::kit::Sandbox`]; this thin
+//! shape of it is kept for tests not migrated yet (it panics on failure).
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
 
-use baton_agent::datapath::{remove_pins, DatapathConfig};
-use baton_agent::sys;
+use baton_agent::datapath::DatapathConfig;
 
-static SEQ: AtomicU32 = AtomicU32::new(0);
+use crate::kit::Sandbox;
 
-/// A cgroup + bpffs sandbox for one test.
+/// cgroup v2 root: [`crate::kit::sandbox::cgroup_root`]; panics without one.
+pub fn cgroup_root() -> PathBuf {
+    crate::kit::sandbox::cgroup_root().unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// A cgroup + bpffs sandbox for one test ([`Sandbox`] with public paths).
 pub struct TestEnv {
     /// The test's own cgroup v2 directory.
     pub cgroup: PathBuf,
     /// bpffs mount for pins.
     pub pin_dir: PathBuf,
     /// Scratch directory.
-    pub dir: tempfile::TempDir,
+    pub dir: Scratch,
+    sandbox: Sandbox,
 }
 
-/// cgroup v2 root: BATON_CGROUP_ROOT or the host's cgroup2 mount.
-pub fn cgroup_root() -> PathBuf {
-    std::env::var_os("BATON_CGROUP_ROOT")
-        .map(PathBuf::from)
-        .or_else(sys::find_cgroup2_mount)
-        .expect("no cgroup v2 mount found (set BATON_CGROUP_ROOT)")
+/// The scratch directory of a [`TestEnv`].
+pub struct Scratch(PathBuf);
+
+impl Scratch {
+    /// Its path.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
 }
 
 impl TestEnv {
-    /// Creates the sandbox.
+    /// Creates the sandbox; panics when it cannot.
     pub fn new(name: &str) -> Self {
-        let n = SEQ.fetch_add(1, Ordering::SeqCst);
-        let cgroup = cgroup_root().join(format!("baton-test-{name}-{}-{n}", std::process::id()));
-        std::fs::create_dir(&cgroup).expect("create test cgroup");
-        let dir = tempfile::tempdir().expect("tempdir");
-        let pin_dir = dir.path().join("bpf");
-        std::fs::create_dir(&pin_dir).expect("mkdir pin dir");
-        nix::mount::mount(
-            Some("bpf"),
-            &pin_dir,
-            Some("bpf"),
-            nix::mount::MsFlags::empty(),
-            None::<&str>,
-        )
-        .expect("mount bpffs");
+        let sandbox = Sandbox::new(name).unwrap_or_else(|e| panic!("{e}"));
         Self {
-            cgroup,
-            pin_dir,
-            dir,
+            cgroup: sandbox.cgroup().to_owned(),
+            pin_dir: sandbox.pin_dir().to_owned(),
+            dir: Scratch(sandbox.dir().to_owned()),
+            sandbox,
         }
     }
 
     /// Datapath config for this sandbox.
     pub fn config(&self) -> DatapathConfig {
-        DatapathConfig {
-            pin_dir: self.pin_dir.clone(),
-            cgroup: self.cgroup.clone(),
-            mount_bpffs: false,
-            max_entries: BTreeMap::new(),
-        }
+        self.sandbox.config()
     }
 
     /// Path inside the scratch directory.
     pub fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-}
-
-fn kill_members(cgroup: &Path) {
-    if let Ok(procs) = std::fs::read_to_string(cgroup.join("cgroup.procs")) {
-        for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-    }
-}
-
-impl Drop for TestEnv {
-    fn drop(&mut self) {
-        let _ = remove_pins(&self.pin_dir);
-        let _ = nix::mount::umount2(&self.pin_dir, nix::mount::MntFlags::MNT_DETACH);
-        for _ in 0..50 {
-            kill_members(&self.cgroup);
-            if std::fs::remove_dir(&self.cgroup).is_ok() || !self.cgroup.exists() {
-                return;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        eprintln!(
-            "warning: could not remove test cgroup {}",
-            self.cgroup.display()
-        );
+        self.sandbox.path(name)
     }
 }

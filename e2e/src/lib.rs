@@ -11,7 +11,7 @@
 //! Test traffic must never leave the machine, even when the datapath is
 //! broken and a VIP is *not* rewritten. The probe therefore:
 //!
-//! 1. **joins the test cgroup first** ([`sandbox::enter`] writes its pid to
+//! 1. **joins the test cgroup first** ([`kit::sandbox::enter`] writes its pid to
 //!    `<cgroup>/cgroup.procs`; the caller creates and removes the directory),
 //!    so its connects are seen by the BPF program attached there and by
 //!    nothing else on the host;
@@ -22,7 +22,7 @@
 //!    un-rewritten VIP fails locally with `ENETUNREACH` (reported as
 //!    `unreachable`), and a rewrite to an address without a listener fails
 //!    with `ECONNREFUSED` (`refused`); nothing is ever sent on a real NIC.
-//!    [`sandbox::check_isolated`] verifies that no other interface is up;
+//!    [`kit::sandbox::check_isolated`] verifies that no other interface is up;
 //! 3. cgroup connect hooks are netns-agnostic, so the BPF program still
 //!    rewrites the probe's connects inside the private namespace, and the
 //!    rewritten backend addresses are the probe's own loopback listeners.
@@ -33,9 +33,10 @@
 //!
 //! # Using it
 //!
-//! * Tests (in any crate) run the `baton-probe` binary as a child process:
-//!   see [`harness`] for a command builder and the report parser. A test
-//!   process must never call [`sandbox::enter`] itself.
+//! * Tests (in any crate) drive `baton-probe`, `baton-agent`,
+//!   `baton-operator` and the shim as child processes in sandboxes with the
+//!   test kit, [`kit`]. A test process must never call
+//!   [`kit::sandbox::enter`] itself.
 //! * Benchmarks that run in-process (already inside a prepared cgroup/netns)
 //!   call [`client::connect_once`] or [`client::run_load`] directly.
 //! * The JSON report is [`report::Report`].
@@ -60,6 +61,7 @@ pub mod harness;
 pub mod histogram;
 pub mod hold;
 pub mod kernel;
+pub mod kit;
 #[cfg(feature = "real-node")]
 pub mod node;
 pub mod probe;

@@ -6,11 +6,12 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::harness::{ProbeProcess, ProbeRun};
+use crate::kit::probe::{ProbeProcess, ProbeRun};
+use crate::kit::wait::poll;
 use crate::report::Report;
 
 /// Tag prefix of the images `e2e/images/build.sh --tag rig` builds.
@@ -127,22 +128,11 @@ impl Rig {
 
     /// Polls `f` every 100 ms until it returns `Some`; panics after `timeout`
     /// with what the node looks like.
-    pub fn wait_until<T>(
-        &self,
-        what: &str,
-        timeout: Duration,
-        mut f: impl FnMut() -> Option<T>,
-    ) -> T {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(v) = f() {
-                return v;
-            }
-            if Instant::now() > deadline {
-                panic!("{what}: not within {timeout:?}\n{}", self.diagnostics());
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+    pub fn wait_until<T>(&self, what: &str, timeout: Duration, f: impl FnMut() -> Option<T>) -> T {
+        poll(what, timeout, Duration::from_millis(100), f, || {
+            self.diagnostics()
+        })
+        .unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// Pods, the KmeshUpgrade, recent events and the operator's log tail.
@@ -268,16 +258,16 @@ impl Traffic {
             .rate(rate)
             .concurrency(4)
             .hold(hold);
-        Traffic(ProbeProcess::start(
-            run,
-            dir,
-            "traffic",
-            Duration::from_secs(20),
-        ))
+        Traffic(
+            ProbeProcess::start(run, dir, "traffic", Duration::from_secs(20))
+                .unwrap_or_else(|e| panic!("{e}")),
+        )
     }
 
     /// Stops the probe and returns its report.
     pub fn stop(self) -> Report {
-        self.0.report(Duration::from_secs(30))
+        self.0
+            .report(Duration::from_secs(30))
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 }

@@ -1,224 +1,90 @@
-//! Hot-upgrade measurements: `baton-agent run` child processes driven through
-//! their admin socket ([`AgentProc`]), and a paced connect stream that
-//! timestamps every failed or misrouted connect ([`Traffic`]).
+//! Hot-upgrade measurements: a paced connect stream that timestamps every
+//! failed or misrouted connect ([`Traffic`]), and `baton-agent run` child
+//! processes ([`AgentProc`], a thin wrapper of [`crate::kit::Agent`]).
 //!
 //! Used by `baton-bench --only handover`. [`Traffic`] opens sockets from the
 //! calling process, so that process must already be inside the test cgroup
-//! and a private network namespace ([`crate::sandbox::enter`]); the agents
-//! are plain children and inherit both.
+//! and a private network namespace ([`crate::kit::sandbox::enter`]); the
+//! agents are plain children and inherit both.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::path::Path;
+use std::process::ExitStatus;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use baton_agent::admin::{client, Request};
 use serde_json::Value;
 
 use crate::client::{connect, Timeouts};
 use crate::report::{ErrorCounts, FailureKind};
 
-/// How often an agent's status is polled while waiting.
-const POLL: Duration = Duration::from_millis(2);
-/// Lines of an agent's log quoted in errors.
-const LOG_TAIL: usize = 30;
+/// Errors driving an agent process (the kit's error).
+pub type UpgradeError = crate::kit::Error;
 
-/// Errors driving an agent process.
-#[derive(Debug, thiserror::Error)]
-pub enum UpgradeError {
-    /// The agent could not be started.
-    #[error("spawning {bin}: {source}")]
-    Spawn {
-        /// The binary.
-        bin: String,
-        /// Cause.
-        source: std::io::Error,
-    },
-    /// The agent exited while it was expected to run.
-    #[error(
-        "baton-agent (pid {pid}) exited with {status} while waiting for {what}; log tail:\n{log}"
-    )]
-    Exited {
-        /// Its pid.
-        pid: u32,
-        /// Its exit status.
-        status: ExitStatus,
-        /// What we were waiting for.
-        what: String,
-        /// The end of its log.
-        log: String,
-    },
-    /// A wait ran out of time.
-    #[error(
-        "baton-agent (pid {pid}): timed out after {after:?} waiting for {what}; log tail:\n{log}"
-    )]
-    Timeout {
-        /// Its pid.
-        pid: u32,
-        /// The limit.
-        after: Duration,
-        /// What we were waiting for.
-        what: String,
-        /// The end of its log.
-        log: String,
-    },
-    /// Other I/O.
-    #[error("{what}: {source}")]
-    Io {
-        /// What we were doing.
-        what: String,
-        /// Cause.
-        source: std::io::Error,
-    },
-}
+pub use crate::kit::agent::status;
 
-/// A `baton-agent run` command line.
+/// A `baton-agent run` command line: [`crate::kit::AgentCmd`] for the bench
+/// (SIGTERM with a 15 s grace on drop, status polled every 2 ms).
 #[derive(Clone, Debug)]
-pub struct AgentCmd {
-    bin: PathBuf,
-    run_dir: PathBuf,
-    args: Vec<OsString>,
-    env: Vec<(OsString, OsString)>,
-}
+pub struct AgentCmd(crate::kit::AgentCmd);
 
 impl AgentCmd {
     /// `bin run --services S --cgroup C --bpffs B --run-dir R --no-metrics`.
     pub fn new(bin: &Path, services: &Path, cgroup: &Path, bpffs: &Path, run_dir: &Path) -> Self {
-        let args = vec![
-            "run".into(),
-            "--services".into(),
-            services.into(),
-            "--cgroup".into(),
-            cgroup.into(),
-            "--bpffs".into(),
-            bpffs.into(),
-            "--run-dir".into(),
-            run_dir.into(),
-            "--no-metrics".into(),
-        ];
-        Self {
-            bin: bin.to_owned(),
-            run_dir: run_dir.to_owned(),
-            args,
-            env: vec![("RUST_LOG".into(), "info".into())],
-        }
+        Self(crate::kit::AgentCmd::new(
+            bin, services, cgroup, bpffs, run_dir,
+        ))
     }
 
     /// Appends an argument.
-    pub fn arg(mut self, a: impl Into<OsString>) -> Self {
-        self.args.push(a.into());
-        self
+    pub fn arg(self, a: impl Into<OsString>) -> Self {
+        Self(self.0.arg(a))
     }
 
     /// Sets an environment variable of the agent.
-    pub fn env(mut self, k: impl Into<OsString>, v: impl Into<OsString>) -> Self {
-        self.env.push((k.into(), v.into()));
-        self
+    pub fn env(self, k: impl Into<OsString>, v: impl Into<OsString>) -> Self {
+        Self(self.0.env(k, v))
     }
 
-    /// Starts the agent, its stderr going to `log`.
+    /// Starts the agent, its output going to `log`.
     pub fn spawn(&self, log: &Path) -> Result<AgentProc, UpgradeError> {
-        let file = std::fs::File::create(log).map_err(|source| UpgradeError::Io {
-            what: format!("create {}", log.display()),
-            source,
-        })?;
-        let mut cmd = Command::new(&self.bin);
-        cmd.args(&self.args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(file);
-        for (k, v) in &self.env {
-            cmd.env(k, v);
-        }
-        let child = cmd.spawn().map_err(|source| UpgradeError::Spawn {
-            bin: self.bin.display().to_string(),
-            source,
-        })?;
-        Ok(AgentProc {
-            pid: child.id(),
-            child: Some(child),
-            spawned: Instant::now(),
-            run_dir: self.run_dir.clone(),
-            log: log.to_owned(),
-            exit: None,
-        })
+        self.0.spawn(log).map(AgentProc)
     }
 }
 
-/// A running `baton-agent run`; SIGTERM (then SIGKILL) and reaped on drop.
+/// A running `baton-agent run` ([`crate::kit::Agent`]); SIGTERM (then
+/// SIGKILL) and reaped on drop.
 #[derive(Debug)]
-pub struct AgentProc {
-    child: Option<Child>,
-    pid: u32,
-    spawned: Instant,
-    run_dir: PathBuf,
-    log: PathBuf,
-    exit: Option<ExitStatus>,
-}
-
-/// The agent answering on the admin socket of `run_dir`, if any.
-pub fn status(run_dir: &Path) -> Option<Value> {
-    client::request(&baton_agent::agent::admin_socket(run_dir), Request::Status).ok()
-}
+pub struct AgentProc(crate::kit::Agent);
 
 impl AgentProc {
     /// Process id.
     pub fn pid(&self) -> u32 {
-        self.pid
+        self.0.pid()
     }
 
     /// When it was spawned.
     pub fn spawned(&self) -> Instant {
-        self.spawned
+        self.0.started()
     }
 
     /// Its log file.
     pub fn log_path(&self) -> &Path {
-        &self.log
+        self.0.log_path()
     }
 
     /// The last lines of its log.
     pub fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(LOG_TAIL)..].join("\n")
+        self.0.log_tail()
     }
 
-    /// Its exit status, once it has exited (reaped here).
+    /// Its exit status, once it has exited.
     pub fn exited(&mut self) -> Option<ExitStatus> {
-        if self.exit.is_none() {
-            if let Some(c) = self.child.as_mut() {
-                if let Ok(Some(st)) = c.try_wait() {
-                    self.exit = Some(st);
-                    self.child = None;
-                }
-            }
-        }
-        self.exit
-    }
-
-    fn exited_err(&mut self, what: &str) -> Option<UpgradeError> {
-        let status = self.exited()?;
-        Some(UpgradeError::Exited {
-            pid: self.pid,
-            status,
-            what: what.into(),
-            log: self.log_tail(),
-        })
-    }
-
-    fn timeout(&self, after: Duration, what: &str) -> UpgradeError {
-        UpgradeError::Timeout {
-            pid: self.pid,
-            after,
-            what: what.into(),
-            log: self.log_tail(),
-        }
+        self.0.exited()
     }
 
     /// Polls the admin socket until this process answers with a status that
@@ -229,65 +95,22 @@ impl AgentProc {
         timeout: Duration,
         ok: impl Fn(&Value) -> bool,
     ) -> Result<Value, UpgradeError> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(e) = self.exited_err(what) {
-                return Err(e);
-            }
-            if let Some(v) = status(&self.run_dir) {
-                if v["pid"].as_u64() == Some(u64::from(self.pid)) && ok(&v) {
-                    return Ok(v);
-                }
-            }
-            if Instant::now() >= deadline {
-                return Err(self.timeout(timeout, what));
-            }
-            std::thread::sleep(POLL);
-        }
+        self.0.wait_status(what, timeout, ok)
     }
 
     /// Waits until it has synced once with at least `services` services.
     pub fn wait_synced(&mut self, services: u64, timeout: Duration) -> Result<Value, UpgradeError> {
-        self.wait_status(&format!("{services} services programmed"), timeout, |v| {
-            v["last_sync"].is_object() && v["services"].as_u64() >= Some(services)
-        })
+        self.0.wait_synced(services, timeout)
     }
 
     /// Waits for it to exit by itself.
     pub fn wait_exit(&mut self, timeout: Duration) -> Result<ExitStatus, UpgradeError> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(st) = self.exited() {
-                return Ok(st);
-            }
-            if Instant::now() >= deadline {
-                return Err(self.timeout(timeout, "its exit"));
-            }
-            std::thread::sleep(POLL);
-        }
+        self.0.wait_exit(timeout)
     }
 
     /// Sends SIGTERM and waits up to `grace` for the exit, then SIGKILLs.
     pub fn terminate(&mut self, grace: Duration) -> Option<ExitStatus> {
-        if let Some(st) = self.exited() {
-            return Some(st);
-        }
-        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.pid).ok()?);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        if let Ok(st) = self.wait_exit(grace) {
-            return Some(st);
-        }
-        let mut child = self.child.take()?;
-        let _ = child.kill();
-        let st = child.wait().ok();
-        self.exit = st;
-        st
-    }
-}
-
-impl Drop for AgentProc {
-    fn drop(&mut self) {
-        self.terminate(Duration::from_secs(15));
+        self.0.terminate(grace)
     }
 }
 
@@ -408,20 +231,14 @@ impl Traffic {
     /// Starts connecting (in this process's cgroup and network namespace).
     pub fn start(cfg: TrafficConfig) -> Result<Self, UpgradeError> {
         if cfg.targets.is_empty() {
-            return Err(UpgradeError::Io {
-                what: "traffic".into(),
-                source: std::io::Error::other("no targets"),
-            });
+            return Err(crate::kit::Error::check("traffic", "no targets"));
         }
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let handle = std::thread::Builder::new()
             .name("upgrade-traffic".into())
             .spawn(move || run(&cfg, &flag))
-            .map_err(|source| UpgradeError::Io {
-                what: "spawning the traffic thread".into(),
-                source,
-            })?;
+            .map_err(|e| crate::kit::Error::io("spawning the traffic thread", e))?;
         Ok(Self {
             stop,
             handle: Some(handle),

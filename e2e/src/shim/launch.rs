@@ -4,52 +4,16 @@
 
 use std::ffi::OsString;
 use std::fmt::Write as _;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, ExitStatus};
+use std::time::Duration;
 
-/// Environment variable that overrides where `baton-node-shim` is found.
-pub const SHIM_BIN_ENV: &str = "BATON_NODE_SHIM_BIN";
+pub use crate::kit::bins::{shim_bin, SHIM_BIN_ENV};
+use crate::kit::process::{file_tail, Process, Spawn};
+use crate::kit::{Error, Result};
 
-/// Locating or starting the shim failed.
-#[derive(Debug, thiserror::Error)]
-pub enum LaunchError {
-    /// The binary is not where it should be.
-    #[error("baton-node-shim not found (looked at {tried:?}); build it with `cargo build -p baton-e2e --bin baton-node-shim` or set {SHIM_BIN_ENV}")]
-    NotFound {
-        /// Paths tried.
-        tried: Vec<PathBuf>,
-    },
-    /// Spawning failed.
-    #[error("starting {}: {source}", bin.display())]
-    Spawn {
-        /// The binary.
-        bin: PathBuf,
-        /// The error.
-        #[source]
-        source: std::io::Error,
-    },
-}
-
-/// Finds `baton-node-shim`: `$BATON_NODE_SHIM_BIN`, else next to (or one level above) the current executable.
-pub fn shim_bin() -> Result<PathBuf, LaunchError> {
-    if let Some(p) = std::env::var_os(SHIM_BIN_ENV) {
-        return Ok(PathBuf::from(p));
-    }
-    let mut tried = Vec::new();
-    if let Ok(exe) = std::env::current_exe() {
-        // Test binaries live in target/<profile>/deps, binaries in target/<profile>.
-        for dir in exe.ancestors().skip(1).take(2) {
-            let candidate = dir.join("baton-node-shim");
-            if candidate.is_file() {
-                return Ok(candidate);
-            }
-            tried.push(candidate);
-        }
-    }
-    Err(LaunchError::NotFound { tried })
-}
+/// How long a dropped shim gets to stop its containers.
+const DROP_GRACE: Duration = Duration::from_secs(30);
 
 /// A `baton-node-shim run` command line.
 #[derive(Clone, Debug)]
@@ -111,31 +75,23 @@ impl ShimLaunch {
         self
     }
 
-    /// Starts the shim, its output going to `<root>/shim.log`.
-    pub fn spawn(self) -> Result<ShimProcess, LaunchError> {
-        let err = |source| LaunchError::Spawn {
-            bin: self.bin.clone(),
-            source,
-        };
-        std::fs::create_dir_all(&self.root).map_err(err)?;
+    /// Starts the shim, its output going to `<root>/shim.log`; on drop it
+    /// gets SIGTERM and 30 s to stop its containers, then SIGKILL.
+    pub fn spawn(self) -> Result<ShimProcess> {
+        std::fs::create_dir_all(&self.root)
+            .map_err(|e| Error::io(format!("creating {}", self.root.display()), e))?;
         let log = self.root.join("shim.log");
-        let out = std::fs::File::create(&log).map_err(err)?;
         let mut cmd = Command::new(&self.bin);
         cmd.args(&self.args)
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().map_err(err)?)
-            .stderr(out);
-        // SAFETY: prctl is async-signal-safe; a test process that dies
-        // without unwinding takes the shim (and, through it, its containers) along.
-        unsafe {
-            cmd.pre_exec(crate::harness::set_parent_death_signal);
-        }
-        let child = cmd.spawn().map_err(err)?;
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
+        // Dying with the spawning thread takes the shim (and, through it,
+        // its containers) along when a test dies without unwinding.
+        let process = Spawn::new("baton-node-shim", cmd, &log)
+            .drop_grace(DROP_GRACE)
+            .start()?;
         Ok(ShimProcess {
-            child,
+            process,
             root: self.root,
-            log,
         })
     }
 }
@@ -143,15 +99,8 @@ impl ShimLaunch {
 /// A running shim; stopped (SIGTERM, then SIGKILL after 30 s) on drop.
 #[derive(Debug)]
 pub struct ShimProcess {
-    child: Child,
+    process: Process,
     root: PathBuf,
-    log: PathBuf,
-}
-
-fn tail(path: &Path, lines: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 impl ShimProcess {
@@ -161,13 +110,14 @@ impl ShimProcess {
     }
 
     /// Whether the shim process still runs.
-    pub fn running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
+    pub fn running(&self) -> bool {
+        self.process.alive()
     }
 
     /// The tail of the shim's log and of every container log, for failure messages.
     pub fn logs(&self) -> String {
-        let mut out = format!("--- {} ---\n{}\n", self.log.display(), tail(&self.log, 60));
+        let log = self.process.log_path();
+        let mut out = format!("--- {} ---\n{}\n", log.display(), file_tail(log, 60));
         let mut logs: Vec<PathBuf> = std::fs::read_dir(&self.root)
             .into_iter()
             .flatten()
@@ -182,34 +132,13 @@ impl ShimProcess {
             .collect();
         logs.sort();
         for path in logs {
-            let _ = writeln!(out, "--- {} ---\n{}", path.display(), tail(&path, 30));
+            let _ = writeln!(out, "--- {} ---\n{}", path.display(), file_tail(&path, 30));
         }
         out
     }
 
     /// SIGTERM, wait up to `grace`, then SIGKILL; returns how the shim ended.
-    pub fn stop(&mut self, grace: Duration) -> Option<ExitStatus> {
-        if let Ok(Some(status)) = self.child.try_wait() {
-            return Some(status);
-        }
-        if let Ok(pid) = i32::try_from(self.child.id()) {
-            // SAFETY: signalling our own, not yet reaped, child.
-            unsafe { libc::kill(pid, libc::SIGTERM) };
-        }
-        let start = Instant::now();
-        while start.elapsed() < grace {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        self.child.wait().ok()
-    }
-}
-
-impl Drop for ShimProcess {
-    fn drop(&mut self) {
-        self.stop(Duration::from_secs(30));
+    pub fn stop(&self, grace: Duration) -> Option<ExitStatus> {
+        self.process.stop(grace)
     }
 }

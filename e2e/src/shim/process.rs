@@ -107,7 +107,7 @@ impl Process {
         // that spawned it (a runtime worker, alive as long as the shim), so a
         // shim killed without cleanup leaves no container processes behind.
         unsafe {
-            cmd.pre_exec(crate::harness::set_parent_death_signal);
+            cmd.pre_exec(crate::kit::process::set_parent_death_signal);
         }
         let mut child = cmd.spawn().map_err(err)?;
         let pid = child

@@ -1,0 +1,198 @@
+//! One binary locator: `baton-agent` of either map layout, `baton-probe`,
+//! `baton-operator` and `baton-node-shim`.
+//!
+//! An environment variable overrides each (`BATON_AGENT_V1`/`_V2`,
+//! `BATON_AGENT_BIN` for this build's layout, `BATON_PROBE_BIN`,
+//! `BATON_OPERATOR_BIN`, `BATON_NODE_SHIM_BIN`). Otherwise a binary is taken
+//! from the target directory and profile of the running executable
+//! (`<target>/<profile>/`, as `cargo build --workspace --bins` leaves it),
+//! the other layout's agent from `<target>/layout-v<n>/<profile>/` (where
+//! `cargo xtask agent-v2` puts it). Nothing is built here: a missing binary
+//! is an [`Error::Binary`] naming the command that builds it.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock, PoisonError};
+
+use super::error::{Error, Result};
+
+/// Overrides where `baton-probe` is found.
+pub const PROBE_BIN_ENV: &str = "BATON_PROBE_BIN";
+/// Overrides where `baton-node-shim` is found.
+pub const SHIM_BIN_ENV: &str = "BATON_NODE_SHIM_BIN";
+/// Overrides where `baton-operator` is found.
+pub const OPERATOR_BIN_ENV: &str = "BATON_OPERATOR_BIN";
+/// Overrides where the agent of this build's layout is found (after `BATON_AGENT_V<n>`).
+pub const AGENT_BIN_ENV: &str = "BATON_AGENT_BIN";
+
+/// The repository root (the workspace).
+pub fn workspace_root() -> PathBuf {
+    let e2e = Path::new(env!("CARGO_MANIFEST_DIR"));
+    e2e.parent().unwrap_or(e2e).to_path_buf()
+}
+
+/// `(target dir, profile dir)` of the running executable, which lives in
+/// `<target>/<profile>/` or, for tests, `<target>/<profile>/deps/`; else the
+/// workspace's `target/` and this build's profile.
+pub fn target_and_profile() -> (PathBuf, String) {
+    let own = || {
+        let exe = std::env::current_exe().ok()?;
+        let mut dir = exe.parent()?;
+        if dir.file_name()? == "deps" {
+            dir = dir.parent()?;
+        }
+        let profile = dir.file_name()?.to_str()?.to_string();
+        Some((dir.parent()?.to_path_buf(), profile))
+    };
+    own().unwrap_or_else(|| {
+        let profile = if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        };
+        (workspace_root().join("target"), profile.to_string())
+    })
+}
+
+/// Cargo's profile flag for a profile directory (`debug` needs none).
+fn profile_flag(profile: &str) -> String {
+    match profile {
+        "debug" => String::new(),
+        "release" => " --release".into(),
+        other => format!(" --profile {other}"),
+    }
+}
+
+/// `$env` if set (it must name a file), else the first of `candidates` that
+/// is a file, else an [`Error::Binary`] with `build`.
+fn locate(name: &str, env: &str, candidates: Vec<PathBuf>, build: String) -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os(env) {
+        let path = PathBuf::from(p);
+        return if path.is_file() {
+            Ok(path)
+        } else {
+            Err(Error::BadOverride {
+                env: env.to_owned(),
+                path,
+            })
+        };
+    }
+    match candidates.iter().find(|p| p.is_file()) {
+        Some(p) => Ok(p.clone()),
+        None => Err(Error::Binary {
+            name: name.to_owned(),
+            tried: candidates,
+            build,
+            env: Some(env.to_owned()),
+        }),
+    }
+}
+
+/// A binary of this workspace in `<target>/<profile>/`.
+fn workspace_bin(name: &str, env: &str, package: &str) -> Result<PathBuf> {
+    let (target, profile) = target_and_profile();
+    let build = format!(
+        "cargo build -p {package} --bin {name}{}",
+        profile_flag(&profile)
+    );
+    locate(name, env, vec![target.join(&profile).join(name)], build)
+}
+
+/// `baton-probe`.
+pub fn probe_bin() -> Result<PathBuf> {
+    workspace_bin("baton-probe", PROBE_BIN_ENV, "baton-e2e")
+}
+
+/// `baton-node-shim`.
+pub fn shim_bin() -> Result<PathBuf> {
+    workspace_bin("baton-node-shim", SHIM_BIN_ENV, "baton-e2e")
+}
+
+/// `baton-operator`.
+pub fn operator_bin() -> Result<PathBuf> {
+    workspace_bin("baton-operator", OPERATOR_BIN_ENV, "baton-operator")
+}
+
+/// Environment variable naming the `baton-agent` binary of map layout
+/// `layout` (`BATON_AGENT_V1`, `BATON_AGENT_V2`).
+pub fn agent_bin_env(layout: u32) -> String {
+    format!("BATON_AGENT_V{layout}")
+}
+
+/// The other map layout (1 ↔ 2).
+pub fn other_layout(layout: u32) -> u32 {
+    if layout == 1 {
+        2
+    } else {
+        1
+    }
+}
+
+/// `baton-agent` of map layout `layout` (1 or 2), looked up once per process.
+///
+/// `$BATON_AGENT_V<layout>` wins. For this build's layout
+/// ([`baton_ebpf::LAYOUT_VERSION`]) it is `$BATON_AGENT_BIN` or
+/// `<target>/<profile>/baton-agent`; for the other one
+/// `<target>/layout-v<layout>/<profile>/baton-agent`.
+pub fn agent_bin(layout: u32) -> Result<PathBuf> {
+    static FOUND: OnceLock<Mutex<BTreeMap<u32, PathBuf>>> = OnceLock::new();
+    let found = FOUND.get_or_init(Default::default);
+    let mut found = found.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(p) = found.get(&layout) {
+        return Ok(p.clone());
+    }
+    let path = find_agent(layout)?;
+    found.insert(layout, path.clone());
+    Ok(path)
+}
+
+fn find_agent(layout: u32) -> Result<PathBuf> {
+    if !baton_ebpf::LAYOUTS.contains(&layout) {
+        return Err(Error::check(
+            "a map layout",
+            format!("no layout {layout} (known: {:?})", baton_ebpf::LAYOUTS),
+        ));
+    }
+    let env = agent_bin_env(layout);
+    let name = format!("baton-agent (layout {layout})");
+    let (target, profile) = target_and_profile();
+    if std::env::var_os(&env).is_none() && layout == baton_ebpf::LAYOUT_VERSION {
+        let build = format!(
+            "cargo build -p baton-agent{}{}",
+            if layout == 2 {
+                " --features layout-v2"
+            } else {
+                ""
+            },
+            profile_flag(&profile)
+        );
+        return locate(
+            &name,
+            AGENT_BIN_ENV,
+            vec![target.join(&profile).join("baton-agent")],
+            build,
+        );
+    }
+    let build = if layout == 2 {
+        let p = match profile.as_str() {
+            "debug" => String::new(),
+            other => format!(" --profile {other}"),
+        };
+        format!("cargo xtask agent-v2{p}")
+    } else {
+        format!(
+            "cargo build -p baton-agent{} --target-dir {}",
+            profile_flag(&profile),
+            target.join(format!("layout-v{layout}")).display()
+        )
+    };
+    locate(
+        &name,
+        &env,
+        vec![target
+            .join(format!("layout-v{layout}"))
+            .join(&profile)
+            .join("baton-agent")],
+        build,
+    )
+}
