@@ -5,10 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use crate::kit::bins::{agent_bin_env, probe_bin, PROBE_BIN_ENV};
-pub use crate::kit::probe::{parse_report, ProbeRun};
-pub use crate::kit::process::set_parent_death_signal;
-pub use crate::kit::wait::wait_for_file;
+pub use crate::kit::probe::ProbeRun;
 use crate::report::Report;
 
 /// The `baton-agent` binary for map layout `layout`: [`crate::kit::bins::agent_bin`].

@@ -7,11 +7,6 @@ use baton_agent::datapath::DatapathConfig;
 
 use crate::kit::Sandbox;
 
-/// cgroup v2 root: [`crate::kit::sandbox::cgroup_root`]; panics without one.
-pub fn cgroup_root() -> PathBuf {
-    crate::kit::sandbox::cgroup_root().unwrap_or_else(|e| panic!("{e}"))
-}
-
 /// A cgroup + bpffs sandbox for one test ([`Sandbox`] with public paths).
 pub struct TestEnv {
     /// The test's own cgroup v2 directory.

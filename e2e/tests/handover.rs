@@ -12,12 +12,11 @@
 //! every held connection still echoes.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step panics
 
-mod support;
-
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use support::{other, Ctx, Fixture, HandoverFigures, Opts, Traffic};
+use baton_e2e::kit::{agent_bin, other_layout as other, Fixture, Host, Opts};
+use serde_json::Value;
 
 /// Handovers in the run (alternating layouts: 1→2, 2→1, …).
 const HANDOVERS: u64 = 20;
@@ -32,23 +31,25 @@ const BULK: usize = 1_000;
 #[test]
 fn twenty_handovers_alternating_layouts_under_traffic() {
     // Both binaries first (the other layout may need a build).
-    support::agent_bin(1);
-    support::agent_bin(2);
+    agent_bin(1).unwrap();
+    agent_bin(2).unwrap();
     let mut fixture = Fixture::with_bulk(0, BULK);
-    let mut ctx = Ctx::new("ho-soak", &fixture);
+    let mut ctx = Host::with_fixture("ho-soak", &fixture).unwrap();
     ctx.metrics = Some("127.0.0.1:19195".into());
     ctx.poll_ms = 10;
     let t_start = Instant::now();
 
-    let mut current = ctx.start(1, &Opts::default());
-    ctx.assert_dump(&fixture, "first agent");
-    ctx.assert_verify_clean("first agent");
-    let traffic = Traffic::start(&ctx, &fixture, RATE, HOLD, Duration::from_secs(240));
+    let mut current = ctx.start(1, &Opts::default()).unwrap();
+    ctx.wait_dump(&fixture).expect("first agent");
+    ctx.verify_clean().expect("first agent");
+    let traffic = ctx
+        .traffic(&fixture, RATE, HOLD, Duration::from_secs(240))
+        .unwrap();
 
     let mut figures: Vec<HandoverFigures> = Vec::new();
     let mut edits = 0u64;
     for round in 1..=HANDOVERS {
-        let from = current.layout;
+        let from = current.layout().unwrap();
         let to = other(from);
         let when = format!("handover {round} (layout {from} → {to})");
         // In half of the handovers the services file keeps changing while it
@@ -72,29 +73,29 @@ fn twenty_handovers_alternating_layouts_under_traffic() {
                 s.spawn(|| {
                     while !stop.load(Ordering::Relaxed) {
                         edits += 1;
-                        ctx.write_services(&Fixture::with_bulk(edits, BULK));
+                        ctx.write_fixture(&Fixture::with_bulk(edits, BULK)).unwrap();
                         std::thread::sleep(Duration::from_millis(7));
                     }
                 });
             }
-            let new = ctx.spawn(to, &opts);
-            let exit = current.expect_exit(Duration::from_secs(30), &when);
+            let new = ctx.spawn(to, &opts).unwrap();
+            let exit = current.wait_exit(Duration::from_secs(30)).expect(&when);
             stop.store(true, Ordering::Relaxed);
             (new, exit)
         });
         if churn {
             fixture = Fixture::with_bulk(edits, BULK);
         }
-        let wall = current
-            .exited_at()
-            .map_or(Duration::ZERO, |t| t.saturating_duration_since(new.started));
+        let wall = current.exited_at().map_or(Duration::ZERO, |t| {
+            t.saturating_duration_since(new.started())
+        });
         assert!(
             exit.success() && current.log_text().contains("handed over to a successor"),
             "{when}: old agent exit {exit}; log:\n{}\nnew agent log:\n{}",
             current.log_text(),
             new.log_text()
         );
-        let st = ctx.wait_serving(&new, Duration::from_secs(30));
+        let st = new.wait_serving(Duration::from_secs(30)).unwrap();
         assert_eq!(st["layout_version"], to, "{when}: {st}");
         assert_eq!(st["frozen"], false, "{when}: {st}");
         assert_eq!(st["handover"]["via"], "handover", "{when}: {st}");
@@ -125,9 +126,9 @@ fn twenty_handovers_alternating_layouts_under_traffic() {
                 f.entries_copied
             );
         }
-        ctx.assert_dump(&fixture, &when);
-        ctx.assert_verify_clean(&when);
-        let m = ctx.scrape();
+        ctx.wait_dump(&fixture).expect(&when);
+        ctx.verify_clean().expect(&when);
+        let m = ctx.scrape().unwrap();
         assert!(
             m.starts_with("HTTP/1.1 200 OK") && m.contains("baton_generation"),
             "{when}: inherited metrics listener: {m}"
@@ -137,7 +138,7 @@ fn twenty_handovers_alternating_layouts_under_traffic() {
         current = new;
     }
 
-    let report = traffic.stop();
+    let report = traffic.report(Duration::from_secs(60)).unwrap();
     let problems = Fixture::at(0).traffic_problems(&report);
     assert!(
         problems.is_empty(),
@@ -148,13 +149,13 @@ fn twenty_handovers_alternating_layouts_under_traffic() {
         "the client opened only {:.0} connections/s",
         report.achieved_rate
     );
-    let out = ctx.verify_cli(current.layout);
+    let out = ctx.cli(current.layout().unwrap(), "verify").unwrap();
     assert!(
         out.status.success(),
         "baton-agent verify: {}",
         String::from_utf8_lossy(&out.stdout)
     );
-    current.stop();
+    current.stop().unwrap();
 
     print_figures(&figures);
     let held = report.hold.as_ref().map_or(0, |h| h.alive);
@@ -171,6 +172,49 @@ fn twenty_handovers_alternating_layouts_under_traffic() {
         report.achieved_rate,
         t_start.elapsed().as_secs_f64()
     );
+}
+
+/// Figures of one handover as the new agent reports them.
+#[derive(Clone, Debug, Default)]
+struct HandoverFigures {
+    from: u32,
+    to: u32,
+    handover_us: u64,
+    freeze_us: u64,
+    precopy_us: u64,
+    journal_keys: u64,
+    reused: u64,
+    migrated: u64,
+    entries_copied: u64,
+    self_committed: bool,
+    /// Spawn of the new agent → exit of the old one, as the test saw it.
+    wall_ms: u64,
+    /// Edits ran during this handover (with a pause to journal them).
+    journaled: bool,
+}
+
+impl HandoverFigures {
+    fn from_status(st: &Value) -> Option<Self> {
+        let h = st.get("handover")?;
+        if h.is_null() {
+            return None;
+        }
+        let u = |v: &Value| v.as_u64().unwrap_or(0);
+        Some(Self {
+            from: u(&h["from_layout"]) as u32,
+            to: u(&st["layout_version"]) as u32,
+            handover_us: u(&h["handover_us"]),
+            freeze_us: u(&h["freeze_us"]),
+            precopy_us: u(&h["precopy_us"]),
+            journal_keys: u(&h["journal_keys"]),
+            reused: u(&h["maps"]["reused"]),
+            migrated: u(&h["maps"]["migrated"]),
+            entries_copied: u(&h["maps"]["entries_copied"]),
+            self_committed: h["self_committed"].as_bool().unwrap_or(false),
+            wall_ms: 0,
+            journaled: false,
+        })
+    }
 }
 
 fn print_figures(figures: &[HandoverFigures]) {

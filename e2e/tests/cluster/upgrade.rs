@@ -8,7 +8,7 @@
 //!   the empty image), the downward API hands each slot its identity, and the
 //!   status counts every node updated and ready (`Complete`).
 //! * **rolling upgrade under traffic, then partition and pause**, with the
-//!   REAL agents on the REAL datapath (`cluster_support`: a cgroup and a bpffs
+//!   REAL agents on the REAL datapath (`fleet`: a cgroup and a bpffs
 //!   per node, the layout-1 agent as `:v1`, the layout-2 agent as `:v2`,
 //!   Services from the API server, one `baton-probe` per node in that node's
 //!   cgroup): v1 → v2 on 3 nodes with `maxUnavailable: 1` while every node
@@ -19,27 +19,29 @@
 //! Failures (bad image, rollback, operator restart) are in `cluster_failure.rs`.
 //!
 //! Needs root (cgroups, bpffs, BPF), `e2e/cluster/k8s-bins.sh` (or
-//! `BATON_SKIP_APISERVER=1`) and the binaries (`cargo build --workspace
-//! --bins`; the layout-2 agent is built on demand, see
-//! `baton_e2e::harness::agent_bin_for_layout`).
-#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step panics
+//! `BATON_SKIP_APISERVER=1`) and the binaries of both layouts (`cargo
+//! xtask build`; see `baton_e2e::kit::bins`).
 
-mod cluster_support;
-mod kube_support;
-
-use std::path::Path;
 use std::time::Duration;
 
 use baton_e2e::apiserver::ApiServer;
+use baton_e2e::kit::bins::shim_bin;
+use baton_e2e::kit::kube::{
+    container_pid, container_status, create_namespace, create_service_account, install_crd,
+    is_running, starts,
+};
+use baton_e2e::kit::process::proc_status_kib;
+use baton_e2e::kit::wait::eventually;
+use baton_e2e::kit::OperatorCmd;
 use baton_e2e::shim::launch::ShimLaunch;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ApiResource, DynamicObject, ListParams, PostParams};
 use kube::core::GroupVersionKind;
-use kube_support::*;
 use serde_json::json;
 
+use crate::fleet;
+
 const NS: &str = "baton-system";
-const SHIM: &str = env!("CARGO_BIN_EXE_baton-node-shim");
 const AGENT_V1: &str = "ghcr.io/baton-dev/baton-agent:v1";
 const EMPTY: &str = "ghcr.io/baton-dev/baton-empty:1";
 
@@ -55,16 +57,19 @@ async fn fresh_install_one_pod_per_selected_node_with_one_active_slot() {
         return;
     };
     let client = server.client().await;
-    install_crd(&client).await;
-    create_namespace(&client, NS).await;
-    create_service_account(&client, NS, "baton-agent").await;
+    install_crd(&client).await.unwrap();
+    create_namespace(&client, NS).await.unwrap();
+    create_service_account(&client, NS, "baton-agent")
+        .await
+        .unwrap();
 
     let tmp = tempfile::tempdir().expect("tempdir");
     let records = tmp.path().join("records");
     std::fs::create_dir_all(&records).expect("records dir");
     let root = tmp.path().join("root");
-    let stand_in = format!("{SHIM} record --dir {}", records.display());
-    let mut launch = ShimLaunch::new(Path::new(SHIM), server.kubeconfig(), &root)
+    let shim = shim_bin().unwrap();
+    let stand_in = format!("{} record --dir {}", shim.display(), records.display());
+    let mut launch = ShimLaunch::new(&shim, server.kubeconfig(), &root)
         .image(AGENT_V1, &stand_in)
         .image(EMPTY, "idle")
         // Not selected: must get no pod.
@@ -73,12 +78,10 @@ async fn fresh_install_one_pod_per_selected_node_with_one_active_slot() {
         launch = launch.node(&format!("{node},baton.dev/mesh=on"));
     }
     let shim = launch.spawn().expect("starting baton-node-shim");
-    let operator = OperatorProcess::start(
-        server.kubeconfig(),
-        NS,
-        "baton-operator-0",
-        &tmp.path().join("operator.log"),
-    );
+    let operator = OperatorCmd::new(server.kubeconfig(), NS, "baton-operator-0")
+        .unwrap()
+        .spawn(&tmp.path().join("operator.log"))
+        .unwrap();
     let logs = || format!("{}\n{}\n{}", operator.logs(), shim.logs(), server.logs());
 
     let upgrade: DynamicObject = serde_json::from_value(json!({
@@ -121,7 +124,8 @@ async fn fresh_install_one_pod_per_selected_node_with_one_active_slot() {
             .then_some(())
         },
     )
-    .await;
+    .await
+    .unwrap();
     tokio::time::sleep(Duration::from_secs(3)).await;
     let status = upgrades.get("baton").await.expect("upgrade").data["status"].clone();
     assert_eq!(
@@ -153,7 +157,8 @@ async fn fresh_install_one_pod_per_selected_node_with_one_active_slot() {
                 .then_some(status)
         },
     )
-    .await;
+    .await
+    .unwrap();
     assert_eq!(status["stableImage"], AGENT_V1);
     let per_node = status["nodeStatuses"]
         .as_array()
@@ -216,7 +221,7 @@ async fn fresh_install_one_pod_per_selected_node_with_one_active_slot() {
         );
 
         // The active slot's process: exactly one start, told who it is.
-        let runs = starts(&records, NS, name, "slot-a");
+        let runs = starts(&records, NS, name, "slot-a").unwrap();
         assert_eq!(runs.len(), 1, "{name}: {runs:?}");
         let env = |k: &str| runs[0]["env"][k].as_str().map(str::to_owned);
         let uid8: String = pod
@@ -252,7 +257,7 @@ async fn fresh_install_one_pod_per_selected_node_with_one_active_slot() {
             Some("--log=info")
         );
         assert!(
-            starts(&records, NS, name, "slot-b").is_empty(),
+            starts(&records, NS, name, "slot-b").unwrap().is_empty(),
             "slot b is idle"
         );
     }
@@ -264,7 +269,7 @@ async fn fresh_install_one_pod_per_selected_node_with_one_active_slot() {
 /// `verify`, and the node status with its handover figures.
 #[allow(clippy::too_many_arguments)]
 async fn assert_nodes_on(
-    fleet: &cluster_support::Fleet,
+    fleet: &fleet::Fleet,
     status: &serde_json::Value,
     nodes: &[&str],
     image: &str,
@@ -273,7 +278,7 @@ async fn assert_nodes_on(
     slot: &str,
     when: &str,
 ) {
-    use cluster_support::*;
+    use crate::fleet::*;
     let parked = if slot == "a" { "b" } else { "a" };
     for node in nodes {
         let n = node_status(status, node);
@@ -327,21 +332,21 @@ async fn assert_nodes_on(
                 let pid = container_pid(&standby_c)?;
                 (is_running(&standby_c)
                     && standby_c.image == standby
-                    && cluster_support::in_standby_mode(pid)
+                    && fleet::in_standby_mode(pid)
                     && is_running(&active_c)
                     && active_c.image == image)
                     .then_some((standby_c, active_c))
             },
         )
-        .await;
+        .await
+        .unwrap();
         let pid = container_pid(&standby_c).unwrap_or_default();
-        let [rss, anon, file] =
-            ["VmRSS", "RssAnon", "RssFile"].map(|f| cluster_support::proc_kib(pid, f));
+        let [rss, anon, file] = ["VmRSS", "RssAnon", "RssFile"].map(|f| proc_status_kib(pid, f));
         eprintln!(
             "{when}: {node}: standby {standby} RSS {rss:?} KiB (anon {anon:?}, file {file:?})"
         );
         assert!(
-            anon.is_some_and(|kib| kib < cluster_support::STANDBY_RSS_MAX_KIB),
+            anon.is_some_and(|kib| kib < fleet::STANDBY_RSS_MAX_KIB),
             "{when}: {node}: a standby holds nothing and stays small: {anon:?} KiB anonymous"
         );
         let agent = fleet
@@ -375,7 +380,7 @@ async fn assert_nodes_on(
 /// Issue 4, scenarios 1, 3 and 5 with the real agent on the real datapath.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rolling_upgrade_under_traffic_then_partition_pause_and_resume() {
-    use cluster_support::*;
+    use crate::fleet::*;
     let Some(mut fleet) = Fleet::start("upgrade", [127, 0, 77], &["w1", "w2", "w3"], |_, _| {
         Vec::new()
     })
@@ -571,7 +576,7 @@ async fn rolling_upgrade_under_traffic_then_partition_pause_and_resume() {
 }
 
 /// Container id, restart count and pid of both slots of `node`'s pod.
-async fn containers(fleet: &cluster_support::Fleet, node: &str) -> Vec<(String, i32, Option<i32>)> {
+async fn containers(fleet: &fleet::Fleet, node: &str) -> Vec<(String, i32, Option<u32>)> {
     let pod = fleet.pod(node).await;
     ["slot-a", "slot-b"]
         .iter()
@@ -594,7 +599,7 @@ async fn containers(fleet: &cluster_support::Fleet, node: &str) -> Vec<(String, 
 /// shim mimics) never applies. 0 failed connects throughout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn warm_standby_flips_between_two_images_restart_no_container() {
-    use cluster_support::*;
+    use crate::fleet::*;
     let Some(mut fleet) = Fleet::start("standby", [127, 0, 79], &["w1", "w2", "w3"], |_, _| {
         Vec::new()
     })
@@ -698,7 +703,7 @@ async fn warm_standby_flips_between_two_images_restart_no_container() {
 /// propagation removes it: pins gone, programs detached on every node.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn uninstall_removes_the_datapath_a_deleted_pod_keeps_it() {
-    use cluster_support::*;
+    use crate::fleet::*;
     use kube::api::{DeleteParams, PropagationPolicy};
     let Some(mut fleet) =
         Fleet::start("uninstall", [127, 0, 80], &["w1", "w2"], |_, _| Vec::new()).await
@@ -735,7 +740,8 @@ async fn uninstall_removes_the_datapath_a_deleted_pod_keeps_it() {
             (p.metadata.uid != old_uid).then_some(())
         },
     )
-    .await;
+    .await
+    .unwrap();
     fleet
         .wait_status("w1 ready again", 1, timeout, |s| {
             counts(s) == [Some(2), Some(2), Some(2), Some(0)] && s["phase"] == "Complete"
@@ -786,7 +792,8 @@ async fn uninstall_removes_the_datapath_a_deleted_pod_keeps_it() {
             list.items.is_empty().then_some(())
         },
     )
-    .await;
+    .await
+    .unwrap();
     for node in nodes {
         assert!(
             !pinned(&fleet, node),
@@ -810,17 +817,17 @@ async fn uninstall_removes_the_datapath_a_deleted_pod_keeps_it() {
 }
 
 /// Whether `node`'s pin directory holds any pin.
-fn pinned(fleet: &cluster_support::Fleet, node: &str) -> bool {
+fn pinned(fleet: &fleet::Fleet, node: &str) -> bool {
     std::fs::read_dir(fleet.kernel.node(node).pin_dir())
         .map(|mut d| d.next().is_some())
         .unwrap_or(false)
 }
 
 /// Program names attached to `node`'s cgroup (bpftool).
-fn attached(fleet: &cluster_support::Fleet, node: &str) -> Vec<String> {
+fn attached(fleet: &fleet::Fleet, node: &str) -> Vec<String> {
     let out = std::process::Command::new("bpftool")
         .args(["cgroup", "show"])
-        .arg(&fleet.kernel.node(node).cgroup)
+        .arg(fleet.kernel.node(node).cgroup())
         .arg("-j")
         .output()
         .expect("running bpftool");

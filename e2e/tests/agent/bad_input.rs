@@ -4,21 +4,19 @@
 //! keeps serving real connects through every VIP; after a FIFO, a later
 //! good file is still applied; an in-place rewrite is never applied half
 //! written.
-#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step panics
-
-mod support;
 
 use std::time::{Duration, Instant};
 
 use baton_agent::admin::Request;
+use baton_e2e::kit::process::proc_status_kib;
+use baton_e2e::kit::{Agent, Fixture, Host, Opts};
 use serde_json::Value;
-use support::{AgentProc, Ctx, Fixture, Opts, Traffic};
 
 /// One agent serving `Fixture::at(0)` and what it showed before the bad input.
 struct Bed {
-    ctx: Ctx,
+    ctx: Host,
     fixture: Fixture,
-    agent: AgentProc,
+    agent: Agent,
     syncs: u64,
     dump: Value,
 }
@@ -26,11 +24,15 @@ struct Bed {
 impl Bed {
     fn new(name: &str, args: &[&str]) -> Self {
         let fixture = Fixture::at(0);
-        let ctx = Ctx::new(name, &fixture);
-        let agent = ctx.start(baton_ebpf::LAYOUT_VERSION, &Opts::default().with_args(args));
-        let st = ctx.wait_status("the fixture applied", |s| {
-            s["services"] == fixture.services.len() && s["source_error"].is_null()
-        });
+        let ctx = Host::with_fixture(name, &fixture).unwrap();
+        let agent = ctx
+            .start(baton_ebpf::LAYOUT_VERSION, &Opts::default().with_args(args))
+            .unwrap();
+        let st = ctx
+            .wait_status("the fixture applied", |s| {
+                s["services"] == fixture.services.len() && s["source_error"].is_null()
+            })
+            .unwrap();
         let dump = ctx.admin(Request::Dump).expect("dump");
         assert_eq!(fixture.dump_diff(&dump), Vec::<String>::new());
         Self {
@@ -77,9 +79,12 @@ impl Bed {
 
     /// Real connects from the test cgroup reach `fixture`'s backends only.
     fn assert_serving(&self, fixture: &Fixture) {
-        let t = Traffic::start(&self.ctx, fixture, 300.0, 0, Duration::from_secs(20));
+        let t = self
+            .ctx
+            .traffic(fixture, 300.0, 0, Duration::from_secs(20))
+            .unwrap();
         std::thread::sleep(Duration::from_millis(700));
-        let r = t.stop();
+        let r = t.report(Duration::from_secs(30)).unwrap();
         assert!(r.totals.ok > 0, "{:?}", r.totals);
         assert_eq!(fixture.traffic_problems(&r), Vec::<String>::new());
     }
@@ -91,12 +96,7 @@ impl Bed {
 
     /// Peak resident memory of the agent, in KiB.
     fn peak_rss_kib(&self) -> u64 {
-        let st = std::fs::read_to_string(format!("/proc/{}/status", self.agent.pid))
-            .expect("agent /proc status");
-        st.lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmHWM")
+        proc_status_kib(self.agent.pid(), "VmHWM").expect("VmHWM of the agent")
     }
 }
 
@@ -157,9 +157,12 @@ fn in_place_rewrite_is_applied_only_when_complete() {
     writer.join().expect("writer");
     // Nothing was applied while the file was incomplete: the old state served.
     b.assert_serving(&b.fixture);
-    let st = b.ctx.wait_status("the new file applied", |s| {
-        s["syncs"].as_u64() > Some(b.syncs)
-    });
+    let st = b
+        .ctx
+        .wait_status("the new file applied", |s| {
+            s["syncs"].as_u64() > Some(b.syncs)
+        })
+        .unwrap();
     assert_eq!(st["syncs"].as_u64(), Some(b.syncs + 1), "{st}");
     let dump = b.ctx.admin(Request::Dump).expect("dump");
     assert_eq!(next.dump_diff(&dump), Vec::<String>::new());
@@ -190,10 +193,12 @@ fn fifo_does_not_block_and_a_later_good_file_is_applied() {
     b.assert_rejected("not a regular file (a FIFO)", GUARD);
     // The watcher is not stuck: a good file replacing the FIFO is applied.
     let next = Fixture::at(1);
-    b.ctx.write_services(&next);
-    b.ctx.wait_status("the good file applied", |s| {
-        s["syncs"].as_u64() > Some(b.syncs) && s["source_error"].is_null()
-    });
+    b.ctx.write_fixture(&next).unwrap();
+    b.ctx
+        .wait_status("the good file applied", |s| {
+            s["syncs"].as_u64() > Some(b.syncs) && s["source_error"].is_null()
+        })
+        .unwrap();
     let dump = b.ctx.admin(Request::Dump).expect("dump");
     assert_eq!(next.dump_diff(&dump), Vec::<String>::new());
     b.assert_serving(&next);

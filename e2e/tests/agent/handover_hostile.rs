@@ -13,9 +13,6 @@
 //! `frozen: false`, a services-file edit reaches the maps (`dump`, `verify`
 //! clean), and no staging directory is left. At the end a real successor
 //! still takes over.
-#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step panics
-
-mod support;
 
 use std::fs::Permissions;
 use std::os::fd::{AsFd, OwnedFd};
@@ -26,7 +23,7 @@ use std::time::{Duration, Instant};
 use baton_agent::handover::incumbent::{QUEUE_STEPS, SESSION_STEPS};
 use baton_agent::handover::msg::{CommitProgram, Msg, Role};
 use baton_agent::handover::{Conn, ErrorCode, WireError, PROTO};
-use support::{AgentProc, Ctx, Fixture, Opts, Traffic};
+use baton_e2e::kit::{agent_bin, wait_until, Agent, Fixture, Host, Opts, ProbeProcess};
 
 /// The agent's wait for any message (`--handover-timeout-ms`).
 const STEP_MS: u64 = 2_000;
@@ -47,11 +44,11 @@ const SHORT: [&str; 4] = [
 /// How long the test waits for an answer.
 const WAIT: Duration = Duration::from_secs(10);
 
-fn sock(ctx: &Ctx) -> PathBuf {
+fn sock(ctx: &Host) -> PathBuf {
     ctx.run_dir.join("handover.sock")
 }
 
-fn connect(ctx: &Ctx) -> Conn {
+fn connect(ctx: &Host) -> Conn {
     Conn::connect(&sock(ctx)).expect("connect to the handover socket")
 }
 
@@ -144,19 +141,21 @@ fn up_to_frozen(c: &Conn, case: &str) -> Vec<(baton_agent::handover::msg::Entry,
 
 /// The incumbent is unharmed: its own pid answers status unfrozen, an edit
 /// of the services file reaches the maps, verify is clean, no staging left.
-fn assert_unharmed(ctx: &Ctx, agent: &AgentProc, round: u64, case: &str) {
+fn assert_unharmed(ctx: &Host, agent: &Agent, round: u64, case: &str) {
     assert!(
         agent.alive(),
         "{case}: the agent died: {}",
         agent.log_text()
     );
     ctx.wait_status(&format!("{case}: agent unfrozen"), |s| {
-        s["pid"] == agent.pid && s["frozen"] == false
-    });
+        s["pid"] == agent.pid() && s["frozen"] == false
+    })
+    .unwrap();
     let fixture = Fixture::at(round);
-    ctx.write_services(&fixture);
-    ctx.assert_dump(&fixture, &format!("{case}: edit after the case"));
-    ctx.assert_verify_clean(case);
+    ctx.write_fixture(&fixture).unwrap();
+    ctx.wait_dump(&fixture)
+        .unwrap_or_else(|e| panic!("{case}: edit after the case: {e}"));
+    ctx.verify_clean().expect(case);
     assert!(
         ctx.staging_dirs().is_empty(),
         "{case}: staging left: {:?}",
@@ -167,7 +166,7 @@ fn assert_unharmed(ctx: &Ctx, agent: &AgentProc, round: u64, case: &str) {
 /// A layout-1 agent serving the fixture under traffic. `short` timeouts
 /// make the silent-peer cases quick; `run_dir` replaces the scratch run
 /// directory.
-fn hostile_world(name: &str, short: bool, run_dir: Option<PathBuf>) -> (Ctx, AgentProc, Traffic) {
+fn hostile_world(name: &str, short: bool, run_dir: Option<PathBuf>) -> (Host, Agent, ProbeProcess) {
     hostile_world_with(name, short, run_dir, None)
 }
 
@@ -177,13 +176,13 @@ fn hostile_world_with(
     short: bool,
     run_dir: Option<PathBuf>,
     metrics: Option<&str>,
-) -> (Ctx, AgentProc, Traffic) {
-    support::agent_bin(1);
-    support::agent_bin(2);
+) -> (Host, Agent, ProbeProcess) {
+    agent_bin(1).unwrap();
+    agent_bin(2).unwrap();
     assert_eq!(SHORT[1], STEP_MS.to_string());
     assert_eq!(SHORT[3], FREEZE_MS.to_string());
     let fixture = Fixture::at(0);
-    let mut ctx = Ctx::new(name, &fixture);
+    let mut ctx = Host::with_fixture(name, &fixture).unwrap();
     if let Some(d) = run_dir {
         ctx.run_dir = d;
     }
@@ -193,15 +192,17 @@ fn hostile_world_with(
     } else {
         Opts::default()
     };
-    let agent = ctx.start(1, &opts);
-    ctx.assert_dump(&fixture, "start");
-    let traffic = Traffic::start(&ctx, &fixture, 1_000.0, 14, Duration::from_secs(120));
+    let agent = ctx.start(1, &opts).unwrap();
+    ctx.wait_dump(&fixture).expect("start");
+    let traffic = ctx
+        .traffic(&fixture, 1_000.0, 14, Duration::from_secs(120))
+        .unwrap();
     (ctx, agent, traffic)
 }
 
 /// Stops the traffic: 0 failed, 0 misrouted connects, held connections alive.
-fn finish(traffic: Traffic) {
-    let report = traffic.stop();
+fn finish(traffic: ProbeProcess) {
+    let report = traffic.report(Duration::from_secs(60)).unwrap();
     let problems = Fixture::at(0).traffic_problems(&report);
     assert!(problems.is_empty(), "traffic: {problems:#?}");
 }
@@ -448,7 +449,7 @@ fn malformed_and_out_of_order_messages_are_refused_while_the_agent_serves() {
         "a hostile peer got a commit through:\n{log}"
     );
     finish(traffic);
-    agent.stop();
+    agent.stop().unwrap();
 }
 
 /// Restores a path's mode on drop.
@@ -574,18 +575,20 @@ fn another_user_cannot_connect_and_is_refused_if_the_mode_is_opened() {
     );
     assert_unharmed(&ctx, &agent, 2, "uid 65534, socket 0666");
     finish(traffic);
-    agent.stop();
+    agent.stop().unwrap();
 }
 
 #[test]
 fn a_build_whose_programs_the_verifier_rejects_is_refused() {
     let (ctx, old, traffic) = hostile_world("hostile-reject", false, None);
     let case = "new build with rejected programs";
-    let bad = ctx.spawn(
-        2,
-        &Opts::default().with_env("BATON_TEST_REJECT_PROGRAMS", "1"),
-    );
-    let st = bad.expect_exit(Duration::from_secs(30), case);
+    let bad = ctx
+        .spawn(
+            2,
+            &Opts::default().with_env("BATON_TEST_REJECT_PROGRAMS", "1"),
+        )
+        .unwrap();
+    let st = bad.wait_exit(Duration::from_secs(30)).expect(case);
     let log = bad.log_text();
     assert!(
         !st.success()
@@ -594,7 +597,7 @@ fn a_build_whose_programs_the_verifier_rejects_is_refused() {
         "{case}: exit {st}; log:\n{log}"
     );
     assert!(
-        support::wait_until(Duration::from_secs(10), || old
+        wait_until(Duration::from_secs(10), || old
             .log_text()
             .contains("handover failed; this agent keeps serving")),
         "{}",
@@ -603,10 +606,10 @@ fn a_build_whose_programs_the_verifier_rejects_is_refused() {
     assert_unharmed(&ctx, &old, 1, case);
 
     // The same upgrade with a good build goes through.
-    let new = ctx.spawn(2, &Opts::default());
-    let st = old.expect_exit(Duration::from_secs(30), "handed over");
+    let new = ctx.spawn(2, &Opts::default()).unwrap();
+    let st = old.wait_exit(Duration::from_secs(30)).expect("handed over");
     assert!(st.success(), "old agent exit {st}: {}", old.log_text());
-    let s = ctx.wait_serving(&new, Duration::from_secs(30));
+    let s = new.wait_serving(Duration::from_secs(30)).unwrap();
     assert_eq!(
         (
             s["layout_version"].as_u64(),
@@ -620,13 +623,14 @@ fn a_build_whose_programs_the_verifier_rejects_is_refused() {
     let c = connect(&ctx);
     let peer = c.peer().expect("SO_PEERCRED");
     assert_eq!(
-        peer.pid, new.pid,
+        peer.pid as u32,
+        new.pid(),
         "SO_PEERCRED of the inherited handover socket"
     );
     drop(c);
     assert_unharmed(&ctx, &new, 2, "after the good upgrade");
     finish(traffic);
-    new.stop();
+    new.stop().unwrap();
 }
 
 /// Waits up to `gap` for an `Error` from the agent: its text and when it
@@ -654,7 +658,7 @@ fn error_within(c: &Conn, gap: Duration, t0: Instant) -> Option<(String, Duratio
 /// `Hello`, the offer's `Ack`, `Prepare`, `Freeze`, then `Abort`. Returns
 /// the error that ended its session and when (from connect), or `None` when
 /// the agent went along with the whole slow session.
-fn slow_session(ctx: &Ctx, case: &str) -> Option<(String, Duration)> {
+fn slow_session(ctx: &Host, case: &str) -> Option<(String, Duration)> {
     let gap = Duration::from_millis(STEP_MS - 300);
     let c = connect(ctx);
     let t0 = Instant::now();
@@ -699,7 +703,7 @@ fn a_peer_answering_each_step_just_under_the_timeout_is_cut_at_the_session_deadl
                 let st = ctx
                     .status()
                     .expect("status during the slow session: no answer");
-                assert_eq!(st["pid"], agent.pid, "{st}");
+                assert_eq!(st["pid"], agent.pid(), "{st}");
                 n += 1;
                 std::thread::sleep(Duration::from_millis(100));
             }
@@ -732,7 +736,7 @@ fn a_peer_answering_each_step_just_under_the_timeout_is_cut_at_the_session_deadl
     }
     assert_unharmed(&ctx, &agent, 1, case);
     finish(traffic);
-    agent.stop();
+    agent.stop().unwrap();
 }
 
 #[test]
@@ -745,11 +749,13 @@ fn a_successor_started_while_a_peer_holds_the_socket_gets_the_datapath_in_turn()
         // A successor whose turn does not come within its own bound
         // (3 × 400 ms) fails fast, saying the socket is busy.
         let case = "impatient successor";
-        let impatient = ctx.spawn(
-            2,
-            &Opts::default().with_args(&["--handover-timeout-ms", "400"]),
-        );
-        let st = impatient.expect_exit(Duration::from_secs(20), case);
+        let impatient = ctx
+            .spawn(
+                2,
+                &Opts::default().with_args(&["--handover-timeout-ms", "400"]),
+            )
+            .unwrap();
+        let st = impatient.wait_exit(Duration::from_secs(20)).expect(case);
         let log = impatient.log_text();
         assert!(
             !st.success() && log.contains("is busy") && log.contains("retry"),
@@ -757,7 +763,7 @@ fn a_successor_started_while_a_peer_holds_the_socket_gets_the_datapath_in_turn()
         );
         let gave_up = impatient
             .exited_at()
-            .map(|t| t.saturating_duration_since(impatient.started));
+            .map(|t| t.saturating_duration_since(impatient.started()));
         eprintln!("{case}: gave up after {gave_up:?}: busy");
         assert!(
             old.alive(),
@@ -766,17 +772,19 @@ fn a_successor_started_while_a_peer_holds_the_socket_gets_the_datapath_in_turn()
         );
 
         // Its retry, with the agents' own timeouts, waits its turn.
-        let new = ctx.spawn(2, &Opts::default().with_args(&SHORT));
-        let exit = old.expect_exit(Duration::from_secs(30), "handed over after the holder");
+        let new = ctx.spawn(2, &Opts::default().with_args(&SHORT)).unwrap();
+        let exit = old
+            .wait_exit(Duration::from_secs(30))
+            .expect("handed over after the holder");
         assert!(
             exit.success(),
             "old agent exit {exit}: {}\nnew agent:\n{}",
             old.log_text(),
             new.log_text()
         );
-        let waited = old
-            .exited_at()
-            .map_or(Duration::MAX, |t| t.saturating_duration_since(new.started));
+        let waited = old.exited_at().map_or(Duration::MAX, |t| {
+            t.saturating_duration_since(new.started())
+        });
         let holder = holder.join().expect("holder thread");
         (new, waited, holder)
     });
@@ -791,7 +799,7 @@ fn a_successor_started_while_a_peer_holds_the_socket_gets_the_datapath_in_turn()
         waited < Duration::from_millis(QUEUE_MS + 4_000),
         "the successor waited {waited:?}"
     );
-    let st = ctx.wait_serving(&new, Duration::from_secs(30));
+    let st = new.wait_serving(Duration::from_secs(30)).unwrap();
     assert_eq!(
         (
             st["handover"]["via"].as_str(),
@@ -802,17 +810,17 @@ fn a_successor_started_while_a_peer_holds_the_socket_gets_the_datapath_in_turn()
     );
     assert_unharmed(&ctx, &new, 1, "after the queued successor");
     finish(traffic);
-    new.stop();
+    new.stop().unwrap();
 }
 
 /// Pins the offered maps under `<pin_dir>/<name>/maps/`, as a peer can from
 /// the offer alone, and returns the directory.
 fn fake_staging(
-    ctx: &Ctx,
+    ctx: &Host,
     name: &str,
     offer: &[(baton_agent::handover::msg::Entry, OwnedFd)],
 ) -> PathBuf {
-    let dir = ctx.env.pin_dir.join(name);
+    let dir = ctx.sandbox.pin_dir().join(name);
     std::fs::create_dir_all(dir.join("maps")).expect("mkdir staging");
     for (e, fd) in offer.iter().filter(|(e, _)| e.role == Role::Map) {
         baton_agent::sys::obj_pin(fd.as_fd(), &dir.join("maps").join(&e.name)).expect("pin a map");
@@ -863,8 +871,8 @@ fn a_commit_of_the_agents_own_programs_is_refused_and_a_real_successor_still_tak
     let (ctx, agent, traffic) =
         hostile_world_with("hostile-forged", true, None, Some("127.0.0.1:19196"));
     let me = std::process::id();
-    let metrics_ok = |ctx: &Ctx, case: &str| {
-        let m = ctx.scrape();
+    let metrics_ok = |ctx: &Host, case: &str| {
+        let m = ctx.scrape().unwrap();
         assert!(
             m.starts_with("HTTP/1.1 200 OK") && m.contains("baton_generation"),
             "{case}: metrics: {m}"
@@ -895,7 +903,7 @@ fn a_commit_of_the_agents_own_programs_is_refused_and_a_real_successor_still_tak
     let case = "another process's staging directory";
     let c = connect(&ctx);
     let offer = up_to_frozen(&c, case);
-    commit_own_programs(&c, &offer, format!("staging-{}", agent.pid));
+    commit_own_programs(&c, &offer, format!("staging-{}", agent.pid()));
     let m = expect_error(&c, ErrorCode::Refused, case);
     assert!(m.contains("is not the peer's"), "{case}: {m}");
     drop(offer);
@@ -909,19 +917,21 @@ fn a_commit_of_the_agents_own_programs_is_refused_and_a_real_successor_still_tak
 
     // A real successor still takes over: the same layout, so every map is
     // reused and the commit names none (the checks pass on reused pins).
-    let new = ctx.spawn(1, &Opts::default().with_args(&SHORT));
-    let exit = agent.expect_exit(Duration::from_secs(30), "handed over");
+    let new = ctx.spawn(1, &Opts::default().with_args(&SHORT)).unwrap();
+    let exit = agent
+        .wait_exit(Duration::from_secs(30))
+        .expect("handed over");
     assert!(
         exit.success(),
         "old agent exit {exit}: {}",
         agent.log_text()
     );
-    let st = ctx.wait_serving(&new, Duration::from_secs(30));
+    let st = new.wait_serving(Duration::from_secs(30)).unwrap();
     assert_eq!(st["handover"]["via"], "handover", "{st}");
     assert_eq!(st["handover"]["from_layout"], 1, "{st}");
     assert_eq!(st["handover"]["maps"]["reused"], 6, "{st}");
     metrics_ok(&ctx, "after the real successor");
     assert_unharmed(&ctx, &new, 4, "after the real successor");
     finish(traffic);
-    new.stop();
+    new.stop().unwrap();
 }

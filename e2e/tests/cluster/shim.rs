@@ -4,25 +4,26 @@
 //! policies, unmapped images, and deletion within the grace period.
 //!
 //! Needs `e2e/cluster/k8s-bins.sh` (or `BATON_SKIP_APISERVER=1`).
-#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step panics
 
-mod kube_support;
-
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use baton_e2e::apiserver::ApiServer;
+use baton_e2e::kit::bins::shim_bin;
+use baton_e2e::kit::kube::{
+    condition, container_pid, container_status, create_namespace, is_running, records, starts,
+};
+use baton_e2e::kit::process::pid_alive as alive;
+use baton_e2e::kit::wait::eventually;
 use baton_e2e::shim::launch::{ShimLaunch, ShimProcess};
 use k8s_openapi::api::authentication::v1::SelfSubjectReview;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
-use kube_support::*;
 use serde_json::json;
 
 const NS: &str = "shim-test";
 const WAIT: Duration = Duration::from_secs(30);
-const SHIM: &str = env!("CARGO_BIN_EXE_baton-node-shim");
 
 struct Setup {
     server: ApiServer,
@@ -51,6 +52,7 @@ impl Setup {
             async || pods.get(name).await.ok().filter(|p| check(p)),
         )
         .await
+        .unwrap()
     }
 
     async fn gone(&self, name: &str) {
@@ -64,7 +66,8 @@ impl Setup {
                 _ => None,
             },
         )
-        .await;
+        .await
+        .unwrap();
     }
 }
 
@@ -72,22 +75,19 @@ impl Setup {
 async fn setup(nodes: &[&str]) -> Option<Setup> {
     let server = ApiServer::start().await?;
     let client = server.client().await;
-    create_namespace(&client, NS).await;
+    create_namespace(&client, NS).await.unwrap();
     let tmp = tempfile::tempdir().expect("tempdir");
     let records = tmp.path().join("records");
     std::fs::create_dir_all(&records).expect("records dir");
-    let record = format!("{SHIM} record --dir {}", records.display());
-    let mut launch = ShimLaunch::new(
-        Path::new(SHIM),
-        server.kubeconfig(),
-        &tmp.path().join("root"),
-    )
-    .image("test/empty:1", "idle")
-    .image("test/agent:v1", &record)
-    .image("test/agent:v2", &record)
-    .backoff(Duration::from_millis(1000), Duration::from_millis(2000))
-    .arg("--heartbeat-seconds", "1")
-    .process_env("RUST_LOG", "info,baton_e2e=debug");
+    let shim = shim_bin().unwrap();
+    let record = format!("{} record --dir {}", shim.display(), records.display());
+    let mut launch = ShimLaunch::new(&shim, server.kubeconfig(), &tmp.path().join("root"))
+        .image("test/empty:1", "idle")
+        .image("test/agent:v1", &record)
+        .image("test/agent:v2", &record)
+        .backoff(Duration::from_millis(1000), Duration::from_millis(2000))
+        .arg("--heartbeat-seconds", "1")
+        .process_env("RUST_LOG", "info,baton_e2e=debug");
     for node in nodes {
         launch = launch.node(node);
     }
@@ -157,7 +157,8 @@ async fn pods_run_as_processes_with_the_downward_api_and_in_place_image_patches(
                 ready.then_some(node)
             },
         )
-        .await;
+        .await
+        .unwrap();
         let addresses = node.status.and_then(|s| s.addresses).unwrap_or_default();
         assert!(addresses
             .iter()
@@ -179,7 +180,8 @@ async fn pods_run_as_processes_with_the_downward_api_and_in_place_image_patches(
         || s.logs(),
         async || leases.get("w1").await.ok()?.spec?.renew_time,
     )
-    .await;
+    .await
+    .unwrap();
     eventually(
         "w1's lease to be renewed",
         WAIT,
@@ -189,7 +191,8 @@ async fn pods_run_as_processes_with_the_downward_api_and_in_place_image_patches(
             (renewed.0 > first.0).then_some(())
         },
     )
-    .await;
+    .await
+    .unwrap();
 
     // A pair pod: both slots run, status is reported.
     let pods = s.pods();
@@ -232,9 +235,10 @@ async fn pods_run_as_processes_with_the_downward_api_and_in_place_image_patches(
         "slot-a's record",
         WAIT,
         || s.logs(),
-        async || starts(&s.records, NS, "pair", "slot-a").pop(),
+        async || starts(&s.records, NS, "pair", "slot-a").unwrap().pop(),
     )
-    .await;
+    .await
+    .unwrap();
     let expect = [
         ("BATON_SLOT", "a".to_owned()),
         ("BATON_SLOT_VERSION", "test/agent:v1".to_owned()),
@@ -343,7 +347,7 @@ async fn pods_run_as_processes_with_the_downward_api_and_in_place_image_patches(
         "idle exits 0 on SIGTERM"
     );
     assert!(!alive(idle_pid), "the old idle process is gone");
-    let b_start = starts(&s.records, NS, "pair", "slot-b");
+    let b_start = starts(&s.records, NS, "pair", "slot-b").unwrap();
     assert_eq!(b_start.len(), 1);
     assert_eq!(
         env_of(&b_start[0], "BATON_SLOT_VERSION").as_deref(),
@@ -356,7 +360,7 @@ async fn pods_run_as_processes_with_the_downward_api_and_in_place_image_patches(
         Some("1")
     );
     assert_eq!(
-        starts(&s.records, NS, "pair", "slot-a").len(),
+        starts(&s.records, NS, "pair", "slot-a").unwrap().len(),
         1,
         "slot-a started once"
     );
@@ -373,7 +377,7 @@ async fn pods_run_as_processes_with_the_downward_api_and_in_place_image_patches(
             .is_some_and(|c| c.image == "test/empty:1" && c.restart_count == 1 && is_running(&c))
     })
     .await;
-    let a_events = records(&s.records, NS, "pair", "slot-a");
+    let a_events = records(&s.records, NS, "pair", "slot-a").unwrap();
     assert_eq!(
         a_events.last().map(|r| r["signal"].clone()),
         Some(json!("SIGTERM")),
@@ -383,14 +387,14 @@ async fn pods_run_as_processes_with_the_downward_api_and_in_place_image_patches(
     // Deletion: processes stop, then the shim removes the pod.
     let b_pid = b_start[0]["pid"]
         .as_i64()
-        .and_then(|p| i32::try_from(p).ok())
+        .and_then(|p| u32::try_from(p).ok())
         .expect("pid");
     pods.delete("pair", &DeleteParams::default())
         .await
         .expect("deleting pod");
     s.gone("pair").await;
     assert!(!alive(b_pid), "slot-b's process stopped");
-    let b_events = records(&s.records, NS, "pair", "slot-b");
+    let b_events = records(&s.records, NS, "pair", "slot-b").unwrap();
     assert_eq!(
         b_events.last().map(|r| r["signal"].clone()),
         Some(json!("SIGTERM")),
@@ -461,7 +465,7 @@ async fn crash_loops_restart_policies_unmapped_images_and_the_grace_period() {
             container_status(p, "c").is_some_and(|c| c.restart_count >= 3)
         })
         .await;
-    let runs = starts(&s.records, NS, "crash", "c");
+    let runs = starts(&s.records, NS, "crash", "c").unwrap();
     assert!(runs.len() >= 4, "{runs:?}");
     let restarts: Vec<_> = runs
         .iter()
@@ -518,10 +522,11 @@ async fn crash_loops_restart_policies_unmapped_images_and_the_grace_period() {
         "stubborn's record",
         WAIT,
         || s.logs(),
-        async || starts(&s.records, NS, "stubborn", "c").pop()?["pid"].as_i64(),
+        async || starts(&s.records, NS, "stubborn", "c").unwrap().pop()?["pid"].as_i64(),
     )
-    .await;
-    let pid = i32::try_from(pid).expect("pid");
+    .await
+    .unwrap();
+    let pid = u32::try_from(pid).expect("pid");
     let start = Instant::now();
     pods.delete("stubborn", &DeleteParams::default())
         .await
@@ -537,7 +542,7 @@ async fn crash_loops_restart_policies_unmapped_images_and_the_grace_period() {
         "removed only after {took:?}"
     );
     assert!(!alive(pid));
-    let events = records(&s.records, NS, "stubborn", "c");
+    let events = records(&s.records, NS, "stubborn", "c").unwrap();
     assert!(
         events.iter().all(|e| e["event"] != "signal"),
         "SIGTERM was ignored: {events:?}"
@@ -553,4 +558,30 @@ async fn crash_loops_restart_policies_unmapped_images_and_the_grace_period() {
             .expect("deleting");
         s.gone(name).await;
     }
+}
+
+/// A container of the agent pair pod, as the operator builds it (env through
+/// the downward API, the bpffs and run-dir mounts).
+fn slot_container(slot: &str, image: &str) -> serde_json::Value {
+    let other = if slot == "a" { "b" } else { "a" };
+    let field = |name: &str, path: String| json!({"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}});
+    json!({
+        "name": format!("slot-{slot}"),
+        "image": image,
+        "env": [
+            {"name": "BATON_SLOT", "value": slot},
+            field("BATON_SLOT_VERSION", format!("metadata.annotations['baton.dev/slot-{slot}-version']")),
+            field("BATON_SLOT_VERSION_ALT", format!("metadata.annotations['baton.dev/slot-{other}-version']")),
+            field("BATON_ACTIVE_SLOT", "metadata.annotations['baton.dev/active-slot']".into()),
+            {"name": "BATON_RUN_DIR", "value": "/run/baton"},
+            field("NODE_NAME", "spec.nodeName".into()),
+            field("POD_NAME", "metadata.name".into()),
+            field("POD_NAMESPACE", "metadata.namespace".into()),
+            {"name": "GREETING", "value": "hello-$(NODE_NAME)"},
+        ],
+        "volumeMounts": [
+            {"name": "bpffs", "mountPath": "/sys/fs/bpf"},
+            {"name": "run", "mountPath": "/run/baton"},
+        ],
+    })
 }

@@ -1,5 +1,5 @@
 //! Cluster failure scenarios with the REAL agents on the REAL datapath
-//! (`cluster_support`: the real kube-apiserver and `baton-operator`, the node
+//! (`fleet`: the real kube-apiserver and `baton-operator`, the node
 //! shim, a cgroup and a bpffs per node, `…:v1` = the layout-1 agent, `…:v2` =
 //! the layout-2 agent, one `baton-probe` per node connecting to the ClusterIP
 //! from that node's cgroup throughout). One fleet of 3 nodes goes through:
@@ -28,17 +28,15 @@
 //!
 //! Needs root, `e2e/cluster/k8s-bins.sh` (or `BATON_SKIP_APISERVER=1`) and
 //! `cargo build --workspace --bins`.
-#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step panics
-
-mod cluster_support;
-mod kube_support;
 
 use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
-use cluster_support::*;
-use kube_support::{container_status, eventually, is_running};
+use baton_e2e::kit::kube::{condition, container_pid, container_status, is_running};
+use baton_e2e::kit::wait::eventually;
 use serde_json::{json, Value};
+
+use crate::fleet::*;
 
 /// The layout-1 agent whose programs are "rejected by the verifier".
 const AGENT_V3_REJECTED: &str = "ghcr.io/baton-dev/baton-agent:v3-rejected";
@@ -81,7 +79,7 @@ async fn assert_fleet_on(
 /// empty image after a failed handover, the retired agent's image as the
 /// warm standby after a commit) and no handover running; returns the active
 /// slot's pid.
-async fn wait_parked(fleet: &Fleet, node: &str, active: &str, idle_image: &str, when: &str) -> i32 {
+async fn wait_parked(fleet: &Fleet, node: &str, active: &str, idle_image: &str, when: &str) -> u32 {
     let idle = if active == "a" { "b" } else { "a" };
     eventually(
         &format!("{when}: {node}: slot {idle} on {idle_image}, slot {active} active"),
@@ -97,11 +95,12 @@ async fn wait_parked(fleet: &Fleet, node: &str, active: &str, idle_image: &str, 
                 && is_running(&parked)
                 && parked.image == idle_image
                 && is_running(&running))
-            .then(|| kube_support::container_pid(&running))
+            .then(|| container_pid(&running))
             .flatten()
         },
     )
     .await
+    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -181,11 +180,11 @@ async fn operator_restart_bad_image_and_rollback_under_traffic() {
         || fleet.logs(),
         async || {
             let pod = fleet.pod("w2").await;
-            (kube_support::condition(&pod, "baton.dev/Handover").as_deref() == Some("True"))
-                .then_some(())
+            (condition(&pod, "baton.dev/Handover").as_deref() == Some("True")).then_some(())
         },
     )
-    .await;
+    .await
+    .unwrap();
     assert!(
         fleet.rollout.get().in_flight_on("w2"),
         "nobody finished w2's handover while no operator ran"

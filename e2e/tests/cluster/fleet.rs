@@ -1,5 +1,5 @@
 //! A fleet of fake nodes that run the REAL agent on the REAL datapath, for the
-//! cluster scenarios (`cluster_upgrade.rs`, `cluster_failure.rs`).
+//! cluster scenarios (`upgrade.rs`, `failure.rs`).
 //!
 //! One [`Fleet`] is one real etcd + kube-apiserver, the real `baton-operator
 //! run` (a process, restartable), and `baton-node-shim` playing the kubelet
@@ -35,18 +35,19 @@
 //! bpffs unmounted, cgroups removed. `BATON_KEEP_CLUSTER_DIR=1` keeps the
 //! scratch directory (operator, shim and container logs, probe reports).
 
-#![allow(dead_code)] // each test binary uses a different subset
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use baton_e2e::apiserver::{install_agent_rbac, ApiServer};
-use baton_e2e::harness::{agent_bin_for_layout, ProbeProcess, ProbeRun};
-use baton_e2e::kernel::cgroup_root;
+use baton_e2e::kit::bins::shim_bin;
+use baton_e2e::kit::kube::{create_namespace, install_crd, MANAGER};
+use baton_e2e::kit::sandbox::{cgroup_root, BpffsMount, CgroupDir};
+use baton_e2e::kit::wait::eventually;
+use baton_e2e::kit::{agent, agent_bin, Operator, OperatorCmd, ProbeProcess, ProbeRun};
 use baton_e2e::report::Report;
 use baton_e2e::shim::launch::{ShimLaunch, ShimProcess};
 use futures::StreamExt;
@@ -57,10 +58,6 @@ use kube::api::{Api, ApiResource, DynamicObject, ListParams, Patch, PatchParams,
 use kube::core::GroupVersionKind;
 use kube::runtime::watcher;
 use serde_json::{json, Value};
-
-use crate::kube_support::{
-    container_status, create_namespace, eventually, install_crd, OperatorProcess, MANAGER,
-};
 
 /// Namespace of the KmeshUpgrade and the agent pods (the chart's release namespace).
 pub const NS: &str = "baton-system";
@@ -85,7 +82,6 @@ pub const METRICS_PORT: u16 = 9095;
 /// The operator's lease, short so a replacement takes over within seconds.
 const LEASE_SECONDS: &str = "--lease-seconds=3";
 
-const SHIM: &str = env!("CARGO_BIN_EXE_baton-node-shim");
 const HANDOVER_STARTED: &str = "baton.dev/handover-started";
 const ACTIVE_SLOT: &str = "baton.dev/active-slot";
 
@@ -104,86 +100,61 @@ pub const STANDBY_RSS_MAX_KIB: u64 = 8 * 1024;
 
 /// Whether process `pid` runs in standby mode (`BATON_STANDBY` in the
 /// environment of its current image: the agent exec'd itself into it).
-pub fn in_standby_mode(pid: i32) -> bool {
+pub fn in_standby_mode(pid: u32) -> bool {
     std::fs::read(format!("/proc/{pid}/environ"))
         .map(|env| env.split(|b| *b == 0).any(|kv| kv == b"BATON_STANDBY=1"))
         .unwrap_or(false)
 }
 
-/// A `/proc/<pid>/status` field in KiB (`VmRSS`, `RssAnon`, `RssFile`).
-pub fn proc_kib(pid: i32, field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
-}
-
-/// One node's host side.
+/// One node's host side; its bpffs unmounted (pins removed), then its
+/// cgroup removed, on drop.
 pub struct NodeBox {
     /// Node name.
     pub name: String,
     /// Node IP (loopback address of its own).
     pub ip: Ipv4Addr,
-    /// Its cgroup (what the pod's `/sys/fs/cgroup` is).
-    pub cgroup: PathBuf,
-    /// Its bpffs mount (what the pod's `/sys/fs/bpf` is).
-    pub bpffs: PathBuf,
-    mounted: bool,
+    bpffs: BpffsMount,
+    cgroup: CgroupDir,
 }
 
 impl NodeBox {
-    /// The agent's pin directory (`BATON_BPFFS`).
+    /// Its cgroup (what the pod's `/sys/fs/cgroup` is).
+    pub fn cgroup(&self) -> &Path {
+        self.cgroup.path()
+    }
+
+    /// The agent's pin directory (`BATON_BPFFS`) in its bpffs (what the pod's
+    /// `/sys/fs/bpf` is).
     pub fn pin_dir(&self) -> PathBuf {
-        self.bpffs.join("baton")
+        self.bpffs.path().join("baton")
     }
 }
 
-/// The per-node cgroups and bpffs mounts; removed on drop.
+/// The per-node cgroups and bpffs mounts below one parent cgroup; removed on
+/// drop (the nodes first).
 pub struct Kernel {
-    parent: PathBuf,
     /// The nodes, in the order given.
     pub nodes: Vec<NodeBox>,
+    parent: CgroupDir,
 }
 
 impl Kernel {
     fn new(test: &str, root: &Path, nodes: &[(String, Ipv4Addr)]) -> Self {
-        let parent = cgroup_root().join(format!("baton-cluster-{test}-{}", std::process::id()));
-        std::fs::create_dir(&parent)
-            .unwrap_or_else(|e| panic!("creating cgroup {}: {e}", parent.display()));
-        let mut kernel = Self {
-            parent,
-            nodes: Vec::new(),
-        };
-        for (name, ip) in nodes {
-            let cgroup = kernel.parent.join(name);
-            std::fs::create_dir(&cgroup)
-                .unwrap_or_else(|e| panic!("creating cgroup {}: {e}", cgroup.display()));
-            let bpffs = root.join(name).join("bpffs");
-            std::fs::create_dir_all(&bpffs).expect("bpffs mount point");
-            kernel.nodes.push(NodeBox {
+        let parent = CgroupDir::create(
+            &cgroup_root().unwrap(),
+            &format!("baton-cluster-{test}-{}", std::process::id()),
+        )
+        .unwrap();
+        let nodes = nodes
+            .iter()
+            .map(|(name, ip)| NodeBox {
                 name: name.clone(),
                 ip: *ip,
-                cgroup,
-                bpffs: bpffs.clone(),
-                mounted: false,
-            });
-            nix::mount::mount(
-                Some("bpf"),
-                &bpffs,
-                Some("bpf"),
-                nix::mount::MsFlags::empty(),
-                None::<&str>,
-            )
-            .unwrap_or_else(|e| panic!("mounting a bpffs at {}: {e}", bpffs.display()));
-            if let Some(last) = kernel.nodes.last_mut() {
-                last.mounted = true;
-            }
-        }
-        kernel
+                cgroup: parent.child(name).unwrap(),
+                bpffs: BpffsMount::mount(&root.join(name).join("bpffs")).unwrap(),
+            })
+            .collect();
+        Self { nodes, parent }
     }
 
     /// Node `name`.
@@ -192,44 +163,6 @@ impl Kernel {
             .iter()
             .find(|n| n.name == name)
             .unwrap_or_else(|| panic!("no node {name}"))
-    }
-}
-
-fn kill_members(cgroup: &Path) {
-    if let Ok(procs) = std::fs::read_to_string(cgroup.join("cgroup.procs")) {
-        for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-    }
-}
-
-fn remove_cgroup(dir: &Path) {
-    for _ in 0..100 {
-        kill_members(dir);
-        if std::fs::remove_dir(dir).is_ok() || !dir.exists() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    eprintln!("warning: could not remove test cgroup {}", dir.display());
-}
-
-impl Drop for Kernel {
-    fn drop(&mut self) {
-        for n in &self.nodes {
-            // Unpinning detaches the links (nobody else holds them by now).
-            let _ = baton_agent::datapath::remove_pins(&n.pin_dir());
-            if n.mounted {
-                if let Err(e) = nix::mount::umount2(&n.bpffs, nix::mount::MntFlags::MNT_DETACH) {
-                    eprintln!("warning: unmounting {}: {e}", n.bpffs.display());
-                }
-            }
-            remove_cgroup(&n.cgroup);
-        }
-        remove_cgroup(&self.parent);
     }
 }
 
@@ -350,7 +283,7 @@ pub fn pod_name(node: &str) -> String {
 /// and the scratch directory.
 pub struct Fleet {
     traffic: Option<Traffic>,
-    operator: Option<OperatorProcess>,
+    operator: Option<Operator>,
     /// The node shim.
     pub shim: ShimProcess,
     /// Handover starts and concurrency, from a pod watch.
@@ -368,7 +301,8 @@ pub struct Fleet {
     /// Scratch directory (shim root, logs, probe output).
     pub dir: PathBuf,
     operator_generation: u32,
-    tmp: tempfile::TempDir,
+    /// Holds the scratch directory (removed on drop unless kept).
+    _tmp: tempfile::TempDir,
 }
 
 /// Extra images of a fleet: `(image, command)`, as `--image IMAGE=COMMAND`.
@@ -388,13 +322,10 @@ impl Fleet {
         let server = ApiServer::start().await?;
         let t0 = Instant::now();
         // The other layout may need a build (scripts/test.sh prebuilds it).
-        let agent_bins = [1, 2].map(|layout| {
-            agent_bin_for_layout(layout)
-                .unwrap_or_else(|e| panic!("baton-agent for layout {layout}: {e}"))
-        });
+        let agent_bins = [1, 2].map(|layout| agent_bin(layout).unwrap());
         let client = server.client().await;
-        install_crd(&client).await;
-        create_namespace(&client, NS).await;
+        install_crd(&client).await.unwrap();
+        create_namespace(&client, NS).await.unwrap();
         install_agent_rbac(&client, NS).await;
         let vip = create_service(&client).await;
 
@@ -416,13 +347,13 @@ impl Fleet {
             .collect();
         let kernel = Kernel::new(test, &root, &nodes);
         let run = |bin: &Path| format!("{} run", bin.display());
-        let mut launch = ShimLaunch::new(Path::new(SHIM), server.kubeconfig(), &root)
+        let mut launch = ShimLaunch::new(&shim_bin().unwrap(), server.kubeconfig(), &root)
             .image(AGENT_V1, &run(&agent_bins[0]))
             .image(AGENT_V2, &run(&agent_bins[1]))
             .image(EMPTY, "idle")
             .arg(
                 "--host-path",
-                format!("/sys/fs/cgroup={}/{{node}}", kernel.parent.display()),
+                format!("/sys/fs/cgroup={}/{{node}}", kernel.parent.path().display()),
             )
             .env("BATON_METRICS_ADDR", &format!("{{host_ip}}:{METRICS_PORT}"))
             .backoff(Duration::from_millis(300), Duration::from_secs(2))
@@ -447,7 +378,7 @@ impl Fleet {
             agent_bins,
             dir,
             operator_generation: 0,
-            tmp,
+            _tmp: tmp,
         };
         fleet.start_operator();
         eprintln!(
@@ -463,21 +394,20 @@ impl Fleet {
     pub fn start_operator(&mut self) {
         self.operator_generation += 1;
         let identity = format!("baton-operator-{}", self.operator_generation);
-        self.operator = Some(OperatorProcess::start_with(
-            self.server.kubeconfig(),
-            NS,
-            &identity,
-            &self.dir.join("operator.log"),
-            &[LEASE_SECONDS],
-        ));
+        self.operator = Some(
+            OperatorCmd::new(self.server.kubeconfig(), NS, &identity)
+                .unwrap()
+                .arg(LEASE_SECONDS)
+                .spawn(&self.dir.join("operator.log"))
+                .unwrap(),
+        );
     }
 
     /// SIGKILLs the operator (its lease stays until it expires).
     pub fn kill_operator(&mut self) {
-        if let Some(op) = self.operator.as_mut() {
+        if let Some(op) = self.operator.take() {
             op.kill();
         }
-        self.operator = None;
     }
 
     /// Logs for failure messages: operator, shim and containers, API server.
@@ -558,6 +488,7 @@ impl Fleet {
             },
         )
         .await
+        .unwrap()
     }
 
     /// The agent pod of `node`.
@@ -615,14 +546,13 @@ impl Fleet {
     /// `baton-agent CMD` against `node`'s agent (admin socket, else the pins).
     pub async fn agent_cli(&self, node: &str, cmd: &str) -> Output {
         let run_dir = self.run_dir(node).await;
-        Command::new(&self.agent_bins[1])
-            .arg(cmd)
-            .arg("--run-dir")
-            .arg(&run_dir)
-            .arg("--bpffs")
-            .arg(self.kernel.node(node).pin_dir())
-            .output()
-            .expect("running baton-agent")
+        agent::cli(
+            &self.agent_bins[1],
+            cmd,
+            &run_dir,
+            &self.kernel.node(node).pin_dir(),
+        )
+        .unwrap()
     }
 
     /// The JSON answer of `baton-agent CMD` on `node`, if it succeeded.
@@ -669,7 +599,8 @@ impl Fleet {
                 (web["vips"][0] == self.vip.ip().to_string() && seen == want).then_some(())
             },
         )
-        .await;
+        .await
+        .unwrap();
     }
 
     /// `baton-agent verify` on `node` exits 0 with no violation; returns the report.
@@ -709,13 +640,6 @@ impl Fleet {
                     .count()
             })
             .sum()
-    }
-
-    /// Pid of the process running in `slot` of `node`'s pod, with its image.
-    pub async fn slot_process(&self, node: &str, slot: &str) -> Option<(i32, String)> {
-        let pod = self.pod(node).await;
-        let c = container_status(&pod, &format!("slot-{slot}"))?;
-        Some((crate::kube_support::container_pid(&c)?, c.image))
     }
 
     /// The pod annotations of `node`.
@@ -811,7 +735,7 @@ impl Traffic {
         let mut traffic = Traffic { probes: Vec::new() };
         for node in &fleet.kernel.nodes {
             let mut args = ProbeRun::new()
-                .cgroup(&node.cgroup)
+                .cgroup(node.cgroup())
                 .local_backends()
                 .target(fleet.vip)
                 .duration(Duration::from_secs(900))
@@ -823,7 +747,8 @@ impl Traffic {
                     TARGET_PORT,
                 )));
             }
-            let probe = ProbeProcess::start(args, &dir, &node.name, Duration::from_secs(10));
+            let probe =
+                ProbeProcess::start(args, &dir, &node.name, Duration::from_secs(10)).unwrap();
             traffic.probes.push((node.name.clone(), probe));
         }
         traffic
@@ -833,11 +758,11 @@ impl Traffic {
     fn stop(mut self) -> Vec<(String, Report)> {
         // All stop at once, then each is collected.
         for (_, p) in &self.probes {
-            p.request_stop();
+            p.request_stop().unwrap();
         }
         std::mem::take(&mut self.probes)
             .into_iter()
-            .map(|(node, p)| (node, p.report(Duration::from_secs(20))))
+            .map(|(node, p)| (node, p.report(Duration::from_secs(20)).unwrap()))
             .collect()
     }
 }

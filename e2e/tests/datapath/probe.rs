@@ -1,15 +1,19 @@
 //! Runs the real `baton-probe` binary (needs root: it unshares a network namespace).
 //! No BPF is involved, so targets are the backends themselves.
-#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step panics
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use baton_e2e::harness::{parse_report, wait_for_file, ProbeRun};
+use baton_e2e::kit::probe::{parse_report, ProbeRun};
+use baton_e2e::kit::sandbox::{cgroup_root, CgroupDir};
+use baton_e2e::kit::wait::wait_for_file;
 use baton_e2e::report::{FailureKind, Report};
 
-const PROBE: &str = env!("CARGO_BIN_EXE_baton-probe");
+/// The probe under test.
+fn probe() -> PathBuf {
+    baton_e2e::kit::probe_bin().unwrap()
+}
 
 fn require_root() {
     assert!(
@@ -50,7 +54,7 @@ fn assert_all_failed(r: &Report, target: &str, kind: FailureKind) {
 
 #[test]
 fn connects_reach_the_backends_in_a_private_netns() {
-    let r = run_ok(Command::new(PROBE).args([
+    let r = run_ok(Command::new(probe()).args([
         "run",
         "--backend",
         "127.0.0.10:8080",
@@ -92,7 +96,7 @@ fn connects_reach_the_backends_in_a_private_netns() {
 
 #[test]
 fn target_without_listener_is_refused() {
-    let r = run_ok(Command::new(PROBE).args([
+    let r = run_ok(Command::new(probe()).args([
         "run",
         "--backend",
         "127.0.0.10:8080",
@@ -113,7 +117,7 @@ fn target_without_listener_is_refused() {
 /// so an un-rewritten VIP fails locally instead of leaving the machine.
 #[test]
 fn outside_addresses_are_unreachable_in_the_sandbox() {
-    let r = run_ok(Command::new(PROBE).args([
+    let r = run_ok(Command::new(probe()).args([
         "run",
         "--backend",
         "127.0.0.10:8080",
@@ -140,7 +144,7 @@ fn outside_addresses_are_unreachable_in_the_sandbox() {
 /// untouched. (Without the flag such a backend is a setup error, below.)
 #[test]
 fn pod_ip_backends_are_local_to_the_sandbox_only() {
-    let r = run_ok(Command::new(PROBE).args([
+    let r = run_ok(Command::new(probe()).args([
         "run",
         "--local-backends",
         "--backend",
@@ -185,7 +189,7 @@ fn held_connections_stay_alive_through_the_load() {
             .connects(2_000)
             .concurrency(8)
             .hold(40)
-            .command(PROBE),
+            .command(probe()),
     );
     assert_eq!(r.totals.ok, 2_000, "{:?}", r.totals);
     let h = r.hold.expect("hold report");
@@ -197,7 +201,7 @@ fn held_connections_stay_alive_through_the_load() {
 
 #[test]
 fn duration_mode_is_paced() {
-    let r = run_ok(Command::new(PROBE).args([
+    let r = run_ok(Command::new(probe()).args([
         "run",
         "--backend",
         "127.0.0.10:8080",
@@ -237,7 +241,7 @@ fn stop_file_ends_a_long_run_and_ready_file_comes_first() {
         .hold(4)
         .ready_file(&ready)
         .stop_file(&stop)
-        .command(PROBE)
+        .command(probe())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -276,13 +280,12 @@ fn stop_file_ends_a_long_run_and_ready_file_comes_first() {
 #[test]
 fn joins_the_given_cgroup() {
     require_root();
-    let Some(root) = cgroup2_mount() else {
-        eprintln!("no cgroup v2 mount; skipping");
-        return;
-    };
-    let cg = root.join(format!("baton-e2e-probe-{}", std::process::id()));
-    let _ = std::fs::remove_dir(&cg);
-    std::fs::create_dir(&cg).expect("create cgroup");
+    let cgroup = CgroupDir::create(
+        &cgroup_root().unwrap(),
+        &format!("baton-e2e-probe-{}", std::process::id()),
+    )
+    .unwrap();
+    let cg = cgroup.path().to_owned();
     let dir = tmp_dir("cgroup");
     let (ready, stop) = (dir.join("ready"), dir.join("stop"));
     let child = ProbeRun::new()
@@ -293,7 +296,7 @@ fn joins_the_given_cgroup() {
         .rate(100.0)
         .ready_file(&ready)
         .stop_file(&stop)
-        .command(PROBE)
+        .command(probe())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -306,7 +309,7 @@ fn joins_the_given_cgroup() {
     std::fs::write(&stop, b"").expect("stop file");
     let out = child.wait_with_output().expect("wait");
     let pid = out_pid(&ready);
-    let _ = std::fs::remove_dir(&cg);
+    drop(cgroup);
     let _ = std::fs::remove_dir_all(&dir);
     assert!(
         procs.lines().any(|l| l.trim() == pid.to_string()),
@@ -321,7 +324,7 @@ fn joins_the_given_cgroup() {
 fn setup_errors_exit_non_zero_with_a_message() {
     require_root();
     // Not a local address inside the fresh netns.
-    let out = Command::new(PROBE)
+    let out = Command::new(probe())
         .args([
             "run",
             "--backend",
@@ -347,7 +350,7 @@ fn setup_errors_exit_non_zero_with_a_message() {
         .cgroup(&dir)
         .target("127.0.0.1:1".parse().expect("addr"))
         .connects(1)
-        .command(PROBE)
+        .command(probe())
         .output()
         .expect("spawn");
     assert!(!out.status.success());
@@ -360,7 +363,7 @@ fn setup_errors_exit_non_zero_with_a_message() {
     let _ = std::fs::remove_dir_all(dir);
 
     // Neither --connects nor --duration-ms.
-    let out = Command::new(PROBE)
+    let out = Command::new(probe())
         .args(["run", "--target", "127.0.0.1:1"])
         .output()
         .expect("spawn");
@@ -373,7 +376,7 @@ fn serve_answers_until_sigterm() {
     let dir = tmp_dir("serve");
     let ready = dir.join("ready");
     // Port 0 on the host loopback: no netns, nothing fixed that could collide.
-    let child = Command::new(PROBE)
+    let child = Command::new(probe())
         .args(["serve", "--backend", "127.0.0.1:0", "--ready-file"])
         .arg(&ready)
         .stderr(Stdio::piped())
@@ -422,14 +425,4 @@ fn out_pid(ready: &Path) -> u64 {
     let info: serde_json::Value =
         serde_json::from_slice(&std::fs::read(ready).expect("read ready")).expect("json");
     info["pid"].as_u64().expect("pid")
-}
-
-/// Mount point of the cgroup v2 hierarchy (e.g. /sys/fs/cgroup or /sys/fs/cgroup/unified).
-fn cgroup2_mount() -> Option<PathBuf> {
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    mounts.lines().find_map(|l| {
-        let (pre, post) = l.split_once(" - ")?;
-        (post.split_whitespace().next()? == "cgroup2")
-            .then(|| pre.split_whitespace().nth(4).map(PathBuf::from))?
-    })
 }

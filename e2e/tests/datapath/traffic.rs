@@ -1,8 +1,6 @@
 //! Real connects through the real datapath: a probe process in the test's
 //! cgroup and its own network namespace connects to VIPs while this process
 //! programs the maps.
-#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step panics
-
 use std::collections::{BTreeMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
@@ -12,8 +10,7 @@ use baton_agent::datapath::Datapath;
 use baton_agent::model::{DesiredState, EndpointSpec, PortSpec, ServiceSpec};
 use baton_agent::programmer::Programmer;
 use baton_agent::verify;
-use baton_e2e::harness::{parse_report, probe_bin, wait_for_file, ProbeRun};
-use baton_e2e::kernel::TestEnv;
+use baton_e2e::kit::{ProbeProcess, ProbeRun, Sandbox};
 use baton_e2e::report::Report;
 use baton_ebpf::{Counter, LbPolicy};
 
@@ -59,16 +56,7 @@ fn probe(cgroup: &Path, backends: &[&str], targets: &[&str], connects: u64) -> R
     for t in targets {
         run = run.target(sa(t));
     }
-    let out = run
-        .command(probe_bin().expect("baton-probe built"))
-        .output()
-        .expect("run probe");
-    assert!(
-        out.status.success(),
-        "probe failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    parse_report(&out.stdout).expect("probe report")
+    run.run().unwrap()
 }
 
 /// Identity counts seen for one target.
@@ -81,7 +69,7 @@ fn seen(r: &Report, target: &str) -> BTreeMap<String, u64> {
     t.identities.clone().into_iter().collect()
 }
 
-fn start(env: &TestEnv, desired: &DesiredState) -> (Datapath, Programmer) {
+fn start(env: &Sandbox, desired: &DesiredState) -> (Datapath, Programmer) {
     let dp = Datapath::start(&env.config()).expect("datapath");
     let mut p = Programmer::new();
     let r = p.sync(&dp.maps, desired).expect("sync");
@@ -91,7 +79,7 @@ fn start(env: &TestEnv, desired: &DesiredState) -> (Datapath, Programmer) {
 
 #[test]
 fn random_spreads_over_every_backend_ipv4() {
-    let env = TestEnv::new("dp-random");
+    let env = Sandbox::new("dp-random").unwrap();
     let eps = vec![
         ep("127.0.0.10", 0, 0),
         ep("127.0.0.11", 0, 0),
@@ -110,7 +98,7 @@ fn random_spreads_over_every_backend_ipv4() {
         },
     );
     let r = probe(
-        &env.cgroup,
+        env.cgroup(),
         &["127.0.0.10:8080", "127.0.0.11:8080", "127.0.0.12:8080"],
         &["10.96.0.10:80"],
         900,
@@ -128,7 +116,7 @@ fn random_spreads_over_every_backend_ipv4() {
 
 #[test]
 fn strict_never_leaves_priority_zero() {
-    let env = TestEnv::new("dp-strict");
+    let env = Sandbox::new("dp-strict").unwrap();
     let svc = |eps| DesiredState {
         services: vec![service(
             "s",
@@ -143,7 +131,7 @@ fn strict_never_leaves_priority_zero() {
         &svc(vec![ep("127.0.0.10", 0, 0), ep("127.0.0.11", 0, 1)]),
     );
     let r = probe(
-        &env.cgroup,
+        env.cgroup(),
         &["127.0.0.10:8080", "127.0.0.11:8080"],
         &["10.96.0.20:80"],
         300,
@@ -159,7 +147,7 @@ fn strict_never_leaves_priority_zero() {
         .expect("sync")
         .ok());
     let r = probe(
-        &env.cgroup,
+        env.cgroup(),
         &["127.0.0.10:8080", "127.0.0.11:8080"],
         &["10.96.0.20:80"],
         50,
@@ -175,7 +163,7 @@ fn strict_never_leaves_priority_zero() {
 
 #[test]
 fn failover_moves_to_the_next_bucket_when_one_empties() {
-    let env = TestEnv::new("dp-failover");
+    let env = Sandbox::new("dp-failover").unwrap();
     let svc = |eps| DesiredState {
         services: vec![service(
             "f",
@@ -198,7 +186,7 @@ fn failover_moves_to_the_next_bucket_when_one_empties() {
         "127.0.0.20:8080",
         "127.0.0.30:8080",
     ];
-    let r = probe(&env.cgroup, &backends, &["10.96.0.30:80"], 400);
+    let r = probe(env.cgroup(), &backends, &["10.96.0.30:80"], 400);
     assert_eq!(r.totals.ok, 400);
     assert_eq!(
         seen(&r, "10.96.0.30:80").keys().collect::<Vec<_>>(),
@@ -208,7 +196,7 @@ fn failover_moves_to_the_next_bucket_when_one_empties() {
         .sync(&dp.maps, &svc(all[2..].to_vec()))
         .expect("sync")
         .ok());
-    let r = probe(&env.cgroup, &backends, &["10.96.0.30:80"], 200);
+    let r = probe(env.cgroup(), &backends, &["10.96.0.30:80"], 200);
     assert_eq!(r.totals.ok, 200);
     assert_eq!(
         seen(&r, "10.96.0.30:80").keys().collect::<Vec<_>>(),
@@ -218,7 +206,7 @@ fn failover_moves_to_the_next_bucket_when_one_empties() {
         .sync(&dp.maps, &svc(all[3..].to_vec()))
         .expect("sync")
         .ok());
-    let r = probe(&env.cgroup, &backends, &["10.96.0.30:80"], 100);
+    let r = probe(env.cgroup(), &backends, &["10.96.0.30:80"], 100);
     assert_eq!(
         seen(&r, "10.96.0.30:80").keys().collect::<Vec<_>>(),
         ["127.0.0.30:8080"]
@@ -227,7 +215,7 @@ fn failover_moves_to_the_next_bucket_when_one_empties() {
 
 #[test]
 fn ipv6_vips_and_per_endpoint_ports() {
-    let env = TestEnv::new("dp-v6");
+    let env = Sandbox::new("dp-v6").unwrap();
     let eps = vec![ep("::1", 9001, 0), ep("::1", 9002, 0)];
     let (_dp, _p) = start(
         &env,
@@ -242,7 +230,7 @@ fn ipv6_vips_and_per_endpoint_ports() {
         },
     );
     let r = probe(
-        &env.cgroup,
+        env.cgroup(),
         &["[::1]:9001", "[::1]:9002"],
         &["[fd00::10]:443"],
         400,
@@ -255,7 +243,7 @@ fn ipv6_vips_and_per_endpoint_ports() {
 
 #[test]
 fn service_ports_map_to_target_ports() {
-    let env = TestEnv::new("dp-ports");
+    let env = Sandbox::new("dp-ports").unwrap();
     let eps = vec![ep("127.0.0.10", 0, 0)];
     let (_dp, _p) = start(
         &env,
@@ -270,7 +258,7 @@ fn service_ports_map_to_target_ports() {
         },
     );
     let r = probe(
-        &env.cgroup,
+        env.cgroup(),
         &["127.0.0.10:8080", "127.0.0.10:8081", "127.0.0.10:82"],
         &["10.96.0.40:80", "10.96.0.40:81", "10.96.0.40:82"],
         90,
@@ -292,7 +280,7 @@ fn service_ports_map_to_target_ports() {
 
 #[test]
 fn unknown_vips_and_unserviced_ports_pass_through_untouched() {
-    let env = TestEnv::new("dp-pass");
+    let env = Sandbox::new("dp-pass").unwrap();
     let eps = vec![ep("127.0.0.10", 0, 0)];
     // 127.0.0.60 is a VIP for port 80 only; its port 9999 is a real local listener.
     let (dp, _p) = start(
@@ -308,7 +296,7 @@ fn unknown_vips_and_unserviced_ports_pass_through_untouched() {
         },
     );
     let r = probe(
-        &env.cgroup,
+        env.cgroup(),
         &["127.0.0.10:8080", "127.0.0.50:7000", "127.0.0.60:9999"],
         &["127.0.0.50:7000", "127.0.0.60:9999", "127.0.0.60:80"],
         90,
@@ -335,7 +323,7 @@ fn unknown_vips_and_unserviced_ports_pass_through_untouched() {
 /// probe connects to both VIPs: no connect may fail or land outside its pool.
 #[test]
 fn endpoint_churn_under_traffic_loses_and_misroutes_nothing() {
-    let env = TestEnv::new("dp-churn");
+    let env = Sandbox::new("dp-churn").unwrap();
     let pool_a: Vec<String> = (10..18).map(|i| format!("127.0.1.{i}")).collect();
     let pool_b: Vec<String> = (10..18).map(|i| format!("127.0.2.{i}")).collect();
     let pick = |pool: &[String], round: u64, policy: LbPolicy| -> Vec<EndpointSpec> {
@@ -381,28 +369,16 @@ fn endpoint_churn_under_traffic_loses_and_misroutes_nothing() {
         ],
     };
     let (dp, mut p) = start(&env, &desired(0));
-    let ready = env.path("ready");
-    let stop = env.path("stop");
     let mut run = ProbeRun::new()
-        .cgroup(&env.cgroup)
+        .cgroup(env.cgroup())
         .target(sa("10.96.1.1:80"))
         .target(sa("10.96.2.1:80"))
         .duration(Duration::from_secs(20))
-        .concurrency(4)
-        .ready_file(&ready)
-        .stop_file(&stop);
+        .concurrency(4);
     for a in pool_a.iter().chain(&pool_b) {
         run = run.backend(sa(&format!("{a}:8080")));
     }
-    let child = run
-        .command(probe_bin().expect("probe"))
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn probe");
-    assert!(
-        wait_for_file(&ready, Duration::from_secs(10)),
-        "probe not ready"
-    );
+    let probe = ProbeProcess::start(run, env.dir(), "probe", Duration::from_secs(10)).unwrap();
     let started = Instant::now();
     let mut rounds = 0u64;
     let mut changes = 0usize;
@@ -412,9 +388,7 @@ fn endpoint_churn_under_traffic_loses_and_misroutes_nothing() {
         assert!(r.ok(), "{:?}", r.failed);
         changes += r.writes;
     }
-    std::fs::write(&stop, b"").expect("stop file");
-    let out = child.wait_with_output().expect("probe output");
-    let r = parse_report(&out.stdout).expect("report");
+    let r = probe.report(Duration::from_secs(30)).unwrap();
     assert!(rounds > 100, "only {rounds} churn rounds");
     assert!(
         r.totals.attempted > 1000,

@@ -29,13 +29,12 @@
 //!   test restarts the new agent — as the kubelet would restart the crashed
 //!   container — which must start from the pins (already of its layout,
 //!   all reused) and clean up the dead agent's staging directory.
-#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step panics
-
-mod support;
 
 use std::time::Duration;
 
-use support::{killed, other, AgentProc, Ctx, Fixture, Opts, Traffic};
+use baton_e2e::kit::{
+    agent_bin, killed, other_layout as other, wait_until, Agent, Fixture, Host, Opts,
+};
 
 /// Connects per second during each case.
 const RATE: f64 = 1_500.0;
@@ -74,29 +73,35 @@ fn expected(step: &str) -> Survivor {
 }
 
 fn crash_case(step: &str, from: u32) {
-    support::agent_bin(1);
-    support::agent_bin(2);
+    agent_bin(1).unwrap();
+    agent_bin(2).unwrap();
     let to = other(from);
     let case = format!("{step} ({from}→{to})");
     let fixture = Fixture::at(0);
-    let ctx = Ctx::new(&format!("crash-{}", step.replace(':', "-")), &fixture);
+    let ctx = Host::with_fixture(&format!("crash-{}", step.replace(':', "-")), &fixture).unwrap();
     let old_side = step.starts_with("old:");
     let hook = Opts::crash_at(step);
     let none = Opts::default();
 
-    let old = ctx.start(from, if old_side { &hook } else { &none });
-    ctx.assert_dump(&fixture, &case);
-    let traffic = Traffic::start(&ctx, &fixture, RATE, HOLD, Duration::from_secs(90));
+    let old = ctx
+        .start(from, if old_side { &hook } else { &none })
+        .unwrap();
+    ctx.wait_dump(&fixture).expect(&case);
+    let traffic = ctx
+        .traffic(&fixture, RATE, HOLD, Duration::from_secs(90))
+        .unwrap();
     // Some traffic through the old agent's datapath before the handover.
     std::thread::sleep(Duration::from_millis(200));
-    let new = ctx.spawn(to, if old_side { &none } else { &hook });
+    let new = ctx.spawn(to, if old_side { &none } else { &hook }).unwrap();
 
     let victim = if old_side { &old } else { &new };
-    let st = victim.expect_exit(Duration::from_secs(30), &format!("crash hook at {step}"));
+    let st = victim
+        .wait_exit(Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("crash hook at {step}: {e}"));
     assert!(
         killed(st) && victim.log_text().contains("BATON_TEST_CRASH_AT"),
         "{case}: {} exited {st} without its crash hook firing; log:\n{}\nother agent:\n{}",
-        victim.name,
+        victim.name(),
         victim.log_text(),
         if old_side {
             new.log_text()
@@ -106,11 +111,11 @@ fn crash_case(step: &str, from: u32) {
     );
 
     let survivor = expected(step);
-    let restarted: Option<AgentProc>;
-    let live: &AgentProc = match survivor {
+    let restarted: Option<Agent>;
+    let live: &Agent = match survivor {
         Survivor::NewFromPins | Survivor::NewSelfCommitted | Survivor::NewEither => {
             restarted = None;
-            let s = ctx.wait_serving(&new, Duration::from_secs(30));
+            let s = new.wait_serving(Duration::from_secs(30)).unwrap();
             assert_eq!(s["layout_version"], to, "{case}: {s}");
             assert_eq!(s["last_sync"]["writes"], 0, "{case}: entries lost: {s}");
             let from_pins = match survivor {
@@ -148,20 +153,24 @@ fn crash_case(step: &str, from: u32) {
             // The old agent noticed and dropped the session (it may not be
             // frozen yet, so wait for it to say so).
             assert!(
-                support::wait_until(Duration::from_secs(15), || old
+                wait_until(Duration::from_secs(15), || old
                     .log_text()
                     .contains("handover failed; this agent keeps serving")),
                 "{case}: old agent log:\n{}",
                 old.log_text()
             );
-            let s = ctx.wait_status(&format!("{case}: old agent unfrozen"), |s| {
-                s["pid"] == old.pid && s["frozen"] == false
-            });
+            let s = ctx
+                .wait_status(&format!("{case}: old agent unfrozen"), |s| {
+                    s["pid"] == old.pid() && s["frozen"] == false
+                })
+                .unwrap();
             assert_eq!(s["layout_version"], from, "{case}: {s}");
             &old
         }
         Survivor::Restarted => {
-            let st = old.expect_exit(Duration::from_secs(30), "retired after the commit");
+            let st = old
+                .wait_exit(Duration::from_secs(30))
+                .expect("retired after the commit");
             assert!(
                 st.success() && old.log_text().contains("handed over to a successor"),
                 "{case}: old agent exit {st}; log:\n{}",
@@ -169,8 +178,8 @@ fn crash_case(step: &str, from: u32) {
             );
             // No agent at all now: the pinned datapath serves alone for a while.
             std::thread::sleep(Duration::from_millis(300));
-            let r = ctx.start(to, &none);
-            let s = ctx.wait_serving(&r, Duration::from_secs(30));
+            let r = ctx.start(to, &none).unwrap();
+            let s = r.wait_serving(Duration::from_secs(30)).unwrap();
             assert_eq!(s["handover"]["via"], "pins", "{case}: {s}");
             assert_eq!(
                 (s["maps"]["reused"].as_u64(), s["maps"]["migrated"].as_u64()),
@@ -184,36 +193,34 @@ fn crash_case(step: &str, from: u32) {
     };
 
     // Exactly one agent process left, the one answering status.
-    let all: Vec<&AgentProc> = [&old, &new].into_iter().chain(restarted.as_ref()).collect();
-    let alive: Vec<&str> = all
-        .iter()
-        .filter(|a| a.alive())
-        .map(|a| a.name.as_str())
-        .collect();
-    assert_eq!(alive, [live.name.as_str()], "{case}: agents alive");
+    let all: Vec<&Agent> = [&old, &new].into_iter().chain(restarted.as_ref()).collect();
+    let alive: Vec<&str> = all.iter().filter(|a| a.alive()).map(|a| a.name()).collect();
+    assert_eq!(alive, [live.name()], "{case}: agents alive");
     let s = ctx.status().expect("status");
-    assert_eq!(s["pid"], live.pid, "{case}: {s}");
+    assert_eq!(s["pid"], live.pid(), "{case}: {s}");
 
-    ctx.assert_dump(&fixture, &case);
-    ctx.assert_verify_clean(&case);
+    ctx.wait_dump(&fixture).expect(&case);
+    ctx.verify_clean().expect(&case);
     // Active and not frozen: an edit reaches the maps.
     let edited = Fixture::at(1);
-    ctx.write_services(&edited);
-    ctx.assert_dump(&edited, &format!("{case}: after an edit"));
-    ctx.assert_verify_clean(&format!("{case}: after an edit"));
+    ctx.write_fixture(&edited).unwrap();
+    ctx.wait_dump(&edited)
+        .unwrap_or_else(|e| panic!("{case}: after an edit: {e}"));
+    ctx.verify_clean()
+        .unwrap_or_else(|e| panic!("{case}: after an edit: {e}"));
     assert!(
-        support::wait_until(Duration::from_secs(5), || ctx.staging_dirs().is_empty()),
+        wait_until(Duration::from_secs(5), || ctx.staging_dirs().is_empty()),
         "{case}: staging directories left: {:?}",
         ctx.staging_dirs()
     );
 
-    let report = traffic.stop();
+    let report = traffic.report(Duration::from_secs(60)).unwrap();
     let problems = fixture.traffic_problems(&report);
     assert!(problems.is_empty(), "{case}: traffic: {problems:#?}");
     assert!(
         live.alive(),
         "{case}: {} died: {}",
-        live.name,
+        live.name(),
         live.log_text()
     );
     eprintln!(
@@ -259,23 +266,25 @@ crash! {
 /// (everything reused). Traffic runs throughout.
 #[test]
 fn sigkill_without_handover_recovers_from_pins_in_both_layouts() {
-    support::agent_bin(1);
-    support::agent_bin(2);
+    agent_bin(1).unwrap();
+    agent_bin(2).unwrap();
     let fixture = Fixture::at(0);
-    let ctx = Ctx::new("crash-recover", &fixture);
-    let mut agent = ctx.start(1, &Opts::default());
-    ctx.assert_dump(&fixture, "first agent");
-    let traffic = Traffic::start(&ctx, &fixture, RATE, HOLD, Duration::from_secs(90));
+    let ctx = Host::with_fixture("crash-recover", &fixture).unwrap();
+    let mut agent = ctx.start(1, &Opts::default()).unwrap();
+    ctx.wait_dump(&fixture).expect("first agent");
+    let traffic = ctx
+        .traffic(&fixture, RATE, HOLD, Duration::from_secs(90))
+        .unwrap();
     for (to, migrated) in [(2u32, 2u64), (1, 2), (1, 0)] {
-        let from = agent.layout;
+        let from = agent.layout().unwrap();
         let case = format!("SIGKILL layout {from}, restart as layout {to}");
         agent.kill();
         // The dead agent left its admin.sock: `verify` and `status` say no
         // agent answers and read the pins instead.
         assert_pins_answer(&ctx, from, &case);
         std::thread::sleep(Duration::from_millis(300));
-        agent = ctx.start(to, &Opts::default());
-        let s = ctx.wait_serving(&agent, Duration::from_secs(30));
+        agent = ctx.start(to, &Opts::default()).unwrap();
+        let s = agent.wait_serving(Duration::from_secs(30)).unwrap();
         // The recovery's figures are in status, as for a handover.
         let h = &s["handover"];
         assert_eq!(h["via"], "pins", "{case}: {s}");
@@ -296,29 +305,29 @@ fn sigkill_without_handover_recovers_from_pins_in_both_layouts() {
         );
         assert_eq!(s["adopted_maps"], true, "{case}: {s}");
         assert_eq!(s["last_sync"]["writes"], 0, "{case}: entries lost: {s}");
-        ctx.assert_dump(&fixture, &case);
-        ctx.assert_verify_clean(&case);
+        ctx.wait_dump(&fixture).expect(&case);
+        ctx.verify_clean().expect(&case);
         assert!(
             ctx.staging_dirs().is_empty(),
             "{case}: {:?}",
             ctx.staging_dirs()
         );
     }
-    let report = traffic.stop();
+    let report = traffic.report(Duration::from_secs(60)).unwrap();
     let problems = fixture.traffic_problems(&report);
     assert!(problems.is_empty(), "traffic: {problems:#?}");
-    agent.stop();
+    agent.stop().unwrap();
 }
 
 /// With the agent SIGKILLed (its admin.sock left behind), `verify` and
 /// `status` fall back to the pins, say so, and `verify` exits 0 on the clean
 /// datapath.
-fn assert_pins_answer(ctx: &Ctx, layout: u32, case: &str) {
+fn assert_pins_answer(ctx: &Host, layout: u32, case: &str) {
     assert!(
         ctx.run_dir.join("admin.sock").exists(),
         "{case}: the SIGKILLed agent's admin.sock is gone; the case needs it stale"
     );
-    let out = ctx.verify_cli(layout);
+    let out = ctx.cli(layout, "verify").unwrap();
     let (stdout, stderr) = (
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr),
@@ -332,13 +341,7 @@ fn assert_pins_answer(ctx: &Ctx, layout: u32, case: &str) {
     assert_eq!(v["answered_by"], "pins", "{case}: {v}");
     assert_eq!(v["violations"], serde_json::json!([]), "{case}: {v}");
     assert!(v["endpoints"].as_u64() > Some(0), "{case}: {v}");
-    let out = std::process::Command::new(support::agent_bin(layout))
-        .args(["status", "--run-dir"])
-        .arg(&ctx.run_dir)
-        .arg("--bpffs")
-        .arg(&ctx.env.pin_dir)
-        .output()
-        .expect("baton-agent status");
+    let out = ctx.cli(layout, "status").unwrap();
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
     assert!(
         out.status.success() && v["answered_by"] == "pins" && v["layout_version"] == layout,

@@ -1,15 +1,13 @@
 //! Transactional map programming against real kernel maps: invariants after
 //! every sync, exhaustive fault injection at every write, a real map-full
 //! error, and adoption of pinned maps after a restart.
-#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step panics
-
 use std::net::IpAddr;
 
 use baton_agent::datapath::Datapath;
 use baton_agent::model::{DesiredState, EndpointSpec, PortSpec, ServiceSpec};
 use baton_agent::programmer::{FaultPlan, Programmer};
 use baton_agent::verify;
-use baton_e2e::kernel::TestEnv;
+use baton_e2e::kit::Sandbox;
 use baton_ebpf::LbPolicy;
 use nix::errno::Errno;
 
@@ -99,7 +97,7 @@ fn scenario() -> Vec<DesiredState> {
 
 #[test]
 fn every_sync_leaves_maps_equal_to_the_view() {
-    let env = TestEnv::new("prog-basic");
+    let env = Sandbox::new("prog-basic").unwrap();
     let dp = Datapath::start(&env.config()).expect("datapath");
     let mut p = Programmer::new();
     for (i, desired) in scenario().iter().enumerate() {
@@ -122,7 +120,7 @@ fn every_sync_leaves_maps_equal_to_the_view() {
 
 #[test]
 fn a_failure_at_any_write_rolls_back_to_agreement() {
-    let env = TestEnv::new("prog-faults");
+    let env = Sandbox::new("prog-faults").unwrap();
     let dp = Datapath::start(&env.config()).expect("datapath");
     let steps = scenario();
     // Count the writes of each transition, then fail each of them in turn.
@@ -169,7 +167,7 @@ fn a_failure_at_any_write_rolls_back_to_agreement() {
 
 #[test]
 fn a_full_endpoint_map_fails_cleanly_and_keeps_old_state_serving() {
-    let env = TestEnv::new("prog-full");
+    let env = Sandbox::new("prog-full").unwrap();
     let mut cfg = env.config();
     cfg.max_entries.insert("endpoint".into(), 4);
     let dp = Datapath::start(&cfg).expect("datapath");
@@ -204,7 +202,7 @@ fn a_full_endpoint_map_fails_cleanly_and_keeps_old_state_serving() {
 
 #[test]
 fn a_restarted_agent_adopts_pinned_maps_and_resyncs_without_gaps() {
-    let env = TestEnv::new("prog-adopt");
+    let env = Sandbox::new("prog-adopt").unwrap();
     let steps = scenario();
     let first = Datapath::start(&env.config()).expect("datapath");
     let mut p = Programmer::new();
