@@ -8,9 +8,9 @@ cd "$(dirname "$0")/.."
 source scripts/deps.sh
 
 echo ">> building (release)"
-cargo build --release --locked -p baton-agent -p baton-e2e --bins 2>&1 | tail -n 1
-echo ">> building the agent for map layout 2 (release; the hot upgrade's other build)"
-cargo build --release -p baton-agent --features layout-v2 --target-dir target/layout-v2 --locked 2>&1 | tail -n 1
+cargo build --release --locked -q -p baton-agent -p baton-e2e --bin baton-agent --bin baton-probe
+echo ">> building the agent for map layout 2 (release; the hot upgrade's other build, same dependencies)"
+cargo xtask agent-v2 --profile release -p baton-agent -p baton-e2e
 AGENT=target/release/baton-agent
 AGENT_V2=target/layout-v2/release/baton-agent
 PROBE=target/release/baton-probe

@@ -12,7 +12,8 @@ use crate::run;
 use anyhow::{Context, Result};
 use std::path::PathBuf;
 
-/// The workspace build (all targets) plus the layout-2 agent.
+/// The workspace build (all targets), the layout-2 agent and the pinned
+/// earlier revision's agents (e2e/tests/handover_revisions.rs).
 pub fn build_all(profile: &str) -> Result<()> {
     agent_v2(profile, &[])?;
     run::cargo(&[
@@ -22,7 +23,8 @@ pub fn build_all(profile: &str) -> Result<()> {
         "--locked",
         "--profile",
         profile,
-    ])
+    ])?;
+    run::program("scripts/build-pinned.sh", &["--profile", profile])
 }
 
 /// Builds the layout-2 agent sharing `packages`' dependency tree (the workspace when empty).
@@ -36,7 +38,14 @@ pub fn agent_v2(profile: &str, packages: &[String]) -> Result<()> {
         }
     }
     let build = |extra: &[&str]| -> Result<()> {
-        let mut args = vec!["build", "--locked", "--profile", profile, "--bin", "baton-agent"];
+        let mut args = vec![
+            "build",
+            "--locked",
+            "--profile",
+            profile,
+            "--bin",
+            "baton-agent",
+        ];
         args.extend(&selection);
         args.extend(extra);
         run::cargo(&args)

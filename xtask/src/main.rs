@@ -24,6 +24,8 @@ struct Cli {
 enum Task {
     /// fmt --check, clippy -D warnings (all targets, the real-node tests too), manifest rules.
     Lint,
+    /// Check only the manifest rules (workspace versions, inherited fields and lints).
+    Manifests,
     /// Build the workspace (all targets) and the layout-2 agent, reusing one dependency tree.
     Build {
         /// Cargo profile (dev, release, bench).
@@ -64,6 +66,7 @@ fn main() -> Result<()> {
     std::env::set_current_dir(&root)?;
     match cli.task {
         Task::Lint => lint::all(),
+        Task::Manifests => manifests::check(&root),
         Task::Build { profile } => layouts::build_all(&profile),
         Task::AgentV2 { profile, packages } => layouts::agent_v2(&profile, &packages),
         Task::Test { tiers, threads } => tiers::run(&tiers, threads),
@@ -74,8 +77,21 @@ fn main() -> Result<()> {
 
 /// Writes the generated CRD to every committed copy (operator/tests/crd_files.rs checks them).
 fn crdgen() -> Result<()> {
-    for out in ["crds/kmeshupgrade.yaml", "charts/baton/crds/kmeshupgrade.yaml"] {
-        run::cargo(&["run", "-q", "--locked", "-p", "baton-operator", "--", "crd", "-o", out])?;
+    for out in [
+        "crds/kmeshupgrade.yaml",
+        "charts/baton/crds/kmeshupgrade.yaml",
+    ] {
+        run::cargo(&[
+            "run",
+            "-q",
+            "--locked",
+            "-p",
+            "baton-operator",
+            "--",
+            "crd",
+            "-o",
+            out,
+        ])?;
     }
     Ok(())
 }

@@ -65,7 +65,11 @@ fn member_problems(manifest: &Table) -> Vec<String> {
         .flat_map(|t| t.values());
     let tables = std::iter::once(manifest as &Table)
         .chain(targets.filter_map(Value::as_table))
-        .flat_map(|t| DEP_TABLES.iter().filter_map(move |k| Some((*k, t.get(*k)?))));
+        .flat_map(|t| {
+            DEP_TABLES
+                .iter()
+                .filter_map(move |k| Some((*k, t.get(*k)?)))
+        });
     for (kind, deps) in tables {
         for (name, spec) in deps.as_table().into_iter().flatten() {
             if !inherits(spec) {

@@ -22,9 +22,7 @@ fn cargo_bin() -> String {
 pub fn status(mut cmd: Command) -> Result<()> {
     let shown = format!("{cmd:?}").replace('"', "");
     eprintln!(">> {shown}");
-    let st = cmd
-        .status()
-        .with_context(|| format!("starting {shown}"))?;
+    let st = cmd.status().with_context(|| format!("starting {shown}"))?;
     if !st.success() {
         bail!("{shown} failed ({st})");
     }

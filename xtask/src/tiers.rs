@@ -31,7 +31,10 @@ pub fn run(tiers: &[Tier], threads: usize) -> Result<()> {
         env.push(("BATON_K8S_BIN_DIR", dir));
     }
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    if tiers.iter().any(|t| matches!(t, Tier::Unit | Tier::Integration)) {
+    if tiers
+        .iter()
+        .any(|t| matches!(t, Tier::Unit | Tier::Integration))
+    {
         layouts::build_all("dev")?;
     }
     for tier in tiers {
@@ -39,19 +42,42 @@ pub fn run(tiers: &[Tier], threads: usize) -> Result<()> {
         match tier {
             Tier::Unit => {
                 run::cargo_env(
-                    &["test", "--workspace", "--locked", "--lib", "--bins", "--", &threads],
+                    &[
+                        "test",
+                        "--workspace",
+                        "--locked",
+                        "--lib",
+                        "--bins",
+                        "--",
+                        &threads,
+                    ],
                     &env,
                 )?;
                 run::cargo_env(&["test", "--workspace", "--locked", "--doc"], &env)?;
             }
             Tier::Integration => run::cargo_env(
-                &["test", "--workspace", "--locked", "--test", "*", "--", &threads],
+                &[
+                    "test",
+                    "--workspace",
+                    "--locked",
+                    "--test",
+                    "*",
+                    "--",
+                    &threads,
+                ],
                 &env,
             )?,
             Tier::Chart => {
                 run::program(
                     "python3",
-                    &["-m", "pip", "install", "-q", "-r", "charts/tests/requirements.txt"],
+                    &[
+                        "-m",
+                        "pip",
+                        "install",
+                        "-q",
+                        "-r",
+                        "charts/tests/requirements.txt",
+                    ],
                 )?;
                 run::program("python3", &["-m", "pytest", "-q", "charts/tests"])?;
             }
