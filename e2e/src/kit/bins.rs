@@ -196,3 +196,41 @@ fn find_agent(layout: u32) -> Result<PathBuf> {
         build,
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_binary_names_its_build_command_and_override() {
+        let e = locate(
+            "baton-x",
+            "BATON_KIT_TEST_UNSET",
+            vec![PathBuf::from("/nonexistent/baton-x")],
+            "cargo build -p baton-x".into(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("`cargo build -p baton-x`") && e.contains("BATON_KIT_TEST_UNSET"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_other_layout_is_built_by_xtask() {
+        let other = other_layout(baton_ebpf::LAYOUT_VERSION);
+        if std::env::var_os(agent_bin_env(other)).is_some() {
+            return;
+        }
+        if let Err(e) = find_agent(other) {
+            let want = if other == 2 {
+                "cargo xtask agent-v2"
+            } else {
+                "--target-dir"
+            };
+            assert!(e.to_string().contains(want), "{e}");
+        }
+        assert!(find_agent(7).is_err());
+    }
+}

@@ -448,3 +448,79 @@ pub fn checked_output(cmd: Command) -> Result<std::process::Output> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sh(script: &str, dir: &Path, grace: Duration) -> Process {
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", script]);
+        Spawn::new("sh", cmd, dir.join("sh.log"))
+            .drop_grace(grace)
+            .start()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_timed_out_wait_quotes_the_log_and_an_exit_ends_the_wait() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = sh("echo started here; sleep 30", dir.path(), Duration::ZERO);
+        let e = p
+            .wait_until(
+                "nothing",
+                Duration::from_millis(300),
+                POLL_TEST,
+                || None::<()>,
+                || "ctx".into(),
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("waiting for nothing") && e.contains("started here") && e.contains("ctx"),
+            "{e}"
+        );
+        assert!(p.alive());
+        assert!(killed(p.kill().unwrap()));
+        assert!(!p.signal(Signal::SIGTERM), "no signal to a reaped pid");
+
+        let q = sh("echo bye; exit 3", dir.path(), Duration::ZERO);
+        let e = q
+            .wait_until(
+                "forever",
+                Duration::from_secs(10),
+                POLL_TEST,
+                || None::<()>,
+                String::new,
+            )
+            .unwrap_err();
+        assert!(
+            matches!(e, Error::Exited { .. }) && e.to_string().contains("bye"),
+            "{e}"
+        );
+        assert_eq!(q.exited().and_then(|s| s.code()), Some(3));
+    }
+
+    #[test]
+    fn stop_is_term_then_kill_after_the_grace() {
+        let dir = tempfile::tempdir().unwrap();
+        let polite = sh("sleep 30", dir.path(), Duration::ZERO);
+        assert_eq!(
+            polite.stop(Duration::from_secs(5)).and_then(|s| s.signal()),
+            Some(libc::SIGTERM)
+        );
+        let stubborn = sh(
+            "trap '' TERM; echo ready; sleep 30",
+            dir.path(),
+            Duration::ZERO,
+        );
+        assert!(wait::wait_until(Duration::from_secs(5), || stubborn
+            .log_text()
+            .contains("ready")));
+        let t = Instant::now();
+        assert!(killed(stubborn.stop(Duration::from_millis(300)).unwrap()));
+        assert!(t.elapsed() >= Duration::from_millis(300));
+    }
+
+    const POLL_TEST: Duration = Duration::from_millis(10);
+}

@@ -294,3 +294,43 @@ impl Sandbox {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sandbox_is_a_fresh_child_cgroup_and_a_bpffs_removed_on_drop() {
+        let sb = Sandbox::with_netns("kit-selftest").unwrap();
+        let (cgroup, pins) = (sb.cgroup().to_owned(), sb.pin_dir().to_owned());
+        assert_ne!(cgroup, cgroup_root().unwrap());
+        assert!(cgroup.join("cgroup.procs").is_file());
+        let fs = nix::sys::statfs::statfs(&pins).unwrap();
+        assert_eq!(fs.filesystem_type(), nix::sys::statfs::BPF_FS_MAGIC);
+        let lo_only = sb.netns().unwrap().run(check_isolated).unwrap();
+        assert!(lo_only.is_ok(), "{lo_only:?}");
+        drop(sb);
+        assert!(!cgroup.exists() && !pins.exists());
+    }
+
+    #[test]
+    fn a_test_cgroup_is_one_new_directory_in_a_cgroup2_hierarchy() {
+        let root = cgroup_root().unwrap();
+        for bad in ["", ".", "..", "a/b"] {
+            assert!(CgroupDir::create(&root, bad).is_err(), "{bad:?}");
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        assert!(
+            CgroupDir::create(tmp.path(), "x").is_err(),
+            "not a cgroup2 parent"
+        );
+        let name = format!("baton-kit-selftest-{}", std::process::id());
+        let dir = CgroupDir::create(&root, &name).unwrap();
+        assert!(CgroupDir::create(&root, &name).is_err(), "exists already");
+        let child = dir.child("c").unwrap();
+        let path = dir.path().to_owned();
+        drop(child);
+        drop(dir);
+        assert!(!path.exists());
+    }
+}
