@@ -117,6 +117,42 @@ pub struct Status {
     pub last_sync: Option<SyncSummary>,
     /// Syncs so far.
     pub syncs: u64,
+    /// The handover protocol versions this agent speaks, as incumbent and
+    /// as successor (docs/handover.md, "Compatibility"). Absent in the
+    /// answers of agents built before it was added, all of which speak
+    /// protocol 1 only ([`ProtocolRange::BEFORE_REPORTED`]).
+    #[serde(default)]
+    pub handover_protocol: Option<ProtocolRange>,
+}
+
+/// The handover protocol versions an agent speaks: `min..=max`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProtocolRange {
+    /// Oldest version spoken.
+    pub min: u32,
+    /// Newest version spoken (proposed first in a `Hello`).
+    pub max: u32,
+}
+
+impl ProtocolRange {
+    /// What an agent whose `status` does not say speaks: protocol 1 only
+    /// (every agent released before [`Status::handover_protocol`] existed).
+    pub const BEFORE_REPORTED: ProtocolRange = ProtocolRange { min: 1, max: 1 };
+
+    /// The version a handover between a successor speaking `self` and an
+    /// incumbent speaking `other` runs at: the newest both speak (the
+    /// successor proposes its newest and steps down on a refusal), `None`
+    /// when they share none.
+    pub fn common(self, other: ProtocolRange) -> Option<u32> {
+        let top = self.max.min(other.max);
+        (top >= self.min.max(other.min)).then_some(top)
+    }
+}
+
+impl std::fmt::Display for ProtocolRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}..={}", self.min, self.max)
+    }
 }
 
 /// What happened to the maps when the datapath started or was handed over.
@@ -446,6 +482,7 @@ mod tests {
                 ..SyncSummary::default()
             }),
             syncs: 1,
+            handover_protocol: Some(ProtocolRange { min: 1, max: 2 }),
         }
     }
 
@@ -469,7 +506,7 @@ mod tests {
                               "failed": [{"service": "web", "error": "E2BIG"}],
                               "writes": 9, "rolled_back": 0, "resynced": false,
                               "duration": 120},
-                "syncs": 1
+                "syncs": 1, "handover_protocol": {"min": 1, "max": 2}
             }),
         );
         // Before the first sync, and started from the pins.
@@ -482,6 +519,22 @@ mod tests {
             (&Value::Null, &Value::Null)
         );
         assert_eq!(serde_json::from_value::<Status>(v).unwrap(), s);
+        // An agent from before `handover_protocol`: read as absent.
+        let mut old = serde_json::to_value(status()).unwrap();
+        old.as_object_mut().unwrap().remove("handover_protocol");
+        let read = serde_json::from_value::<Status>(old).unwrap();
+        assert_eq!(read.handover_protocol, None);
+    }
+
+    #[test]
+    fn protocol_ranges_meet_at_the_newest_common_version() {
+        let r = |min, max| ProtocolRange { min, max };
+        assert_eq!(r(1, 2).common(r(1, 1)), Some(1));
+        assert_eq!(r(1, 1).common(r(1, 2)), Some(1));
+        assert_eq!(r(2, 3).common(r(1, 2)), Some(2));
+        assert_eq!(r(3, 4).common(r(1, 2)), None);
+        assert_eq!(r(1, 2).common(ProtocolRange::BEFORE_REPORTED), Some(1));
+        assert_eq!(r(1, 2).to_string(), "1..=2");
     }
 
     #[test]

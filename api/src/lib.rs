@@ -5,7 +5,9 @@
 //!   through the agent pod (slots, annotations, env, the
 //!   `baton.dev/Handover` and `baton.dev/Started` conditions), and the rules
 //!   both sides read it by;
-//! - [`admin`]: the agent's admin socket (requests and typed answers).
+//! - [`admin`]: the agent's admin socket (requests and typed answers);
+//! - [`preflight`]: the report of `baton-agent preflight`, which the
+//!   operator reads from the agent pod.
 //!
 //! No Kubernetes types here: the crate stays light, and each side converts
 //! at its edge.
@@ -14,3 +16,4 @@
 
 pub mod admin;
 pub mod pairpod;
+pub mod preflight;

@@ -7,13 +7,14 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use baton_api::admin::{
-    Dump, DumpPort, DumpService, MapsSummary, Response, Status, SyncFailure, SyncSummary, Takeover,
-    Via,
+    Dump, DumpPort, DumpService, MapsSummary, ProtocolRange, Response, Status, SyncFailure,
+    SyncSummary, Takeover, Via,
 };
 use baton_ebpf::{ip_from_raw, Counter, LbPolicy, LAYOUT_VERSION};
 
 use crate::admin::{self, Request};
 use crate::datapath::{Datapath, MigrationSummary};
+use crate::handover::msg::{MIN_PROTO, PROTO};
 use crate::handover::successor::{self, Figures};
 use crate::metrics::{self, family, SyncStats};
 use crate::model::{Capacity, DesiredState};
@@ -134,6 +135,10 @@ impl Shared {
             source_error: g.source_error.clone(),
             last_sync: g.last.as_ref().map(sync_summary),
             syncs: g.stats.syncs,
+            handover_protocol: Some(ProtocolRange {
+                min: MIN_PROTO,
+                max: PROTO,
+            }),
         }
     }
 
