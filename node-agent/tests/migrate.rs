@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use baton_agent::migrate::{
-    copy_all, copy_all_with, create_map, decide, dump, live_entries, replay, BatchMode,
-    CopyOptions, Decision, MapLayout, MigrateError,
+    convert_all, copy_all, copy_all_with, copy_sample, create_map, decide, dump, live_entries,
+    replay, BatchMode, CopyOptions, Decision, MapLayout, MigrateError,
 };
 use baton_agent::sys;
 use baton_ebpf::btf::{Member, Shape};
@@ -544,4 +544,66 @@ fn maps_without_btf_fall_back_to_the_known_layout() {
         Err(MigrateError::SizeMismatch { .. })
     ));
     assert!(MapLayout::known(3).expect("no error").is_none());
+}
+
+/// The converter of `map` from layout 1 to layout 2.
+fn conv_1_to_2(v1: &Loaded, v2: &Loaded, map: &str) -> baton_agent::migrate::Converter {
+    match decide(&v1.layouts[map], &v2.layouts[map], None).expect("decide") {
+        Decision::Migrate(conv) => *conv,
+        other => panic!("{map}: expected a migration, got {}", other.kind()),
+    }
+}
+
+#[test]
+fn convert_all_converts_every_entry_and_writes_nothing() {
+    let v1 = load(1);
+    let v2 = load(2);
+    fill_v1(&v1, 500, 100);
+    let conv = conv_1_to_2(&v1, &v2, "backend");
+    let before = entries(v1.fd("backend"), &v1.layouts["backend"]);
+    let st = convert_all(v1.fd("backend"), &conv).expect("every entry converts");
+    assert_eq!(st.entries, 100);
+    assert_eq!(entries(v1.fd("backend"), &v1.layouts["backend"]), before);
+    assert!(entries(v2.fd("backend"), &v2.layouts["backend"]).is_empty());
+
+    // One value that a copy would refuse is found without a copy.
+    let mut bad = v1_backend_value(7);
+    bad[16..20].copy_from_slice(&w32(70_000));
+    put(v1.fd("backend"), &w32(7), &bad);
+    let err = convert_all(v1.fd("backend"), &conv).expect_err("port 70000");
+    assert!(matches!(err, MigrateError::DoesNotFit { .. }), "{err}");
+}
+
+#[test]
+fn a_sample_copies_the_first_entries_only() {
+    let v1 = load(1);
+    let v2 = load(2);
+    fill_v1(&v1, 1000, 300);
+    let conv = conv_1_to_2(&v1, &v2, "endpoint");
+    let old = entries(v1.fd("endpoint"), &v1.layouts["endpoint"]);
+    let expected = expected_v2("endpoint", &old);
+
+    let mut small = v2.layouts["endpoint"].clone();
+    small.max_entries = 100;
+    let scratch = create_map(&small).expect("scratch map");
+    let st = copy_sample(v1.fd("endpoint"), scratch.as_fd(), &conv, 100).expect("sample");
+    assert_eq!(st.entries, 100);
+    let got = entries(scratch.as_fd(), &small);
+    assert_eq!(got.len(), 100);
+    for (k, v) in &got {
+        assert_eq!(
+            expected.get(k),
+            Some(v),
+            "a sampled entry is a converted old one"
+        );
+    }
+
+    // A limit past the end copies everything.
+    let st = copy_sample(v1.fd("endpoint"), v2.fd("endpoint"), &conv, 5000).expect("sample");
+    assert_eq!(st.entries, 1000);
+    assert_eq!(
+        entries(v2.fd("endpoint"), &v2.layouts["endpoint"]),
+        expected
+    );
+    assert_eq!(entries(v1.fd("endpoint"), &v1.layouts["endpoint"]), old);
 }

@@ -20,6 +20,8 @@ use crate::sys::{self, AttachType, FsError, SysError};
 pub mod load;
 pub mod recover;
 pub mod stage;
+#[cfg(feature = "test-hooks")]
+pub mod test_hooks;
 
 pub use recover::MigrationSummary;
 

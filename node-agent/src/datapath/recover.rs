@@ -3,6 +3,7 @@
 //! and reused, migrated entry by entry, or recreated, per migrate::policy.
 
 use std::os::fd::{AsFd, OwnedFd};
+use std::path::Path;
 use std::time::Instant;
 
 use serde::Serialize;
@@ -48,6 +49,8 @@ pub struct PlannedMap {
     pub name: &'static str,
     /// The existing map, if pinned.
     pub old: Option<OwnedFd>,
+    /// The existing map's layout, as the kernel describes it.
+    pub layout: Option<MapLayout>,
     /// What to do (`None`: nothing pinned, create it).
     pub decision: Option<Decision>,
 }
@@ -98,31 +101,58 @@ pub fn plan(cfg: &DatapathConfig) -> Result<Plan, DatapathError> {
     let known = known_layouts();
     let mut maps = Vec::new();
     for spec in baton_ebpf::MAPS.iter() {
-        let path = map_pin_path(&cfg.pin_dir, spec.name);
-        if !path.exists() {
-            maps.push(PlannedMap {
-                name: spec.name,
-                old: None,
-                decision: None,
-            });
-            continue;
-        }
-        let fd = sys::obj_get(&path).map_err(|source| DatapathError::Sys {
-            what: format!("open {}", path.display()),
-            source,
-        })?;
-        let want = new
-            .iter()
-            .find(|l| l.name == spec.name)
-            .ok_or_else(|| DatapathError::Load(format!("no layout for map {}", spec.name)))?;
-        let decision = decide_for(fd.as_fd(), spec.name, want, &known)?;
-        maps.push(PlannedMap {
-            name: spec.name,
-            old: Some(fd),
-            decision: Some(decision),
-        });
+        let old = open_pin(&cfg.pin_dir, spec.name, sys::obj_get)?;
+        maps.push(plan_map(spec.name, old, &new, &known)?);
     }
     Ok(Plan { maps })
+}
+
+/// Opens the pin of map `name` under `pin_dir` with `open` ([`sys::obj_get`],
+/// or [`sys::obj_get_readonly`] for a look that cannot write); `None` when
+/// nothing is pinned there.
+pub fn open_pin(
+    pin_dir: &Path,
+    name: &str,
+    open: fn(&Path) -> Result<OwnedFd, sys::SysError>,
+) -> Result<Option<OwnedFd>, DatapathError> {
+    let path = map_pin_path(pin_dir, name);
+    if !path.exists() {
+        return Ok(None);
+    }
+    open(&path).map(Some).map_err(|source| DatapathError::Sys {
+        what: format!("open {}", path.display()),
+        source,
+    })
+}
+
+/// The decision for map `name` of this build (layouts `new`) against its
+/// pinned map `old` (`None`: nothing pinned, create it). Only reads `old`.
+pub fn plan_map(
+    name: &'static str,
+    old: Option<OwnedFd>,
+    new: &[MapLayout],
+    known: &[MapLayout],
+) -> Result<PlannedMap, DatapathError> {
+    let Some(fd) = old else {
+        return Ok(PlannedMap {
+            name,
+            old: None,
+            layout: None,
+            decision: None,
+        });
+    };
+    let want = new
+        .iter()
+        .find(|l| l.name == name)
+        .ok_or_else(|| DatapathError::Load(format!("no layout for map {name}")))?;
+    let layout = MapLayout::from_fd_or_known(fd.as_fd(), name, known)?;
+    let decision = migrate::decide_live(fd.as_fd(), &layout, want)?;
+    Ok(PlannedMap {
+        name,
+        old: Some(fd),
+        layout: Some(layout),
+        decision: Some(decision),
+    })
 }
 
 /// Layouts of every build generation this binary knows (fallback for maps

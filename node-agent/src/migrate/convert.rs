@@ -96,6 +96,11 @@ impl Converter {
         self.identity
     }
 
+    /// The maps are arrays (every slot exists; keys are u32 indexes).
+    pub fn is_array(&self) -> bool {
+        self.array_slots.is_some()
+    }
+
     /// Dropped key members: distinct old keys may collide in the new map.
     pub fn lossy_key(&self) -> bool {
         self.key.lossy

@@ -50,6 +50,50 @@ pub fn copy_all_with(
     conv: &Converter,
     opts: &CopyOptions,
 ) -> Result<CopyStats, MigrateError> {
+    copy_up_to(old, new, conv, opts, None)
+}
+
+/// Copies the first `limit` entries of `old` (in the kernel's iteration
+/// order) into `new` exactly as [`copy_all`] would, in chunks of at most
+/// `limit / 4`: a sample of the real copy, to measure its rate. `old` is
+/// only read.
+pub fn copy_sample(
+    old: BorrowedFd<'_>,
+    new: BorrowedFd<'_>,
+    conv: &Converter,
+    limit: usize,
+) -> Result<CopyStats, MigrateError> {
+    let defaults = CopyOptions::default();
+    // Several chunks, so that reading and writing overlap as in a full copy.
+    let chunk = u32::try_from(limit.div_ceil(4)).unwrap_or(u32::MAX);
+    let opts = CopyOptions {
+        chunk: chunk.clamp(1, defaults.chunk),
+        ..defaults
+    };
+    copy_up_to(old, new, conv, &opts, Some(limit))
+}
+
+/// Reads and converts every entry of `old` as [`copy_all`] would (the same
+/// checks: values that do not fit, colliding keys, array slots past the new
+/// capacity) and writes nothing. `entries` is what a copy would write.
+pub fn convert_all(old: BorrowedFd<'_>, conv: &Converter) -> Result<CopyStats, MigrateError> {
+    let t0 = Instant::now();
+    let opts = CopyOptions::default();
+    let (entries, batch) = pump(old, conv, &opts, conv.is_array(), None, |_, _| Ok(()))?;
+    Ok(CopyStats {
+        entries,
+        batch,
+        duration: t0.elapsed(),
+    })
+}
+
+fn copy_up_to(
+    old: BorrowedFd<'_>,
+    new: BorrowedFd<'_>,
+    conv: &Converter,
+    opts: &CopyOptions,
+    limit: Option<usize>,
+) -> Result<CopyStats, MigrateError> {
     let t0 = Instant::now();
     let map = conv.map();
     let info = sys::map_info(new).map_err(|source| MigrateError::Sys {
@@ -63,31 +107,9 @@ pub fn copy_all_with(
         info.map_type,
         super::layout::MAP_ARRAY | super::layout::MAP_PERCPU_ARRAY
     );
-    let (full_tx, full_rx) = mpsc::sync_channel::<Chunk>(2);
-    let (empty_tx, empty_rx) = mpsc::channel::<Chunk>();
-    let (entries, read_batch) = std::thread::scope(|s| {
-        let producer = s.spawn(move || produce(old, conv, opts, is_array, &full_tx, &empty_rx));
-        let mut written = 0;
-        let mut result = Ok(());
-        for c in full_rx.iter() {
-            let (kl, vl) = (conv.new_key_len(), conv.new_value_len());
-            if let Err(e) = writer.write(&c.keys, kl, &c.values, vl, c.n, written) {
-                result = Err(e);
-                break;
-            }
-            written += c.n;
-            // The producer may be gone (it failed): then the buffer just drops.
-            let _ = empty_tx.send(c);
-        }
-        // Dropping the receiver stops a producer blocked on a full channel.
-        drop(full_rx);
-        let read = match producer.join() {
-            Ok(r) => r,
-            Err(panic) => std::panic::resume_unwind(panic),
-        };
-        // A read error explains a short write stream; report it first.
-        let read_batch = read?;
-        result.map(|()| (written, read_batch))
+    let (kl, vl) = (conv.new_key_len(), conv.new_value_len());
+    let (entries, read_batch) = pump(old, conv, opts, is_array, limit, |c, written| {
+        writer.write(&c.keys, kl, &c.values, vl, c.n, written)
     })?;
     let stats = CopyStats {
         entries,
@@ -104,25 +126,72 @@ pub fn copy_all_with(
     Ok(stats)
 }
 
-/// Reads `old` and sends converted chunks until the end (or until the writer
-/// hangs up); returns whether every read was batched.
+/// Reads and converts `old` on one thread and hands each converted chunk to
+/// `sink` on this one (with the entries sunk before it); stops after
+/// `limit` entries if given. Returns the entries sunk and whether every read
+/// was batched.
+fn pump(
+    old: BorrowedFd<'_>,
+    conv: &Converter,
+    opts: &CopyOptions,
+    is_array: bool,
+    limit: Option<usize>,
+    mut sink: impl FnMut(&Chunk, usize) -> Result<(), MigrateError>,
+) -> Result<(usize, bool), MigrateError> {
+    let (full_tx, full_rx) = mpsc::sync_channel::<Chunk>(2);
+    let (empty_tx, empty_rx) = mpsc::channel::<Chunk>();
+    std::thread::scope(|s| {
+        let producer =
+            s.spawn(move || produce(old, conv, opts, is_array, limit, &full_tx, &empty_rx));
+        let mut written = 0;
+        let mut result = Ok(());
+        for c in full_rx.iter() {
+            if let Err(e) = sink(&c, written) {
+                result = Err(e);
+                break;
+            }
+            written += c.n;
+            // The producer may be gone (it failed): then the buffer just drops.
+            let _ = empty_tx.send(c);
+        }
+        // Dropping the receiver stops a producer blocked on a full channel.
+        drop(full_rx);
+        let read = match producer.join() {
+            Ok(r) => r,
+            Err(panic) => std::panic::resume_unwind(panic),
+        };
+        // A read error explains a short write stream; report it first.
+        let read_batch = read?;
+        result.map(|()| (written, read_batch))
+    })
+}
+
+/// Reads `old` and sends converted chunks until the end, `limit` entries
+/// read, or the writer hanging up; returns whether every read was batched.
 fn produce(
     old: BorrowedFd<'_>,
     conv: &Converter,
     opts: &CopyOptions,
     is_array: bool,
+    limit: Option<usize>,
     full: &mpsc::SyncSender<Chunk>,
     empty: &mpsc::Receiver<Chunk>,
 ) -> Result<bool, MigrateError> {
     let map = conv.map();
     let (nkl, nvl) = (conv.new_key_len(), conv.new_value_len());
     let mut reader = Reader::new(old, map, conv.old_key_len(), conv.old_value_len(), opts);
+    let mut left = limit.unwrap_or(usize::MAX);
     // Dropped key members could merge two entries: refuse instead. Batch
     // writes take no BPF_NOEXIST (EINVAL), so collisions are caught here, by
     // new key holding its old key (an old key read twice is no collision).
     let mut seen: Option<HashMap<Vec<u8>, Vec<u8>>> =
         (conv.lossy_key() && !is_array).then(HashMap::new);
-    while let Some(n) = reader.next()? {
+    while left > 0 {
+        let Some(n) = reader.next()? else {
+            break;
+        };
+        let n = n.min(left);
+        left -= n;
         let mut c = empty.try_recv().unwrap_or_default();
         c.keys.clear();
         c.keys.resize(n * nkl, 0);

@@ -17,6 +17,9 @@
 //!
 //! [`copy_all_with`] takes [`CopyOptions`] (force the per-element path,
 //! batch size; `BATON_MIGRATE_BATCH=off` does the former for `copy_all`).
+//! Without writing the new map: [`convert_all`] converts every entry and
+//! writes nothing; [`copy_sample`] copies the first entries only (preflight
+//! measures the copy rate with it, into a scratch map).
 //! [`create_map`] creates a map for a layout, with BTF (aya normally creates
 //! the new build's maps when it loads the object). [`dump`] reads a whole map.
 
@@ -34,7 +37,8 @@ mod tests;
 
 pub use convert::Converter;
 pub use copy::{
-    copy_all, copy_all_with, dump, dump_with, live_entries, replay, CopyStats, RawEntry,
+    convert_all, copy_all, copy_all_with, copy_sample, dump, dump_with, live_entries, replay,
+    CopyStats, RawEntry,
 };
 pub use create::create_map;
 pub use decide::{decide, decide_live, policy, summary, Decision, Policy};

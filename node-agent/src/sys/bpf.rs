@@ -142,13 +142,28 @@ pub fn obj_pin(fd: BorrowedFd<'_>, path: &Path) -> Result<(), SysError> {
     sys_bpf(BPF_OBJ_PIN, &mut a, "obj_pin").map(|_| ())
 }
 
+/// `BPF_F_RDONLY` (`file_flags` of `BPF_OBJ_GET`): a descriptor that can
+/// read the map and not write it.
+const BPF_F_RDONLY: u32 = 1 << 3;
+
 /// Opens the object pinned at `path`.
 pub fn obj_get(path: &Path) -> Result<OwnedFd, SysError> {
+    obj_get_with(path, 0)
+}
+
+/// Opens the map pinned at `path` read-only: lookups (also batched), info
+/// and BTF work, every write through the descriptor fails with `EPERM`.
+/// The kernel refuses it for links (`EINVAL`): links need [`obj_get`].
+pub fn obj_get_readonly(path: &Path) -> Result<OwnedFd, SysError> {
+    obj_get_with(path, BPF_F_RDONLY)
+}
+
+fn obj_get_with(path: &Path, file_flags: u32) -> Result<OwnedFd, SysError> {
     let c = cpath(path, "obj_get")?;
     let mut a = ObjAttr {
         pathname: c.as_ptr() as u64,
         bpf_fd: 0,
-        file_flags: 0,
+        file_flags,
     };
     sys_bpf(BPF_OBJ_GET, &mut a, "obj_get").map(owned)
 }
