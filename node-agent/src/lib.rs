@@ -10,6 +10,7 @@ pub mod maps;
 pub mod metrics;
 pub mod migrate;
 pub mod model;
+pub mod preflight;
 pub mod programmer;
 pub mod source;
 pub mod sys;

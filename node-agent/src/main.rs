@@ -1,6 +1,7 @@
 //! `baton-agent`: run the node agent, or query / verify / tear down a running datapath.
 
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -16,6 +17,7 @@ use baton_agent::cluster::{standby, ClusterClient, Owner, Role, SlotInfo};
 use baton_agent::datapath::{self, DatapathConfig};
 use baton_agent::handover::incumbent::Timeouts;
 use baton_agent::handover::successor::Figures;
+use baton_agent::preflight::{self, PreflightConfig};
 use baton_agent::source::kube::{KubeOptions, KubeSource, Locality};
 use baton_agent::source::{FileSource, Source};
 use baton_agent::sys;
@@ -131,6 +133,28 @@ enum Cmd {
         #[command(flatten)]
         paths: Paths,
     },
+    /// Check this build against this node's kernel and live state before a
+    /// handover, changing nothing: programs through the verifier, the
+    /// migration plan of the live pins with an estimated copy time, the
+    /// pinned links, the running agent's handover protocol. Exit 0: ready;
+    /// 1: a check failed (the summary or the JSON report says why); 2:
+    /// preflight could not run.
+    Preflight {
+        #[command(flatten)]
+        paths: Paths,
+        /// cgroup v2 directory the datapath attaches to (default: the host's cgroup2 mount).
+        #[arg(long, env = ENV_CGROUP)]
+        cgroup: Option<PathBuf>,
+        /// `run` would mount a bpffs at --bpffs if it is not on one.
+        #[arg(long)]
+        mount_bpffs: bool,
+        /// max_entries overrides as `run` would get them, e.g. `endpoint=4096` (repeatable).
+        #[arg(long = "map-max-entries", value_parser = parse_kv)]
+        map_max_entries: Vec<(String, u32)>,
+        /// Print the report as JSON (baton_api::preflight::Report) instead of a summary.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn parse_kv(s: &str) -> Result<(String, u32), String> {
@@ -228,13 +252,21 @@ fn print(v: &serde_json::Value) -> Result<()> {
 }
 
 fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // Preflight's own steps (a sample copy, a map it decides to migrate)
+    // would log as if the datapath changed: only warnings, unless asked.
+    let default_level = match cli.cmd {
+        Cmd::Preflight { .. } => "warn",
+        _ => "info",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| default_level.into()),
         )
         .with_writer(std::io::stderr)
         .init();
-    match real_main() {
+    match real_main(cli) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("baton-agent: {e:#}");
@@ -243,8 +275,8 @@ fn main() -> ExitCode {
     }
 }
 
-fn real_main() -> Result<ExitCode> {
-    match Cli::parse().cmd {
+fn real_main(cli: Cli) -> Result<ExitCode> {
+    match cli.cmd {
         Cmd::Run {
             paths,
             services,
@@ -443,6 +475,32 @@ fn real_main() -> Result<ExitCode> {
             datapath::remove_pins(&paths.bpffs)?;
             eprintln!("removed pins under {}", paths.bpffs.display());
             Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Preflight {
+            paths,
+            cgroup,
+            mount_bpffs,
+            map_max_entries,
+            json,
+        } => {
+            let report = preflight::run(&PreflightConfig {
+                pin_dir: paths.bpffs,
+                run_dir: paths.run_dir,
+                cgroup: cgroup.or_else(sys::find_cgroup2_mount),
+                mount_bpffs,
+                max_entries: map_max_entries.into_iter().collect(),
+            });
+            let text = if json {
+                serde_json::to_string_pretty(&report)? + "\n"
+            } else {
+                preflight::render::human(&report)
+            };
+            // Not print!: a closed stdout is an error to report, not a panic.
+            let mut out = std::io::stdout().lock();
+            out.write_all(text.as_bytes())
+                .and_then(|()| out.flush())
+                .context("writing the report")?;
+            Ok(ExitCode::from(report.exit_code()))
         }
     }
 }
