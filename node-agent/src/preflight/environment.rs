@@ -122,19 +122,4 @@ mod tests {
             Bpffs::Elsewhere(tmp.path().to_path_buf())
         );
     }
-
-    #[test]
-    fn a_missing_directory_under_a_bpffs_is_creatable() {
-        let root = Path::new("/sys/fs/bpf");
-        if !sys::is_bpffs(root).unwrap_or(false) {
-            eprintln!("skipped: no bpffs at /sys/fs/bpf");
-            return;
-        }
-        let missing = root.join(format!("baton-preflight-none-{}", std::process::id()));
-        assert_eq!(
-            bpffs(&missing).expect("statfs"),
-            Bpffs::Creatable(root.to_path_buf())
-        );
-        assert_eq!(bpffs(root).expect("statfs"), Bpffs::Mounted);
-    }
 }

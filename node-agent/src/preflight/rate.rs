@@ -24,7 +24,8 @@ pub fn method() -> String {
 }
 
 /// Copies a sample of `old` (`entries` of them live) into a scratch map of
-/// layout `new` through `conv`. `None` when there is nothing to copy.
+/// layout `new` (as the takeover would create it) through `conv`. `None`
+/// when there is nothing to copy.
 pub fn sample(
     old: BorrowedFd<'_>,
     new: &MapLayout,
@@ -37,13 +38,9 @@ pub fn sample(
     if limit == 0 {
         return Ok(None);
     }
-    let mut scratch = new.clone();
-    if !new.is_array() {
-        // Arrays keep every slot (keys are indexes); a hash map only needs
-        // room for the sample.
-        scratch.max_entries = u32::try_from(limit).unwrap_or(u32::MAX);
-    }
-    let map = migrate::create_map(&scratch)?;
+    // The map the takeover would copy into, capacity included (a hash
+    // table's size changes the cost of its writes).
+    let map = migrate::create_map(new)?;
     let st = migrate::copy_sample(old, map.as_fd(), conv, limit)?;
     drop(map);
     Ok(Some(CopySample {
