@@ -8,9 +8,11 @@ cd "$(dirname "$0")/.."
 source scripts/deps.sh
 
 echo ">> building (release)"
-cargo build --release --locked -q -p baton-agent -p baton-e2e --bin baton-agent --bin baton-probe
+# The probe needs none of baton-e2e's Kubernetes test support (default features).
+cargo build --release --locked -q -p baton-agent -p baton-e2e --no-default-features \
+  --bin baton-agent --bin baton-probe
 echo ">> building the agent for map layout 2 (release; the hot upgrade's other build, same dependencies)"
-cargo xtask agent-v2 --profile release -p baton-agent -p baton-e2e
+cargo xtask agent-v2 --profile release -p baton-agent -p baton-e2e --no-default-features
 AGENT=target/release/baton-agent
 AGENT_V2=target/layout-v2/release/baton-agent
 PROBE=target/release/baton-probe

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 /// The workspace build (all targets), the layout-2 agent and the pinned
 /// earlier revision's agents (e2e/tests/handover_revisions.rs).
 pub fn build_all(profile: &str) -> Result<()> {
-    agent_v2(profile, &[])?;
+    agent_v2(profile, &[], false)?;
     run::cargo(&[
         "build",
         "--workspace",
@@ -28,7 +28,7 @@ pub fn build_all(profile: &str) -> Result<()> {
 }
 
 /// Builds the layout-2 agent sharing `packages`' dependency tree (the workspace when empty).
-pub fn agent_v2(profile: &str, packages: &[String]) -> Result<()> {
+pub fn agent_v2(profile: &str, packages: &[String], no_default_features: bool) -> Result<()> {
     let mut selection: Vec<&str> = Vec::new();
     if packages.is_empty() {
         selection.push("--workspace");
@@ -36,6 +36,9 @@ pub fn agent_v2(profile: &str, packages: &[String]) -> Result<()> {
         for p in packages {
             selection.extend(["-p", p.as_str()]);
         }
+    }
+    if no_default_features {
+        selection.push("--no-default-features");
     }
     let build = |extra: &[&str]| -> Result<()> {
         let mut args = vec![

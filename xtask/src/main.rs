@@ -40,6 +40,9 @@ enum Task {
         /// Packages of the main build to share dependencies with (default: the workspace).
         #[arg(short = 'p', long = "package")]
         packages: Vec<String>,
+        /// As the main build's `--no-default-features` (same dependency features).
+        #[arg(long)]
+        no_default_features: bool,
     },
     /// Run test tiers (default: all of them, in order).
     Test {
@@ -68,7 +71,11 @@ fn main() -> Result<()> {
         Task::Lint => lint::all(),
         Task::Manifests => manifests::check(&root),
         Task::Build { profile } => layouts::build_all(&profile),
-        Task::AgentV2 { profile, packages } => layouts::agent_v2(&profile, &packages),
+        Task::AgentV2 {
+            profile,
+            packages,
+            no_default_features,
+        } => layouts::agent_v2(&profile, &packages, no_default_features),
         Task::Test { tiers, threads } => tiers::run(&tiers, threads),
         Task::Crdgen => crdgen(),
         Task::Fuzz { seconds } => run::program("scripts/fuzz.sh", &[&seconds.to_string()]),
