@@ -2,11 +2,12 @@
 //! a new agent build checks itself against one node's kernel and live state
 //! before its first handover there, changing nothing.
 //!
-//! `baton-agent preflight --json` prints one [`Report`] on stdout and exits
-//! with [`EXIT_PASSED`], [`EXIT_FAILED`] (the report says why) or
-//! [`EXIT_ERROR`] (no report: preflight itself could not run, the reason is
-//! on stderr). Five checks, each with an [`Outcome`] and a one-line
-//! `summary`:
+//! `baton-agent preflight --json` prints one [`Report`] on stdout, as one
+//! line starting with [`JSON_PREFIX`] (logs go to stderr; in a pod's merged
+//! log the report is that line), and exits with [`EXIT_PASSED`],
+//! [`EXIT_FAILED`] (the report says why) or [`EXIT_ERROR`] (no report:
+//! preflight itself could not run, the reason is on stderr). Five checks,
+//! each with an [`Outcome`] and a one-line `summary`:
 //!
 //! | check | passes when |
 //! |---|---|
@@ -25,6 +26,8 @@ pub use crate::admin::ProtocolRange;
 
 /// [`Report::report_version`] of this crate's report.
 pub const REPORT_VERSION: u32 = 1;
+/// How the report's line starts (`report_version` is its first field).
+pub const JSON_PREFIX: &str = "{\"report_version\":";
 /// Exit status: every check passed.
 pub const EXIT_PASSED: u8 = 0;
 /// Exit status: a check failed ([`Report::failures`] says which and why).
@@ -413,6 +416,13 @@ mod tests {
             assert_eq!(serde_json::from_value::<Report>(v).unwrap(), r);
             assert_eq!(r.exit_code(), if passed { 0 } else { 1 });
         }
+    }
+
+    #[test]
+    fn the_report_line_starts_with_its_version() {
+        let line = serde_json::to_string(&report(true)).unwrap();
+        assert!(line.starts_with(JSON_PREFIX), "{line}");
+        assert!(!line.contains('\n'));
     }
 
     #[test]

@@ -151,7 +151,7 @@ enum Cmd {
         /// max_entries overrides as `run` would get them, e.g. `endpoint=4096` (repeatable).
         #[arg(long = "map-max-entries", value_parser = parse_kv)]
         map_max_entries: Vec<(String, u32)>,
-        /// Print the report as JSON (baton_api::preflight::Report) instead of a summary.
+        /// Print the report as one line of JSON (baton_api::preflight::Report) instead of a summary.
         #[arg(long)]
         json: bool,
     },
@@ -491,7 +491,9 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                 max_entries: map_max_entries.into_iter().collect(),
             });
             let text = if json {
-                serde_json::to_string_pretty(&report)? + "\n"
+                // One line: in a pod's log (stdout and stderr merged) the
+                // report is the line that starts with `{"report_version"`.
+                serde_json::to_string(&report)? + "\n"
             } else {
                 preflight::render::human(&report)
             };

@@ -27,7 +27,7 @@ use baton_agent::maps::set::map_pin_path;
 use baton_agent::migrate::{dump, MapLayout};
 use baton_agent::sys::{self, AttachType};
 use baton_api::admin::{Dump, Status};
-use baton_api::preflight::{MapAction, Outcome, Report};
+use baton_api::preflight::{MapAction, Outcome, Report, JSON_PREFIX};
 use baton_e2e::kit::bins::{agent_bin, other_layout};
 use baton_e2e::kit::sandbox::{cgroup_root, BpffsMount, CgroupDir};
 use serde_json::Value;
@@ -170,16 +170,21 @@ impl Node {
     /// `preflight --json`: the exit code and the report.
     fn preflight_json(&self, bin: &Path, env: &[(&str, &str)]) -> (i32, Report) {
         let out = self.preflight(bin, &["--json"], env);
-        let report: Report = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        // The contract the operator reads by: one line, the report's.
+        let report = (stdout.starts_with(JSON_PREFIX) && stdout.lines().count() == 1)
+            .then(|| serde_json::from_str::<Report>(&stdout));
+        let Some(Ok(report)) = report else {
             panic!(
-                "{} --json printed no report ({e}; a binary from before preflight? the \
-                 other layout's is rebuilt by `cargo xtask agent-v2`); exit {}; stdout:\n{}\nstderr:\n{}",
+                "{} --json printed no report line ({report:?}; a binary from before preflight? \
+                 the other layout's is rebuilt by `cargo xtask agent-v2`); exit {}; stdout:\n{}\n\
+                 stderr:\n{}",
                 bin.display(),
                 out.status,
-                String::from_utf8_lossy(&out.stdout),
+                stdout,
                 String::from_utf8_lossy(&out.stderr)
             )
-        });
+        };
         (out.status.code().unwrap_or(-1), report)
     }
 
