@@ -68,7 +68,16 @@ pub fn check(cfg: &PreflightConfig) -> MapsCheck {
     let errors: Vec<String> = check
         .maps
         .iter()
-        .filter_map(|m| m.error.as_ref().map(|e| format!("{}: {e}", m.name)))
+        .filter_map(|m| {
+            // Migration errors name their map already.
+            m.error.as_ref().map(|e| {
+                if e.contains(&m.name) {
+                    e.clone()
+                } else {
+                    format!("{}: {e}", m.name)
+                }
+            })
+        })
         .collect();
     check.outcome = outcome(errors.is_empty());
     check.summary = if !errors.is_empty() {

@@ -114,7 +114,8 @@ fn map_line(s: &mut String, m: &MapPlan) {
             );
         }
     }
-    let _ = writeln!(s, "      {:<9} {action:<15} {detail}", m.name);
+    let row = format!("      {:<9} {action:<15} {detail}", m.name);
+    let _ = writeln!(s, "{}", row.trim_end());
     if !m.changes.is_empty() {
         let _ = writeln!(s, "      {:<9} {:<15} {}", "", "", m.changes.join("; "));
     }
