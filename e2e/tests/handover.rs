@@ -15,8 +15,8 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use baton_api::admin::{Status, Via};
 use baton_e2e::kit::{agent_bin, other_layout as other, Fixture, Host, Opts};
-use serde_json::Value;
 
 /// Handovers in the run (alternating layouts: 1→2, 2→1, …).
 const HANDOVERS: u64 = 20;
@@ -96,17 +96,21 @@ fn twenty_handovers_alternating_layouts_under_traffic() {
             new.log_text()
         );
         let st = new.wait_serving(Duration::from_secs(30)).unwrap();
-        assert_eq!(st["layout_version"], to, "{when}: {st}");
-        assert_eq!(st["frozen"], false, "{when}: {st}");
-        assert_eq!(st["handover"]["via"], "handover", "{when}: {st}");
+        assert_eq!(st.layout_version, to, "{when}: {st:?}");
+        assert!(!st.frozen, "{when}: {st:?}");
+        assert_eq!(
+            st.handover.as_ref().map(|h| h.via),
+            Some(Via::Handover),
+            "{when}: {st:?}"
+        );
         let mut f = HandoverFigures::from_status(&st)
-            .unwrap_or_else(|| panic!("{when}: no handover figures in status: {st}"));
+            .unwrap_or_else(|| panic!("{when}: no handover figures in status: {st:?}"));
         f.wall_ms = wall.as_millis() as u64;
-        assert_eq!(f.from, from, "{when}: {st}");
+        assert_eq!(f.from, from, "{when}: {st:?}");
         assert_eq!(
             (f.reused, f.migrated, f.self_committed),
             (4, 2, false),
-            "{when}: endpoint and backend migrate, the 4 other maps are reused: {st}"
+            "{when}: endpoint and backend migrate, the 4 other maps are reused: {st:?}"
         );
         f.journaled = churn;
         // In churn rounds, whether the old agent synced inside this round's
@@ -115,14 +119,14 @@ fn twenty_handovers_alternating_layouts_under_traffic() {
         if !churn {
             // Adoption read back exactly what the file says: nothing rewritten.
             assert_eq!(
-                st["last_sync"]["writes"], 0,
-                "{when}: the new agent had to rewrite entries: {st}"
+                st.last_sync.as_ref().map(|l| l.writes),
+                Some(0),
+                "{when}: the new agent had to rewrite entries: {st:?}"
             );
-            let entries =
-                st["endpoints"].as_u64().unwrap_or(0) + st["backends"].as_u64().unwrap_or(0);
+            let entries = st.endpoints + st.backends;
             assert!(
                 f.entries_copied >= entries,
-                "{when}: {} entries copied, {entries} endpoints + backends: {st}",
+                "{when}: {} entries copied, {entries} endpoints + backends: {st:?}",
                 f.entries_copied
             );
         }
@@ -194,23 +198,19 @@ struct HandoverFigures {
 }
 
 impl HandoverFigures {
-    fn from_status(st: &Value) -> Option<Self> {
-        let h = st.get("handover")?;
-        if h.is_null() {
-            return None;
-        }
-        let u = |v: &Value| v.as_u64().unwrap_or(0);
+    fn from_status(st: &Status) -> Option<Self> {
+        let h = st.handover.as_ref()?;
         Some(Self {
-            from: u(&h["from_layout"]) as u32,
-            to: u(&st["layout_version"]) as u32,
-            handover_us: u(&h["handover_us"]),
-            freeze_us: u(&h["freeze_us"]),
-            precopy_us: u(&h["precopy_us"]),
-            journal_keys: u(&h["journal_keys"]),
-            reused: u(&h["maps"]["reused"]),
-            migrated: u(&h["maps"]["migrated"]),
-            entries_copied: u(&h["maps"]["entries_copied"]),
-            self_committed: h["self_committed"].as_bool().unwrap_or(false),
+            from: h.from_layout,
+            to: st.layout_version,
+            handover_us: h.handover_us,
+            freeze_us: h.freeze_us,
+            precopy_us: h.precopy_us,
+            journal_keys: h.journal_keys,
+            reused: h.maps.reused,
+            migrated: h.maps.migrated,
+            entries_copied: h.maps.entries_copied,
+            self_committed: h.self_committed,
             wall_ms: 0,
             journaled: false,
         })

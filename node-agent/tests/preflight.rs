@@ -24,7 +24,7 @@ use baton_agent::admin::{client, Request};
 use baton_agent::agent::admin_socket;
 use baton_agent::datapath::link_pin_path;
 use baton_agent::maps::set::map_pin_path;
-use baton_agent::migrate::{dump, MapLayout};
+use baton_agent::migrate::{dump, MapLayout, RawEntry};
 use baton_agent::sys::{self, AttachType};
 use baton_api::admin::{Dump, Status};
 use baton_api::preflight::{MapAction, Outcome, Report, JSON_PREFIX};
@@ -257,7 +257,7 @@ struct Snapshot {
     /// Every path under the bpffs, with its inode (a re-pin is a new inode).
     pins: Vec<(String, u64)>,
     /// Per pinned map: kernel id and every entry.
-    maps: BTreeMap<String, (u32, Vec<(Vec<u8>, Vec<u8>)>)>,
+    maps: BTreeMap<String, (u32, Vec<RawEntry>)>,
     /// Per pinned link: link id, program id, cgroup id.
     links: BTreeMap<String, (u32, u32, u64)>,
     /// What the kernel says is attached to the test cgroup (bpftool).

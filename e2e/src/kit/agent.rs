@@ -1,5 +1,6 @@
 //! One agent driver: `baton-agent run` as a [`Process`] ([`AgentCmd`] →
-//! [`Agent`]), its admin socket (`status`, `dump`, `verify`) and its CLI.
+//! [`Agent`]), its admin socket (`status`, `dump`, `verify`, read as
+//! `baton_api::admin`'s typed answers) and its CLI.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -7,7 +8,10 @@ use std::process::{Command, ExitStatus, Output};
 use std::time::{Duration, Instant};
 
 use baton_agent::admin::{client, Request};
+use baton_api::admin::{Dump, Status, Verify};
 use nix::sys::signal::Signal;
+use serde::de::{DeserializeOwned, IgnoredAny};
+use serde::Deserialize;
 use serde_json::Value;
 
 use super::error::{Error, Result};
@@ -17,14 +21,45 @@ use super::sandbox::Netns;
 /// How long [`Agent::stop`] waits for a clean exit.
 const STOP_GRACE: Duration = Duration::from_secs(20);
 
-/// The answer of the agent serving `run_dir`'s admin socket to `req`, if one answers.
-pub fn admin(run_dir: &Path, req: Request) -> Option<Value> {
-    client::request(&baton_agent::agent::admin_socket(run_dir), req).ok()
+/// The answer of the agent serving `run_dir`'s admin socket to `req`, read
+/// as `T` (`baton_api::admin::Status`, `Dump`, `Verify`; or
+/// `serde_json::Value` for an agent of another revision, whose answer this
+/// build's types may not read). No agent, an `{"error": ...}` answer or
+/// another shape is an [`Error::Admin`].
+pub fn request<T: DeserializeOwned>(run_dir: &Path, req: Request) -> Result<T> {
+    Ok(client::request_typed(
+        &baton_agent::agent::admin_socket(run_dir),
+        req,
+    )?)
 }
 
-/// `status` from the agent serving `run_dir`, if one answers.
-pub fn status(run_dir: &Path) -> Option<Value> {
-    admin(run_dir, Request::Status)
+/// `status` from the agent serving `run_dir`.
+pub fn status(run_dir: &Path) -> Result<Status> {
+    request(run_dir, Request::Status)
+}
+
+/// `dump` from the agent serving `run_dir`.
+pub fn dump(run_dir: &Path) -> Result<Dump> {
+    request(run_dir, Request::Dump)
+}
+
+/// `verify` from the agent serving `run_dir`.
+pub fn verify(run_dir: &Path) -> Result<Verify> {
+    request(run_dir, Request::Verify)
+}
+
+/// The fields of a `status` answer the kit's waits read themselves: an
+/// agent's answer has them whatever its revision, so [`Agent::wait_status`]
+/// and [`Agent::wait_synced`] also work on answers read as raw JSON.
+#[derive(Deserialize)]
+struct StatusHead {
+    /// `None` in an answer made from the pins.
+    pid: Option<u32>,
+    #[serde(default)]
+    services: u64,
+    /// `None` before the first sync.
+    #[serde(default)]
+    last_sync: Option<IgnoredAny>,
 }
 
 /// Runs `bin CMD --run-dir R --bpffs B` (`status`, `dump`, `verify`: the
@@ -38,8 +73,15 @@ pub fn cli(bin: &Path, cmd: &str, run_dir: &Path, bpffs: &Path) -> Result<Output
     output(c)
 }
 
-/// [`cli`] that must exit 0 and print JSON.
-pub fn cli_json(bin: &Path, cmd: &str, run_dir: &Path, bpffs: &Path) -> Result<Value> {
+/// [`cli`] that must exit 0 and print JSON, read as `T`: the agent's answer
+/// (`Status`, `Dump`, `Verify`) or, when no agent answered,
+/// `baton_api::admin::FromPins<PinStatus>` / `FromPins<Verify>`.
+pub fn cli_json<T: DeserializeOwned>(
+    bin: &Path,
+    cmd: &str,
+    run_dir: &Path,
+    bpffs: &Path,
+) -> Result<T> {
     let mut c = Command::new(bin);
     c.args([cmd, "--run-dir"])
         .arg(run_dir)
@@ -318,50 +360,84 @@ impl Agent {
         &self.run_dir
     }
 
-    /// The answer to `req` on its run directory's admin socket (from
-    /// whichever agent serves it now).
-    pub fn admin(&self, req: Request) -> Option<Value> {
-        admin(&self.run_dir, req)
+    /// `status` on its run directory's admin socket (from whichever agent
+    /// serves it now).
+    pub fn status(&self) -> Result<Status> {
+        status(&self.run_dir)
     }
 
-    /// `status` on its run directory's admin socket.
-    pub fn status(&self) -> Option<Value> {
-        self.admin(Request::Status)
+    /// `dump` on its run directory's admin socket.
+    pub fn dump(&self) -> Result<Dump> {
+        dump(&self.run_dir)
+    }
+
+    /// `verify` on its run directory's admin socket.
+    pub fn verify(&self) -> Result<Verify> {
+        verify(&self.run_dir)
     }
 
     /// Polls the admin socket until this process answers with a status that
-    /// satisfies `ok`; fails when it exits or `timeout` passes.
-    pub fn wait_status(
+    /// satisfies `ok`; fails when it exits or `timeout` passes. `S` is
+    /// [`Status`], or `serde_json::Value` for an agent of another revision
+    /// (whose answer [`Status`] may not read).
+    pub fn wait_status<S: DeserializeOwned>(
         &self,
         what: &str,
         timeout: Duration,
-        ok: impl Fn(&Value) -> bool,
-    ) -> Result<Value> {
-        let pid = u64::from(self.pid());
-        self.process.wait_until(
-            what,
-            timeout,
-            self.poll,
-            || {
-                self.status()
-                    .filter(|v| v["pid"].as_u64() == Some(pid) && ok(v))
-            },
-            || format!("last status: {:?}", self.status()),
-        )
+        ok: impl Fn(&S) -> bool,
+    ) -> Result<S> {
+        self.wait_answer(what, timeout, |_| true, ok)
     }
 
     /// Waits until it answers status after its first sync.
-    pub fn wait_serving(&self, timeout: Duration) -> Result<Value> {
-        self.wait_status("serving after its first sync", timeout, |v| {
-            v["last_sync"].is_object()
-        })
+    pub fn wait_serving(&self, timeout: Duration) -> Result<Status> {
+        self.wait_answer(
+            "serving after its first sync",
+            timeout,
+            |h| h.last_sync.is_some(),
+            |_| true,
+        )
     }
 
-    /// Waits until it has synced once with at least `services` services.
-    pub fn wait_synced(&self, services: u64, timeout: Duration) -> Result<Value> {
-        self.wait_status(&format!("{services} services programmed"), timeout, |v| {
-            v["last_sync"].is_object() && v["services"].as_u64() >= Some(services)
-        })
+    /// Waits until it has synced once with at least `services` services;
+    /// `S` as for [`Agent::wait_status`].
+    pub fn wait_synced<S: DeserializeOwned>(&self, services: u64, timeout: Duration) -> Result<S> {
+        self.wait_answer(
+            &format!("{services} services programmed"),
+            timeout,
+            |h| h.last_sync.is_some() && h.services >= services,
+            |_| true,
+        )
+    }
+
+    /// Polls `status` until this process answers with a status whose
+    /// common fields satisfy `head` and that, read as `S`, satisfies `ok`.
+    fn wait_answer<S: DeserializeOwned>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        head: impl Fn(&StatusHead) -> bool,
+        ok: impl Fn(&S) -> bool,
+    ) -> Result<S> {
+        let pid = self.pid();
+        let answer = || -> Option<S> {
+            let v: Value = request(&self.run_dir, Request::Status).ok()?;
+            let h = StatusHead::deserialize(&v).ok()?;
+            if h.pid != Some(pid) || !head(&h) {
+                return None;
+            }
+            serde_json::from_value(v).ok().filter(|s| ok(s))
+        };
+        self.process
+            .wait_until(what, timeout, self.poll, answer, || self.last_status())
+    }
+
+    /// The status answer as it came (or why there is none), for messages.
+    fn last_status(&self) -> String {
+        match request::<Value>(&self.run_dir, Request::Status) {
+            Ok(v) => format!("last status: {v}"),
+            Err(e) => format!("last status: {e}"),
+        }
     }
 
     /// `baton-agent CMD` with its binary, run directory and bpffs.
@@ -369,8 +445,8 @@ impl Agent {
         cli(&self.bin, cmd, &self.run_dir, &self.bpffs)
     }
 
-    /// [`Agent::cli`] that must exit 0 and print JSON.
-    pub fn cli_json(&self, cmd: &str) -> Result<Value> {
+    /// [`Agent::cli`] that must exit 0 and print JSON, read as `T` (see [`cli_json`]).
+    pub fn cli_json<T: DeserializeOwned>(&self, cmd: &str) -> Result<T> {
         cli_json(&self.bin, cmd, &self.run_dir, &self.bpffs)
     }
 }

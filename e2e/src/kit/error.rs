@@ -107,6 +107,10 @@ pub enum Error {
         /// What was found.
         detail: String,
     },
+    /// The agent's admin socket did not give the requested answer (no
+    /// agent, an error answer, or not the requested type).
+    #[error(transparent)]
+    Admin(#[from] baton_agent::admin::client::ClientError),
     /// Other I/O.
     #[error("{what}: {source}")]
     Io {

@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 
-use serde_json::Value;
+use baton_api::admin::{Dump, DumpService};
 
 use crate::report::Report;
 
@@ -247,16 +247,10 @@ impl Fixture {
 
     /// Differences between an agent's `dump` and this fixture (empty = every
     /// service, VIP, port and endpoint present, in the right priority bucket).
-    pub fn dump_diff(&self, dump: &Value) -> Vec<String> {
+    pub fn dump_diff(&self, dump: &Dump) -> Vec<String> {
         let mut problems = Vec::new();
-        let got: BTreeMap<&str, &Value> = dump["services"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|s| Some((s["name"].as_str()?, s)))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let got: BTreeMap<&str, &DumpService> =
+            dump.services.iter().map(|s| (s.name.as_str(), s)).collect();
         if got.len() != self.services.len() {
             problems.push(format!(
                 "{} services in the dump, {} expected: {:?}",
@@ -270,55 +264,35 @@ impl Fixture {
                 problems.push(format!("service {} missing", s.name));
                 continue;
             };
-            if d["vips"] != serde_json::json!([s.vip.to_string()]) {
-                problems.push(format!("{}: vips {}", s.name, d["vips"]));
+            if d.vips != [s.vip.to_string()] {
+                problems.push(format!("{}: vips {:?}", s.name, d.vips));
             }
             // `dump` prints the policy as `some(random)` (the Debug of an
             // Option, reported); accept it with or without the wrapper.
-            let policy = d["policy"].as_str().unwrap_or_default();
-            let policy = policy
+            let policy = d
+                .policy
                 .strip_prefix("some(")
                 .and_then(|p| p.strip_suffix(')'))
-                .unwrap_or(policy);
+                .unwrap_or(&d.policy);
             if policy != s.policy {
-                problems.push(format!("{}: policy {}", s.name, d["policy"]));
+                problems.push(format!("{}: policy {:?}", s.name, d.policy));
             }
-            let ports: BTreeSet<(u64, u64)> = d["ports"]
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .map(|p| {
-                            (
-                                p["port"].as_u64().unwrap_or(0),
-                                p["target_port"].as_u64().unwrap_or(0),
-                            )
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
-            let want_ports: BTreeSet<(u64, u64)> = s
+            let ports: BTreeSet<(u32, u32)> =
+                d.ports.iter().map(|p| (p.port, p.target_port)).collect();
+            let want_ports: BTreeSet<(u32, u32)> = s
                 .ports
                 .iter()
-                .map(|&(p, t)| (u64::from(p), u64::from(t)))
+                .map(|&(p, t)| (u32::from(p), u32::from(t)))
                 .collect();
             if ports != want_ports {
                 problems.push(format!("{}: ports {ports:?}", s.name));
             }
             let mut buckets: BTreeMap<usize, Vec<String>> = BTreeMap::new();
-            if let Some(bs) = d["buckets"].as_array() {
-                for (prio, b) in bs.iter().enumerate() {
-                    let mut v: Vec<String> = b
-                        .as_array()
-                        .map(|a| {
-                            a.iter()
-                                .filter_map(|x| x.as_str().map(String::from))
-                                .collect()
-                        })
-                        .unwrap_or_default();
-                    v.sort();
-                    if !v.is_empty() {
-                        buckets.insert(prio, v);
-                    }
+            for (prio, b) in d.buckets.iter().enumerate() {
+                let mut v = b.clone();
+                v.sort();
+                if !v.is_empty() {
+                    buckets.insert(prio, v);
                 }
             }
             let mut want: BTreeMap<usize, Vec<String>> = BTreeMap::new();

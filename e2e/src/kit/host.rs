@@ -14,8 +14,7 @@ use std::process::Output;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use baton_agent::admin::Request;
-use serde_json::Value;
+use baton_api::admin::{Dump, Status, Verify};
 
 use super::agent::{self, Agent, AgentCmd};
 use super::bins::agent_bin;
@@ -162,34 +161,40 @@ impl Host {
         Ok(a)
     }
 
-    /// The answer of whichever agent serves the admin socket.
-    pub fn admin(&self, req: Request) -> Option<Value> {
-        agent::admin(&self.run_dir, req)
+    /// `status` of whichever agent serves the admin socket.
+    pub fn status(&self) -> Result<Status> {
+        agent::status(&self.run_dir)
     }
 
-    /// `status` of whichever agent serves the admin socket.
-    pub fn status(&self) -> Option<Value> {
-        self.admin(Request::Status)
+    /// `dump` of whichever agent serves the admin socket.
+    pub fn dump(&self) -> Result<Dump> {
+        agent::dump(&self.run_dir)
+    }
+
+    /// `verify` of whichever agent serves the admin socket.
+    pub fn verify(&self) -> Result<Verify> {
+        agent::verify(&self.run_dir)
     }
 
     /// Waits up to 20 s until some agent's status satisfies `ok`.
-    pub fn wait_status(&self, what: &str, ok: impl Fn(&Value) -> bool) -> Result<Value> {
+    pub fn wait_status(&self, what: &str, ok: impl Fn(&Status) -> bool) -> Result<Status> {
         poll(
             what,
             WAIT,
             POLL,
-            || self.status().filter(|s| ok(s)),
+            || self.status().ok().filter(|s| ok(s)),
             || format!("last status: {:?}", self.status()),
         )
     }
 
     /// `verify` through the running agent; an error unless it answers with no violation.
-    pub fn verify_clean(&self) -> Result<Value> {
-        let v = self
-            .admin(Request::Verify)
-            .ok_or_else(|| Error::check("verify", "no agent answers"))?;
-        if v["violations"] != serde_json::json!([]) {
-            return Err(Error::check("verify", format!("violations: {v}")));
+    pub fn verify_clean(&self) -> Result<Verify> {
+        let v = self.verify()?;
+        if !v.is_clean() {
+            return Err(Error::check(
+                "verify",
+                format!("violations: {:?}", v.violations),
+            ));
         }
         Ok(v)
     }
@@ -206,21 +211,21 @@ impl Host {
     }
 
     /// Waits up to 20 s until the running agent's `dump` matches `fixture`.
-    pub fn wait_dump(&self, fixture: &Fixture) -> Result<Value> {
+    pub fn wait_dump(&self, fixture: &Fixture) -> Result<Dump> {
         let last = std::cell::RefCell::new(Vec::new());
         poll(
             "dump to match the services",
             WAIT,
             POLL,
             || {
-                let dump = self.admin(Request::Dump);
+                let dump = self.dump();
                 let diff = match &dump {
-                    Some(d) => fixture.dump_diff(d),
-                    None => vec!["no agent answers dump".into()],
+                    Ok(d) => fixture.dump_diff(d),
+                    Err(e) => vec![format!("no dump: {e}")],
                 };
                 let clean = diff.is_empty();
                 *last.borrow_mut() = diff;
-                dump.filter(|_| clean)
+                dump.ok().filter(|_| clean)
             },
             || format!("differences: {:#?}", last.borrow()),
         )

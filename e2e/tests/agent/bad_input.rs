@@ -7,10 +7,9 @@
 
 use std::time::{Duration, Instant};
 
-use baton_agent::admin::Request;
+use baton_api::admin::Dump;
 use baton_e2e::kit::process::proc_status_kib;
 use baton_e2e::kit::{Agent, Fixture, Host, Opts};
-use serde_json::Value;
 
 /// One agent serving `Fixture::at(0)` and what it showed before the bad input.
 struct Bed {
@@ -18,7 +17,7 @@ struct Bed {
     fixture: Fixture,
     agent: Agent,
     syncs: u64,
-    dump: Value,
+    dump: Dump,
 }
 
 impl Bed {
@@ -30,13 +29,13 @@ impl Bed {
             .unwrap();
         let st = ctx
             .wait_status("the fixture applied", |s| {
-                s["services"] == fixture.services.len() && s["source_error"].is_null()
+                s.services == fixture.services.len() as u64 && s.source_error.is_none()
             })
             .unwrap();
-        let dump = ctx.admin(Request::Dump).expect("dump");
+        let dump = ctx.dump().expect("dump");
         assert_eq!(fixture.dump_diff(&dump), Vec::<String>::new());
         Self {
-            syncs: st["syncs"].as_u64().expect("syncs"),
+            syncs: st.syncs,
             ctx,
             fixture,
             agent,
@@ -50,12 +49,12 @@ impl Bed {
         let deadline = Instant::now() + within;
         let msg = loop {
             let st = self.ctx.status().expect("the agent answers status");
-            if let Some(m) = st["source_error"].as_str().filter(|m| m.contains(needle)) {
-                break m.to_string();
+            if let Some(m) = st.source_error.as_ref().filter(|m| m.contains(needle)) {
+                break m.clone();
             }
             assert!(
                 Instant::now() < deadline,
-                "no error containing {needle:?} within {within:?}; status: {st}; log:\n{}",
+                "no error containing {needle:?} within {within:?}; status: {st:?}; log:\n{}",
                 self.agent.log_text()
             );
             std::thread::sleep(Duration::from_millis(20));
@@ -66,12 +65,8 @@ impl Bed {
 
     fn assert_unchanged_and_serving(&self) {
         let st = self.ctx.status().expect("status");
-        assert_eq!(
-            st["syncs"].as_u64(),
-            Some(self.syncs),
-            "nothing applied: {st}"
-        );
-        let dump = self.ctx.admin(Request::Dump).expect("dump");
+        assert_eq!(st.syncs, self.syncs, "nothing applied: {st:?}");
+        let dump = self.ctx.dump().expect("dump");
         assert_eq!(dump, self.dump, "the programmed services did not change");
         self.assert_serving(&self.fixture);
         assert!(self.agent.alive(), "agent alive: {}", self.agent.log_text());
@@ -146,12 +141,8 @@ fn in_place_rewrite_is_applied_only_when_complete() {
     };
     while !writer.is_finished() {
         let st = b.ctx.status().expect("status");
-        assert_eq!(
-            st["syncs"].as_u64(),
-            Some(b.syncs),
-            "applied mid-write: {st}"
-        );
-        assert!(st["source_error"].is_null(), "reported mid-write: {st}");
+        assert_eq!(st.syncs, b.syncs, "applied mid-write: {st:?}");
+        assert!(st.source_error.is_none(), "reported mid-write: {st:?}");
         std::thread::sleep(Duration::from_millis(10));
     }
     writer.join().expect("writer");
@@ -159,12 +150,10 @@ fn in_place_rewrite_is_applied_only_when_complete() {
     b.assert_serving(&b.fixture);
     let st = b
         .ctx
-        .wait_status("the new file applied", |s| {
-            s["syncs"].as_u64() > Some(b.syncs)
-        })
+        .wait_status("the new file applied", |s| s.syncs > b.syncs)
         .unwrap();
-    assert_eq!(st["syncs"].as_u64(), Some(b.syncs + 1), "{st}");
-    let dump = b.ctx.admin(Request::Dump).expect("dump");
+    assert_eq!(st.syncs, b.syncs + 1, "{st:?}");
+    let dump = b.ctx.dump().expect("dump");
     assert_eq!(next.dump_diff(&dump), Vec::<String>::new());
     b.assert_serving(&next);
 }
@@ -196,10 +185,10 @@ fn fifo_does_not_block_and_a_later_good_file_is_applied() {
     b.ctx.write_fixture(&next).unwrap();
     b.ctx
         .wait_status("the good file applied", |s| {
-            s["syncs"].as_u64() > Some(b.syncs) && s["source_error"].is_null()
+            s.syncs > b.syncs && s.source_error.is_none()
         })
         .unwrap();
-    let dump = b.ctx.admin(Request::Dump).expect("dump");
+    let dump = b.ctx.dump().expect("dump");
     assert_eq!(next.dump_diff(&dump), Vec::<String>::new());
     b.assert_serving(&next);
 }

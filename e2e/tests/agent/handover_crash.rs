@@ -32,6 +32,7 @@
 
 use std::time::Duration;
 
+use baton_api::admin::{FromPins, PinStatus, Status, Verify, Via, ANSWERED_BY_PINS};
 use baton_e2e::kit::{
     agent_bin, killed, other_layout as other, wait_until, Agent, Fixture, Host, Opts,
 };
@@ -116,10 +117,10 @@ fn crash_case(step: &str, from: u32) {
         Survivor::NewFromPins | Survivor::NewSelfCommitted | Survivor::NewEither => {
             restarted = None;
             let s = new.wait_serving(Duration::from_secs(30)).unwrap();
-            assert_eq!(s["layout_version"], to, "{case}: {s}");
-            assert_eq!(s["last_sync"]["writes"], 0, "{case}: entries lost: {s}");
+            assert_eq!(s.layout_version, to, "{case}: {s:?}");
+            assert_eq!(writes(&s), Some(0), "{case}: entries lost: {s:?}");
             let from_pins = match survivor {
-                Survivor::NewEither => s["handover"]["via"] == "pins",
+                Survivor::NewEither => via(&s) == Some(Via::Pins),
                 other => other == Survivor::NewFromPins,
             };
             eprintln!(
@@ -132,18 +133,20 @@ fn crash_case(step: &str, from: u32) {
             );
             if from_pins {
                 assert_eq!(
-                    s["handover"]["via"], "pins",
-                    "{case}: the new agent should have started from the pins: {s}"
+                    via(&s),
+                    Some(Via::Pins),
+                    "{case}: the new agent should have started from the pins: {s:?}"
                 );
                 assert_eq!(
-                    (s["maps"]["migrated"].as_u64(), s["maps"]["reused"].as_u64()),
-                    (Some(2), Some(4)),
-                    "{case}: recovery migrates endpoint and backend: {s}"
+                    (s.maps.migrated, s.maps.reused),
+                    (2, 4),
+                    "{case}: recovery migrates endpoint and backend: {s:?}"
                 );
             } else {
                 assert_eq!(
-                    s["handover"]["self_committed"], true,
-                    "{case}: the new agent should have finished the commit: {s}"
+                    s.handover.as_ref().map(|h| h.self_committed),
+                    Some(true),
+                    "{case}: the new agent should have finished the commit: {s:?}"
                 );
             }
             &new
@@ -161,10 +164,10 @@ fn crash_case(step: &str, from: u32) {
             );
             let s = ctx
                 .wait_status(&format!("{case}: old agent unfrozen"), |s| {
-                    s["pid"] == old.pid() && s["frozen"] == false
+                    s.pid == old.pid() && !s.frozen
                 })
                 .unwrap();
-            assert_eq!(s["layout_version"], from, "{case}: {s}");
+            assert_eq!(s.layout_version, from, "{case}: {s:?}");
             &old
         }
         Survivor::Restarted => {
@@ -180,13 +183,13 @@ fn crash_case(step: &str, from: u32) {
             std::thread::sleep(Duration::from_millis(300));
             let r = ctx.start(to, &none).unwrap();
             let s = r.wait_serving(Duration::from_secs(30)).unwrap();
-            assert_eq!(s["handover"]["via"], "pins", "{case}: {s}");
+            assert_eq!(via(&s), Some(Via::Pins), "{case}: {s:?}");
             assert_eq!(
-                (s["maps"]["reused"].as_u64(), s["maps"]["migrated"].as_u64()),
-                (Some(6), Some(0)),
-                "{case}: the committed maps are already of layout {to}: {s}"
+                (s.maps.reused, s.maps.migrated),
+                (6, 0),
+                "{case}: the committed maps are already of layout {to}: {s:?}"
             );
-            assert_eq!(s["last_sync"]["writes"], 0, "{case}: entries lost: {s}");
+            assert_eq!(writes(&s), Some(0), "{case}: entries lost: {s:?}");
             restarted = Some(r);
             restarted.as_ref().expect("restarted agent")
         }
@@ -197,7 +200,7 @@ fn crash_case(step: &str, from: u32) {
     let alive: Vec<&str> = all.iter().filter(|a| a.alive()).map(|a| a.name()).collect();
     assert_eq!(alive, [live.name()], "{case}: agents alive");
     let s = ctx.status().expect("status");
-    assert_eq!(s["pid"], live.pid(), "{case}: {s}");
+    assert_eq!(s.pid, live.pid(), "{case}: {s:?}");
 
     ctx.wait_dump(&fixture).expect(&case);
     ctx.verify_clean().expect(&case);
@@ -286,25 +289,27 @@ fn sigkill_without_handover_recovers_from_pins_in_both_layouts() {
         agent = ctx.start(to, &Opts::default()).unwrap();
         let s = agent.wait_serving(Duration::from_secs(30)).unwrap();
         // The recovery's figures are in status, as for a handover.
-        let h = &s["handover"];
-        assert_eq!(h["via"], "pins", "{case}: {s}");
-        assert_eq!(h["maps"], s["maps"], "{case}: {s}");
-        assert!(h["handover_us"].as_u64() > Some(0), "{case}: {s}");
+        let h = s
+            .handover
+            .as_ref()
+            .unwrap_or_else(|| panic!("{case}: no recovery figures: {s:?}"));
+        assert_eq!(h.via, Via::Pins, "{case}: {s:?}");
+        assert_eq!(h.maps, s.maps, "{case}: {s:?}");
+        assert!(h.handover_us > 0, "{case}: {s:?}");
         if migrated > 0 {
             assert!(
-                h["maps"]["entries_copied"].as_u64() > Some(0)
-                    && h["precopy_us"].as_u64() > Some(0),
-                "{case}: {s}"
+                h.maps.entries_copied > 0 && h.precopy_us > 0,
+                "{case}: {s:?}"
             );
         }
-        assert_eq!(s["layout_version"], to, "{case}: {s}");
+        assert_eq!(s.layout_version, to, "{case}: {s:?}");
         assert_eq!(
-            (s["maps"]["migrated"].as_u64(), s["maps"]["reused"].as_u64()),
-            (Some(migrated), Some(6 - migrated)),
-            "{case}: {s}"
+            (s.maps.migrated, s.maps.reused),
+            (migrated, 6 - migrated),
+            "{case}: {s:?}"
         );
-        assert_eq!(s["adopted_maps"], true, "{case}: {s}");
-        assert_eq!(s["last_sync"]["writes"], 0, "{case}: entries lost: {s}");
+        assert!(s.adopted_maps, "{case}: {s:?}");
+        assert_eq!(writes(&s), Some(0), "{case}: entries lost: {s:?}");
         ctx.wait_dump(&fixture).expect(&case);
         ctx.verify_clean().expect(&case);
         assert!(
@@ -324,7 +329,7 @@ fn sigkill_without_handover_recovers_from_pins_in_both_layouts() {
 /// datapath.
 fn assert_pins_answer(ctx: &Host, layout: u32, case: &str) {
     assert!(
-        ctx.run_dir.join("admin.sock").exists(),
+        baton_agent::agent::admin_socket(&ctx.run_dir).exists(),
         "{case}: the SIGKILLed agent's admin.sock is gone; the case needs it stale"
     );
     let out = ctx.cli(layout, "verify").unwrap();
@@ -337,16 +342,29 @@ fn assert_pins_answer(ctx: &Host, layout: u32, case: &str) {
         "{case}: baton-agent verify exit {}: {stdout}\n{stderr}",
         out.status
     );
-    let v: serde_json::Value = serde_json::from_str(&stdout).expect("verify prints JSON");
-    assert_eq!(v["answered_by"], "pins", "{case}: {v}");
-    assert_eq!(v["violations"], serde_json::json!([]), "{case}: {v}");
-    assert!(v["endpoints"].as_u64() > Some(0), "{case}: {v}");
+    let v: FromPins<Verify> = serde_json::from_str(&stdout).expect("verify prints JSON");
+    assert_eq!(v.answered_by, ANSWERED_BY_PINS, "{case}: {v:?}");
+    assert!(v.answer.is_clean(), "{case}: {v:?}");
+    assert!(v.answer.endpoints > 0, "{case}: {v:?}");
     let out = ctx.cli(layout, "status").unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let v = serde_json::from_slice::<FromPins<PinStatus>>(&out.stdout);
     assert!(
-        out.status.success() && v["answered_by"] == "pins" && v["layout_version"] == layout,
-        "{case}: baton-agent status exit {}: {v} {}",
+        out.status.success()
+            && v.as_ref().is_ok_and(
+                |v| v.answered_by == ANSWERED_BY_PINS && v.answer.layout_version == layout
+            ),
+        "{case}: baton-agent status exit {}: {v:?} {}",
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// How the agent got its datapath, if by a takeover.
+fn via(s: &Status) -> Option<Via> {
+    s.handover.as_ref().map(|h| h.via)
+}
+
+/// Map writes of the agent's last sync (none before the first).
+fn writes(s: &Status) -> Option<u64> {
+    s.last_sync.as_ref().map(|l| l.writes)
 }

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use baton_agent::handover::incumbent::{QUEUE_STEPS, SESSION_STEPS};
 use baton_agent::handover::msg::{CommitProgram, Msg, Role};
 use baton_agent::handover::{Conn, ErrorCode, WireError, PROTO};
+use baton_api::admin::{Status, Via};
 use baton_e2e::kit::{agent_bin, wait_until, Agent, Fixture, Host, Opts, ProbeProcess};
 
 /// The agent's wait for any message (`--handover-timeout-ms`).
@@ -148,7 +149,7 @@ fn assert_unharmed(ctx: &Host, agent: &Agent, round: u64, case: &str) {
         agent.log_text()
     );
     ctx.wait_status(&format!("{case}: agent unfrozen"), |s| {
-        s["pid"] == agent.pid() && s["frozen"] == false
+        s.pid == agent.pid() && !s.frozen
     })
     .unwrap();
     let fixture = Fixture::at(round);
@@ -338,7 +339,7 @@ fn malformed_and_out_of_order_messages_are_refused_while_the_agent_serves() {
     let c = connect(&ctx);
     let offer = up_to_frozen(&c, case);
     let st = ctx.status().expect("status while frozen");
-    assert_eq!(st["frozen"], true, "{case}: {st}");
+    assert!(st.frozen, "{case}: {st:?}");
     let t0 = Instant::now();
     let m = expect_error(&c, ErrorCode::Timeout, case);
     assert!(m.contains("without a commit"), "{case}: {m}");
@@ -611,12 +612,9 @@ fn a_build_whose_programs_the_verifier_rejects_is_refused() {
     assert!(st.success(), "old agent exit {st}: {}", old.log_text());
     let s = new.wait_serving(Duration::from_secs(30)).unwrap();
     assert_eq!(
-        (
-            s["layout_version"].as_u64(),
-            s["handover"]["from_layout"].as_u64()
-        ),
-        (Some(2), Some(1)),
-        "{s}"
+        (s.layout_version, s.handover.as_ref().map(|h| h.from_layout)),
+        (2, Some(1)),
+        "{s:?}"
     );
     // The inherited handover socket names its new owner: a successor judges
     // its predecessor's liveness by this pid.
@@ -703,7 +701,7 @@ fn a_peer_answering_each_step_just_under_the_timeout_is_cut_at_the_session_deadl
                 let st = ctx
                     .status()
                     .expect("status during the slow session: no answer");
-                assert_eq!(st["pid"], agent.pid(), "{st}");
+                assert_eq!(st.pid, agent.pid(), "{st:?}");
                 n += 1;
                 std::thread::sleep(Duration::from_millis(100));
             }
@@ -731,9 +729,12 @@ fn a_peer_answering_each_step_just_under_the_timeout_is_cut_at_the_session_deadl
         "{case}: cut after {at:?}; the session deadline is {SESSION_MS} ms"
     );
     let after = ctx.status().expect("status after");
-    for k in ["pid", "generation", "layout_version", "frozen", "services"] {
-        assert_eq!(before[k], after[k], "{case}: {k} changed: {after}");
-    }
+    let unchanged = |s: &Status| (s.pid, s.generation, s.layout_version, s.frozen, s.services);
+    assert_eq!(
+        unchanged(&before),
+        unchanged(&after),
+        "{case}: pid, generation, layout_version, frozen or services changed: {after:?}"
+    );
     assert_unharmed(&ctx, &agent, 1, case);
     finish(traffic);
     agent.stop().unwrap();
@@ -801,12 +802,9 @@ fn a_successor_started_while_a_peer_holds_the_socket_gets_the_datapath_in_turn()
     );
     let st = new.wait_serving(Duration::from_secs(30)).unwrap();
     assert_eq!(
-        (
-            st["handover"]["via"].as_str(),
-            st["handover"]["from_layout"].as_u64()
-        ),
-        (Some("handover"), Some(1)),
-        "{st}"
+        st.handover.as_ref().map(|h| (h.via, h.from_layout)),
+        Some((Via::Handover, 1)),
+        "{st:?}"
     );
     assert_unharmed(&ctx, &new, 1, "after the queued successor");
     finish(traffic);
@@ -927,9 +925,13 @@ fn a_commit_of_the_agents_own_programs_is_refused_and_a_real_successor_still_tak
         agent.log_text()
     );
     let st = new.wait_serving(Duration::from_secs(30)).unwrap();
-    assert_eq!(st["handover"]["via"], "handover", "{st}");
-    assert_eq!(st["handover"]["from_layout"], 1, "{st}");
-    assert_eq!(st["handover"]["maps"]["reused"], 6, "{st}");
+    assert_eq!(
+        st.handover
+            .as_ref()
+            .map(|h| (h.via, h.from_layout, h.maps.reused)),
+        Some((Via::Handover, 1, 6)),
+        "{st:?}"
+    );
     metrics_ok(&ctx, "after the real successor");
     assert_unharmed(&ctx, &new, 4, "after the real successor");
     finish(traffic);

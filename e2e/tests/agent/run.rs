@@ -6,6 +6,7 @@ use std::os::fd::AsFd;
 use std::time::Duration;
 
 use baton_agent::sys;
+use baton_api::admin::{Dump, Status, Verify};
 use baton_e2e::kit::{agent, agent_bin, Agent, Host, Opts, ProbeRun};
 
 /// The layout this build's agent has.
@@ -25,7 +26,7 @@ fn start(host: &Host, extra: &[&str]) -> Agent {
 }
 
 /// Waits until the agent's status satisfies `ok`.
-fn wait(agent: &Agent, what: &str, ok: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+fn wait(agent: &Agent, what: &str, ok: impl Fn(&Status) -> bool) -> Status {
     agent
         .wait_status(what, Duration::from_secs(20), ok)
         .unwrap()
@@ -72,13 +73,13 @@ fn agent_serves_follows_edits_rejects_bad_files_and_tears_down() {
 
     // An edit is applied as a diff.
     std::fs::write(file, services(&["127.0.0.12"])).expect("edit");
-    wait(&agent, "edit applied", |s| s["endpoints"] == 1);
+    wait(&agent, "edit applied", |s| s.endpoints == 1);
     assert_eq!(identities(&traffic(&host)), ["127.0.0.12:8080"]);
 
     // A broken file is rejected with file:line and the old state keeps serving.
     std::fs::write(file, services(&["127.0.0.300"])).expect("break");
-    let st = wait(&agent, "rejection", |s| s["source_error"].is_string());
-    let msg = st["source_error"].as_str().unwrap_or_default();
+    let st = wait(&agent, "rejection", |s| s.source_error.is_some());
+    let msg = st.source_error.unwrap_or_default();
     assert!(
         msg.contains("services.yaml:8:") && msg.contains("address"),
         "{msg}"
@@ -89,10 +90,11 @@ fn agent_serves_follows_edits_rejects_bad_files_and_tears_down() {
         (200, vec!["127.0.0.12:8080".to_string()])
     );
 
-    let v = agent.cli_json("verify").unwrap();
-    assert_eq!(v["violations"], serde_json::json!([]), "{v}");
-    let dump = agent.cli_json("dump").unwrap();
-    assert_eq!(dump["services"][0]["name"], "web");
+    let v: Verify = agent.cli_json("verify").unwrap();
+    assert!(v.is_clean(), "{v:?}");
+    let dump: Dump = agent.cli_json("dump").unwrap();
+    let names: Vec<&str> = dump.services.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["web"]);
     let m = host.scrape().unwrap();
     assert!(m.starts_with("HTTP/1.1 200 OK"), "{m}");
     assert!(
@@ -145,15 +147,12 @@ fn keep_datapath_survives_the_agent_and_a_restart_adopts_it() {
     );
 
     let again = start(&host, &[]);
-    let st = again.cli_json("status").unwrap();
+    let st: Status = again.cli_json("status").unwrap();
+    assert_eq!((st.adopted_maps, st.generation), (true, 2), "{st:?}");
     assert_eq!(
-        (st["adopted_maps"].as_bool(), st["generation"].as_u64()),
-        (Some(true), Some(2)),
-        "{st}"
-    );
-    assert_eq!(
-        st["last_sync"]["writes"], 0,
-        "adoption rewrote nothing: {st}"
+        st.last_sync.as_ref().map(|l| l.writes),
+        Some(0),
+        "adoption rewrote nothing: {st:?}"
     );
     again.stop().unwrap();
 }
@@ -176,8 +175,8 @@ fn layout_2_agent_serves_vips_from_layout_2_maps() {
     let host = host("layout-v2", services, None);
     let agent = host.start(2, &Opts::default()).unwrap();
 
-    let st = agent.cli_json("status").unwrap();
-    assert_eq!(st["layout_version"], 2, "{st}");
+    let st: Status = agent.cli_json("status").unwrap();
+    assert_eq!(st.layout_version, 2, "{st:?}");
     // Only endpoint and backend differ from layout 1 (see docs/architecture.md).
     assert_eq!(pinned_map(&host, "endpoint"), (8, 262_144));
     assert_eq!(pinned_map(&host, "backend"), (24, 262_144));
@@ -195,7 +194,7 @@ fn layout_2_agent_serves_vips_from_layout_2_maps() {
     let seen: Vec<&str> = r.totals.identities.keys().map(String::as_str).collect();
     assert_eq!(seen, ["127.0.0.10:8080", "127.0.0.11:8081"]);
 
-    let v = agent.cli_json("verify").unwrap();
-    assert_eq!(v["violations"], serde_json::json!([]), "{v}");
+    let v: Verify = agent.cli_json("verify").unwrap();
+    assert!(v.is_clean(), "{v:?}");
     agent.stop().unwrap();
 }
