@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
+use baton_api::pairpod::{self, Slot, ANN_ACTIVE_SLOT, LABEL_UPGRADE, UPGRADE_PLURAL};
 use serde_json::Value;
 
 use crate::kit::probe::{ProbeProcess, ProbeRun};
@@ -148,7 +149,7 @@ impl Rig {
         };
         [
             show(&["get", "pods", "-A", "-o", "wide"]),
-            show(&["get", "kmu", "-A", "-o", "yaml"]),
+            show(&["get", UPGRADE_PLURAL, "-A", "-o", "yaml"]),
             show(&["get", "events", "-A", "--sort-by=.lastTimestamp"]),
             show(&["logs", "-n", NS, "deploy/baton-operator", "--tail=40"]),
         ]
@@ -157,7 +158,7 @@ impl Rig {
 
     /// The KmeshUpgrade `name`'s status (empty object before the first write).
     pub fn upgrade_status(&self, name: &str) -> Value {
-        self.get(&["kmu", "-n", NS, name])
+        self.get(&[UPGRADE_PLURAL, "-n", NS, name])
             .map(|u| u["status"].clone())
             .unwrap_or(Value::Null)
     }
@@ -177,9 +178,9 @@ impl Rig {
         })
     }
 
-    /// The agent pair pod on this node (label `baton.dev/upgrade=<name>`).
+    /// The agent pair pod on this node (label [`LABEL_UPGRADE`]`=<name>`).
     pub fn agent_pod(&self, name: &str) -> Option<Value> {
-        let list = self.get(&["pods", "-n", NS, "-l", &format!("baton.dev/upgrade={name}")])?;
+        let list = self.get(&["pods", "-n", NS, "-l", &format!("{LABEL_UPGRADE}={name}")])?;
         list["items"].as_array()?.first().cloned()
     }
 }
@@ -238,6 +239,22 @@ pub fn container_status<'a>(pod: &'a Value, container: &str) -> Option<&'a Value
         .as_array()?
         .iter()
         .find(|c| c["name"] == container)
+}
+
+/// The status of `slot`'s container in the agent pair pod.
+pub fn slot_status(pod: &Value, slot: Slot) -> Option<&Value> {
+    container_status(pod, slot.container())
+}
+
+/// Annotation `key` of a pod, if set.
+pub fn annotation<'a>(pod: &'a Value, key: &str) -> Option<&'a str> {
+    pod["metadata"]["annotations"][key].as_str()
+}
+
+/// The slot the pair pod's annotation makes active (slot a when missing or
+/// garbled: `baton_api::pairpod::active_slot`).
+pub fn active_slot(pod: &Value) -> Slot {
+    pairpod::active_slot(annotation(pod, ANN_ACTIVE_SLOT))
 }
 
 /// One `baton-probe run` in the rig's client cgroup: paced connects to a

@@ -31,9 +31,10 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use baton_api::pairpod::{Slot, ANN_ACTIVE_SLOT, ANN_HANDOVER_STARTED};
 use baton_e2e::node::{
-    cluster_ip, container_rss, container_status, Rig, Traffic, AGENT_V1, AGENT_V2, EMPTY, NS,
-    PROBE, TAG,
+    active_slot, annotation, cluster_ip, container_rss, container_status, slot_status, Rig,
+    Traffic, AGENT_V1, AGENT_V2, EMPTY, NS, PROBE, TAG,
 };
 use baton_e2e::Report;
 use serde_json::Value;
@@ -275,15 +276,11 @@ fn assert_serving(rig: &Rig, dir: &Path, vip: &str, when: &str) {
     );
 }
 
-/// The active slot's container status (by the pod's active-slot annotation).
-fn active_container(pod: &Value) -> (String, Value) {
-    let slot = pod["metadata"]["annotations"]["baton.dev/active-slot"]
-        .as_str()
-        .unwrap_or("a")
-        .to_owned();
-    let name = format!("slot-{slot}");
-    let status = container_status(pod, &name).cloned().unwrap_or(Value::Null);
-    (name, status)
+/// The active slot and its container's status (by the pod's active-slot annotation).
+fn active_container(pod: &Value) -> (Slot, Value) {
+    let slot = active_slot(pod);
+    let status = slot_status(pod, slot).cloned().unwrap_or(Value::Null);
+    (slot, status)
 }
 
 /// Programs attached to the client cgroup (bpftool).
@@ -337,9 +334,13 @@ fn helm_install_upgrade_uninstall() {
     // Slots as documented: the agent active in slot a, slot b on the empty image.
     let pod = rig.agent_pod(UPGRADE).expect("agent pod");
     let ann = &pod["metadata"]["annotations"];
-    assert_eq!(ann["baton.dev/active-slot"], "a", "{ann}");
-    let a = container_status(&pod, "slot-a").expect("slot-a status");
-    let b = container_status(&pod, "slot-b").expect("slot-b status");
+    assert_eq!(
+        annotation(&pod, ANN_ACTIVE_SLOT),
+        Some(Slot::A.as_str()),
+        "{ann}"
+    );
+    let a = slot_status(&pod, Slot::A).expect("slot a status");
+    let b = slot_status(&pod, Slot::B).expect("slot b status");
     assert_eq!(a["image"], AGENT_V1, "{a}");
     assert_eq!(a["ready"], true, "{a}");
     assert_eq!(b["image"], EMPTY, "{b}");
@@ -379,12 +380,12 @@ fn helm_install_upgrade_uninstall() {
     );
     let pod = rig.agent_pod(UPGRADE).expect("agent pod");
     let (active, st) = active_container(&pod);
-    assert_eq!(active, "slot-b", "{}", pod["metadata"]["annotations"]);
+    assert_eq!(active, Slot::B, "{}", pod["metadata"]["annotations"]);
     assert_eq!(st["image"], AGENT_V2, "{st}");
     assert_eq!(st["ready"], true, "{st}");
     // The old slot keeps the retired agent as a warm standby (no swap to the
     // empty image, so no container restart: docs/operator.md).
-    let old = container_status(&pod, "slot-a").expect("slot-a status");
+    let old = slot_status(&pod, Slot::A).expect("slot a status");
     assert_eq!(old["image"], AGENT_V1, "{old}");
     assert!(old["state"]["running"].is_object(), "{old}");
     assert_eq!(old["restartCount"], 0, "{old}");
@@ -429,14 +430,14 @@ fn apply(rig: &Rig, dir: &Path, json: &str) {
     rig.kubectl(&["apply", "-f", &file.to_string_lossy()]);
 }
 
-/// (slot-a, slot-b) restart counts of the agent pod.
+/// (slot a, slot b) restart counts of the agent pod.
 fn restart_counts(pod: &Value) -> (i64, i64) {
-    let count = |c: &str| {
-        container_status(pod, c)
+    let count = |slot: Slot| {
+        slot_status(pod, slot)
             .and_then(|s| s["restartCount"].as_i64())
             .unwrap_or(-1)
     };
-    (count("slot-a"), count("slot-b"))
+    (count(Slot::A), count(Slot::B))
 }
 
 /// The path without Helm for the KmeshUpgrade: the operator from the chart
@@ -623,8 +624,8 @@ fn restarts_in_the_middle() {
         // In the middle: once the operator announced the handover.
         rig.wait_until(&format!("handover to {to} started"), CHANGE_TIMEOUT, || {
             let pod = rig.agent_pod(UPGRADE)?;
-            pod["metadata"]["annotations"]["baton.dev/handover-started"]
-                .is_string()
+            annotation(&pod, ANN_HANDOVER_STARTED)
+                .is_some()
                 .then_some(())
         });
         rig.rig(&["restart", process]);
@@ -638,13 +639,11 @@ fn restarts_in_the_middle() {
         let pod = rig.agent_pod(UPGRADE).expect("agent pod");
         let (active, _) = active_container(&pod);
         let victim = if role == "active" {
-            active.clone()
-        } else if active == "slot-a" {
-            "slot-b".to_owned()
+            active.container()
         } else {
-            "slot-a".to_owned()
+            active.other().container()
         };
-        let id = container_id(&pod, &victim);
+        let id = container_id(&pod, victim);
         assert!(!id.is_empty(), "no container id for {victim}: {pod}");
         sigkill_container(&rig, &id);
         rig.wait_until(
@@ -654,7 +653,7 @@ fn restarts_in_the_middle() {
                 let pod = rig.agent_pod(UPGRADE)?;
                 let (now_active, st) = active_container(&pod);
                 let restarted =
-                    container_id(&pod, &victim) != id && !container_id(&pod, &victim).is_empty();
+                    container_id(&pod, victim) != id && !container_id(&pod, victim).is_empty();
                 (restarted && now_active == active && st["ready"] == true).then_some(())
             },
         );

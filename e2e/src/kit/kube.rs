@@ -1,13 +1,19 @@
 //! Kubernetes objects for tests on the real API server
-//! ([`crate::apiserver::ApiServer`]): namespaces, service accounts, the CRD,
-//! and reading pods as the node shim reports them.
+//! ([`crate::apiserver::ApiServer`]): namespaces, service accounts, the CRD
+//! and `KmeshUpgrade` objects, and reading pods (the agent pair pod through
+//! `baton_api::pairpod`) as the node shim reports them.
 
 use std::path::Path;
 use std::time::Duration;
 
+use baton_api::pairpod::{
+    self, Slot, ANN_ACTIVE_SLOT, APP_NAME, LABEL_APP_NAME, UPGRADE_GROUP, UPGRADE_KIND,
+    UPGRADE_PLURAL, UPGRADE_VERSION,
+};
 use k8s_openapi::api::core::v1::{ContainerStatus, Namespace, Pod, ServiceAccount};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
+use kube::core::GroupVersionKind;
 use serde_json::{json, Value};
 
 use super::bins::workspace_root;
@@ -80,6 +86,56 @@ pub async fn install_crd(client: &kube::Client) -> Result<()> {
         },
     )
     .await
+}
+
+/// The `KmeshUpgrade` resource (group, version, kind and plural from
+/// `baton_api::pairpod`).
+pub fn upgrade_resource() -> ApiResource {
+    let gvk = GroupVersionKind::gvk(UPGRADE_GROUP, UPGRADE_VERSION, UPGRADE_KIND);
+    ApiResource::from_gvk_with_plural(&gvk, UPGRADE_PLURAL)
+}
+
+/// The `KmeshUpgrade`s of namespace `ns`.
+pub fn upgrades(client: &kube::Client, ns: &str) -> Api<DynamicObject> {
+    Api::namespaced_with(client.clone(), ns, &upgrade_resource())
+}
+
+/// A `KmeshUpgrade` `ns/name` with `spec` (JSON, as `kubectl apply` takes it).
+pub fn upgrade_object(name: &str, ns: &str, spec: Value) -> Result<DynamicObject> {
+    let ar = upgrade_resource();
+    object(
+        "a KmeshUpgrade",
+        json!({
+            "apiVersion": ar.api_version, "kind": ar.kind,
+            "metadata": {"name": name, "namespace": ns},
+            "spec": spec,
+        }),
+    )
+}
+
+/// The label selector of agent pods ([`LABEL_APP_NAME`]`=`[`APP_NAME`]).
+pub fn agent_pod_selector() -> String {
+    format!("{LABEL_APP_NAME}={APP_NAME}")
+}
+
+/// The slot a pair pod's annotation makes active (slot a when missing or
+/// garbled: `baton_api::pairpod::active_slot`).
+pub fn active_slot(pod: &Pod) -> Slot {
+    pairpod::active_slot(annotation(pod, ANN_ACTIVE_SLOT))
+}
+
+/// Annotation `key` of `pod`, if set.
+pub fn annotation<'a>(pod: &'a Pod, key: &str) -> Option<&'a str> {
+    pod.metadata
+        .annotations
+        .as_ref()?
+        .get(key)
+        .map(String::as_str)
+}
+
+/// The status of `slot`'s container in a pair pod, if reported.
+pub fn slot_status(pod: &Pod, slot: Slot) -> Option<ContainerStatus> {
+    container_status(pod, slot.container())
 }
 
 /// The status of container `name`, if reported.

@@ -151,6 +151,7 @@ pub fn plan(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use baton_api::pairpod::{DEFAULT_RUN_DIR, ENV_RUN_DIR};
     use serde_json::json;
 
     fn pod(container: serde_json::Value) -> Pod {
@@ -193,10 +194,10 @@ mod tests {
         let cfg = cfg(root.path());
         let pod = pod(
             json!({"name": "c", "image": "agent:v1", "args": ["--x=$(A)"],
-            "env": [{"name": "A", "value": "1"}, {"name": "BATON_RUN_DIR", "value": "/run/baton"},
+            "env": [{"name": "A", "value": "1"}, {"name": ENV_RUN_DIR, "value": DEFAULT_RUN_DIR},
                     {"name": "BATON_METRICS_ADDR", "value": "0.0.0.0:1"},
                     {"name": "KUBECONFIG", "value": "/ignored"}],
-            "volumeMounts": [{"name": "run", "mountPath": "/run/baton"}]}),
+            "volumeMounts": [{"name": "run", "mountPath": DEFAULT_RUN_DIR}]}),
         );
         let p = planned(&cfg, &pod).expect("plan");
         assert_eq!(p.program, Path::new("/bin/agent"));
@@ -205,7 +206,7 @@ mod tests {
         assert_eq!(env("PATH").as_deref(), Some("/usr/bin"));
         assert_eq!(env("HOSTNAME").as_deref(), Some("p"));
         let run_dir = root.path().join("w1/p-abcdef01/run");
-        assert_eq!(env("BATON_RUN_DIR"), Some(run_dir.display().to_string()));
+        assert_eq!(env(ENV_RUN_DIR), Some(run_dir.display().to_string()));
         assert_eq!(env("KUBECONFIG").as_deref(), Some("/k"));
         assert_eq!(env("BATON_METRICS_ADDR").as_deref(), Some("127.0.1.1:9095"));
         assert_eq!(env("BATON_SHIM_RESTART").as_deref(), Some("2"));

@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
+use baton_api::pairpod::{DEFAULT_RUN_DIR, ENV_CGROUP, ENV_RUN_DIR};
+
 /// A command-line mapping that does not parse.
 #[derive(Debug, thiserror::Error)]
 #[error("{what} {input:?}: {reason}")]
@@ -356,8 +358,8 @@ pub const DEFAULT_HOST_PATHS: [(&str, &str); 2] = [
 pub fn default_mount_env() -> Vec<MountEnv> {
     [
         ("BATON_BPFFS", "/sys/fs/bpf/baton"),
-        ("BATON_CGROUP", "/sys/fs/cgroup"),
-        ("BATON_RUN_DIR", "/run/baton"),
+        (ENV_CGROUP, "/sys/fs/cgroup"),
+        (ENV_RUN_DIR, DEFAULT_RUN_DIR),
     ]
     .map(|(name, path)| MountEnv {
         name: name.to_owned(),

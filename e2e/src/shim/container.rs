@@ -487,6 +487,7 @@ impl Runtime {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use baton_api::pairpod::Slot;
 
     fn exit(code: i32) -> ExitInfo {
         ExitInfo {
@@ -556,7 +557,7 @@ mod tests {
             max: Duration::from_secs(300),
         };
         // Created with v1: no exited instance, no back-off.
-        let mut rt = Runtime::new("slot-b", "v1");
+        let mut rt = Runtime::new(Slot::B.container(), "v1");
         assert_eq!(rt.next("v1", Instant::now(), &backoff), Next::Start);
         fake_running(&mut rt, "v1", &backoff);
         // Swap to v2: the kill leaves an exited instance; v2's key is new,
@@ -581,8 +582,11 @@ mod tests {
         let w = s.state.and_then(|st| st.waiting).expect("waiting");
         assert_eq!(w.reason.as_deref(), Some("CrashLoopBackOff"));
         assert_eq!(
-            w.message.as_deref(),
-            Some("back-off 10s restarting failed container=slot-b pod=p_ns(uid)")
+            w.message,
+            Some(format!(
+                "back-off 10s restarting failed container={} pod=p_ns(uid)",
+                Slot::B.container()
+            ))
         );
         assert!(s.last_state.and_then(|l| l.terminated).is_some());
         // Once started, the next swap back doubles: 20 s.

@@ -151,17 +151,18 @@ pub fn container_env(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use baton_api::pairpod::ANN_ACTIVE_SLOT;
     use serde_json::json;
 
     fn pod() -> Pod {
         serde_json::from_value(json!({
             "metadata": {"name": "p", "namespace": "ns", "uid": "u-1",
-                         "annotations": {"baton.dev/active-slot": "b"}},
+                         "annotations": {ANN_ACTIVE_SLOT: "b"}},
             "spec": {"nodeName": "w1", "containers": [{"name": "c", "env": [
                 {"name": "A", "value": "x"},
                 {"name": "B", "value": "$(A)-$(NOPE)-$$(A)"},
                 {"name": "SLOT", "valueFrom": {"fieldRef": {
-                    "fieldPath": "metadata.annotations['baton.dev/active-slot']"}}},
+                    "fieldPath": format!("metadata.annotations['{ANN_ACTIVE_SLOT}']")}}},
                 {"name": "MISSING", "valueFrom": {"fieldRef": {
                     "fieldPath": "metadata.annotations['absent']"}}},
                 {"name": "NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},

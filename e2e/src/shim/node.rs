@@ -24,6 +24,9 @@ use super::ShimError;
 
 /// Field manager of the shim's writes.
 pub const FIELD_MANAGER: &str = "baton-node-shim";
+/// Annotation (`true`) on the nodes the shim registered: the shim's own
+/// marker, no part of the pair-pod contract.
+pub const NODE_ANNOTATION: &str = "baton.dev/node-shim";
 /// Namespace of node heartbeat Leases.
 const LEASE_NAMESPACE: &str = "kube-node-lease";
 /// Lease duration the kubelet uses.
@@ -136,7 +139,7 @@ pub async fn register(ctx: &NodeCtx, since: Timestamp) -> Result<(), ShimError> 
         "metadata": {
             "name": name,
             "labels": labels,
-            "annotations": {"baton.dev/node-shim": "true"},
+            "annotations": {NODE_ANNOTATION: "true"},
         },
     });
     let api: Api<Node> = Api::all(ctx.client.clone());

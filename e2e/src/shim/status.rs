@@ -1,7 +1,8 @@
 //! The pod status as the kubelet writes it: phase, the standard conditions,
 //! container statuses, addresses. Sent as a strategic-merge patch, so the API
 //! server merges `conditions` by `type` and conditions of other writers (the
-//! agent's `baton.dev/Handover`) survive; `containerStatuses` is replaced.
+//! agent's [`CONDITION_HANDOVER`](baton_api::pairpod::CONDITION_HANDOVER))
+//! survive; `containerStatuses` is replaced.
 
 use std::collections::BTreeMap;
 

@@ -272,15 +272,16 @@ pub fn mount_env(
 mod tests {
     use super::*;
     use crate::shim::config::default_mount_env;
+    use baton_api::pairpod::{Slot, DEFAULT_RUN_DIR, ENV_CGROUP, ENV_RUN_DIR};
     use serde_json::json;
 
     fn pod() -> Pod {
         serde_json::from_value(json!({
             "metadata": {"name": "baton-w1", "namespace": "ns", "uid": "0123456789abcdef"},
-            "spec": {"nodeName": "w1", "containers": [{"name": "slot-a", "volumeMounts": [
+            "spec": {"nodeName": "w1", "containers": [{"name": Slot::A.container(), "volumeMounts": [
                 {"name": "bpffs", "mountPath": "/sys/fs/bpf"},
                 {"name": "cgroup", "mountPath": "/sys/fs/cgroup", "readOnly": true},
-                {"name": "run", "mountPath": "/run/baton"},
+                {"name": "run", "mountPath": DEFAULT_RUN_DIR},
                 {"name": "other", "mountPath": "/var/lib/x", "subPath": "sub"}
             ]}], "volumes": [
                 {"name": "bpffs", "hostPath": {"path": "/sys/fs/bpf", "type": "DirectoryOrCreate"}},
@@ -314,14 +315,14 @@ mod tests {
             mounts.translate("/var/lib/x/y"),
             Some(r.join("w1/host/opt/data/sub/y"))
         );
-        assert_eq!(mounts.translate("/run/batonx"), None);
-        let pod_env = vec![("BATON_RUN_DIR".to_owned(), "/run/baton/slot".to_owned())];
+        assert_eq!(mounts.translate(&format!("{DEFAULT_RUN_DIR}x")), None);
+        let pod_env = vec![(ENV_RUN_DIR.to_owned(), format!("{DEFAULT_RUN_DIR}/slot"))];
         let env = mount_env(&default_mount_env(), &pod_env, &mounts);
         let get = |n| crate::shim::env::get(&env, n).map(PathBuf::from);
         assert_eq!(get("BATON_BPFFS"), Some(r.join("w1/bpffs/baton")));
-        assert_eq!(get("BATON_CGROUP"), Some(r.join("w1/cgroup")));
+        assert_eq!(get(ENV_CGROUP), Some(r.join("w1/cgroup")));
         assert_eq!(
-            get("BATON_RUN_DIR"),
+            get(ENV_RUN_DIR),
             Some(r.join("w1/baton-w1-01234567/run/slot")),
             "the pod's own value is translated"
         );

@@ -32,7 +32,13 @@
 use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
-use baton_e2e::kit::kube::{condition, container_pid, container_status, is_running};
+use baton_agent::datapath::load::REJECT_ENV;
+use baton_api::pairpod::{
+    Slot, ANN_HANDOVER_STARTED, CONDITION_HANDOVER, ENV_NODE_NAME, STATUS_TRUE,
+};
+use baton_e2e::kit::kube::{
+    active_slot, annotation, condition, container_pid, is_running, slot_status,
+};
 use baton_e2e::kit::wait::eventually;
 use serde_json::{json, Value};
 
@@ -45,32 +51,33 @@ const AGENT_V4_FLAKY: &str = "ghcr.io/baton-dev/baton-agent:v4";
 /// A build that exits 1 at once (never reports).
 const AGENT_V5_CRASHING: &str = "ghcr.io/baton-dev/baton-agent:v5-crashing";
 
+/// What the agent says when its test hook rejects its programs.
+fn rejected() -> String {
+    format!("rejected by {REJECT_ENV}")
+}
+
 /// Every node runs `image` in `slot` with a live handover's figures, answers
 /// `status` with `layout` and `verify` is clean.
 async fn assert_fleet_on(
     fleet: &Fleet,
     status: &Value,
     image: &str,
-    layout: u64,
-    slot: &str,
+    layout: u32,
+    slot: Slot,
     when: &str,
 ) {
     for node in fleet.node_names() {
         let n = node_status(status, &node);
         assert_eq!(
             (n["activeSlot"].as_str(), n["version"].as_str()),
-            (Some(slot), Some(image)),
+            (Some(slot.as_str()), Some(image)),
             "{when}: {node}: {status:#}"
         );
         let agent = fleet
-            .agent_json(&node, "status")
+            .agent_status(&node)
             .await
             .unwrap_or_else(|| panic!("{when}: {node}: baton-agent status failed"));
-        assert_eq!(
-            agent["layout_version"].as_u64(),
-            Some(layout),
-            "{when}: {node}"
-        );
+        assert_eq!(agent.layout_version, layout, "{when}: {node}");
         fleet.assert_verify_clean(&node, when).await;
     }
 }
@@ -79,19 +86,18 @@ async fn assert_fleet_on(
 /// empty image after a failed handover, the retired agent's image as the
 /// warm standby after a commit) and no handover running; returns the active
 /// slot's pid.
-async fn wait_parked(fleet: &Fleet, node: &str, active: &str, idle_image: &str, when: &str) -> u32 {
-    let idle = if active == "a" { "b" } else { "a" };
+async fn wait_parked(fleet: &Fleet, node: &str, active: Slot, idle_image: &str, when: &str) -> u32 {
+    let idle = active.other();
     eventually(
         &format!("{when}: {node}: slot {idle} on {idle_image}, slot {active} active"),
         Duration::from_secs(30),
         || fleet.logs(),
         async || {
             let pod = fleet.pod(node).await;
-            let ann = pod.metadata.annotations.clone().unwrap_or_default();
-            let parked = container_status(&pod, &format!("slot-{idle}"))?;
-            let running = container_status(&pod, &format!("slot-{active}"))?;
-            (ann.get("baton.dev/active-slot").map(String::as_str) == Some(active)
-                && !ann.contains_key("baton.dev/handover-started")
+            let parked = slot_status(&pod, idle)?;
+            let running = slot_status(&pod, active)?;
+            (active_slot(&pod) == active
+                && annotation(&pod, ANN_HANDOVER_STARTED).is_none()
                 && is_running(&parked)
                 && parked.image == idle_image
                 && is_running(&running))
@@ -112,8 +118,8 @@ async fn operator_restart_bad_image_and_rollback_under_traffic() {
                 &script,
                 format!(
                 "#!/bin/sh\n# Image v4: the layout-1 agent, whose programs fail to load on w2.\n\
-                 if [ \"$NODE_NAME\" = w2 ]; then\n  BATON_TEST_REJECT_PROGRAMS=1\n  \
-                 export BATON_TEST_REJECT_PROGRAMS\nfi\nexec {} \"$@\"\n",
+                 if [ \"${ENV_NODE_NAME}\" = w2 ]; then\n  {REJECT_ENV}=1\n  \
+                 export {REJECT_ENV}\nfi\nexec {} \"$@\"\n",
                 bins[0].display()
             ),
             )
@@ -123,10 +129,7 @@ async fn operator_restart_bad_image_and_rollback_under_traffic() {
             vec![
                 (
                     AGENT_V3_REJECTED.to_owned(),
-                    format!(
-                        "/usr/bin/env BATON_TEST_REJECT_PROGRAMS=1 {} run",
-                        bins[0].display()
-                    ),
+                    format!("/usr/bin/env {REJECT_ENV}=1 {} run", bins[0].display()),
                 ),
                 (
                     AGENT_V4_FLAKY.to_owned(),
@@ -180,7 +183,7 @@ async fn operator_restart_bad_image_and_rollback_under_traffic() {
         || fleet.logs(),
         async || {
             let pod = fleet.pod("w2").await;
-            (condition(&pod, "baton.dev/Handover").as_deref() == Some("True")).then_some(())
+            (condition(&pod, CONDITION_HANDOVER).as_deref() == Some(STATUS_TRUE)).then_some(())
         },
     )
     .await
@@ -228,10 +231,10 @@ async fn operator_restart_bad_image_and_rollback_under_traffic() {
         log.contains("became leader") && log.contains("baton-operator-2"),
         "the second operator took the lease over:\n{log}"
     );
-    assert_fleet_on(&fleet, &status, AGENT_V2, 2, "b", "after the restart").await;
+    assert_fleet_on(&fleet, &status, AGENT_V2, 2, Slot::B, "after the restart").await;
 
     // 2. A bad image with onFailure Pause: w1 fails, nothing else starts.
-    let w1_before = wait_parked(&fleet, "w1", "b", AGENT_V1, "before v3").await;
+    let w1_before = wait_parked(&fleet, "w1", Slot::B, AGENT_V1, "before v3").await;
     fleet.start_traffic(150.0);
     let t2 = Instant::now();
     let generation = fleet
@@ -262,7 +265,7 @@ async fn operator_restart_bad_image_and_rollback_under_traffic() {
     );
     let reason = w1["lastHandover"]["message"].as_str().unwrap_or_default();
     assert!(
-        reason.contains("rejected by BATON_TEST_REJECT_PROGRAMS"),
+        reason.contains(&rejected()),
         "the agent's reason reaches the status: {w1:#}"
     );
     let degraded = status_condition(&status, "Degraded");
@@ -281,11 +284,11 @@ async fn operator_restart_bad_image_and_rollback_under_traffic() {
             && events[0].type_.as_deref() == Some("Warning")
             && events[0].note.as_deref().is_some_and(|n| {
                 n.starts_with(&format!("w1: handover to {AGENT_V3_REJECTED} failed: "))
-                    && n.contains("rejected by BATON_TEST_REJECT_PROGRAMS")
+                    && n.contains(&rejected())
             }),
         "{events:#?}"
     );
-    let w1_after = wait_parked(&fleet, "w1", "b", EMPTY, "after v3").await;
+    let w1_after = wait_parked(&fleet, "w1", Slot::B, EMPTY, "after v3").await;
     assert_eq!(
         w1_after, w1_before,
         "the old agent on w1 never stopped serving"
@@ -301,7 +304,7 @@ async fn operator_restart_bad_image_and_rollback_under_traffic() {
         );
     }
     fleet.stop_traffic("v3 rejected on w1, rollout paused");
-    assert_fleet_on(&fleet, &status, AGENT_V2, 2, "b", "after v3").await;
+    assert_fleet_on(&fleet, &status, AGENT_V2, 2, Slot::B, "after v3").await;
 
     // 3. onFailure Rollback: v4 fails on w2, w1 goes back to v2.
     fleet.start_traffic(150.0);
@@ -318,7 +321,7 @@ async fn operator_restart_bad_image_and_rollback_under_traffic() {
     let rollback_time = t3.elapsed();
     // The rollback woke w1's v2 standby in slot b (no restart); the v4
     // agent in slot a is the standby now.
-    wait_parked(&fleet, "w1", "b", AGENT_V4_FLAKY, "after the rollback").await;
+    wait_parked(&fleet, "w1", Slot::B, AGENT_V4_FLAKY, "after the rollback").await;
     fleet.stop_traffic("v4 rolled back");
     print_nodes("after the rollback", &status);
     assert_eq!(
@@ -344,7 +347,7 @@ async fn operator_restart_bad_image_and_rollback_under_traffic() {
         w2["failedImage"] == AGENT_V4_FLAKY
             && w2["lastHandover"]["message"]
                 .as_str()
-                .is_some_and(|m| m.contains("rejected by BATON_TEST_REJECT_PROGRAMS")),
+                .is_some_and(|m| m.contains(&rejected())),
         "{w2:#}"
     );
     assert_eq!(fleet.node_events("RollbackStarted", "w1").await.len(), 1);
@@ -365,13 +368,13 @@ async fn operator_restart_bad_image_and_rollback_under_traffic() {
                 .is_some_and(|m| m.contains("layout 1")),
         "w1's rollback took over from the layout-1 v4 agent: {h:#}"
     );
-    assert_fleet_on(&fleet, &status, AGENT_V2, 2, "b", "after the rollback").await;
+    assert_fleet_on(&fleet, &status, AGENT_V2, 2, Slot::B, "after the rollback").await;
 
     // 4. A build that exits at start never reports: the handover times out
     // (handoverTimeoutSeconds 5) while the container crash-loops; the old
     // agent on w1 keeps serving, and with no node on v5 the rollback is
     // done at once. w1's second failure gets an event of its own.
-    let w1_before = wait_parked(&fleet, "w1", "b", AGENT_V4_FLAKY, "before v5").await;
+    let w1_before = wait_parked(&fleet, "w1", Slot::B, AGENT_V4_FLAKY, "before v5").await;
     fleet.start_traffic(150.0);
     let t4 = Instant::now();
     let generation = fleet
@@ -385,7 +388,7 @@ async fn operator_restart_bad_image_and_rollback_under_traffic() {
         })
         .await;
     let timeout_after = t4.elapsed();
-    let w1_after = wait_parked(&fleet, "w1", "b", EMPTY, "after v5").await;
+    let w1_after = wait_parked(&fleet, "w1", Slot::B, EMPTY, "after v5").await;
     fleet.stop_traffic("v5 crash-looping on w1 until the timeout");
     assert_eq!(w1_after, w1_before, "the old agent on w1 kept serving");
     // handover-started has whole seconds, so the 5 s may count from up to
@@ -433,7 +436,7 @@ async fn operator_restart_bad_image_and_rollback_under_traffic() {
             .map(String::as_str),
         Some(AGENT_V5_CRASHING)
     );
-    assert_fleet_on(&fleet, &status, AGENT_V2, 2, "b", "after v5").await;
+    assert_fleet_on(&fleet, &status, AGENT_V2, 2, Slot::B, "after v5").await;
 
     eprintln!(
         "cluster failure: operator killed {:.1} s into v1 -> v2, complete after {:.1} s; \

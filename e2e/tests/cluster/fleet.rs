@@ -27,7 +27,7 @@
 //! connect goes through that node's agent's programs.
 //!
 //! [`RolloutLog`] watches the agent pods and records every handover start
-//! (the `baton.dev/handover-started` annotation appearing) and the most
+//! (the [`ANN_HANDOVER_STARTED`] annotation appearing) and the most
 //! handovers ever in flight at once.
 //!
 //! Everything is undone on drop, also when a test fails: probes killed, the
@@ -42,9 +42,14 @@ use std::process::Output;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use baton_agent::cluster::standby::ENV_STANDBY;
+use baton_api::admin::{Dump, Status, Verify};
+use baton_api::pairpod::{self, Slot, ANN_ACTIVE_SLOT, ANN_HANDOVER_STARTED};
 use baton_e2e::apiserver::{install_agent_rbac, ApiServer};
 use baton_e2e::kit::bins::shim_bin;
-use baton_e2e::kit::kube::{create_namespace, install_crd, MANAGER};
+use baton_e2e::kit::kube::{
+    agent_pod_selector, create_namespace, install_crd, upgrade_object, upgrades, MANAGER,
+};
 use baton_e2e::kit::sandbox::{cgroup_root, BpffsMount, CgroupDir};
 use baton_e2e::kit::wait::eventually;
 use baton_e2e::kit::{agent, agent_bin, Operator, OperatorCmd, ProbeProcess, ProbeRun};
@@ -54,8 +59,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::events::v1::Event;
-use kube::api::{Api, ApiResource, DynamicObject, ListParams, Patch, PatchParams, PostParams};
-use kube::core::GroupVersionKind;
+use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
 use serde_json::{json, Value};
 
@@ -81,9 +85,9 @@ pub const TARGET_PORT: u16 = 8080;
 pub const METRICS_PORT: u16 = 9095;
 /// The operator's lease, short so a replacement takes over within seconds.
 const LEASE_SECONDS: &str = "--lease-seconds=3";
-
-const HANDOVER_STARTED: &str = "baton.dev/handover-started";
-const ACTIVE_SLOT: &str = "baton.dev/active-slot";
+/// The node label the tests' `KmeshUpgrade`s select (`=on`), as the sample
+/// does: a user's choice, no part of the pair-pod contract.
+pub const MESH_LABEL: &str = "baton.dev/mesh";
 
 /// `<backend>:8080` for every endpoint: what the probes' backends answer as.
 pub fn backend_identities() -> BTreeSet<String> {
@@ -98,11 +102,12 @@ pub fn backend_identities() -> BTreeSet<String> {
 /// file-backed RSS is the agent binary's mapped pages, shared and clean.)
 pub const STANDBY_RSS_MAX_KIB: u64 = 8 * 1024;
 
-/// Whether process `pid` runs in standby mode (`BATON_STANDBY` in the
+/// Whether process `pid` runs in standby mode (`BATON_STANDBY=1` in the
 /// environment of its current image: the agent exec'd itself into it).
 pub fn in_standby_mode(pid: u32) -> bool {
+    let set = format!("{ENV_STANDBY}=1");
     std::fs::read(format!("/proc/{pid}/environ"))
-        .map(|env| env.split(|b| *b == 0).any(|kv| kv == b"BATON_STANDBY=1"))
+        .map(|env| env.split(|b| *b == 0).any(|kv| kv == set.as_bytes()))
         .unwrap_or(false)
 }
 
@@ -182,13 +187,12 @@ impl Rollout {
             return;
         };
         let ann = pod.metadata.annotations.clone().unwrap_or_default();
-        if ann.contains_key(HANDOVER_STARTED) {
+        if ann.contains_key(ANN_HANDOVER_STARTED) {
             if self.in_flight.insert(name.clone()) {
                 // The idle slot got the new image in the same patch.
-                let active = ann.get(ACTIVE_SLOT).map_or("a", String::as_str);
-                let idle = if active == "b" { "a" } else { "b" };
+                let active = pairpod::active_slot(ann.get(ANN_ACTIVE_SLOT).map(String::as_str));
                 let image = ann
-                    .get(&format!("baton.dev/slot-{idle}-version"))
+                    .get(&active.other().version_annotation())
                     .cloned()
                     .unwrap_or_default();
                 self.starts.entry(name).or_default().push(image);
@@ -223,7 +227,7 @@ impl RolloutLog {
     fn start(client: &kube::Client) -> Self {
         let state = Arc::new(tokio::sync::watch::Sender::new(Rollout::default()));
         let api: Api<Pod> = Api::namespaced(client.clone(), NS);
-        let config = watcher::Config::default().labels("app.kubernetes.io/name=baton-agent");
+        let config = watcher::Config::default().labels(&agent_pod_selector());
         let shared = state.clone();
         let task = tokio::spawn(async move {
             let mut events = std::pin::pin!(watcher(api, config));
@@ -310,7 +314,7 @@ pub type ExtraImages = Vec<(String, String)>;
 
 impl Fleet {
     /// Starts everything for `nodes` (named `<name>` with IPs `net.N`, N = 1..),
-    /// labelled `baton.dev/mesh=on`; `extra` maps more images (it gets the
+    /// labelled [`MESH_LABEL`]`=on`; `extra` maps more images (it gets the
     /// layout-1 and layout-2 agent binaries and the scratch dir). `None` when
     /// API-server tests are skipped.
     pub async fn start(
@@ -362,7 +366,7 @@ impl Fleet {
             launch = launch.image(&image, &command);
         }
         for (name, ip) in &nodes {
-            launch = launch.node(&format!("{name}={ip},baton.dev/mesh=on"));
+            launch = launch.node(&format!("{name}={ip},{MESH_LABEL}=on"));
         }
         let shim = launch.spawn().expect("starting baton-node-shim");
         let rollout = RolloutLog::start(&client);
@@ -423,24 +427,22 @@ impl Fleet {
     }
 
     fn upgrades(&self) -> Api<DynamicObject> {
-        let gvk = GroupVersionKind::gvk("baton.dev", "v1alpha1", "KmeshUpgrade");
-        let ar = ApiResource::from_gvk_with_plural(&gvk, "kmeshupgrades");
-        Api::namespaced_with(self.client.clone(), NS, &ar)
+        upgrades(&self.client, NS)
     }
 
     /// Creates the KmeshUpgrade for `image` with `strategy`, selecting the mesh nodes.
     pub async fn create_upgrade(&self, image: &str, strategy: Value) {
-        let upgrade: DynamicObject = serde_json::from_value(json!({
-            "apiVersion": "baton.dev/v1alpha1", "kind": "KmeshUpgrade",
-            "metadata": {"name": UPGRADE, "namespace": NS},
-            "spec": {
-                "nodeSelector": {"matchLabels": {"baton.dev/mesh": "on"}},
+        let upgrade = upgrade_object(
+            UPGRADE,
+            NS,
+            json!({
+                "nodeSelector": {"matchLabels": {MESH_LABEL: "on"}},
                 "agentImage": image,
                 "emptyImage": EMPTY,
                 "strategy": strategy,
-            }
-        }))
-        .expect("KmeshUpgrade");
+            }),
+        )
+        .unwrap();
         self.upgrades()
             .create(&PostParams::default(), &upgrade)
             .await
@@ -526,7 +528,8 @@ impl Fleet {
         self.kernel.nodes.iter().map(|n| n.name.clone()).collect()
     }
 
-    /// The run dir (`BATON_RUN_DIR`, the pod's emptyDir) of `node`'s agent pod.
+    /// The run dir ([`ENV_RUN_DIR`](baton_api::pairpod::ENV_RUN_DIR), the
+    /// pod's emptyDir) of `node`'s agent pod.
     pub async fn run_dir(&self, node: &str) -> PathBuf {
         let pod = self.pod(node).await;
         let uid: String = pod
@@ -555,13 +558,24 @@ impl Fleet {
         .unwrap()
     }
 
-    /// The JSON answer of `baton-agent CMD` on `node`, if it succeeded.
-    pub async fn agent_json(&self, node: &str, cmd: &str) -> Option<Value> {
+    /// The answer of `baton-agent CMD` on `node` (`status`: [`Status`],
+    /// `dump`: [`Dump`], `verify`: [`Verify`]), if it succeeded and an
+    /// agent answered it.
+    pub async fn agent_answer<T: serde::de::DeserializeOwned>(
+        &self,
+        node: &str,
+        cmd: &str,
+    ) -> Option<T> {
         let out = self.agent_cli(node, cmd).await;
         if !out.status.success() {
             return None;
         }
         serde_json::from_slice(&out.stdout).ok()
+    }
+
+    /// `baton-agent status` on `node`, if its agent answered.
+    pub async fn agent_status(&self, node: &str) -> Option<Status> {
+        self.agent_answer(node, "status").await
     }
 
     /// Waits until `node`'s agent (of map layout `layout`) serves `default/web`
@@ -573,21 +587,19 @@ impl Fleet {
             Duration::from_secs(60),
             || self.logs(),
             async || {
-                let status = self.agent_json(node, "status").await?;
-                if status["layout_version"].as_u64() != Some(layout) {
+                let status = self.agent_status(node).await?;
+                if u64::from(status.layout_version) != layout {
                     return None;
                 }
-                let dump = self.agent_json(node, "dump").await?;
-                let web = dump["services"]
-                    .as_array()?
-                    .iter()
-                    .find(|s| s["name"] == format!("default/{SERVICE}"))?
-                    .clone();
-                let seen: BTreeSet<String> = web["buckets"]
-                    .as_array()?
-                    .iter()
-                    .flat_map(|b| b.as_array().cloned().unwrap_or_default())
-                    .filter_map(|e| e.as_str().map(str::to_owned))
+                let dump: Dump = self.agent_answer(node, "dump").await?;
+                let web = dump
+                    .services
+                    .into_iter()
+                    .find(|s| s.name == format!("default/{SERVICE}"))?;
+                let seen: BTreeSet<String> = web
+                    .buckets
+                    .into_iter()
+                    .flatten()
                     .map(|e| {
                         if e.contains(':') {
                             e
@@ -596,7 +608,7 @@ impl Fleet {
                         }
                     })
                     .collect();
-                (web["vips"][0] == self.vip.ip().to_string() && seen == want).then_some(())
+                (web.vips.first() == Some(&self.vip.ip().to_string()) && seen == want).then_some(())
             },
         )
         .await
@@ -604,7 +616,7 @@ impl Fleet {
     }
 
     /// `baton-agent verify` on `node` exits 0 with no violation; returns the report.
-    pub async fn assert_verify_clean(&self, node: &str, when: &str) -> Value {
+    pub async fn assert_verify_clean(&self, node: &str, when: &str) -> Verify {
         let out = self.agent_cli(node, "verify").await;
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         assert!(
@@ -613,12 +625,8 @@ impl Fleet {
             out.status,
             String::from_utf8_lossy(&out.stderr)
         );
-        let report: Value = serde_json::from_str(&text).expect("verify prints JSON");
-        assert_eq!(
-            report["violations"],
-            json!([]),
-            "{when}: {node}: {report:#}"
-        );
+        let report: Verify = serde_json::from_str(&text).expect("verify prints its report");
+        assert!(report.is_clean(), "{when}: {node}: {report:#?}");
         report
     }
 
@@ -626,10 +634,11 @@ impl Fleet {
     /// (from the container logs' run headers).
     pub fn process_starts(&self, node: &str, image: &str) -> usize {
         let logs = self.dir.join("root").join(node).join("logs");
-        ["slot-a", "slot-b"]
+        Slot::ALL
             .iter()
             .map(|slot| {
-                let file = logs.join(format!("{NS}_{}_{slot}.log", pod_name(node)));
+                let container = slot.container();
+                let file = logs.join(format!("{NS}_{}_{container}.log", pod_name(node)));
                 std::fs::read_to_string(file)
                     .unwrap_or_default()
                     .lines()

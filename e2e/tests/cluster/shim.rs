@@ -8,10 +8,16 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use baton_api::pairpod::{
+    Slot, ANN_ACTIVE_SLOT, CONDITION_HANDOVER, DEFAULT_RUN_DIR, ENV_ACTIVE_SLOT, ENV_CGROUP,
+    ENV_NODE_NAME, ENV_POD_NAME, ENV_POD_NAMESPACE, ENV_RUN_DIR, ENV_SLOT, ENV_SLOT_VERSION,
+    ENV_SLOT_VERSION_ALT, REASON_COMMITTED, STATUS_TRUE,
+};
 use baton_e2e::apiserver::ApiServer;
 use baton_e2e::kit::bins::shim_bin;
 use baton_e2e::kit::kube::{
-    condition, container_pid, container_status, create_namespace, is_running, records, starts,
+    condition, container_pid, container_status, create_namespace, is_running, records, slot_status,
+    starts,
 };
 use baton_e2e::kit::process::pid_alive as alive;
 use baton_e2e::kit::wait::eventually;
@@ -21,6 +27,8 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
+
+use crate::fleet::MESH_LABEL;
 
 const NS: &str = "shim-test";
 const WAIT: Duration = Duration::from_secs(30);
@@ -102,15 +110,19 @@ async fn setup(nodes: &[&str]) -> Option<Setup> {
 }
 
 fn pair_pod(name: &str, node: &str) -> Pod {
+    let annotations = json!({
+        ANN_ACTIVE_SLOT: Slot::A,
+        (Slot::A.version_annotation()): "test/agent:v1",
+        (Slot::B.version_annotation()): "test/empty:1"});
     serde_json::from_value(json!({
-        "metadata": {"name": name, "namespace": NS, "annotations": {
-            "baton.dev/active-slot": "a",
-            "baton.dev/slot-a-version": "test/agent:v1",
-            "baton.dev/slot-b-version": "test/empty:1"}},
+        "metadata": {"name": name, "namespace": NS, "annotations": annotations},
         "spec": {
             "nodeName": node,
             "terminationGracePeriodSeconds": 5,
-            "containers": [slot_container("a", "test/agent:v1"), slot_container("b", "test/empty:1")],
+            "containers": [
+                slot_container(Slot::A, "test/agent:v1"),
+                slot_container(Slot::B, "test/empty:1"),
+            ],
             "volumes": [
                 {"name": "bpffs", "hostPath": {"path": "/sys/fs/bpf", "type": "DirectoryOrCreate"}},
                 {"name": "run", "emptyDir": {"medium": "Memory"}}
@@ -121,9 +133,9 @@ fn pair_pod(name: &str, node: &str) -> Pod {
 }
 
 fn both_running(pod: &Pod) -> bool {
-    ["slot-a", "slot-b"]
+    Slot::ALL
         .iter()
-        .all(|c| container_status(pod, c).is_some_and(|s| is_running(&s) && s.ready))
+        .all(|&slot| slot_status(pod, slot).is_some_and(|s| is_running(&s) && s.ready))
         && condition(pod, "Ready").as_deref() == Some("True")
 }
 
@@ -133,7 +145,8 @@ fn env_of(record: &serde_json::Value, name: &str) -> Option<String> {
 
 #[tokio::test]
 async fn pods_run_as_processes_with_the_downward_api_and_in_place_image_patches() {
-    let Some(s) = setup(&["w1,baton.dev/mesh=on", "w2=127.0.0.2"]).await else {
+    let w1 = format!("w1,{MESH_LABEL}=on");
+    let Some(s) = setup(&[&w1, "w2=127.0.0.2"]).await else {
         return;
     };
     let root = s.shim.root().to_owned();
@@ -169,7 +182,7 @@ async fn pods_run_as_processes_with_the_downward_api_and_in_place_image_patches(
         w1.metadata
             .labels
             .as_ref()
-            .and_then(|l| l.get("baton.dev/mesh"))
+            .and_then(|l| l.get(MESH_LABEL))
             .map(String::as_str),
         Some("on")
     );
@@ -208,14 +221,14 @@ async fn pods_run_as_processes_with_the_downward_api_and_in_place_image_patches(
     for c in ["ContainersReady", "Initialized", "PodScheduled"] {
         assert_eq!(condition(&pod, c).as_deref(), Some("True"), "{c}");
     }
-    let a = container_status(&pod, "slot-a").expect("slot-a status");
-    let b = container_status(&pod, "slot-b").expect("slot-b status");
+    let a = slot_status(&pod, Slot::A).expect("slot a status");
+    let b = slot_status(&pod, Slot::B).expect("slot b status");
     assert_eq!(
         (a.image.as_str(), a.restart_count, a.started),
         ("test/agent:v1", 0, Some(true))
     );
     assert_eq!(b.image, "test/empty:1");
-    let idle_pid = container_pid(&b).expect("slot-b pid");
+    let idle_pid = container_pid(&b).expect("slot b pid");
     let cmdline = std::fs::read(format!("/proc/{idle_pid}/cmdline")).unwrap_or_default();
     assert!(
         String::from_utf8_lossy(&cmdline).contains("idle"),
@@ -232,28 +245,32 @@ async fn pods_run_as_processes_with_the_downward_api_and_in_place_image_patches(
         .take(8)
         .collect();
     let start = eventually(
-        "slot-a's record",
+        "slot a's record",
         WAIT,
         || s.logs(),
-        async || starts(&s.records, NS, "pair", "slot-a").unwrap().pop(),
+        async || {
+            starts(&s.records, NS, "pair", Slot::A.container())
+                .unwrap()
+                .pop()
+        },
     )
     .await
     .unwrap();
     let expect = [
-        ("BATON_SLOT", "a".to_owned()),
-        ("BATON_SLOT_VERSION", "test/agent:v1".to_owned()),
-        ("BATON_SLOT_VERSION_ALT", "test/empty:1".to_owned()),
-        ("BATON_ACTIVE_SLOT", "a".to_owned()),
-        ("NODE_NAME", "w1".to_owned()),
-        ("POD_NAME", "pair".to_owned()),
-        ("POD_NAMESPACE", NS.to_owned()),
+        (ENV_SLOT, Slot::A.to_string()),
+        (ENV_SLOT_VERSION, "test/agent:v1".to_owned()),
+        (ENV_SLOT_VERSION_ALT, "test/empty:1".to_owned()),
+        (ENV_ACTIVE_SLOT, Slot::A.to_string()),
+        (ENV_NODE_NAME, "w1".to_owned()),
+        (ENV_POD_NAME, "pair".to_owned()),
+        (ENV_POD_NAMESPACE, NS.to_owned()),
         ("GREETING", "hello-w1".to_owned()),
         (
             "BATON_BPFFS",
             root.join("w1/bpffs/baton").display().to_string(),
         ),
         (
-            "BATON_RUN_DIR",
+            ENV_RUN_DIR,
             root.join(format!("w1/pair-{uid8}/run"))
                 .display()
                 .to_string(),
@@ -268,7 +285,7 @@ async fn pods_run_as_processes_with_the_downward_api_and_in_place_image_patches(
         );
     }
     assert_eq!(
-        env_of(&start, "BATON_CGROUP"),
+        env_of(&start, ENV_CGROUP),
         None,
         "no cgroup mount in this pod"
     );
@@ -301,8 +318,9 @@ async fn pods_run_as_processes_with_the_downward_api_and_in_place_image_patches(
     assert_eq!(bound_pod, Some(vec!["pair".to_owned()]));
 
     // The agent's condition, written by someone else, survives the shim's writes.
-    let handover = json!({"status": {"conditions": [{"type": "baton.dev/Handover", "status": "True",
-        "reason": "Committed", "message": "{}", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}});
+    let handover = json!({"status": {"conditions": [{"type": CONDITION_HANDOVER,
+        "status": STATUS_TRUE, "reason": REASON_COMMITTED, "message": "{}",
+        "lastTransitionTime": "2026-01-01T00:00:00Z"}]}});
     pods.patch_status(
         "pair",
         &PatchParams::default(),
@@ -311,73 +329,80 @@ async fn pods_run_as_processes_with_the_downward_api_and_in_place_image_patches(
     .await
     .expect("agent condition");
 
-    // StartUpgrade: slot-b's image and version annotation in one patch.
+    // StartUpgrade: slot b's image and version annotation in one patch.
     let upgrade = json!({
-        "metadata": {"annotations": {"baton.dev/slot-b-version": "test/agent:v2"}},
-        "spec": {"containers": [{"name": "slot-b", "image": "test/agent:v2"}]}});
+        "metadata": {"annotations": {(Slot::B.version_annotation()): "test/agent:v2"}},
+        "spec": {"containers": [{"name": Slot::B.container(), "image": "test/agent:v2"}]}});
     pods.patch("pair", &PatchParams::default(), &Patch::Strategic(&upgrade))
         .await
-        .expect("patching slot-b");
+        .expect("patching slot b");
     let pod = s
-        .pod_until("pair", "slot-b restarted on test/agent:v2", |p| {
-            container_status(p, "slot-b").is_some_and(|c| {
+        .pod_until("pair", "slot b restarted on test/agent:v2", |p| {
+            slot_status(p, Slot::B).is_some_and(|c| {
                 c.image == "test/agent:v2" && c.restart_count == 1 && is_running(&c)
             })
         })
         .await;
     assert_eq!(
-        condition(&pod, "baton.dev/Handover").as_deref(),
-        Some("True"),
+        condition(&pod, CONDITION_HANDOVER).as_deref(),
+        Some(STATUS_TRUE),
         "agent condition kept"
     );
-    let a2 = container_status(&pod, "slot-a").expect("slot-a");
+    let a2 = slot_status(&pod, Slot::A).expect("slot a");
     assert_eq!(
         (a2.restart_count, &a2.container_id),
         (0, &a.container_id),
-        "slot-a untouched"
+        "slot a untouched"
     );
-    let b2 = container_status(&pod, "slot-b").expect("slot-b");
+    let b2 = slot_status(&pod, Slot::B).expect("slot b");
     let last = b2
         .last_state
         .and_then(|l| l.terminated)
-        .expect("slot-b lastState");
+        .expect("slot b lastState");
     assert_eq!(
         (last.exit_code, last.reason.as_deref()),
         (0, Some("Completed")),
         "idle exits 0 on SIGTERM"
     );
     assert!(!alive(idle_pid), "the old idle process is gone");
-    let b_start = starts(&s.records, NS, "pair", "slot-b").unwrap();
+    let b_start = starts(&s.records, NS, "pair", Slot::B.container()).unwrap();
     assert_eq!(b_start.len(), 1);
     assert_eq!(
-        env_of(&b_start[0], "BATON_SLOT_VERSION").as_deref(),
+        env_of(&b_start[0], ENV_SLOT_VERSION).as_deref(),
         Some("test/agent:v2"),
         "annotation read at start"
     );
-    assert_eq!(env_of(&b_start[0], "BATON_SLOT").as_deref(), Some("b"));
+    assert_eq!(
+        env_of(&b_start[0], ENV_SLOT).as_deref(),
+        Some(Slot::B.as_str())
+    );
     assert_eq!(
         env_of(&b_start[0], "BATON_SHIM_RESTART").as_deref(),
         Some("1")
     );
     assert_eq!(
-        starts(&s.records, NS, "pair", "slot-a").unwrap().len(),
+        starts(&s.records, NS, "pair", Slot::A.container())
+            .unwrap()
+            .len(),
         1,
-        "slot-a started once"
+        "slot a started once"
     );
 
-    // FinishUpgrade: active slot flips, slot-a is parked on the empty image.
+    // FinishUpgrade: active slot flips, slot a is parked on the empty image.
     let finish = json!({
-        "metadata": {"annotations": {"baton.dev/active-slot": "b", "baton.dev/slot-a-version": "test/empty:1"}},
-        "spec": {"containers": [{"name": "slot-a", "image": "test/empty:1"}]}});
+        "metadata": {"annotations": {
+            ANN_ACTIVE_SLOT: Slot::B,
+            (Slot::A.version_annotation()): "test/empty:1"}},
+        "spec": {"containers": [{"name": Slot::A.container(), "image": "test/empty:1"}]}});
     pods.patch("pair", &PatchParams::default(), &Patch::Strategic(&finish))
         .await
-        .expect("parking slot-a");
-    s.pod_until("pair", "slot-a parked", |p| {
-        container_status(p, "slot-a")
+        .expect("parking slot a");
+    s.pod_until("pair", "slot a parked", |p| {
+        slot_status(p, Slot::A)
             .is_some_and(|c| c.image == "test/empty:1" && c.restart_count == 1 && is_running(&c))
     })
     .await;
-    let a_events = records(&s.records, NS, "pair", "slot-a").unwrap();
+    let a_events = records(&s.records, NS, "pair", Slot::A.container()).unwrap();
     assert_eq!(
         a_events.last().map(|r| r["signal"].clone()),
         Some(json!("SIGTERM")),
@@ -393,8 +418,8 @@ async fn pods_run_as_processes_with_the_downward_api_and_in_place_image_patches(
         .await
         .expect("deleting pod");
     s.gone("pair").await;
-    assert!(!alive(b_pid), "slot-b's process stopped");
-    let b_events = records(&s.records, NS, "pair", "slot-b").unwrap();
+    assert!(!alive(b_pid), "slot b's process stopped");
+    let b_events = records(&s.records, NS, "pair", Slot::B.container()).unwrap();
     assert_eq!(
         b_events.last().map(|r| r["signal"].clone()),
         Some(json!("SIGTERM")),
@@ -405,7 +430,8 @@ async fn pods_run_as_processes_with_the_downward_api_and_in_place_image_patches(
         "pod dir removed"
     );
     assert!(
-        root.join("w1/logs/shim-test_pair_slot-b.log").is_file(),
+        root.join(format!("w1/logs/{NS}_pair_{}.log", Slot::B.container()))
+            .is_file(),
         "logs kept"
     );
 }
@@ -560,28 +586,29 @@ async fn crash_loops_restart_policies_unmapped_images_and_the_grace_period() {
     }
 }
 
-/// A container of the agent pair pod, as the operator builds it (env through
-/// the downward API, the bpffs and run-dir mounts).
-fn slot_container(slot: &str, image: &str) -> serde_json::Value {
-    let other = if slot == "a" { "b" } else { "a" };
+/// A container of the agent pair pod, as the operator builds it
+/// (`operator/src/controller/podspec.rs`: env through the downward API, the
+/// bpffs and run-dir mounts), spelled with `baton_api::pairpod`.
+fn slot_container(slot: Slot, image: &str) -> serde_json::Value {
     let field = |name: &str, path: String| json!({"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}});
+    let annotation = |key: String| format!("metadata.annotations['{key}']");
     json!({
-        "name": format!("slot-{slot}"),
+        "name": slot.container(),
         "image": image,
         "env": [
-            {"name": "BATON_SLOT", "value": slot},
-            field("BATON_SLOT_VERSION", format!("metadata.annotations['baton.dev/slot-{slot}-version']")),
-            field("BATON_SLOT_VERSION_ALT", format!("metadata.annotations['baton.dev/slot-{other}-version']")),
-            field("BATON_ACTIVE_SLOT", "metadata.annotations['baton.dev/active-slot']".into()),
-            {"name": "BATON_RUN_DIR", "value": "/run/baton"},
-            field("NODE_NAME", "spec.nodeName".into()),
-            field("POD_NAME", "metadata.name".into()),
-            field("POD_NAMESPACE", "metadata.namespace".into()),
-            {"name": "GREETING", "value": "hello-$(NODE_NAME)"},
+            {"name": ENV_SLOT, "value": slot},
+            field(ENV_SLOT_VERSION, annotation(slot.version_annotation())),
+            field(ENV_SLOT_VERSION_ALT, annotation(slot.other().version_annotation())),
+            field(ENV_ACTIVE_SLOT, annotation(ANN_ACTIVE_SLOT.to_owned())),
+            {"name": ENV_RUN_DIR, "value": DEFAULT_RUN_DIR},
+            field(ENV_NODE_NAME, "spec.nodeName".into()),
+            field(ENV_POD_NAME, "metadata.name".into()),
+            field(ENV_POD_NAMESPACE, "metadata.namespace".into()),
+            {"name": "GREETING", "value": format!("hello-$({ENV_NODE_NAME})")},
         ],
         "volumeMounts": [
             {"name": "bpffs", "mountPath": "/sys/fs/bpf"},
-            {"name": "run", "mountPath": "/run/baton"},
+            {"name": "run", "mountPath": DEFAULT_RUN_DIR},
         ],
     })
 }

@@ -24,32 +24,30 @@
 
 use std::time::Duration;
 
+use baton_api::pairpod::{
+    Slot, StartedReport, ANN_ACTIVE_SLOT, ANN_HANDOVER_STARTED, CONDITION_STARTED, ENV_ACTIVE_SLOT,
+    ENV_CGROUP, ENV_NODE_NAME, ENV_POD_NAME, ENV_RUN_DIR, ENV_SLOT, ENV_SLOT_VERSION,
+    ENV_SLOT_VERSION_ALT, REASON_STARTED, STATUS_TRUE,
+};
 use baton_e2e::apiserver::ApiServer;
 use baton_e2e::kit::bins::shim_bin;
 use baton_e2e::kit::kube::{
-    container_pid, container_status, create_namespace, create_service_account, install_crd,
-    is_running, starts,
+    agent_pod_selector, annotation, container_pid, create_namespace, create_service_account,
+    install_crd, is_running, slot_status, starts, upgrade_object, upgrades,
 };
 use baton_e2e::kit::process::proc_status_kib;
 use baton_e2e::kit::wait::eventually;
 use baton_e2e::kit::OperatorCmd;
 use baton_e2e::shim::launch::ShimLaunch;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, ApiResource, DynamicObject, ListParams, PostParams};
-use kube::core::GroupVersionKind;
+use kube::api::{Api, ListParams, PostParams};
 use serde_json::json;
 
-use crate::fleet;
+use crate::fleet::{self, MESH_LABEL};
 
 const NS: &str = "baton-system";
 const AGENT_V1: &str = "ghcr.io/baton-dev/baton-agent:v1";
 const EMPTY: &str = "ghcr.io/baton-dev/baton-empty:1";
-
-fn upgrades(client: &kube::Client) -> Api<DynamicObject> {
-    let gvk = GroupVersionKind::gvk("baton.dev", "v1alpha1", "KmeshUpgrade");
-    let ar = ApiResource::from_gvk_with_plural(&gvk, "kmeshupgrades");
-    Api::namespaced_with(client.clone(), NS, &ar)
-}
 
 #[tokio::test]
 async fn fresh_install_one_pod_per_selected_node_with_one_active_slot() {
@@ -75,7 +73,7 @@ async fn fresh_install_one_pod_per_selected_node_with_one_active_slot() {
         // Not selected: must get no pod.
         .node("x1");
     for node in ["w1", "w2", "w3"] {
-        launch = launch.node(&format!("{node},baton.dev/mesh=on"));
+        launch = launch.node(&format!("{node},{MESH_LABEL}=on"));
     }
     let shim = launch.spawn().expect("starting baton-node-shim");
     let operator = OperatorCmd::new(server.kubeconfig(), NS, "baton-operator-0")
@@ -84,18 +82,18 @@ async fn fresh_install_one_pod_per_selected_node_with_one_active_slot() {
         .unwrap();
     let logs = || format!("{}\n{}\n{}", operator.logs(), shim.logs(), server.logs());
 
-    let upgrade: DynamicObject = serde_json::from_value(json!({
-        "apiVersion": "baton.dev/v1alpha1", "kind": "KmeshUpgrade",
-        "metadata": {"name": "baton", "namespace": NS},
-        "spec": {
-            "nodeSelector": {"matchLabels": {"baton.dev/mesh": "on"}},
+    let upgrade = upgrade_object(
+        "baton",
+        NS,
+        json!({
+            "nodeSelector": {"matchLabels": {MESH_LABEL: "on"}},
             "agentImage": AGENT_V1,
             "emptyImage": EMPTY,
             "pod": {"extraArgs": ["--log=info"]},
-        }
-    }))
-    .expect("KmeshUpgrade");
-    let upgrades = upgrades(&client);
+        }),
+    )
+    .unwrap();
+    let upgrades = upgrades(&client, NS);
     upgrades
         .create(&PostParams::default(), &upgrade)
         .await
@@ -115,7 +113,7 @@ async fn fresh_install_one_pod_per_selected_node_with_one_active_slot() {
             let running = list
                 .items
                 .iter()
-                .filter(|p| container_status(p, "slot-a").is_some_and(|c| is_running(&c)))
+                .filter(|p| slot_status(p, Slot::A).is_some_and(|c| is_running(&c)))
                 .count();
             (running == 3
                 && counts == [Some(3), Some(0), Some(0), Some(0)]
@@ -133,11 +131,17 @@ async fn fresh_install_one_pod_per_selected_node_with_one_active_slot() {
         (Some(0), Some("Progressing")),
         "still nothing ready without a report: {status:#}"
     );
-    // What the real agent writes once it owns the datapath (baton.dev/Started).
+    // What the real agent writes once it owns the datapath (its Started condition).
+    let started = StartedReport {
+        slot: Slot::A,
+        version: AGENT_V1.to_owned(),
+    }
+    .to_message()
+    .expect("the start report");
     for node in ["w1", "w2", "w3"] {
         let body = json!({"status": {"conditions": [{
-            "type": "baton.dev/Started", "status": "True", "reason": "Started",
-            "message": json!({"slot": "a", "version": AGENT_V1}).to_string()}]}});
+            "type": CONDITION_STARTED, "status": STATUS_TRUE, "reason": REASON_STARTED,
+            "message": started}]}});
         pods.patch_status(
             &format!("baton-{node}"),
             &kube::api::PatchParams::default(),
@@ -182,7 +186,7 @@ async fn fresh_install_one_pod_per_selected_node_with_one_active_slot() {
     );
 
     let list = pods
-        .list(&ListParams::default().labels("app.kubernetes.io/name=baton-agent"))
+        .list(&ListParams::default().labels(&agent_pod_selector()))
         .await
         .expect("listing agent pods");
     let mut names: Vec<_> = list
@@ -203,13 +207,13 @@ async fn fresh_install_one_pod_per_selected_node_with_one_active_slot() {
             .as_ref()
             .and_then(|s| s.node_name.clone())
             .expect("bound");
-        let annotations = pod.metadata.annotations.clone().unwrap_or_default();
         assert_eq!(
-            annotations.get("baton.dev/active-slot").map(String::as_str),
-            Some("a")
+            annotation(pod, ANN_ACTIVE_SLOT),
+            Some(Slot::A.as_str()),
+            "{name}"
         );
-        let a = container_status(pod, "slot-a").expect("slot-a");
-        let b = container_status(pod, "slot-b").expect("slot-b");
+        let a = slot_status(pod, Slot::A).expect("slot a");
+        let b = slot_status(pod, Slot::B).expect("slot b");
         assert!(
             is_running(&a) && a.ready && a.image == AGENT_V1,
             "{name}: {a:?}"
@@ -221,7 +225,7 @@ async fn fresh_install_one_pod_per_selected_node_with_one_active_slot() {
         );
 
         // The active slot's process: exactly one start, told who it is.
-        let runs = starts(&records, NS, name, "slot-a").unwrap();
+        let runs = starts(&records, NS, name, Slot::A.container()).unwrap();
         assert_eq!(runs.len(), 1, "{name}: {runs:?}");
         let env = |k: &str| runs[0]["env"][k].as_str().map(str::to_owned);
         let uid8: String = pod
@@ -232,19 +236,16 @@ async fn fresh_install_one_pod_per_selected_node_with_one_active_slot() {
             .chars()
             .take(8)
             .collect();
-        assert_eq!(env("BATON_SLOT").as_deref(), Some("a"));
-        assert_eq!(env("BATON_ACTIVE_SLOT").as_deref(), Some("a"));
-        assert_eq!(env("BATON_SLOT_VERSION").as_deref(), Some(AGENT_V1));
-        assert_eq!(env("BATON_SLOT_VERSION_ALT").as_deref(), Some(EMPTY));
-        assert_eq!(env("NODE_NAME"), Some(node.clone()));
-        assert_eq!(env("POD_NAME").as_deref(), Some(name));
+        assert_eq!(env(ENV_SLOT).as_deref(), Some(Slot::A.as_str()));
+        assert_eq!(env(ENV_ACTIVE_SLOT).as_deref(), Some(Slot::A.as_str()));
+        assert_eq!(env(ENV_SLOT_VERSION).as_deref(), Some(AGENT_V1));
+        assert_eq!(env(ENV_SLOT_VERSION_ALT).as_deref(), Some(EMPTY));
+        assert_eq!(env(ENV_NODE_NAME), Some(node.clone()));
+        assert_eq!(env(ENV_POD_NAME).as_deref(), Some(name));
         let local = |p: String| Some(root.join(p).display().to_string());
-        assert_eq!(
-            env("BATON_RUN_DIR"),
-            local(format!("{node}/{name}-{uid8}/run"))
-        );
+        assert_eq!(env(ENV_RUN_DIR), local(format!("{node}/{name}-{uid8}/run")));
         assert_eq!(env("BATON_BPFFS"), local(format!("{node}/bpffs/baton")));
-        assert_eq!(env("BATON_CGROUP"), local(format!("{node}/cgroup")));
+        assert_eq!(env(ENV_CGROUP), local(format!("{node}/cgroup")));
         assert!(
             env("KUBECONFIG").is_some(),
             "the agent can reach the API server"
@@ -257,7 +258,9 @@ async fn fresh_install_one_pod_per_selected_node_with_one_active_slot() {
             Some("--log=info")
         );
         assert!(
-            starts(&records, NS, name, "slot-b").unwrap().is_empty(),
+            starts(&records, NS, name, Slot::B.container())
+                .unwrap()
+                .is_empty(),
             "slot b is idle"
         );
     }
@@ -274,12 +277,12 @@ async fn assert_nodes_on(
     nodes: &[&str],
     image: &str,
     standby: &str,
-    layout: u64,
-    slot: &str,
+    layout: u32,
+    slot: Slot,
     when: &str,
 ) {
     use crate::fleet::*;
-    let parked = if slot == "a" { "b" } else { "a" };
+    let parked = slot.other();
     for node in nodes {
         let n = node_status(status, node);
         assert_eq!(
@@ -288,7 +291,7 @@ async fn assert_nodes_on(
                 n["version"].as_str(),
                 n["phase"].as_str()
             ),
-            (Some(slot), Some(image), Some("Running")),
+            (Some(slot.as_str()), Some(image), Some("Running")),
             "{when}: {node}: {status:#}"
         );
         let h = &n["lastHandover"];
@@ -311,12 +314,12 @@ async fn assert_nodes_on(
         let get = |k: &str| ann.get(k).map(String::as_str);
         assert_eq!(
             (
-                get("baton.dev/active-slot"),
-                get(&format!("baton.dev/slot-{slot}-version")),
-                get(&format!("baton.dev/slot-{parked}-version")),
-                get("baton.dev/handover-started"),
+                get(ANN_ACTIVE_SLOT),
+                get(&slot.version_annotation()),
+                get(&parked.version_annotation()),
+                get(ANN_HANDOVER_STARTED),
             ),
-            (Some(slot), Some(image), Some(standby), None),
+            (Some(slot.as_str()), Some(image), Some(standby), None),
             "{when}: {node}: the retired slot keeps its image as the standby: {ann:?}"
         );
         // The retired agent re-execs itself into standby mode (same pid,
@@ -327,8 +330,8 @@ async fn assert_nodes_on(
             || fleet.logs(),
             async || {
                 let pod = fleet.pod(node).await;
-                let standby_c = container_status(&pod, &format!("slot-{parked}"))?;
-                let active_c = container_status(&pod, &format!("slot-{slot}"))?;
+                let standby_c = slot_status(&pod, parked)?;
+                let active_c = slot_status(&pod, slot)?;
                 let pid = container_pid(&standby_c)?;
                 (is_running(&standby_c)
                     && standby_c.image == standby
@@ -350,23 +353,17 @@ async fn assert_nodes_on(
             "{when}: {node}: a standby holds nothing and stays small: {anon:?} KiB anonymous"
         );
         let agent = fleet
-            .agent_json(node, "status")
+            .agent_status(node)
             .await
             .unwrap_or_else(|| panic!("{when}: {node}: baton-agent status failed"));
         assert_eq!(
             (
-                agent["layout_version"].as_u64(),
-                agent["pid"].as_i64(),
-                agent["source"]
-                    .as_str()
-                    .map(|s| s.starts_with("kubernetes"))
+                agent.layout_version,
+                Some(agent.pid),
+                agent.source.starts_with("kubernetes")
             ),
-            (
-                Some(layout),
-                container_pid(&active_c).map(i64::from),
-                Some(true)
-            ),
-            "{when}: {node}: the active slot's process answers: {agent:#}"
+            (layout, container_pid(&active_c), true),
+            "{when}: {node}: the active slot's process answers: {agent:#?}"
         );
         fleet.assert_verify_clean(node, when).await;
         let metrics = fleet.scrape(node);
@@ -434,7 +431,14 @@ async fn rolling_upgrade_under_traffic_then_partition_pause_and_resume() {
     assert_eq!(status_condition(&status, "Degraded")["status"], "False");
     print_nodes("v1 -> v2", &status);
     assert_nodes_on(
-        &fleet, &status, &nodes, AGENT_V2, AGENT_V1, 2, "b", "v1 -> v2",
+        &fleet,
+        &status,
+        &nodes,
+        AGENT_V2,
+        AGENT_V1,
+        2,
+        Slot::B,
+        "v1 -> v2",
     )
     .await;
     let rollout = fleet.rollout.get();
@@ -482,7 +486,7 @@ async fn rolling_upgrade_under_traffic_then_partition_pause_and_resume() {
         AGENT_V1,
         AGENT_V2,
         1,
-        "a",
+        Slot::A,
         "partition 2",
     )
     .await;
@@ -554,7 +558,14 @@ async fn rolling_upgrade_under_traffic_then_partition_pause_and_resume() {
     let connects_back = fleet.stop_traffic("v2 -> v1 with partition, pause and resume");
     print_nodes("v2 -> v1", &status);
     assert_nodes_on(
-        &fleet, &status, &nodes, AGENT_V1, AGENT_V2, 1, "a", "v2 -> v1",
+        &fleet,
+        &status,
+        &nodes,
+        AGENT_V1,
+        AGENT_V2,
+        1,
+        Slot::A,
+        "v2 -> v1",
     )
     .await;
     let rollout = fleet.rollout.get();
@@ -578,10 +589,10 @@ async fn rolling_upgrade_under_traffic_then_partition_pause_and_resume() {
 /// Container id, restart count and pid of both slots of `node`'s pod.
 async fn containers(fleet: &fleet::Fleet, node: &str) -> Vec<(String, i32, Option<u32>)> {
     let pod = fleet.pod(node).await;
-    ["slot-a", "slot-b"]
+    Slot::ALL
         .iter()
-        .map(|c| {
-            let s = container_status(&pod, c).unwrap_or_else(|| panic!("{node}: {c} status"));
+        .map(|&slot| {
+            let s = slot_status(&pod, slot).unwrap_or_else(|| panic!("{node}: slot {slot} status"));
             (
                 s.container_id.clone().unwrap_or_default(),
                 s.restart_count,
@@ -626,9 +637,13 @@ async fn warm_standby_flips_between_two_images_restart_no_container() {
     fleet.start_traffic(150.0);
     let mut after_first = Vec::new();
     let mut flip_times = Vec::new();
-    for (i, (image, layout, slot)) in [(AGENT_V2, 2, "b"), (AGENT_V1, 1, "a"), (AGENT_V2, 2, "b")]
-        .into_iter()
-        .enumerate()
+    for (i, (image, layout, slot)) in [
+        (AGENT_V2, 2, Slot::B),
+        (AGENT_V1, 1, Slot::A),
+        (AGENT_V2, 2, Slot::B),
+    ]
+    .into_iter()
+    .enumerate()
     {
         let t = std::time::Instant::now();
         let generation = fleet
@@ -683,14 +698,14 @@ async fn warm_standby_flips_between_two_images_restart_no_container() {
             "{node}"
         );
         let pod = fleet.pod(node).await;
-        for c in ["slot-a", "slot-b"] {
-            let s = container_status(&pod, c).expect("status");
+        for slot in Slot::ALL {
+            let s = slot_status(&pod, slot).expect("status");
             assert!(
                 s.state
                     .as_ref()
                     .and_then(|st| st.waiting.as_ref())
                     .is_none(),
-                "{node}: {c} never waits on the kubelet: {s:?}"
+                "{node}: slot {slot} never waits on the kubelet: {s:?}"
             );
         }
     }
@@ -757,11 +772,7 @@ async fn uninstall_removes_the_datapath_a_deleted_pod_keeps_it() {
     }
 
     // 2. Uninstall: delete the KmeshUpgrade with foreground propagation.
-    let upgrades = {
-        let gvk = GroupVersionKind::gvk("baton.dev", "v1alpha1", "KmeshUpgrade");
-        let ar = ApiResource::from_gvk_with_plural(&gvk, "kmeshupgrades");
-        Api::<DynamicObject>::namespaced_with(fleet.client.clone(), NS, &ar)
-    };
+    let upgrades = upgrades(&fleet.client, NS);
     let dp = DeleteParams {
         propagation_policy: Some(PropagationPolicy::Foreground),
         ..DeleteParams::default()
