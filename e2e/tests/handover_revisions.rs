@@ -12,18 +12,21 @@
 //! serves with its layout and reports a handover from the old layout,
 //! `verify` is clean, no staging directory is left. At the end: 0 failed and
 //! 0 misrouted connects, every held connection alive.
+//!
+//! The pinned agents' admin answers are read as this build's typed answers
+//! (`baton_api::admin`): an answer of an earlier revision must still read,
+//! its fields added since being optional (`Status::handover_protocol`).
+//! Were that to change, read the pinned agents' answers as raw JSON here.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step panics
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
-use baton_agent::admin::{client, Request};
-use baton_e2e::harness::{agent_bin_for_layout, ProbeProcess, ProbeRun};
-use baton_e2e::kernel::TestEnv;
-use baton_e2e::upgrade::{AgentCmd, AgentProc};
-use serde_json::Value;
+use baton_api::admin::{Status, Via};
+use baton_e2e::kit::bins::{agent_bin, pinned_agent_bin, pinned_revision};
+use baton_e2e::kit::{Agent, AgentCmd, ProbeProcess, ProbeRun, Sandbox};
 
 /// Connects per second, spread over every VIP:port.
 const RATE: f64 = 2_000.0;
@@ -42,67 +45,14 @@ enum Rev {
     Current,
 }
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_path_buf()
-}
-
-/// The pinned commit: the first 40-hex line of `e2e/pinned-revision`.
-fn pinned_revision() -> String {
-    let path = repo().join("e2e/pinned-revision");
-    let text = std::fs::read_to_string(&path).expect("e2e/pinned-revision");
-    text.lines()
-        .map(str::trim)
-        .find(|l| l.len() == 40 && l.bytes().all(|b| b.is_ascii_hexdigit()))
-        .unwrap_or_else(|| panic!("{}: no commit id", path.display()))
-        .to_string()
-}
-
-/// `<target>/pinned/<profile>`, from where this test binary runs
-/// (`<target>/<profile>/deps/`).
-fn pinned_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("current exe");
-    let mut dir = exe.parent().expect("exe dir");
-    if dir.file_name().is_some_and(|n| n == "deps") {
-        dir = dir.parent().expect("profile dir");
-    }
-    let profile = dir.file_name().expect("profile name");
-    dir.parent()
-        .expect("target dir")
-        .join("pinned")
-        .join(profile)
-}
-
-/// The pinned revision's agent of `layout`; fails (never skips) when it is
-/// missing or built from another commit.
-fn pinned_bin(layout: u32) -> PathBuf {
-    let dir = pinned_dir();
-    let bin = dir.join(format!("baton-agent-v{layout}"));
-    let rev = pinned_revision();
-    assert!(
-        bin.is_file(),
-        "the pinned revision's agent {} is missing: build it with scripts/build-pinned.sh \
-         (add --release for a release test build)",
-        bin.display()
-    );
-    let built = std::fs::read_to_string(dir.join("revision")).unwrap_or_default();
-    assert_eq!(
-        built.trim(),
-        rev,
-        "{} was built from another commit than e2e/pinned-revision: run scripts/build-pinned.sh",
-        bin.display()
-    );
-    bin
-}
-
+/// The agent of `layout` from `rev`; the pinned one fails (never skips)
+/// when it is missing or built from another commit.
 fn bin(rev: Rev, layout: u32) -> PathBuf {
     match rev {
-        Rev::Pinned => pinned_bin(layout),
-        Rev::Current => agent_bin_for_layout(layout)
-            .unwrap_or_else(|e| panic!("this build's agent of layout {layout}: {e}")),
+        Rev::Pinned => pinned_agent_bin(layout),
+        Rev::Current => agent_bin(layout),
     }
+    .unwrap_or_else(|e| panic!("the {rev:?} agent of layout {layout}: {e}"))
 }
 
 /// One service of the file; its pool is disjoint from every other's, so a
@@ -221,14 +171,14 @@ fn allowed(s: &Svc) -> BTreeSet<String> {
 
 /// One agent of the chain and the context to drive it.
 struct World {
-    env: TestEnv,
+    env: Sandbox,
     services: PathBuf,
     run_dir: PathBuf,
     seq: u32,
 }
 
 impl World {
-    fn spawn(&mut self, rev: Rev, layout: u32) -> AgentProc {
+    fn spawn(&mut self, rev: Rev, layout: u32) -> Agent {
         self.seq += 1;
         let log = self
             .env
@@ -236,33 +186,25 @@ impl World {
         AgentCmd::new(
             &bin(rev, layout),
             &self.services,
-            &self.env.cgroup,
-            &self.env.pin_dir,
+            self.env.cgroup(),
+            self.env.pin_dir(),
             &self.run_dir,
         )
-        .arg("--poll-ms")
-        .arg("50")
+        .poll_ms(50)
+        .name(format!("the {rev:?} agent of layout {layout}"))
+        .layout(layout)
         .spawn(&log)
         .unwrap_or_else(|e| panic!("starting the {rev:?} agent of layout {layout}: {e}"))
     }
 
-    fn admin(&self, req: Request) -> Option<Value> {
-        client::request(&baton_agent::agent::admin_socket(&self.run_dir), req).ok()
-    }
-
     fn assert_verify_clean(&self, when: &str) {
-        let v = self
-            .admin(Request::Verify)
-            .unwrap_or_else(|| panic!("{when}: verify: no agent answers"));
-        assert_eq!(
-            v["violations"],
-            serde_json::json!([]),
-            "{when}: verify found violations: {v}"
-        );
+        let v = baton_e2e::kit::agent::verify(&self.run_dir)
+            .unwrap_or_else(|e| panic!("{when}: verify: {e}"));
+        assert!(v.is_clean(), "{when}: verify found violations: {v:?}");
     }
 
     fn staging_dirs(&self) -> Vec<String> {
-        std::fs::read_dir(&self.env.pin_dir)
+        std::fs::read_dir(self.env.pin_dir())
             .map(|rd| {
                 rd.flatten()
                     .map(|e| e.file_name().to_string_lossy().into_owned())
@@ -288,7 +230,7 @@ fn handovers_between_the_pinned_revision_and_this_one_under_traffic() {
         bin(rev, layout);
     }
     let svcs = services();
-    let env = TestEnv::new("ho-rev");
+    let env = Sandbox::new("ho-rev").unwrap();
     let services = env.path("services.yaml");
     std::fs::write(&services, yaml(&svcs)).expect("write services file");
     let run_dir = env.path("run");
@@ -301,13 +243,13 @@ fn handovers_between_the_pinned_revision_and_this_one_under_traffic() {
 
     let (rev, layout) = chain[0];
     let mut current = w.spawn(rev, layout);
-    current
+    let _: Status = current
         .wait_synced(svcs.len() as u64, WAIT)
         .unwrap_or_else(|e| panic!("first agent: {e}"));
     w.assert_verify_clean("first agent");
 
     let mut run = ProbeRun::new()
-        .cgroup(&w.env.cgroup)
+        .cgroup(w.env.cgroup())
         .duration(Duration::from_secs(180))
         .rate(RATE)
         .concurrency(4)
@@ -320,7 +262,7 @@ fn handovers_between_the_pinned_revision_and_this_one_under_traffic() {
     for b in backends {
         run = run.backend(b);
     }
-    let probe = ProbeProcess::start(run, w.env.dir.path(), "traffic", Duration::from_secs(20));
+    let probe = ProbeProcess::start(run, w.env.dir(), "traffic", Duration::from_secs(20)).unwrap();
     // Traffic through the first agent before anything changes hands.
     std::thread::sleep(Duration::from_millis(500));
 
@@ -330,7 +272,7 @@ fn handovers_between_the_pinned_revision_and_this_one_under_traffic() {
             "{:?} agent (layout {}) → {rev:?} agent (layout {layout})",
             from.0, from.1
         );
-        let mut next = w.spawn(rev, layout);
+        let next = w.spawn(rev, layout);
         let exit = current
             .wait_exit(WAIT)
             .unwrap_or_else(|e| panic!("{when}: the old agent did not hand over: {e}"));
@@ -341,23 +283,24 @@ fn handovers_between_the_pinned_revision_and_this_one_under_traffic() {
             next.log_tail()
         );
         let st = next
-            .wait_status(&format!("{when}: serving"), WAIT, |v| {
-                v["last_sync"].is_object()
+            .wait_status(&format!("{when}: serving"), WAIT, |s: &Status| {
+                s.last_sync.is_some()
             })
             .unwrap_or_else(|e| panic!("{when}: {e}"));
-        assert_eq!(st["layout_version"], layout, "{when}: {st}");
-        assert_eq!(st["frozen"], false, "{when}: {st}");
-        assert_eq!(st["handover"]["via"], "handover", "{when}: {st}");
-        assert_eq!(st["handover"]["from_layout"], from.1, "{when}: {st}");
-        assert_eq!(st["services"], svcs.len(), "{when}: {st}");
+        assert_eq!(st.layout_version, layout, "{when}: {st:?}");
+        assert!(!st.frozen, "{when}: {st:?}");
+        let ho = st
+            .handover
+            .as_ref()
+            .unwrap_or_else(|| panic!("{when}: no handover in {st:?}"));
+        assert_eq!(ho.via, Via::Handover, "{when}: {st:?}");
+        assert_eq!(ho.from_layout, from.1, "{when}: {st:?}");
+        assert_eq!(st.services, svcs.len() as u64, "{when}: {st:?}");
         w.assert_verify_clean(&when);
         assert_eq!(w.staging_dirs(), Vec::<String>::new(), "{when}");
         eprintln!(
             "{when}: handover_us {} freeze_us {} migrated {} entries_copied {}",
-            st["handover"]["handover_us"],
-            st["handover"]["freeze_us"],
-            st["handover"]["maps"]["migrated"],
-            st["handover"]["maps"]["entries_copied"]
+            ho.handover_us, ho.freeze_us, ho.maps.migrated, ho.maps.entries_copied
         );
         current = next;
         from = (rev, layout);
@@ -367,7 +310,7 @@ fn handovers_between_the_pinned_revision_and_this_one_under_traffic() {
 
     // Traffic through the last agent too, then the verdict.
     std::thread::sleep(Duration::from_millis(500));
-    let report = probe.report(Duration::from_secs(30));
+    let report = probe.report(Duration::from_secs(30)).unwrap();
     let mut problems = Vec::new();
     if report.totals.failed != 0 {
         problems.push(format!(
@@ -412,7 +355,7 @@ fn handovers_between_the_pinned_revision_and_this_one_under_traffic() {
     eprintln!(
         "{} handovers between {} and this build: {} connects ({:.0}/s), 0 failed, 0 misrouted",
         chain.len() - 1,
-        pinned_revision(),
+        pinned_revision().unwrap(),
         report.totals.attempted,
         report.achieved_rate
     );

@@ -1,5 +1,6 @@
 //! One binary locator: `baton-agent` of either map layout, `baton-probe`,
-//! `baton-operator` and `baton-node-shim`.
+//! `baton-operator` and `baton-node-shim`; and the agents of the pinned
+//! earlier revision ([`pinned_agent_bin`]).
 //!
 //! An environment variable overrides each (`BATON_AGENT_V1`/`_V2`,
 //! `BATON_AGENT_BIN` for this build's layout, `BATON_PROBE_BIN`,
@@ -197,6 +198,74 @@ fn find_agent(layout: u32) -> Result<PathBuf> {
     )
 }
 
+/// The pinned earlier revision: the first line of `e2e/pinned-revision`
+/// that is a 40-hex commit id.
+pub fn pinned_revision() -> Result<String> {
+    let path = workspace_root().join("e2e/pinned-revision");
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+    first_commit_id(&text)
+        .ok_or_else(|| Error::check(format!("{}", path.display()), "no 40-hex commit id"))
+}
+
+fn first_commit_id(text: &str) -> Option<String> {
+    text.lines()
+        .map(str::trim)
+        .find(|l| l.len() == 40 && l.bytes().all(|b| b.is_ascii_hexdigit()))
+        .map(str::to_owned)
+}
+
+/// `baton-agent` of map layout `layout` (1 or 2) built from the pinned
+/// earlier revision ([`pinned_revision`]):
+/// `<target>/pinned/<profile>/baton-agent-v<layout>`, which
+/// `scripts/build-pinned.sh` puts there. A missing one is an
+/// [`Error::Binary`] naming that script (with this build's profile flag);
+/// one built from another commit than the pinned one (the directory's
+/// `revision` stamp) is an [`Error::Check`]. No override: the point is
+/// that exact build.
+pub fn pinned_agent_bin(layout: u32) -> Result<PathBuf> {
+    let (target, profile) = target_and_profile();
+    pinned_agent_in(
+        &target.join("pinned").join(&profile),
+        &profile,
+        layout,
+        &pinned_revision()?,
+    )
+}
+
+/// [`pinned_agent_bin`] in `dir` (a profile directory of `<target>/pinned/`).
+fn pinned_agent_in(dir: &Path, profile: &str, layout: u32, rev: &str) -> Result<PathBuf> {
+    if !baton_ebpf::LAYOUTS.contains(&layout) {
+        return Err(Error::check(
+            "a map layout",
+            format!("no layout {layout} (known: {:?})", baton_ebpf::LAYOUTS),
+        ));
+    }
+    let bin = dir.join(format!("baton-agent-v{layout}"));
+    let build = format!("scripts/build-pinned.sh{}", profile_flag(profile));
+    if !bin.is_file() {
+        return Err(Error::Binary {
+            name: format!("baton-agent of the pinned revision {rev} (layout {layout})"),
+            tried: vec![bin],
+            build,
+            env: None,
+        });
+    }
+    let stamp = dir.join("revision");
+    let built = std::fs::read_to_string(&stamp).unwrap_or_default();
+    if built.trim() != rev {
+        return Err(Error::check(
+            format!("the pinned agent {}", bin.display()),
+            format!(
+                "built from {:?} ({}), not from e2e/pinned-revision's {rev}: run `{build}`",
+                built.trim(),
+                stamp.display()
+            ),
+        ));
+    }
+    Ok(bin)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -232,5 +301,33 @@ mod tests {
             assert!(e.to_string().contains(want), "{e}");
         }
         assert!(find_agent(7).is_err());
+    }
+
+    #[test]
+    fn a_pinned_agent_must_exist_and_be_stamped_with_the_pinned_commit() {
+        let rev = "0123456789abcdef0123456789abcdef01234567";
+        assert_eq!(
+            first_commit_id(&format!("# why\n{rev}\n")).as_deref(),
+            Some(rev)
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let e = pinned_agent_in(dir.path(), "release", 2, rev)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("`scripts/build-pinned.sh --release`") && e.contains(rev),
+            "{e}"
+        );
+        std::fs::write(dir.path().join("baton-agent-v2"), "").unwrap();
+        let e = pinned_agent_in(dir.path(), "debug", 2, rev)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`scripts/build-pinned.sh`"), "{e}");
+        std::fs::write(dir.path().join("revision"), format!("{rev}\n")).unwrap();
+        assert_eq!(
+            pinned_agent_in(dir.path(), "debug", 2, rev).unwrap(),
+            dir.path().join("baton-agent-v2")
+        );
+        assert!(pinned_agent_in(dir.path(), "debug", 7, rev).is_err());
     }
 }
