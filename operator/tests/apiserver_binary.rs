@@ -1,7 +1,8 @@
-//! The `baton-operator run` binary, started with the arguments of the chart's
-//! Deployment and the operator's service account, against a real API server:
-//! it elects itself leader, creates agent pods, serves metrics and health, and
-//! stops cleanly on SIGTERM.
+//! The `baton-operator run` binary, started by the e2e kit's launcher
+//! (`baton_e2e::kit::OperatorCmd`, whose arguments are checked against the
+//! chart's Deployment's) with the operator's service account, against a real
+//! API server: it elects itself leader, creates agent pods, serves metrics and
+//! health, and stops cleanly on SIGTERM.
 //!
 //! Needs `e2e/cluster/k8s-bins.sh` (or `BATON_SKIP_APISERVER=1`) and the chart
 //! test requirements (`pip install -r charts/tests/requirements.txt`).
@@ -10,10 +11,11 @@
 mod support;
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
 
+use baton_e2e::kit::wait::eventually;
+use baton_e2e::kit::OperatorCmd;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, ListParams, PostParams};
@@ -21,15 +23,8 @@ use serde_json::json;
 use support::apiserver::ApiServer;
 use support::chart::RELEASE_NAMESPACE;
 
-/// Kills the operator if the test ends early.
-struct Operator(Child);
-
-impl Drop for Operator {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+/// Longest wait for each step.
+const WAIT: Duration = Duration::from_secs(40);
 
 /// The operator container's args from the rendered chart.
 fn chart_args() -> Vec<String> {
@@ -43,23 +38,12 @@ fn chart_args() -> Vec<String> {
         .collect()
 }
 
-fn http_get(port: u16, path: &str) -> Option<String> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
+    let mut stream = TcpStream::connect(addr).ok()?;
     write!(stream, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").ok()?;
     let mut out = String::new();
     stream.read_to_string(&mut out).ok()?;
     Some(out)
-}
-
-async fn eventually<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(40) {
-        if let Some(v) = check().await {
-            return v;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    panic!("timed out waiting for {what}");
 }
 
 #[tokio::test]
@@ -71,51 +55,57 @@ async fn operator_binary_runs_with_the_charts_arguments() {
     support::install_crd(&client).await;
     support::chart::install_rbac(&client).await;
 
-    let port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
-    let mut args = chart_args();
-    assert_eq!(args[0], "run");
-    let metrics = args
+    let cmd = OperatorCmd::new(
+        &server.kubeconfig_as("system:serviceaccount:baton-system:baton-operator"),
+        RELEASE_NAMESPACE,
+        "baton-operator-0",
+    )
+    .unwrap();
+    let metrics = cmd.metrics_addr();
+    // The kit's arguments are the chart's, with a free loopback port for
+    // the container's metrics address.
+    let mut chart = chart_args();
+    assert_eq!(chart[0], "run");
+    let addr = chart
         .iter_mut()
         .find(|a| a.starts_with("--metrics-addr="))
         .expect("chart passes --metrics-addr");
-    // Same flag, a free loopback port instead of the container's 9090.
-    *metrics = format!("--metrics-addr=127.0.0.1:{port}");
-    let log = std::fs::File::create(server.dir().join("operator.log")).expect("log file");
-    let child = Command::new(env!("CARGO_BIN_EXE_baton-operator"))
-        .args(&args)
-        .env(
-            "KUBECONFIG",
-            server.kubeconfig_as("system:serviceaccount:baton-system:baton-operator"),
-        )
-        .env("POD_NAME", "baton-operator-0")
-        .env("POD_NAMESPACE", RELEASE_NAMESPACE)
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().expect("log handle"))
-        .stderr(log)
-        .spawn()
-        .expect("starting baton-operator");
-    let mut operator = Operator(child);
-    let log_tail =
-        || std::fs::read_to_string(server.dir().join("operator.log")).unwrap_or_default();
+    *addr = format!("--metrics-addr={metrics}");
+    let kit: Vec<String> = cmd
+        .command()
+        .get_args()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        kit, chart,
+        "the kit's operator arguments differ from the chart's"
+    );
+    let operator = cmd.spawn(&server.dir().join("operator.log")).unwrap();
 
-    eventually("/healthz", async || {
-        http_get(port, "/healthz").filter(|r| r.ends_with("ok\n"))
-    })
-    .await;
+    eventually(
+        "/healthz",
+        WAIT,
+        || operator.logs(),
+        async || http_get(metrics, "/healthz").filter(|r| r.ends_with("ok\n")),
+    )
+    .await
+    .unwrap();
     let leases: Api<Lease> = Api::namespaced(client.clone(), RELEASE_NAMESPACE);
-    let holder = eventually("the operator to take the lease", async || {
-        leases
-            .get("baton-operator")
-            .await
-            .ok()?
-            .spec?
-            .holder_identity
-    })
-    .await;
+    let holder = eventually(
+        "the operator to take the lease",
+        WAIT,
+        || operator.logs(),
+        async || {
+            leases
+                .get("baton-operator")
+                .await
+                .ok()?
+                .spec?
+                .holder_identity
+        },
+    )
+    .await
+    .unwrap();
     assert_eq!(holder, "baton-operator-0");
 
     let node: Node = serde_json::from_value(json!({"metadata": {"name": "w1"}})).expect("node");
@@ -133,39 +123,48 @@ async fn operator_binary_runs_with_the_charts_arguments() {
         .await
         .expect("creating KmeshUpgrade");
     let pods: Api<Pod> = Api::namespaced(client.clone(), RELEASE_NAMESPACE);
-    eventually("the agent pod", async || {
-        let list = pods.list(&ListParams::default()).await.ok()?;
-        list.items
-            .into_iter()
-            .find(|p| p.metadata.name.as_deref() == Some("baton-w1"))
-    })
-    .await;
-    let metrics = eventually("create_pod in /metrics", async || {
-        http_get(port, "/metrics")
-            .filter(|m| m.contains(r#"baton_operator_actions_total{action="create_pod"} 1"#))
-    })
-    .await;
-    assert!(metrics.contains("baton_operator_nodes{"), "{metrics}");
+    eventually(
+        "the agent pod",
+        WAIT,
+        || operator.logs(),
+        async || {
+            let list = pods.list(&ListParams::default()).await.ok()?;
+            list.items
+                .into_iter()
+                .find(|p| p.metadata.name.as_deref() == Some("baton-w1"))
+        },
+    )
+    .await
+    .unwrap();
+    let scraped = eventually(
+        "create_pod in /metrics",
+        WAIT,
+        || operator.logs(),
+        async || {
+            http_get(metrics, "/metrics")
+                .filter(|m| m.contains(r#"baton_operator_actions_total{action="create_pod"} 1"#))
+        },
+    )
+    .await
+    .unwrap();
+    assert!(scraped.contains("baton_operator_nodes{"), "{scraped}");
 
     // SIGTERM: the controller drains and the process exits successfully.
-    let pid = i32::try_from(operator.0.id()).expect("pid fits");
-    // SAFETY: signalling our own child by pid.
+    let pid = i32::try_from(operator.process().pid()).expect("pid fits");
+    assert!(operator.process().alive(), "the operator is gone");
+    // SAFETY: signalling our own child, not reaped yet (it is alive), by pid.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
-    let start = Instant::now();
-    let status = loop {
-        if let Some(status) = operator.0.try_wait().expect("waiting for operator") {
-            break status;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "no exit after SIGTERM\n{}",
-            log_tail()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let status = eventually(
+        "the operator's exit after SIGTERM",
+        Duration::from_secs(20),
+        || operator.logs(),
+        async || operator.process().exited(),
+    )
+    .await
+    .unwrap();
     assert!(
         status.success(),
         "operator exited with {status}\n{}",
-        log_tail()
+        operator.logs()
     );
 }
