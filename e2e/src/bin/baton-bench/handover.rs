@@ -8,6 +8,7 @@ mod layout_change;
 mod logs;
 mod same_layout;
 mod strategies;
+mod traffic;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -65,8 +66,7 @@ pub fn upgrade_setup() -> Result<UpgradeSetup> {
     let cpus = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0))
         .context("sched_getaffinity")?;
     let bin = |l: u32| {
-        baton_e2e::harness::agent_bin_for_layout(l)
-            .with_context(|| format!("baton-agent for map layout {l}"))
+        baton_e2e::kit::agent_bin(l).with_context(|| format!("baton-agent for map layout {l}"))
     };
     Ok(UpgradeSetup {
         bins: [bin(1)?, bin(2)?],

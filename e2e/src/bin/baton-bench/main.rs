@@ -2,10 +2,12 @@
 //! agent memory and agent hot upgrades (handover), measured in a private cgroup + network
 //! namespace of this process.
 //!
-//! Safety: the bench creates its own child cgroup (`baton-bench-<pid>`) and its own bpffs mount in a
-//! temporary directory, and removes both on exit (Drop guards). All traffic, routes and iptables rules
-//! live in the private network namespace created by [`baton_e2e::sandbox::enter`]; only loopback
-//! backends are used. Run as root: `baton-bench [--quick] [--rounds N]`.
+//! Safety: the bench creates its own child cgroup (`baton-bench-<pid>`, a
+//! [`baton_e2e::kit::CgroupDir`]) and its own bpffs mount in a temporary directory (a
+//! [`baton_e2e::kit::sandbox::BpffsMount`]), and removes both on exit (Drop guards). All traffic,
+//! routes and iptables rules live in the private network namespace created by
+//! [`baton_e2e::kit::sandbox::enter`]; only loopback backends are used. Run as root:
+//! `baton-bench [--quick] [--rounds N]`.
 //!
 //! One module per section (`--only latency|programming|rss|handover`), each a `run` function:
 //! [`latency`], [`programming`], [`rss`], [`handover`]; [`report`] formats the tables, [`args`]
@@ -13,7 +15,6 @@
 
 mod args;
 mod common;
-mod guards;
 mod handover;
 mod iptables;
 mod latency;
@@ -22,13 +23,14 @@ mod report;
 mod rss;
 
 use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use baton_e2e::kit::sandbox::{self, BpffsMount, CgroupDir};
 use clap::Parser;
 
 use args::{Args, Section};
-use guards::{BpffsGuard, CgroupGuard};
 
 fn main() -> std::process::ExitCode {
     match real_main() {
@@ -52,8 +54,11 @@ fn real_main() -> Result<()> {
     } else {
         None
     };
-    let cgroup = CgroupGuard::create()?;
-    let bpffs = BpffsGuard::mount()?;
+    let cgroup = BenchCgroup::create()?;
+    let bpffs_dir = tempfile::Builder::new()
+        .prefix("baton-bench-bpffs")
+        .tempdir()?;
+    let bpffs = BpffsMount::mount(bpffs_dir.path())?;
     if let Some(cpu) = opts.cpu() {
         // Every thread (client, backend handlers) and the agent child inherit this: on small VMs
         // cross-CPU wakeups of idle vCPUs otherwise add a bimodal ~1-jiffy (4 ms) tail to every path.
@@ -63,7 +68,7 @@ fn real_main() -> Result<()> {
             .with_context(|| format!("pinning to CPU {cpu}"))?;
     }
     // Single-threaded here: join the bench cgroup and move into a private netns with only lo.
-    baton_e2e::sandbox::enter(Some(&cgroup.dir)).context("entering the sandbox")?;
+    sandbox::enter(Some(cgroup.path())).context("entering the sandbox")?;
     for conf in ["all", "lo", "default"] {
         std::fs::write(
             format!("/proc/sys/net/ipv4/conf/{conf}/route_localnet"),
@@ -84,16 +89,16 @@ fn real_main() -> Result<()> {
     );
     let t0 = Instant::now();
     if opts.runs(Section::Latency) {
-        latency::run(&opts, bpffs.path(), &cgroup.dir, &mut out)?;
+        latency::run(&opts, bpffs.path(), cgroup.path(), &mut out)?;
     }
     if opts.runs(Section::Programming) {
-        programming::run(&opts, bpffs.path(), &cgroup.dir, &mut out)?;
+        programming::run(&opts, bpffs.path(), cgroup.path(), &mut out)?;
     }
     if opts.runs(Section::Rss) {
-        rss::run(bpffs.path(), &cgroup.dir, &mut out)?;
+        rss::run(bpffs.path(), cgroup.path(), &mut out)?;
     }
     if let Some(setup) = &upgrade {
-        handover::run(&opts, setup, bpffs.path(), &cgroup.dir, &mut out)?;
+        handover::run(&opts, setup, bpffs.path(), cgroup.path(), &mut out)?;
     }
     let _ = writeln!(
         out,
@@ -102,6 +107,59 @@ fn real_main() -> Result<()> {
     );
     println!("{out}");
     Ok(())
+}
+
+/// The bench's own cgroup `baton-bench-<pid>` below the cgroup v2 hierarchy
+/// ([`sandbox::cgroup_root`]). On drop this process first moves back to the cgroup it came from;
+/// then the [`CgroupDir`] kills whatever is still inside and removes the directory.
+struct BenchCgroup {
+    dir: Option<CgroupDir>,
+    path: PathBuf,
+    mount: PathBuf,
+    home: PathBuf,
+}
+
+impl BenchCgroup {
+    fn create() -> Result<Self> {
+        let mount = baton_agent::sys::find_cgroup2_mount().context("no cgroup v2 mount found")?;
+        let own = sandbox::current_cgroup().context("reading /proc/self/cgroup")?;
+        let home = mount.join(own.trim_start_matches('/'));
+        let dir = CgroupDir::create(
+            &sandbox::cgroup_root()?,
+            &format!("baton-bench-{}", std::process::id()),
+        )?;
+        Ok(Self {
+            path: dir.path().to_owned(),
+            dir: Some(dir),
+            mount,
+            home,
+        })
+    }
+
+    fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for BenchCgroup {
+    fn drop(&mut self) {
+        let Some(dir) = self.dir.take() else { return };
+        let _ = std::fs::write(
+            self.home.join("cgroup.procs"),
+            format!("{}\n", std::process::id()),
+        );
+        let inside = sandbox::current_cgroup()
+            .is_none_or(|own| self.mount.join(own.trim_start_matches('/')) == self.path);
+        if inside {
+            // Removing the cgroup would kill this process: leave it.
+            eprintln!(
+                "baton-bench: could not move back to {}; leaving cgroup {}",
+                self.home.display(),
+                self.path.display()
+            );
+            std::mem::forget(dir);
+        }
+    }
 }
 
 fn online_cpus() -> String {

@@ -2,14 +2,18 @@
 //! 10 endpoints.
 
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
+use baton_api::admin::Status;
+use baton_e2e::kit::process::proc_status_kib;
+use baton_e2e::kit::{agent_bin, AgentCmd};
 
 use crate::common::{services_yaml, BIG, EPS_PER_SVC};
-use crate::guards::ChildGuard;
+
+/// How often the agent's status is polled (the report says so).
+const STATUS_POLL: Duration = Duration::from_millis(100);
 
 /// Runs section 3 and appends its report to `out`.
 pub fn run(bpffs: &Path, cgroup: &Path, out: &mut String) -> Result<()> {
@@ -17,7 +21,7 @@ pub fn run(bpffs: &Path, cgroup: &Path, out: &mut String) -> Result<()> {
         out,
         "\n### 3. Agent memory with {BIG} services × {EPS_PER_SVC} endpoints"
     );
-    let bin = agent_bin()?;
+    let bin = agent_bin(baton_ebpf::LAYOUT_VERSION).context("baton-agent")?;
     let tmp = tempfile::Builder::new()
         .prefix("baton-bench-agent")
         .tempdir()?;
@@ -27,50 +31,23 @@ pub fn run(bpffs: &Path, cgroup: &Path, out: &mut String) -> Result<()> {
     std::fs::create_dir(&run_dir)?;
     let pins = bpffs.join("agent");
     eprintln!("agent: starting {}", bin.display());
-    let log = std::fs::File::create(tmp.path().join("agent.log"))?;
-    let start = Instant::now();
-    let child = Command::new(&bin)
-        .arg("run")
-        .arg("--services")
-        .arg(&file)
-        .arg("--cgroup")
-        .arg(cgroup)
-        .arg("--bpffs")
-        .arg(&pins)
-        .arg("--run-dir")
-        .arg(&run_dir)
-        .arg("--no-metrics")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
+    let agent = AgentCmd::new(&bin, &file, cgroup, &pins, &run_dir)
+        .status_poll(STATUS_POLL)
+        .spawn(&tmp.path().join("agent.log"))
         .with_context(|| format!("spawning {}", bin.display()))?;
-    let pid = child.id();
-    let mut guard = ChildGuard(Some(child));
-    let st = loop {
-        if let Some(c) = guard.0.as_mut() {
-            if let Some(ex) = c.try_wait()? {
-                let log = std::fs::read_to_string(tmp.path().join("agent.log")).unwrap_or_default();
-                bail!("baton-agent exited early ({ex}); log:\n{log}");
-            }
-        }
-        if let Some(v) = status(&bin, &run_dir) {
-            let n = v.get("services").and_then(|s| s.as_u64()).unwrap_or(0);
-            if n as usize >= BIG && !v.get("last_sync").is_none_or(|s| s.is_null()) {
-                break v;
-            }
-        }
-        if start.elapsed() > Duration::from_secs(180) {
-            bail!("baton-agent did not program {BIG} services within 180 s");
-        }
-        std::thread::sleep(Duration::from_millis(100));
+    let st: Status = agent.wait_synced(BIG as u64, Duration::from_secs(180))?;
+    let ready = agent.started().elapsed();
+    let kib = |field: &str| {
+        proc_status_kib(agent.pid(), field)
+            .with_context(|| format!("{field} of pid {} in /proc/PID/status", agent.pid()))
     };
-    let ready = start.elapsed();
-    let rss = proc_kib(pid, "VmRSS")?;
-    let hwm = proc_kib(pid, "VmHWM")?;
-    let exit = guard.stop();
+    let rss = kib("VmRSS")?;
+    let hwm = kib("VmHWM")?;
+    let exit = agent.terminate(Duration::from_secs(15));
     let _ = writeln!(
         out,
-        "\n- time from spawn to {BIG} services programmed (status polled every 100 ms): {:.2} s",
+        "\n- time from spawn to {BIG} services programmed (status polled every {} ms): {:.2} s",
+        STATUS_POLL.as_millis(),
         ready.as_secs_f64()
     );
     let _ = writeln!(
@@ -79,54 +56,14 @@ pub fn run(bpffs: &Path, cgroup: &Path, out: &mut String) -> Result<()> {
         rss as f64 / 1024.0,
         hwm as f64 / 1024.0
     );
+    // As JSON, keys sorted (how the report has always shown it).
+    let last_sync = serde_json::to_value(&st.last_sync)?;
     let _ = writeln!(
         out,
-        "- status: services={}, endpoints={}, backends={}; last_sync={}",
-        st["services"], st["endpoints"], st["backends"], st["last_sync"]
+        "- status: services={}, endpoints={}, backends={}; last_sync={last_sync}",
+        st.services, st.endpoints, st.backends
     );
     let _ = writeln!(out, "- agent exit after SIGTERM: {exit:?}");
     let _ = baton_agent::datapath::remove_pins(&pins);
     Ok(())
-}
-
-fn agent_bin() -> Result<PathBuf> {
-    if let Some(p) = std::env::var_os("BATON_AGENT_BIN") {
-        return Ok(PathBuf::from(p));
-    }
-    let exe = std::env::current_exe()?;
-    let p = exe.with_file_name("baton-agent");
-    if !p.exists() {
-        bail!(
-            "{} not found: build it (cargo build --release -p baton-agent) or set BATON_AGENT_BIN",
-            p.display()
-        );
-    }
-    Ok(p)
-}
-
-fn status(bin: &Path, run_dir: &Path) -> Option<serde_json::Value> {
-    let o = Command::new(bin)
-        .args(["status", "--run-dir"])
-        .arg(run_dir)
-        .stderr(Stdio::null())
-        .output()
-        .ok()?;
-    if !o.status.success() {
-        return None;
-    }
-    serde_json::from_slice(&o.stdout).ok()
-}
-
-fn proc_kib(pid: u32, key: &str) -> Result<u64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let line = text
-        .lines()
-        .find_map(|l| l.strip_prefix(key))
-        .with_context(|| format!("{key} missing in /proc/{pid}/status"))?;
-    let v = line
-        .trim_start_matches(':')
-        .split_whitespace()
-        .next()
-        .unwrap_or("");
-    v.parse().with_context(|| format!("{key}: {line:?}"))
 }

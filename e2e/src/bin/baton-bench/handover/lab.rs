@@ -4,11 +4,13 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use baton_e2e::upgrade::{AgentCmd, AgentProc};
+use baton_api::admin::{Status, Takeover};
+use baton_e2e::kit::{Agent, AgentCmd};
 
 use super::edit::EditState;
 use super::logs::{adopt_time, line_times, log_text, sync_times};
 use super::{UpgradeSetup, HOLD_MS, LONG};
+use crate::common::BIG;
 
 /// Agents of either layout on one services file, in the bench cgroup, one pin dir per scenario.
 pub struct Lab<'a> {
@@ -24,7 +26,7 @@ pub struct Lab<'a> {
 /// A committed handover, as the bench saw it.
 pub struct Round {
     /// The successor's `status.handover`.
-    pub figures: serde_json::Value,
+    pub figures: Takeover,
     /// Successor spawned → its status shows the commit (programs loaded, handover, adopt).
     pub serving: Duration,
     /// The successor's adopt after the commit (its log's `adopt_us`).
@@ -47,12 +49,6 @@ pub struct Round {
 }
 
 impl Round {
-    pub fn f(&self, key: &str) -> f64 {
-        self.figures[key].as_f64().unwrap_or(f64::NAN)
-    }
-    pub fn maps(&self, key: &str) -> u64 {
-        self.figures["maps"][key].as_u64().unwrap_or(0)
-    }
     pub fn adopt_ms(&self) -> f64 {
         self.adopt.map_or(f64::NAN, |d| d.as_secs_f64() * 1e3)
     }
@@ -100,7 +96,7 @@ impl<'a> Lab<'a> {
         scenario: &str,
         args: &[&str],
         env: &[(&str, String)],
-    ) -> Result<AgentProc> {
+    ) -> Result<Agent> {
         let bin = &self.setup.bins[if layout == 2 { 1 } else { 0 }];
         let mut cmd = AgentCmd::new(
             bin,
@@ -135,17 +131,21 @@ impl<'a> Lab<'a> {
     /// exit (0) and the successor's first sync.
     pub fn hand_over(
         &mut self,
-        old: &mut AgentProc,
+        old: &Agent,
         layout: u32,
         scenario: &str,
         args: &[&str],
         env: &[(&str, String)],
-    ) -> Result<(AgentProc, Round)> {
+    ) -> Result<(Agent, Round)> {
         let t0 = Instant::now();
-        let mut new = self.spawn(layout, scenario, args, env)?;
-        let st = new.wait_status("the handover to commit", LONG, |v| {
-            v["handover"].is_object()
+        let new = self.spawn(layout, scenario, args, env)?;
+        // The kit polls every 2 ms: fine enough to time the handover.
+        let st = new.wait_status("the handover to commit", LONG, |s: &Status| {
+            s.handover.is_some()
         })?;
+        let figures = st
+            .handover
+            .context("the successor's status has no handover")?;
         let serving = t0.elapsed();
         let exit = old.wait_exit(Duration::from_secs(30))?;
         if !exit.success() {
@@ -156,8 +156,8 @@ impl<'a> Lab<'a> {
             );
         }
         let violations = verify_violations(&self.run_dir(scenario));
-        new.wait_status("the first sync after the handover", LONG, |v| {
-            v["last_sync"].is_object()
+        new.wait_status("the first sync after the handover", LONG, |s: &Status| {
+            s.last_sync.is_some()
         })?;
         let new_log = log_text(new.log_path());
         let old_log = log_text(old.log_path());
@@ -167,7 +167,7 @@ impl<'a> Lab<'a> {
         };
         let old_syncs = sync_times(&old_log);
         let held = new_log.contains("BATON_TEST_PAUSE_AT: pausing");
-        let freeze = st["handover"]["freeze_us"].as_f64().unwrap_or(0.0) / 1e6;
+        let freeze = figures.freeze_us as f64 / 1e6;
         let sync_wait = line_times(&new_log, "map copied").last().and_then(|&t| {
             let t = t + if held { HOLD_MS as f64 / 1e3 } else { 0.0 };
             old_syncs
@@ -180,7 +180,7 @@ impl<'a> Lab<'a> {
             sync_wait,
             cadence: None,
             adopt: adopt_time(&new_log),
-            figures: st["handover"].clone(),
+            figures,
             serving,
             violations,
             edits: 0,
@@ -192,7 +192,7 @@ impl<'a> Lab<'a> {
     }
 
     /// Stops an agent with a full teardown and removes whatever it left pinned.
-    pub fn retire(&self, mut agent: AgentProc, scenario: &str) -> Result<()> {
+    pub fn retire(&self, agent: Agent, scenario: &str) -> Result<()> {
         let st = agent.terminate(Duration::from_secs(30));
         baton_agent::datapath::remove_pins(&self.pins(scenario))
             .with_context(|| format!("removing the pins of {scenario}"))?;
@@ -207,12 +207,20 @@ impl<'a> Lab<'a> {
     }
 }
 
+impl Lab<'_> {
+    /// Waits until `agent` has synced once with the whole big state.
+    pub fn wait_synced(&self, agent: &Agent) -> Result<Status> {
+        Ok(agent.wait_synced(BIG as u64, LONG)?)
+    }
+
+    /// Waits for `agent`'s next status answer, whatever it says.
+    pub fn status(&self, agent: &Agent) -> Result<Status> {
+        Ok(agent.wait_status("status", LONG, |_: &Status| true)?)
+    }
+}
+
 /// Number of `verify` violations reported by the agent of `run_dir`.
 pub fn verify_violations(run_dir: &Path) -> Option<usize> {
-    let v = baton_agent::admin::client::request(
-        &baton_agent::agent::admin_socket(run_dir),
-        baton_agent::admin::Request::Verify,
-    )
-    .ok()?;
-    v["violations"].as_array().map(Vec::len)
+    let v = baton_e2e::kit::agent::verify(run_dir).ok()?;
+    Some(v.violations.len())
 }

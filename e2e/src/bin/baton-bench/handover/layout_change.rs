@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use baton_e2e::upgrade::AgentProc;
+use baton_e2e::kit::Agent;
 
 use super::edit::Editor;
 use super::lab::{verify_violations, Lab, Round};
@@ -20,7 +20,7 @@ pub fn run(opts: &Args, lab: &mut Lab<'_>, out: &mut String) -> Result<()> {
     let sc = "layout";
     let args = ["--poll-ms", FAST_POLL];
     let mut cur = lab.spawn(1, sc, &args, &[])?;
-    cur.wait_synced(BIG as u64, LONG)?;
+    lab.wait_synced(&cur)?;
     let mut layout = 1u32;
     // (writes, from, to) → rounds
     let mut table: Vec<((Writes, u32, u32), Vec<Round>)> = Vec::new();
@@ -55,22 +55,22 @@ pub fn run(opts: &Args, lab: &mut Lab<'_>, out: &mut String) -> Result<()> {
                     )],
                     _ => Vec::new(),
                 };
-                let (mut next, mut round) = lab.hand_over(&mut cur, to, sc, &args, &env)?;
+                let (next, mut round) = lab.hand_over(&cur, to, sc, &args, &env)?;
                 if let Some(e) = editor {
                     let (state, edits) = e.stop()?;
                     lab.edits = Some(state);
                     round.edits = edits;
                     round.cadence = cadence(&log_text(cur.log_path()), since);
-                    wait_settled(&mut next)?;
+                    wait_settled(lab, &next)?;
                     round.settled = verify_violations(&lab.run_dir(sc));
                 }
                 eprintln!(
                     "  pre-copy {:.1} ms ({} entries), freeze {:.3} ms, journal {} keys, handover {:.1} ms, adopt {:.0} ms",
-                    round.f("precopy_us") / 1e3,
-                    round.maps("entries_copied"),
-                    round.f("freeze_us") / 1e3,
-                    round.f("journal_keys"),
-                    round.f("handover_us") / 1e3,
+                    round.figures.precopy_us as f64 / 1e3,
+                    round.figures.maps.entries_copied,
+                    round.figures.freeze_us as f64 / 1e3,
+                    round.figures.journal_keys,
+                    round.figures.handover_us as f64 / 1e3,
                     round.adopt_ms()
                 );
                 cur = next;
@@ -101,17 +101,21 @@ pub fn run(opts: &Args, lab: &mut Lab<'_>, out: &mut String) -> Result<()> {
     for ((writes, from, to), rs) in &table {
         let col = |f: &dyn Fn(&Round) -> f64| rs.iter().map(f).collect::<Vec<_>>();
         let rate = median_max(&col(&|r| {
-            r.maps("entries_copied") as f64 / (r.f("precopy_us") / 1e6)
+            r.figures.maps.entries_copied as f64 / (r.figures.precopy_us as f64 / 1e6)
         }))
         .0;
         // A held round's handover_us includes the hold.
         let hold = |r: &Round| if r.held { HOLD_MS as f64 } else { 0.0 };
         let copied = list(
             &rs.iter()
-                .map(|r| r.maps("entries_copied"))
+                .map(|r| r.figures.maps.entries_copied)
                 .collect::<Vec<_>>(),
         );
-        let keys = list(&rs.iter().map(|r| r.f("journal_keys")).collect::<Vec<_>>());
+        let keys = list(
+            &rs.iter()
+                .map(|r| r.figures.journal_keys)
+                .collect::<Vec<_>>(),
+        );
         let gap = if *writes == Writes::Quiet {
             "–".to_string()
         } else {
@@ -129,16 +133,16 @@ pub fn run(opts: &Args, lab: &mut Lab<'_>, out: &mut String) -> Result<()> {
         };
         let freeze = format!(
             "{}; {}",
-            mm(&col(&|r| r.f("freeze_us") / 1e3), 3),
+            mm(&col(&|r| r.figures.freeze_us as f64 / 1e3), 3),
             list(
                 &rs.iter()
                     .map(|r| match r.sync_wait {
                         Some(w) => format!(
                             "{:.2} ({:.2} sync)",
-                            r.f("freeze_us") / 1e3,
+                            r.figures.freeze_us as f64 / 1e3,
                             w.as_secs_f64() * 1e3
                         ),
-                        None => format!("{:.2}", r.f("freeze_us") / 1e3),
+                        None => format!("{:.2}", r.figures.freeze_us as f64 / 1e3),
                     })
                     .collect::<Vec<_>>()
             )
@@ -153,18 +157,18 @@ pub fn run(opts: &Args, lab: &mut Lab<'_>, out: &mut String) -> Result<()> {
             "| layout {from} → {to} | {} | {} | {} | {copied} | {:.2} M/s | {} | {keys} | {}{} | {} | {gap} | {} / {} | {} / {settled} |",
             writes.label(),
             rs.len(),
-            mm(&col(&|r| r.f("precopy_us") / 1e3), 1),
+            mm(&col(&|r| r.figures.precopy_us as f64 / 1e3), 1),
             rate / 1e6,
             freeze,
-            mm(&col(&|r| r.f("handover_us") / 1e3 - hold(r)), 1),
+            mm(&col(&|r| r.figures.handover_us as f64 / 1e3 - hold(r)), 1),
             if rs.iter().any(|r| r.held) {
                 " (hold subtracted)"
             } else {
                 ""
             },
             mm(&col(&Round::adopt_ms), 0),
-            list(&rs.iter().map(|r| r.maps("reused")).collect::<Vec<_>>()),
-            list(&rs.iter().map(|r| r.maps("migrated")).collect::<Vec<_>>()),
+            list(&rs.iter().map(|r| r.figures.maps.reused).collect::<Vec<_>>()),
+            list(&rs.iter().map(|r| r.figures.maps.migrated).collect::<Vec<_>>()),
             violations_text(&rs.iter().map(|r| r.violations).collect::<Vec<_>>()),
         );
     }
@@ -213,13 +217,12 @@ impl Writes {
 }
 
 /// Waits until the agent stopped syncing (it applied the last edit): `syncs` unchanged for 1 s.
-fn wait_settled(agent: &mut AgentProc) -> Result<()> {
+fn wait_settled(lab: &Lab<'_>, agent: &Agent) -> Result<()> {
     let deadline = Instant::now() + LONG;
     let mut last = None;
     let mut since = Instant::now();
     while Instant::now() < deadline {
-        let v = agent.wait_status("status", LONG, |_| true)?;
-        let syncs = v["syncs"].as_u64();
+        let syncs = Some(lab.status(agent)?.syncs);
         if syncs != last {
             last = syncs;
             since = Instant::now();

@@ -5,9 +5,8 @@ use std::fmt::Write as _;
 use anyhow::Result;
 
 use super::lab::{Lab, Round};
-use super::{LONG, POLL};
+use super::POLL;
 use crate::args::Args;
-use crate::common::BIG;
 use crate::report::{list, median_max, violations_text};
 
 /// Runs 4a and appends its table to `out`.
@@ -16,14 +15,14 @@ pub fn run(opts: &Args, lab: &mut Lab<'_>, out: &mut String) -> Result<()> {
     let sc = "same";
     eprintln!("handover: {n} handovers layout 1 -> layout 1, no writes");
     let mut cur = lab.spawn(1, sc, &["--poll-ms", POLL], &[])?;
-    cur.wait_synced(BIG as u64, LONG)?;
+    lab.wait_synced(&cur)?;
     let mut rounds = Vec::new();
     for r in 0..n {
-        let (next, round) = lab.hand_over(&mut cur, 1, sc, &["--poll-ms", POLL], &[])?;
+        let (next, round) = lab.hand_over(&cur, 1, sc, &["--poll-ms", POLL], &[])?;
         eprintln!(
             "  {r}: handover {:.2} ms, freeze {:.3} ms, adopt {:.0} ms",
-            round.f("handover_us") / 1e3,
-            round.f("freeze_us") / 1e3,
+            round.figures.handover_us as f64 / 1e3,
+            round.figures.freeze_us as f64 / 1e3,
             round.adopt_ms()
         );
         cur = next;
@@ -44,14 +43,14 @@ pub fn run(opts: &Args, lab: &mut Lab<'_>, out: &mut String) -> Result<()> {
     row(
         out,
         "**handover_us**: successor ready (`Prepare`) → `Committed`",
-        col(&|r| r.f("handover_us") / 1e3),
+        col(&|r| r.figures.handover_us as f64 / 1e3),
         "ms",
         2,
     );
     row(
         out,
         "**freeze_us**: old agent's control plane frozen → links swapped",
-        col(&|r| r.f("freeze_us") / 1e3),
+        col(&|r| r.figures.freeze_us as f64 / 1e3),
         "ms",
         3,
     );
@@ -69,11 +68,16 @@ pub fn run(opts: &Args, lab: &mut Lab<'_>, out: &mut String) -> Result<()> {
         "ms",
         0,
     );
-    let reused = list(&rounds.iter().map(|r| r.maps("reused")).collect::<Vec<_>>());
+    let reused = list(
+        &rounds
+            .iter()
+            .map(|r| r.figures.maps.reused)
+            .collect::<Vec<_>>(),
+    );
     let migrated = list(
         &rounds
             .iter()
-            .map(|r| r.maps("migrated"))
+            .map(|r| r.figures.maps.migrated)
             .collect::<Vec<_>>(),
     );
     let _ = writeln!(

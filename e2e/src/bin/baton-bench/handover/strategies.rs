@@ -7,11 +7,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use baton_e2e::backend::Backends;
-use baton_e2e::upgrade::{Expected, Traffic, TrafficConfig};
 
 use super::lab::Lab;
-use super::{traffic_svcs, LONG, POLL, TRAFFIC_INTERVAL, TRAFFIC_MARGIN, TRAFFIC_SVC_COUNT};
-use crate::common::{backend_addr, big_eps, vip, BACKEND_PORT, BIG, EPS_PER_SVC, VIP_PORT};
+use super::traffic::{Expected, Traffic, TrafficConfig};
+use super::{traffic_svcs, POLL, TRAFFIC_INTERVAL, TRAFFIC_MARGIN, TRAFFIC_SVC_COUNT};
+use crate::common::{backend_addr, big_eps, vip, BACKEND_PORT, EPS_PER_SVC, VIP_PORT};
 use crate::report::list;
 
 /// Runs 4c (it first resets the services file) and appends its table to `out`.
@@ -52,8 +52,8 @@ pub fn run(lab: &mut Lab<'_>, out: &mut String) -> Result<()> {
         if matches!(s, Strategy::PinRestart) {
             args.push("--keep-datapath");
         }
-        let mut old = lab.spawn(1, &sc, &args, &[])?;
-        old.wait_synced(BIG as u64, LONG)?;
+        let old = lab.spawn(1, &sc, &args, &[])?;
+        lab.wait_synced(&old)?;
         let traffic = Traffic::start(cfg.clone())?;
         std::thread::sleep(TRAFFIC_MARGIN);
         let trigger = Instant::now();
@@ -75,14 +75,11 @@ pub fn run(lab: &mut Lab<'_>, out: &mut String) -> Result<()> {
                     }
                     args.push("--no-take-over");
                 }
-                let mut new = lab.spawn(2, &sc, &args, &[])?;
-                new.wait_synced(BIG as u64, LONG)?;
+                let new = lab.spawn(2, &sc, &args, &[])?;
+                lab.wait_synced(&new)?;
                 new
             }
-            Strategy::Handover => {
-                lab.hand_over(&mut old, 2, &sc, &["--poll-ms", POLL], &[])?
-                    .0
-            }
+            Strategy::Handover => lab.hand_over(&old, 2, &sc, &["--poll-ms", POLL], &[])?.0,
         };
         let synced = trigger.elapsed();
         std::thread::sleep(TRAFFIC_MARGIN);
