@@ -47,7 +47,8 @@
 //! * Real-node scenarios (a real kubelet + containerd, `e2e/node/rig.sh`) run
 //!   inside the rig and drive it with `node` (feature `real-node`).
 //! * Hot-upgrade measurements (`baton-bench --only handover`) drive
-//!   `baton-agent` processes and a timestamped connect stream with [`upgrade`].
+//!   `baton-agent` processes with [`kit`] and time their own connect stream
+//!   (`e2e/src/bin/baton-bench/handover/traffic.rs`).
 
 // Test support: its harnesses (API server, rig, shim launchers) panic with
 // context by design, like the tests that call them.
@@ -57,19 +58,15 @@
 pub mod apiserver;
 pub mod backend;
 pub mod client;
-pub mod harness;
 pub mod histogram;
 pub mod hold;
-pub mod kernel;
 pub mod kit;
 #[cfg(feature = "real-node")]
 pub mod node;
 pub mod probe;
 pub mod report;
-pub mod sandbox;
 #[cfg(feature = "shim")]
 pub mod shim;
-pub mod upgrade;
 
 pub use client::{connect_once, ConnectError};
 pub use report::Report;

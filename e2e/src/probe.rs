@@ -10,8 +10,8 @@ use serde::Serialize;
 use crate::backend::{BackendError, Backends};
 use crate::client::{run_load, LoadConfig, LoadError, Plan};
 use crate::hold::Hold;
+use crate::kit::sandbox::{self, SandboxError};
 use crate::report::{self, PlanReport, Report, SCHEMA};
-use crate::sandbox::{self, SandboxError};
 
 /// How often the stop file is looked for.
 const STOP_POLL: Duration = Duration::from_millis(20);
