@@ -250,7 +250,7 @@ pub struct FileSource {
     /// Identity (device, inode) of the file last acted on.
     done_id: Option<(u64, u64)>,
     /// A new outcome and when it was first seen.
-    pending: Option<(Seen, Instant)>,
+    pending: Option<(Seen, Instant, Option<(u64, u64)>)>,
 }
 
 impl FileSource {
@@ -301,17 +301,23 @@ impl FileSource {
             return None;
         }
         let now = Instant::now();
-        let replaced = id.is_some() && self.done_id.is_some() && id != self.done_id;
+        // A new inode since the last applied read, or since the pending one
+        // (a fresh agent has applied nothing yet), was put there by a
+        // rename: complete when it appeared, so it needs no settling.
+        let new_inode =
+            |before: Option<(u64, u64)>| id.is_some() && before.is_some() && id != before;
+        let replaced =
+            new_inode(self.done_id) || new_inode(self.pending.as_ref().and_then(|p| p.2));
         match &self.pending {
             _ if replaced => {}
-            Some((p, since)) if *p == seen => {
+            Some((p, since, _)) if *p == seen => {
                 if now.duration_since(*since) < self.settle {
                     return None;
                 }
             }
             _ => {
                 tracing::debug!(file = %self.path.display(), "services file changed; waiting for it to settle");
-                self.pending = Some((seen, now));
+                self.pending = Some((seen, now, id));
                 return None;
             }
         }
@@ -762,6 +768,31 @@ services:
             src.poll(&Capacity::default()).is_none(),
             "in place: settles"
         );
+    }
+
+    /// A fresh source (nothing applied yet, as a successor right after a
+    /// handover) whose file is replaced by renames faster than the settle
+    /// time applies the second read at once: the inode changed since the
+    /// pending read. Before, it waited for two equal reads, which such a
+    /// writer never gives.
+    #[test]
+    fn a_fresh_source_applies_a_renamed_file_without_settling() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("svc.yaml");
+        std::fs::write(&path, many(2, false, false)).expect("write");
+        let mut src = FileSource::new(path.clone()).with_settle(Duration::from_secs(3600));
+        assert!(
+            src.poll(&Capacity::default()).is_none(),
+            "first read settles"
+        );
+        let tmp = dir.path().join("svc.yaml.tmp");
+        std::fs::write(&tmp, many(4, false, false)).expect("write tmp");
+        std::fs::rename(&tmp, &path).expect("rename");
+        let got = src
+            .poll(&Capacity::default())
+            .expect("acted on at once")
+            .expect("valid");
+        assert_eq!(got.services.len(), 4);
     }
 
     /// An in-place rewrite (truncate, then the new text a line every 20 ms,
