@@ -102,9 +102,12 @@ fn integration_tests() -> Result<Vec<String>> {
             let is_test = t["kind"]
                 .as_array()
                 .is_some_and(|k| k.iter().any(|k| k == "test"));
+            let defaults = pkg["features"]["default"].as_array();
             let gated = t["required-features"]
                 .as_array()
-                .is_some_and(|f| !f.is_empty());
+                .into_iter()
+                .flatten()
+                .any(|f| !defaults.is_some_and(|d| d.contains(f)));
             if let (true, false, Some(name)) = (is_test, gated, t["name"].as_str()) {
                 names.push(name.to_string());
             }
