@@ -175,9 +175,12 @@ pub fn read_bounded(path: &Path, limit: u64) -> Result<Vec<u8>, SourceError> {
     read_bounded_identified(path, limit).map(|(bytes, _)| bytes)
 }
 
+/// A file's identity: (device, inode).
+type FileId = (u64, u64);
+
 /// [`read_bounded`], also returning the file's identity (device, inode): a
 /// new identity means the path was replaced (rename), not rewritten in place.
-fn read_bounded_identified(path: &Path, limit: u64) -> Result<(Vec<u8>, (u64, u64)), SourceError> {
+fn read_bounded_identified(path: &Path, limit: u64) -> Result<(Vec<u8>, FileId), SourceError> {
     use std::os::unix::fs::MetadataExt;
     let file = path.display().to_string();
     let io = |source| SourceError::Read {
@@ -248,9 +251,9 @@ pub struct FileSource {
     /// The last outcome acted on (applied or reported).
     done: Option<Seen>,
     /// Identity (device, inode) of the file last acted on.
-    done_id: Option<(u64, u64)>,
+    done_id: Option<FileId>,
     /// A new outcome and when it was first seen.
-    pending: Option<(Seen, Instant, Option<(u64, u64)>)>,
+    pending: Option<(Seen, Instant, Option<FileId>)>,
 }
 
 impl FileSource {
@@ -304,8 +307,7 @@ impl FileSource {
         // A new inode since the last applied read, or since the pending one
         // (a fresh agent has applied nothing yet), was put there by a
         // rename: complete when it appeared, so it needs no settling.
-        let new_inode =
-            |before: Option<(u64, u64)>| id.is_some() && before.is_some() && id != before;
+        let new_inode = |before: Option<FileId>| id.is_some() && before.is_some() && id != before;
         let replaced =
             new_inode(self.done_id) || new_inode(self.pending.as_ref().and_then(|p| p.2));
         match &self.pending {
