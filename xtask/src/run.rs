@@ -14,7 +14,7 @@ pub fn workspace_root() -> Result<PathBuf> {
 }
 
 /// The cargo that runs this task (so a toolchain override carries over).
-fn cargo_bin() -> String {
+pub fn cargo_bin() -> String {
     std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
 }
 
@@ -63,9 +63,7 @@ pub fn status(mut cmd: Command) -> Result<()> {
 
 /// `cargo <args>`.
 pub fn cargo(args: &[&str]) -> Result<()> {
-    let mut cmd = Command::new(cargo_bin());
-    cmd.args(args);
-    status(cmd)
+    cargo_env(args, &[])
 }
 
 /// `cargo <args>` with extra environment.

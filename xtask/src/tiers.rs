@@ -87,7 +87,7 @@ pub fn run(tiers: &[Tier], threads: usize) -> Result<()> {
 
 /// Integration test targets of the workspace that build with default features.
 fn integration_tests() -> Result<Vec<String>> {
-    let out = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+    let out = std::process::Command::new(run::cargo_bin())
         .args(["metadata", "--no-deps", "--format-version", "1", "--locked"])
         .output()?;
     anyhow::ensure!(
