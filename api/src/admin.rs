@@ -123,6 +123,11 @@ pub struct Status {
     /// protocol 1 only ([`ProtocolRange::BEFORE_REPORTED`]).
     #[serde(default)]
     pub handover_protocol: Option<ProtocolRange>,
+    /// The datapath's outcome counters over the agent's last seconds (a
+    /// successor reports them as the rate before its handover). Absent from
+    /// agents built before it was added.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub datapath: Option<crate::datapath::DatapathRate>,
 }
 
 /// The handover protocol versions an agent speaks: `min..=max`.
@@ -483,6 +488,7 @@ mod tests {
             }),
             syncs: 1,
             handover_protocol: Some(ProtocolRange { min: 1, max: 2 }),
+            datapath: None,
         }
     }
 

@@ -6,6 +6,8 @@
 //!   `baton.dev/Handover` and `baton.dev/Started` conditions), and the rules
 //!   both sides read it by;
 //! - [`admin`]: the agent's admin socket (requests and typed answers);
+//! - [`datapath`]: the datapath's outcome counters over a window, which a
+//!   handover report carries and the operator's canary judges;
 //! - [`preflight`]: the report of `baton-agent preflight`, which the
 //!   operator reads from the agent pod.
 //!
@@ -15,5 +17,6 @@
 #![deny(missing_docs)]
 
 pub mod admin;
+pub mod datapath;
 pub mod pairpod;
 pub mod preflight;

@@ -39,6 +39,14 @@ pub const ENV_SLOT_VERSION: &str = "BATON_SLOT_VERSION";
 pub const ENV_SLOT_VERSION_ALT: &str = "BATON_SLOT_VERSION_ALT";
 /// Env: the [`ANN_ACTIVE_SLOT`] annotation.
 pub const ENV_ACTIVE_SLOT: &str = "BATON_ACTIVE_SLOT";
+/// Annotation: how long (seconds) a successor keeps its handover report
+/// up to date after it commits, while the operator soaks a canary; absent
+/// or 0 outside a canary.
+pub const ANN_SOAK_SECONDS: &str = "baton.dev/soak-seconds";
+/// Env: the [`ANN_SOAK_SECONDS`] annotation, from the downward API.
+pub const ENV_SOAK_SECONDS: &str = "BATON_SOAK_SECONDS";
+/// How often a soaking successor rewrites its report, seconds.
+pub const SOAK_REPORT_INTERVAL_SECONDS: u64 = 5;
 /// Env: the directory both slots share (default [`DEFAULT_RUN_DIR`]).
 pub const ENV_RUN_DIR: &str = "BATON_RUN_DIR";
 /// Env: the cgroup the agent attaches its programs to (optional).
@@ -230,6 +238,12 @@ pub struct HandoverReport {
     /// Free text (the error on failure).
     #[serde(default)]
     pub message: String,
+    /// What the datapath saw from `Hello` on, next to the incumbent's rate
+    /// before; rewritten every [`SOAK_REPORT_INTERVAL_SECONDS`] during a
+    /// canary's soak ([`ANN_SOAK_SECONDS`]). Absent from failed reports and
+    /// from agents built before it was added.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub datapath: Option<crate::datapath::DatapathWindow>,
 }
 
 impl HandoverReport {
@@ -256,6 +270,15 @@ pub struct StartedReport {
     pub slot: Slot,
     /// Its version (image).
     pub version: String,
+    /// The handover protocol versions it speaks, which the operator's
+    /// preflight checks a new build against; absent from agents built before
+    /// it was added (they speak protocol 1 only).
+    #[serde(
+        default,
+        rename = "handoverProtocol",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub handover_protocol: Option<crate::admin::ProtocolRange>,
 }
 
 impl StartedReport {
@@ -377,6 +400,7 @@ mod tests {
             maps_migrated: 1,
             entries_copied: 100_000,
             message: "ok".into(),
+            datapath: None,
         }
     }
 
@@ -419,6 +443,7 @@ mod tests {
         let s = StartedReport {
             slot: Slot::A,
             version: "agent:v1".into(),
+            handover_protocol: None,
         };
         let m = s.to_message().unwrap();
         assert_eq!(
@@ -426,6 +451,14 @@ mod tests {
             json!({"slot": "a", "version": "agent:v1"})
         );
         assert_eq!(StartedReport::from_message(&m).unwrap(), s);
+        let with = StartedReport {
+            handover_protocol: Some(crate::admin::ProtocolRange { min: 1, max: 2 }),
+            ..s.clone()
+        };
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&with.to_message().unwrap()).unwrap(),
+            json!({"slot": "a", "version": "agent:v1", "handoverProtocol": {"min": 1, "max": 2}})
+        );
         // A Handover message names its author the same way.
         let head = StartedReport::from_message(&report().to_message().unwrap()).unwrap();
         assert!(head.is_from(Slot::B, "agent:v2"));

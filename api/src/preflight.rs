@@ -314,6 +314,104 @@ pub struct RunningAgent {
     pub syncs: u64,
 }
 
+/// Most bytes of a [`Summary`] as [`Summary::to_bounded_json`] writes it:
+/// the kubelet keeps at most 4096 bytes of a container's termination
+/// message, where the operator reads it.
+pub const SUMMARY_MAX_BYTES: usize = 4096;
+/// Most failure lines a [`Summary`] keeps.
+const SUMMARY_MAX_FAILURES: usize = 4;
+/// Most characters of one failure line in a [`Summary`].
+const SUMMARY_MAX_FAILURE_CHARS: usize = 600;
+
+/// The report in a few hundred bytes, for a pod's termination message
+/// (`baton-agent preflight --summary-file /dev/termination-log`): what the
+/// operator's preflight phase reads from each node's check pod.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Summary {
+    /// [`REPORT_VERSION`] of the report it sums up.
+    pub report_version: u32,
+    /// Every check passed.
+    pub passed: bool,
+    /// The first failure lines, each cut to a few hundred characters.
+    pub failures: Vec<String>,
+    /// The build that checked itself.
+    pub build: Build,
+    /// Kernel release of the node.
+    pub kernel: String,
+    /// Programs the verifier accepted, of `programs_total`.
+    pub programs_loaded: u32,
+    /// Programs of the build.
+    pub programs_total: u32,
+    /// Maps a takeover would reuse.
+    pub maps_reused: u32,
+    /// Maps it would migrate.
+    pub maps_migrated: u32,
+    /// Maps it would recreate empty.
+    pub maps_recreated: u32,
+    /// Maps it would create (nothing pinned).
+    pub maps_created: u32,
+    /// Entries it would copy.
+    pub entries_to_copy: u64,
+    /// Estimated copy time, microseconds.
+    pub estimated_copy_us: u64,
+    /// Protocol version the handover would run at, when an agent answered.
+    pub session_protocol: Option<u32>,
+    /// Wall time of the preflight, microseconds.
+    pub duration_us: u64,
+}
+
+impl Report {
+    /// The compact form of this report.
+    pub fn summary(&self) -> Summary {
+        let loaded = self.programs.programs.iter().filter(|p| p.loaded).count();
+        Summary {
+            report_version: self.report_version,
+            passed: self.passed,
+            failures: self
+                .failures
+                .iter()
+                .take(SUMMARY_MAX_FAILURES)
+                .map(|f| cut(f, SUMMARY_MAX_FAILURE_CHARS))
+                .collect(),
+            build: self.build.clone(),
+            kernel: cut(&self.node.kernel, 128),
+            programs_loaded: u32::try_from(loaded).unwrap_or(u32::MAX),
+            programs_total: u32::try_from(self.programs.programs.len()).unwrap_or(u32::MAX),
+            maps_reused: self.maps.reused,
+            maps_migrated: self.maps.migrated,
+            maps_recreated: self.maps.recreated,
+            maps_created: self.maps.created,
+            entries_to_copy: self.maps.entries_to_copy,
+            estimated_copy_us: self.maps.estimated_copy_us,
+            session_protocol: self.handover.session_protocol,
+            duration_us: self.duration_us,
+        }
+    }
+}
+
+impl Summary {
+    /// One JSON line of at most [`SUMMARY_MAX_BYTES`]: failure lines are
+    /// dropped from the end until it fits (the verdict always stays).
+    pub fn to_bounded_json(&self) -> Result<String, serde_json::Error> {
+        let mut s = self.clone();
+        loop {
+            let json = serde_json::to_string(&s)?;
+            if json.len() <= SUMMARY_MAX_BYTES || s.failures.is_empty() {
+                return Ok(json);
+            }
+            s.failures.pop();
+        }
+    }
+}
+
+/// `s` cut to `max` characters, with an ellipsis when cut.
+fn cut(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((at, _)) => format!("{}…", &s[..at]),
+        None => s.to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)] // test code
@@ -406,6 +504,30 @@ mod tests {
             },
             duration_us: 1000,
         }
+    }
+
+    #[test]
+    fn the_summary_fits_a_termination_message_and_keeps_the_verdict() {
+        let mut r = report(false);
+        r.failures = (0..50)
+            .map(|i| format!("programs: {i} {}", "x".repeat(5000)))
+            .collect();
+        let s = r.summary();
+        assert!(!s.passed);
+        assert_eq!(s.failures.len(), SUMMARY_MAX_FAILURES);
+        assert!(s.failures[0].chars().count() <= SUMMARY_MAX_FAILURE_CHARS + 1);
+        let json = s.to_bounded_json().unwrap();
+        assert!(json.len() <= SUMMARY_MAX_BYTES, "{}", json.len());
+        let back: Summary = serde_json::from_str(&json).unwrap();
+        assert!(!back.passed);
+        assert!(!back.failures.is_empty());
+        assert_eq!(back.build, r.build);
+        let ok = report(true).summary();
+        assert_eq!(ok.programs_loaded, ok.programs_total);
+        assert_eq!(
+            serde_json::from_str::<Summary>(&ok.to_bounded_json().unwrap()).unwrap(),
+            ok
+        );
     }
 
     #[test]

@@ -215,6 +215,7 @@ fn report(cc: &ClusterClient, me: &SlotInfo, r: Result<&Figures, &str>) {
                         f.from_version, f.from_layout
                     )
                 },
+                datapath: None,
             },
         ),
         Err(why) => (
@@ -228,6 +229,7 @@ fn report(cc: &ClusterClient, me: &SlotInfo, r: Result<&Figures, &str>) {
                 maps_migrated: 0,
                 entries_copied: 0,
                 message: why.to_string(),
+                datapath: None,
             },
         ),
     };

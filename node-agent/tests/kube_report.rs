@@ -47,6 +47,7 @@ fn report(message: &str) -> HandoverReport {
         maps_migrated: 1,
         entries_copied: 100_000,
         message: message.into(),
+        datapath: None,
     }
 }
 

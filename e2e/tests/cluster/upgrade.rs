@@ -135,6 +135,7 @@ async fn fresh_install_one_pod_per_selected_node_with_one_active_slot() {
     let started = StartedReport {
         slot: Slot::A,
         version: AGENT_V1.to_owned(),
+        handover_protocol: None,
     }
     .to_message()
     .expect("the start report");

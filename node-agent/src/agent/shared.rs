@@ -139,6 +139,7 @@ impl Shared {
                 min: MIN_PROTO,
                 max: PROTO,
             }),
+            datapath: None,
         }
     }
 

@@ -64,6 +64,7 @@ pub fn started_condition(slot: Slot, version: &str) -> Result<PodCondition, Clus
     let report = StartedReport {
         slot,
         version: version.to_owned(),
+        handover_protocol: None,
     };
     Ok(PodCondition {
         type_: CONDITION_STARTED.into(),
@@ -151,6 +152,7 @@ mod tests {
             maps_migrated: 1,
             entries_copied: 100_000,
             message: "ok".into(),
+            datapath: None,
         }
     }
 
