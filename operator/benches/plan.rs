@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use baton_api::pairpod::Slot;
 use baton_operator::crd::{KmeshUpgradeSpec, Strategy};
-use baton_operator::plan::{plan, Memory, NodeView, PairView, Reported, Standby};
+use baton_operator::plan::{
+    plan, Memory, NodeView, PairView, PreflightState, PreflightView, Reported, Standby,
+};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 const NODES: usize = 5_000;
@@ -42,6 +44,7 @@ fn fleet() -> Vec<NodeView> {
                 active_image: if i % 3 == 0 { "agent:v2" } else { "agent:v1" }.into(),
                 ready: i % 101 != 7,
                 standby,
+                serving: None,
             });
             NodeView {
                 // Reverse order so the planner's sort has work to do.
@@ -49,6 +52,12 @@ fn fleet() -> Vec<NodeView> {
                 selected: i % 89 != 3,
                 pod,
                 failed_image: None,
+                // Every node passed its check: the planner weighs them all.
+                preflights: vec![PreflightView {
+                    pod: format!("check-{i}"),
+                    image: "agent:v2".into(),
+                    state: PreflightState::Passed,
+                }],
             }
         })
         .collect()
@@ -69,6 +78,7 @@ fn main() {
     let memory = Memory {
         stable_image: Some("agent:v1".into()),
         failed_image: None,
+        canary_passed: None,
     };
     let nodes = fleet();
     let mut times = Vec::with_capacity(ROUNDS);

@@ -431,7 +431,12 @@ impl Fleet {
     }
 
     /// Creates the KmeshUpgrade for `image` with `strategy`, selecting the mesh nodes.
-    pub async fn create_upgrade(&self, image: &str, strategy: Value) {
+    pub async fn create_upgrade(&self, image: &str, mut strategy: Value) {
+        // The emulated kubelet runs agent slots, not check pods: preflight
+        // is proven on the real node (real_node.rs), off here.
+        if strategy.get("preflight").is_none() {
+            strategy["preflight"] = json!({"mode": "Disabled"});
+        }
         let upgrade = upgrade_object(
             UPGRADE,
             NS,

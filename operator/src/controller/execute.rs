@@ -1,6 +1,6 @@
 //! Carries out planner actions against the API server.
 
-use baton_api::pairpod::{Slot, ANN_ACTIVE_SLOT, ANN_HANDOVER_STARTED};
+use baton_api::pairpod::{Slot, ANN_ACTIVE_SLOT, ANN_HANDOVER_STARTED, ANN_SOAK_SECONDS};
 use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
@@ -9,8 +9,9 @@ use serde_json::{json, Value};
 
 use super::expect::{Expectation, PodExpectation};
 use super::podspec::{build_pod, pod_name, PodTarget};
+use super::preflight::{preflight_pod, preflight_pod_name};
 use crate::crd::KmeshUpgradeSpec;
-use crate::plan::Action;
+use crate::plan::{Action, FailureCause};
 
 /// A failed API call of one action.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +50,8 @@ pub fn kind(action: &Action) -> &'static str {
         Action::FinishUpgrade { .. } => "finish_upgrade",
         Action::MarkFailed { .. } => "mark_failed",
         Action::ResetStandby { .. } => "reset_standby",
+        Action::RunPreflight { .. } => "run_preflight",
+        Action::DeletePreflight { .. } => "delete_preflight",
     }
 }
 
@@ -66,6 +69,7 @@ fn log(action: &Action, pod: &str) {
             slot,
             image,
             warm,
+            ..
         }
         | Action::StartRollback {
             node,
@@ -96,9 +100,23 @@ fn log(action: &Action, pod: &str) {
             node,
             image,
             reason,
-        } => tracing::info!(node, pod, image, reason, "recording a failed handover"),
+            cause,
+        } => tracing::info!(
+            node,
+            pod,
+            image,
+            reason,
+            ?cause,
+            "recording a failure of the image"
+        ),
         Action::ResetStandby { node, slot } => {
             tracing::info!(node, pod, slot = %slot, "parking the failed slot on the empty image")
+        }
+        Action::RunPreflight { node, image } => {
+            tracing::info!(node, image, "starting a preflight check pod")
+        }
+        Action::DeletePreflight { node, pod } => {
+            tracing::info!(node, pod, "deleting a preflight check pod")
         }
     }
 }
@@ -162,7 +180,13 @@ impl Executor<'_> {
                 let started = Timestamp::from_second(Timestamp::now().as_second())
                     .map(|t| t.to_string())
                     .unwrap_or_else(|_| Timestamp::now().to_string());
-                let annotations = json!({ANN_HANDOVER_STARTED: started});
+                let soak = match action {
+                    Action::StartUpgrade { soak_seconds, .. } => *soak_seconds,
+                    _ => 0,
+                };
+                // The new agent reads it at its start: only a canary soaks.
+                let annotations =
+                    json!({ANN_HANDOVER_STARTED: started, ANN_SOAK_SECONDS: soak.to_string()});
                 let rv = if *warm {
                     // The standby runs `image` already: annotations only, the
                     // container is not restarted (no kubelet back-off).
@@ -231,14 +255,44 @@ impl Executor<'_> {
                 .await;
                 Some(rv)
             }
-            Action::MarkFailed { image, reason, .. } => {
-                tracing::warn!(node, pod = %pod, image = %image, %reason, "handover failed");
+            Action::RunPreflight { image, .. } => {
+                let body = preflight_pod(&self.target, node, self.spec, image);
+                let name = preflight_pod_name(self.target.upgrade, node, image);
+                match self.pods.create(&PostParams::default(), &body).await {
+                    Ok(_) => {}
+                    // Created by a previous round whose watch event is still on its way.
+                    Err(kube::Error::Api(s)) if s.code == 409 => {}
+                    Err(e) => return Err(fail(e)),
+                }
+                return Ok(Some((name, Expectation::Exists)));
+            }
+            Action::DeletePreflight { pod: check, .. } => {
+                match self.pods.delete(check, &DeleteParams::background()).await {
+                    Ok(_) => {}
+                    Err(kube::Error::Api(s)) if s.code == 404 => {}
+                    Err(e) => return Err(fail(e)),
+                }
+                return Ok(Some((check.clone(), Expectation::Gone)));
+            }
+            Action::MarkFailed {
+                image,
+                reason,
+                cause,
+                ..
+            } => {
+                tracing::warn!(node, pod = %pod, image = %image, %reason, ?cause, "image failed");
+                let note = match cause {
+                    FailureCause::Handover => {
+                        format!("{node}: handover to {image} failed: {reason}")
+                    }
+                    _ => format!("{node}: {reason}"),
+                };
                 self.event(
                     &pod,
                     EventType::Warning,
-                    "HandoverFailed",
+                    cause.event_reason(),
                     "Upgrade",
-                    format!("{node}: handover to {image} failed: {reason}"),
+                    note,
                 )
                 .await;
                 None
@@ -303,6 +357,18 @@ impl Executor<'_> {
             format!("{node}: {message}"),
         )
         .await;
+    }
+
+    /// Publishes a preflight or canary result of `node` (an event naming
+    /// the node's agent pod).
+    pub async fn gate_event(&self, node: &str, warning: bool, reason: &str, note: String) {
+        let pod = pod_name(self.target.upgrade, node);
+        let type_ = if warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        };
+        self.event(&pod, type_, reason, "Upgrade", note).await;
     }
 
     /// Publishes an event about the upgrade with the node's agent `pod` as its

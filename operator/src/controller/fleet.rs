@@ -9,8 +9,9 @@ use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 
 use super::observe::{observe, selects};
-use crate::crd::{HandoverFigures, KmeshUpgrade};
-use crate::plan::NodeView;
+use super::preflight::{is_check_pod, observe_check};
+use crate::crd::{HandoverFigures, KmeshUpgrade, NodePreflight};
+use crate::plan::{NodeView, PreflightView};
 
 /// The planner's input for one upgrade, plus the agents' latest figures.
 pub struct Fleet {
@@ -18,6 +19,8 @@ pub struct Fleet {
     pub views: Vec<NodeView>,
     /// Handover figures reported for the running handovers, by node.
     pub figures: HashMap<String, HandoverFigures>,
+    /// Preflight results of the spec's image, by node.
+    pub preflights: HashMap<String, NodePreflight>,
 }
 
 /// Builds the views from the caches' `nodes` and `pods` at time `now`.
@@ -33,6 +36,7 @@ pub fn observe_fleet(
     // Only pods this very object owns: a recreated KmeshUpgrade of the same
     // name must not adopt its predecessor's pods (they go with it).
     let mut by_node: BTreeMap<String, &Arc<Pod>> = BTreeMap::new();
+    let mut checks_by_node: BTreeMap<String, Vec<&Arc<Pod>>> = BTreeMap::new();
     for pod in pods {
         let ours = pod.metadata.namespace.as_deref() == Some(namespace)
             && pod.labels().get(LABEL_UPGRADE) == Some(&name)
@@ -41,7 +45,11 @@ pub fn observe_fleet(
                 .iter()
                 .any(|o| Some(&o.uid) == uid.as_ref());
         if let (true, Some(node)) = (ours, pod.spec.as_ref().and_then(|s| s.node_name.clone())) {
-            by_node.insert(node, pod);
+            if is_check_pod(pod) {
+                checks_by_node.entry(node).or_default().push(pod);
+            } else {
+                by_node.insert(node, pod);
+            }
         }
     }
     let failed_by_node: HashMap<&str, &str> = upgrade
@@ -50,23 +58,41 @@ pub fn observe_fleet(
         .flat_map(|s| &s.node_statuses)
         .filter_map(|n| Some((n.node.as_str(), n.failed_image.as_deref()?)))
         .collect();
+    let check_nodes: Vec<String> = checks_by_node.keys().cloned().collect();
     let mut figures = HashMap::new();
+    let mut preflights = HashMap::new();
     let mut view = |node: String, selected: bool, pod: Option<&Arc<Pod>>| {
         // A terminating pod on a node we are leaving is as good as gone; on a
         // selected node it stays in view (not ready) so nothing is created twice.
         let pod = pod.filter(|p| selected || p.metadata.deletion_timestamp.is_none());
+        let mut protocol = None;
         let pod = pod.map(|p| {
             let observed = observe(p, &upgrade.spec.empty_image, now);
             if let Some(f) = observed.figures {
                 figures.insert(node.clone(), f);
             }
+            protocol = observed.protocol;
             observed.view
         });
+        let mut checks: Vec<PreflightView> = Vec::new();
+        for check in checks_by_node.remove(&node).unwrap_or_default() {
+            // A check pod being deleted has served; another may replace it.
+            if check.metadata.deletion_timestamp.is_some() {
+                continue;
+            }
+            if let Some(o) = observe_check(check, protocol, now) {
+                if o.view.image == upgrade.spec.agent_image {
+                    preflights.insert(node.clone(), o.status);
+                }
+                checks.push(o.view);
+            }
+        }
         NodeView {
             failed_image: failed_by_node.get(node.as_str()).map(|s| s.to_string()),
             name: node,
             selected,
             pod,
+            preflights: checks,
         }
     };
     let mut views = Vec::with_capacity(nodes.len());
@@ -81,7 +107,17 @@ pub fn observe_fleet(
     for (node_name, pod) in by_node {
         views.push(view(node_name, false, Some(pod)));
     }
-    Fleet { views, figures }
+    // Check pods on nodes without an agent pod still need cleaning up.
+    for node_name in check_nodes {
+        if !views.iter().any(|v| v.name == node_name) {
+            views.push(view(node_name, false, None));
+        }
+    }
+    Fleet {
+        views,
+        figures,
+        preflights,
+    }
 }
 
 #[cfg(test)]

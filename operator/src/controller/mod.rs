@@ -6,6 +6,7 @@ mod expect;
 mod fleet;
 pub mod observe;
 pub mod podspec;
+pub mod preflight;
 mod status;
 
 use std::future::Future;
@@ -175,6 +176,64 @@ pub async fn run(
     Ok(())
 }
 
+/// Events for preflight and canary news: a node's check of the spec's image
+/// passed, the canary started soaking or passed (failures have their own
+/// event with the failure). Compared with the previous status, so each is
+/// published once.
+async fn gate_events(
+    executor: &Executor<'_>,
+    plan: &crate::plan::Plan,
+    checks: &std::collections::HashMap<String, crate::crd::NodePreflight>,
+    previous: Option<&crate::crd::KmeshUpgradeStatus>,
+) {
+    use crate::crd::{CanaryPhase, PreflightResult};
+    let old_nodes = previous.into_iter().flat_map(|s| &s.node_statuses);
+    let old_check = |node: &str| {
+        old_nodes
+            .clone()
+            .find(|n| n.node == node)
+            .and_then(|n| n.preflight.as_ref())
+            .map(|p| (p.image.as_str(), p.result))
+    };
+    for (node, check) in checks {
+        if check.result == PreflightResult::Passed
+            && old_check(node) != Some((check.image.as_str(), PreflightResult::Passed))
+        {
+            let note = format!(
+                "{node}: {} passed preflight ({} maps reused, {} migrated, {} entries to copy, ~{} ms)",
+                check.image,
+                check.maps_reused,
+                check.maps_migrated,
+                check.entries_to_copy,
+                check.estimated_copy_ms
+            );
+            executor
+                .gate_event(node, false, "PreflightPassed", note)
+                .await;
+        }
+    }
+    let Some(c) = &plan.canary else { return };
+    let before = previous
+        .and_then(|s| s.canary.as_ref())
+        .filter(|o| o.image == c.image)
+        .map(|o| o.phase);
+    let node = c.nodes.first().map(String::as_str).unwrap_or_default();
+    let (reason, note) = match c.phase {
+        CanaryPhase::Soaking => (
+            "CanarySoaking",
+            format!("{} soaks on {}", c.image, c.nodes.join(", ")),
+        ),
+        CanaryPhase::Passed => (
+            "CanaryPassed",
+            format!("{} passed its canary on {}", c.image, c.nodes.join(", ")),
+        ),
+        CanaryPhase::Upgrading | CanaryPhase::Failed => return,
+    };
+    if before != Some(c.phase) {
+        executor.gate_event(node, false, reason, note).await;
+    }
+}
+
 fn error_policy(upgrade: Arc<KmeshUpgrade>, error: &ReconcileError, ctx: Arc<Context>) -> Requeue {
     ctx.metrics.reconcile_errors.inc();
     tracing::warn!(upgrade = %upgrade.name_any(), %error, "reconcile failed; retrying");
@@ -215,6 +274,10 @@ async fn reconcile(
     let memory = Memory {
         stable_image: status.and_then(|s| s.stable_image.clone()),
         failed_image: status.and_then(|s| s.failed_image.clone()),
+        canary_passed: status
+            .and_then(|s| s.canary.as_ref())
+            .filter(|c| c.phase == crate::crd::CanaryPhase::Passed)
+            .map(|c| c.image.clone()),
     };
     let plan = plan(&upgrade.spec, &memory, &fleet.views)?;
     // A recorder per round: kube's recorder folds events with the same key
@@ -284,9 +347,14 @@ async fn reconcile(
         }
     }
 
+    gate_events(&executor, &plan, &fleet.preflights, status).await;
     let new_status = status::build_status(
         &plan,
-        &fleet.figures,
+        &status::Seen {
+            figures: &fleet.figures,
+            preflights: &fleet.preflights,
+            desired: &upgrade.spec.agent_image,
+        },
         status,
         upgrade.metadata.generation,
         now,
@@ -325,7 +393,7 @@ async fn reconcile(
         .get_or_create(&labels)
         .set(gauge(plan.summary.upgrading));
 
-    Ok(if plan.summary.upgrading > 0 {
+    Ok(if plan.waiting {
         Requeue::requeue(ctx.settings.in_flight_poll)
     } else {
         Requeue::requeue(Duration::from_secs(300))

@@ -12,8 +12,11 @@ use baton_api::pairpod::{
 use k8s_openapi::api::core::v1::{ContainerStatus, Node, Pod, PodCondition};
 use k8s_openapi::jiff::Timestamp;
 
-use crate::crd::HandoverFigures;
-use crate::plan::{KubeletWait, PairView, Reported, Standby};
+use baton_api::admin::ProtocolRange;
+use baton_api::datapath::DatapathWindow;
+
+use crate::crd::{Disruption, HandoverFigures};
+use crate::plan::{KubeletWait, PairView, Reported, Serving, Standby};
 
 /// Waiting reasons of a container that the kubelet holds back: shown in the
 /// node status and an event while a handover waits on them.
@@ -48,6 +51,20 @@ pub fn figures_of(report: &HandoverReport) -> HandoverFigures {
         message: (!report.message.is_empty()).then(|| report.message.clone()),
         result: None,
         at: None,
+        disruption: report.datapath.as_ref().map(disruption_of),
+    }
+}
+
+/// The status's form of a report's datapath window.
+pub fn disruption_of(w: &DatapathWindow) -> Disruption {
+    let int = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    Disruption {
+        connects: int(w.after.to_vip()),
+        refused: int(w.after.refused()),
+        refused_per_million: w.after.refused_per_million().map(int),
+        refused_per_million_before: crate::plan::before_ppm(w).map(int),
+        window_ms: int(w.after_ms),
+        sync_errors: int(w.sync_errors),
     }
 }
 
@@ -57,6 +74,8 @@ pub struct Observed {
     pub view: PairView,
     /// Figures from the agent's condition, when it reported about the current slots.
     pub figures: Option<HandoverFigures>,
+    /// The handover protocol versions the serving agent said it speaks.
+    pub protocol: Option<ProtocolRange>,
 }
 
 /// Slot that the pod's annotation names as active ([`pairpod::active_slot`]:
@@ -92,6 +111,10 @@ fn container_status(pod: &Pod, slot: Slot) -> Option<&ContainerStatus> {
         .as_ref()?
         .iter()
         .find(|c| c.name == slot.container())
+}
+
+fn condition_of<'a>(pod: &'a Pod, type_: &str) -> Option<&'a PodCondition> {
+    condition(pod, type_)
 }
 
 fn condition<'a>(pod: &'a Pod, type_: &str) -> Option<&'a PodCondition> {
@@ -266,14 +289,42 @@ pub fn observe(pod: &Pod, empty_image: &str, now: Timestamp) -> Observed {
             .then(|| stamp(&body, c))
         }),
     };
+    // The active agent since the handover that put it in charge: what a
+    // canary is judged by.
+    let serving = condition.and_then(|c| {
+        let body = report_of(c)?;
+        let at = c.last_transition_time.as_ref()?.0.as_second();
+        (HandoverOutcome::from_condition(&c.status, c.reason.as_deref())
+            == Some(HandoverOutcome::Committed)
+            && body.is_from(active, &active_image))
+        .then(|| {
+            let cs = container_status(pod, active);
+            let running_since = cs
+                .and_then(|c| c.state.as_ref()?.running.as_ref()?.started_at.as_ref())
+                .map(|t| t.0.as_second());
+            Serving {
+                committed_seconds_ago: u64::try_from(now.as_second() - at).unwrap_or(0),
+                datapath: body.datapath,
+                // Its container started after it committed, or is not running.
+                restarted: running_since.is_none_or(|since| since > at),
+            }
+        })
+    });
+    let protocol = condition_of(pod, CONDITION_STARTED)
+        .filter(|c| c.status == STATUS_TRUE)
+        .and_then(|c| StartedReport::from_message(c.message.as_deref()?).ok())
+        .filter(|r| r.is_from(active, &active_image))
+        .and_then(|r| r.handover_protocol);
     Observed {
         view: PairView {
             active,
             active_image,
             ready,
             standby,
+            serving,
         },
         figures,
+        protocol,
     }
 }
 

@@ -63,7 +63,7 @@ pub fn build_pod(target: &PodTarget<'_>, node: &str, spec: &KmeshUpgradeSpec, im
                 slot_container(Slot::A, image, spec),
                 slot_container(Slot::B, &spec.empty_image, spec),
             ],
-            volumes: Some(volumes()),
+            volumes: Some(agent_volumes()),
             // A node datapath agent, like kube-proxy or the Cilium agent: it
             // must run before and without any CNI and reach a node-local API
             // server address (docs/operator.md).
@@ -75,13 +75,7 @@ pub fn build_pod(target: &PodTarget<'_>, node: &str, spec: &KmeshUpgradeSpec, im
                 .then(|| "ClusterFirstWithHostNet".to_owned()),
             // bpf() and every other call the agent makes pass the runtime's
             // default filter (checked with containerd on a real kubelet).
-            security_context: Some(PodSecurityContext {
-                seccomp_profile: Some(SeccompProfile {
-                    type_: "RuntimeDefault".into(),
-                    ..SeccompProfile::default()
-                }),
-                ..PodSecurityContext::default()
-            }),
+            security_context: Some(pod_security()),
             tolerations: (!spec.pod.tolerations.is_empty()).then(|| spec.pod.tolerations.clone()),
             priority_class_name: spec.pod.priority_class_name.clone(),
             restart_policy: Some("Always".into()),
@@ -101,21 +95,39 @@ fn slot_container(slot: Slot, image: &str, spec: &KmeshUpgradeSpec) -> Container
         args: (!spec.pod.extra_args.is_empty()).then(|| spec.pod.extra_args.clone()),
         env: Some(slot_env(slot, spec)),
         resources: spec.pod.resources.clone(),
-        security_context: Some(SecurityContext {
-            privileged: Some(false),
-            allow_privilege_escalation: Some(false),
-            capabilities: Some(Capabilities {
-                add: Some(AGENT_CAPABILITIES.iter().map(|c| c.to_string()).collect()),
-                drop: Some(vec!["ALL".into()]),
-            }),
-            ..SecurityContext::default()
-        }),
+        security_context: Some(agent_security()),
         volume_mounts: Some(vec![
             mount("bpffs", "/sys/fs/bpf", false),
             mount("cgroup", "/sys/fs/cgroup", true),
             mount("run", DEFAULT_RUN_DIR, false),
         ]),
         ..Container::default()
+    }
+}
+
+/// The pod-level security of agent and check pods: the runtime's default
+/// seccomp filter, which every call of the agent passes.
+pub(super) fn pod_security() -> PodSecurityContext {
+    PodSecurityContext {
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".into(),
+            ..SeccompProfile::default()
+        }),
+        ..PodSecurityContext::default()
+    }
+}
+
+/// The container security of an agent (and of its preflight check): not
+/// privileged, every capability dropped but [`AGENT_CAPABILITIES`].
+pub(super) fn agent_security() -> SecurityContext {
+    SecurityContext {
+        privileged: Some(false),
+        allow_privilege_escalation: Some(false),
+        capabilities: Some(Capabilities {
+            add: Some(AGENT_CAPABILITIES.iter().map(|c| c.to_string()).collect()),
+            drop: Some(vec!["ALL".into()]),
+        }),
+        ..SecurityContext::default()
     }
 }
 
@@ -184,7 +196,8 @@ fn slot_env(slot: Slot, spec: &KmeshUpgradeSpec) -> Vec<EnvVar> {
     env
 }
 
-fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
+/// A mount of one of [`agent_volumes`].
+pub(super) fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
     VolumeMount {
         name: name.to_owned(),
         mount_path: path.to_owned(),
@@ -193,7 +206,8 @@ fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
     }
 }
 
-fn volumes() -> Vec<Volume> {
+/// The host's bpffs and cgroup2 tree, and the slots' shared run directory.
+pub(super) fn agent_volumes() -> Vec<Volume> {
     let host = |name: &str, path: &str, type_: &str| Volume {
         name: name.to_owned(),
         host_path: Some(HostPathVolumeSource {

@@ -6,14 +6,28 @@ use baton_api::pairpod::HandoverOutcome;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 
-use crate::crd::{HandoverFigures, KmeshUpgradeStatus, NodePhase, NodeStatus, RolloutPhase};
-use crate::plan::Plan;
+use crate::crd::{
+    CanaryStatus, HandoverFigures, KmeshUpgradeStatus, NodePhase, NodePreflight, NodeStatus,
+    PreflightProgress, RolloutPhase,
+};
+use crate::plan::{Plan, PreflightTally};
 
-/// Builds the status for `plan`. `figures` are this observation's handover
-/// reports by node; older figures are kept from `previous`.
+/// What this observation saw on the nodes, besides the plan.
+pub struct Seen<'a> {
+    /// Handover reports by node; older figures are kept from the previous status.
+    pub figures: &'a HashMap<String, HandoverFigures>,
+    /// Preflight results of the spec's image by node.
+    pub preflights: &'a HashMap<String, NodePreflight>,
+    /// The spec's image.
+    pub desired: &'a str,
+}
+
+/// Builds the status for `plan` and what was `seen`; what the pods no
+/// longer show (figures, a check pod deleted once it served) is kept from
+/// `previous`.
 pub fn build_status(
     plan: &Plan,
-    figures: &HashMap<String, HandoverFigures>,
+    seen: &Seen<'_>,
     previous: Option<&KmeshUpgradeStatus>,
     generation: Option<i64>,
     now: Timestamp,
@@ -39,8 +53,16 @@ pub fn build_status(
                     at: Some(Time(now)),
                     ..HandoverFigures::default()
                 }),
-                None => newest(figures.get(&n.name), previous).cloned(),
+                None => newest(seen.figures.get(&n.name), previous).cloned(),
             };
+            // The check of the spec's image, or the last one the node
+            // recorded of the image it runs or goes to.
+            let preflight = seen.preflights.get(&n.name).cloned().or_else(|| {
+                old_nodes
+                    .get(n.name.as_str())
+                    .and_then(|o| o.preflight.clone())
+                    .filter(|p| p.image == seen.desired || Some(&p.image) == n.version.as_ref())
+            });
             NodeStatus {
                 node: n.name.clone(),
                 active_slot: n.active_slot,
@@ -49,6 +71,7 @@ pub fn build_status(
                 failed_image: n.failed_image.clone(),
                 last_handover,
                 message: n.message.clone(),
+                preflight,
             }
         })
         .collect();
@@ -65,7 +88,7 @@ pub fn build_status(
         .memory
         .failed_image
         .as_ref()
-        .map(|img| format!("handover to {img} failed on {} node(s)", s.failed))
+        .map(|img| format!("{img} failed on {} node(s)", s.failed))
         .unwrap_or_else(|| format!("{} node(s) failed their last handover", s.failed));
     let old_conditions = previous
         .map(|p| p.conditions.as_slice())
@@ -83,6 +106,26 @@ pub fn build_status(
         stable_image: plan.memory.stable_image.clone(),
         failed_image: plan.memory.failed_image.clone(),
         node_statuses,
+        preflight: match &plan.preflight {
+            Some(t) => Some(progress(t)),
+            None => previous
+                .and_then(|p| p.preflight.clone())
+                .filter(|p| p.image == seen.desired),
+        },
+        canary: match &plan.canary {
+            Some(c) => Some(CanaryStatus {
+                image: c.image.clone(),
+                phase: c.phase,
+                nodes: c.nodes.clone(),
+                soaked_seconds: c
+                    .soaked_seconds
+                    .map(|v| i64::try_from(v).unwrap_or(i64::MAX)),
+                message: c.message.clone(),
+            }),
+            None => previous
+                .and_then(|p| p.canary.clone())
+                .filter(|c| c.image == seen.desired),
+        },
         node_statuses_omitted: (omitted > 0).then(|| i32::try_from(omitted).unwrap_or(i32::MAX)),
         conditions: vec![
             condition(
@@ -115,6 +158,26 @@ pub fn build_status(
                 failed_message,
             ),
         ],
+    }
+}
+
+/// The status's preflight progress, with its one-line summary.
+fn progress(t: &PreflightTally) -> PreflightProgress {
+    let count = |v: u32| i32::try_from(v).unwrap_or(i32::MAX);
+    let total = t.passed + t.failed + t.running + t.pending;
+    let mut summary = format!("{}/{total} passed", t.passed);
+    for (n, what) in [(t.failed, "failed"), (t.running, "running")] {
+        if n > 0 {
+            summary.push_str(&format!(", {n} {what}"));
+        }
+    }
+    PreflightProgress {
+        image: t.image.clone(),
+        passed: count(t.passed),
+        failed: count(t.failed),
+        running: count(t.running),
+        pending: count(t.pending),
+        summary,
     }
 }
 
@@ -209,6 +272,7 @@ mod tests {
             memory: Memory {
                 stable_image: Some("v1".into()),
                 failed_image: (failed > 0).then(|| "v2".into()),
+                canary_passed: None,
             },
             nodes: vec![NodeOutcome {
                 name: "n1".into(),
@@ -219,6 +283,18 @@ mod tests {
                 message: None,
                 failure: None,
             }],
+            preflight: None,
+            canary: None,
+            waiting: false,
+        }
+    }
+
+    /// What the tests saw: `figures`, no checks, v2 desired.
+    fn seen(figures: &HashMap<String, HandoverFigures>) -> Seen<'_> {
+        Seen {
+            figures,
+            preflights: Box::leak(Box::default()),
+            desired: "v2",
         }
     }
 
@@ -237,7 +313,7 @@ mod tests {
         )]);
         let s = build_status(
             &plan(RolloutPhase::Progressing, 0),
-            &figures,
+            &seen(&figures),
             None,
             Some(4),
             t("2026-01-01T00:00:00Z"),
@@ -267,7 +343,10 @@ mod tests {
     fn transition_times_move_only_when_a_condition_flips_and_figures_are_kept() {
         let first = build_status(
             &plan(RolloutPhase::Progressing, 0),
-            &HashMap::from([("n1".to_string(), HandoverFigures::default())]),
+            &seen(&HashMap::from([(
+                "n1".to_string(),
+                HandoverFigures::default(),
+            )])),
             None,
             Some(1),
             t("2026-01-01T00:00:00Z"),
@@ -275,7 +354,7 @@ mod tests {
         let later = t("2026-01-01T01:00:00Z");
         let second = build_status(
             &plan(RolloutPhase::Failed, 1),
-            &HashMap::new(),
+            &seen(&HashMap::new()),
             Some(&first),
             Some(1),
             later,
@@ -295,7 +374,7 @@ mod tests {
         );
         let again = build_status(
             &plan(RolloutPhase::Failed, 1),
-            &HashMap::new(),
+            &seen(&HashMap::new()),
             Some(&second),
             Some(1),
             t("2026-01-01T02:00:00Z"),
@@ -342,7 +421,13 @@ mod tests {
             })
             .collect();
         p.nodes = nodes;
-        build_status(&p, &figures, None, Some(1), t("2026-01-01T00:00:00Z"))
+        build_status(
+            &p,
+            &seen(&figures),
+            None,
+            Some(1),
+            t("2026-01-01T00:00:00Z"),
+        )
     }
 
     #[test]
@@ -430,7 +515,7 @@ mod tests {
         };
         let ok = build_status(
             &plan(RolloutPhase::Progressing, 0),
-            &HashMap::from([("n1".to_string(), committed.clone())]),
+            &seen(&HashMap::from([("n1".to_string(), committed.clone())])),
             None,
             Some(1),
             t("2026-01-01T00:00:00Z"),
@@ -443,7 +528,7 @@ mod tests {
         let failed_at = t("2026-01-01T00:10:00Z");
         let failed = build_status(
             &failing,
-            &HashMap::from([("n1".to_string(), committed.clone())]),
+            &seen(&HashMap::from([("n1".to_string(), committed.clone())])),
             Some(&ok),
             Some(1),
             failed_at,
@@ -462,7 +547,7 @@ mod tests {
         // Next rounds keep the failure: the old report is older.
         let later = build_status(
             &plan(RolloutPhase::Failed, 1),
-            &HashMap::from([("n1".to_string(), committed.clone())]),
+            &seen(&HashMap::from([("n1".to_string(), committed.clone())])),
             Some(&failed),
             Some(1),
             t("2026-01-01T00:10:02Z"),
@@ -475,7 +560,7 @@ mod tests {
         };
         let again = build_status(
             &plan(RolloutPhase::Progressing, 0),
-            &HashMap::from([("n1".to_string(), newer.clone())]),
+            &seen(&HashMap::from([("n1".to_string(), newer.clone())])),
             Some(&later),
             Some(1),
             t("2026-01-01T00:20:01Z"),

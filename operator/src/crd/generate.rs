@@ -74,7 +74,16 @@ mod tests {
             .collect();
         assert_eq!(
             columns,
-            ["Nodes", "Ready", "Updated", "Failed", "Phase", "Age"]
+            [
+                "Nodes",
+                "Ready",
+                "Updated",
+                "Failed",
+                "Phase",
+                "Preflight",
+                "Canary",
+                "Age"
+            ]
         );
     }
 }

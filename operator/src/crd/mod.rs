@@ -9,7 +9,12 @@ mod status;
 
 pub use generate::{crd_yaml, CrdError};
 pub use spec::{
-    ApiServerAddress, KmeshUpgrade, KmeshUpgradeSpec, NodeSelector, OnFailure, PodSettings,
-    Strategy, DEFAULT_HANDOVER_TIMEOUT_SECONDS, DEFAULT_MAX_UNAVAILABLE, IMAGE_REFERENCE_REGEX,
+    ApiServerAddress, Canary, KmeshUpgrade, KmeshUpgradeSpec, NodeSelector, OnFailure, PodSettings,
+    Preflight, PreflightMode, Strategy, DEFAULT_HANDOVER_TIMEOUT_SECONDS,
+    DEFAULT_MAX_REFUSED_PER_MILLION, DEFAULT_MAX_UNAVAILABLE, DEFAULT_MIN_CONNECTS,
+    DEFAULT_PREFLIGHT_TIMEOUT_SECONDS, DEFAULT_SOAK_SECONDS, IMAGE_REFERENCE_REGEX,
 };
-pub use status::{HandoverFigures, KmeshUpgradeStatus, NodePhase, NodeStatus, RolloutPhase};
+pub use status::{
+    CanaryPhase, CanaryStatus, Disruption, HandoverFigures, KmeshUpgradeStatus, NodePhase,
+    NodePreflight, NodeStatus, PreflightProgress, PreflightResult, RolloutPhase,
+};

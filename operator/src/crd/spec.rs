@@ -15,6 +15,14 @@ use super::status::KmeshUpgradeStatus;
 pub const DEFAULT_MAX_UNAVAILABLE: i32 = 1;
 /// Handover timeout when the spec leaves it out.
 pub const DEFAULT_HANDOVER_TIMEOUT_SECONDS: i32 = 120;
+/// Preflight timeout per node when the spec leaves it out.
+pub const DEFAULT_PREFLIGHT_TIMEOUT_SECONDS: i32 = 120;
+/// Canary soak when the spec leaves it out.
+pub const DEFAULT_SOAK_SECONDS: i32 = 60;
+/// Refused connects per million beyond the old rate that fail a canary (0.1 %).
+pub const DEFAULT_MAX_REFUSED_PER_MILLION: i32 = 1_000;
+/// Connects a canary must see before its refused share is judged.
+pub const DEFAULT_MIN_CONNECTS: i64 = 100;
 
 /// Runs the Baton agent as an (active, empty) slot pair on every selected node
 /// and hot-upgrades it when `agentImage` changes.
@@ -38,6 +46,12 @@ pub const DEFAULT_HANDOVER_TIMEOUT_SECONDS: i32 = 120;
     printcolumn(name = "Updated", type_ = "integer", json_path = ".status.updated"),
     printcolumn(name = "Failed", type_ = "integer", json_path = ".status.failed"),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(
+        name = "Preflight",
+        type_ = "string",
+        json_path = ".status.preflight.summary"
+    ),
+    printcolumn(name = "Canary", type_ = "string", json_path = ".status.canary.phase"),
     printcolumn(
         name = "Age",
         type_ = "date",
@@ -186,6 +200,97 @@ pub struct Strategy {
     /// What the rollout does when a node's handover fails.
     #[serde(default)]
     pub on_failure: OnFailure,
+    /// The new image checks itself on each node before its handover there.
+    #[serde(default)]
+    pub preflight: Preflight,
+    /// Upgrade a few nodes first and judge the new image by what their
+    /// datapath saw; absent: no canary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<Canary>,
+}
+
+/// Preflight settings: `baton-agent preflight` of the new image, in a
+/// short-lived pod on the node, loads the build's programs through that
+/// node's verifier and plans the migration over its live pins, changing
+/// nothing. A failure on any node fails the image (onFailure applies)
+/// before that node's handover.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Preflight {
+    /// When the check runs.
+    #[serde(default)]
+    pub mode: PreflightMode,
+    /// How long one node's check may take (the check pod's start included).
+    #[serde(default = "default_preflight_timeout")]
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 3600")
+        .message("preflight.timeoutSeconds must be between 1 and 3600"))]
+    pub timeout_seconds: i32,
+}
+
+impl Default for Preflight {
+    fn default() -> Self {
+        Self {
+            mode: PreflightMode::default(),
+            timeout_seconds: default_preflight_timeout(),
+        }
+    }
+}
+
+/// When the preflight of a new image runs.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PreflightMode {
+    /// On every node to upgrade, all of them before the first handover.
+    #[default]
+    AllNodes,
+    /// On each node right before its own handover.
+    EachNode,
+    /// No preflight.
+    Disabled,
+}
+
+/// Canary settings: the first `nodes` nodes upgrade, then the rollout waits
+/// `soakSeconds` while their agents report what the datapath saw since
+/// their handover; a threshold crossed (or an agent restart) fails the image
+/// and onFailure applies.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Canary {
+    /// Nodes upgraded first.
+    #[serde(default = "default_canary_nodes")]
+    #[x_kube(validation = Rule::new("self >= 1").message("canary.nodes must be at least 1"))]
+    pub nodes: i32,
+    /// How long the canaries run the new image before the rollout goes on.
+    #[serde(default = "default_soak_seconds")]
+    #[x_kube(validation = Rule::new("self >= 0 && self <= 86400")
+        .message("canary.soakSeconds must be between 0 and 86400"))]
+    pub soak_seconds: i32,
+    /// Most refused connects to a VIP, per million, beyond the rate the old
+    /// agent saw before its handover.
+    #[serde(default = "default_max_refused_ppm")]
+    #[x_kube(validation = Rule::new("self >= 0 && self <= 1000000")
+        .message("canary.maxRefusedPerMillion must be between 0 and 1000000"))]
+    pub max_refused_per_million: i32,
+    /// Fewest connects to a VIP a canary must see to judge its refused
+    /// share; below it the share is reported but not judged.
+    #[serde(default = "default_min_connects")]
+    #[schemars(range(min = 0))]
+    pub min_connects: i64,
+    /// Most failed syncs of a canary agent during the soak.
+    #[serde(default)]
+    #[schemars(range(min = 0))]
+    pub max_sync_errors: i64,
+}
+
+impl Default for Canary {
+    fn default() -> Self {
+        Self {
+            nodes: default_canary_nodes(),
+            soak_seconds: default_soak_seconds(),
+            max_refused_per_million: default_max_refused_ppm(),
+            min_connects: default_min_connects(),
+            max_sync_errors: 0,
+        }
+    }
 }
 
 impl Default for Strategy {
@@ -196,6 +301,8 @@ impl Default for Strategy {
             paused: false,
             handover_timeout_seconds: default_handover_timeout(),
             on_failure: OnFailure::default(),
+            preflight: Preflight::default(),
+            canary: None,
         }
     }
 }
@@ -216,6 +323,26 @@ fn default_max_unavailable() -> Option<IntOrString> {
 
 fn default_handover_timeout() -> i32 {
     DEFAULT_HANDOVER_TIMEOUT_SECONDS
+}
+
+fn default_preflight_timeout() -> i32 {
+    DEFAULT_PREFLIGHT_TIMEOUT_SECONDS
+}
+
+fn default_canary_nodes() -> i32 {
+    1
+}
+
+fn default_soak_seconds() -> i32 {
+    DEFAULT_SOAK_SECONDS
+}
+
+fn default_max_refused_ppm() -> i32 {
+    DEFAULT_MAX_REFUSED_PER_MILLION
+}
+
+fn default_min_connects() -> i64 {
+    DEFAULT_MIN_CONNECTS
 }
 
 fn default_host_network() -> bool {

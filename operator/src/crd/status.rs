@@ -47,6 +47,12 @@ pub struct KmeshUpgradeStatus {
     /// every failed one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_statuses_omitted: Option<i32>,
+    /// Preflight of `spec.agentImage` over the nodes it upgrades.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preflight: Option<PreflightProgress>,
+    /// The canary of `spec.agentImage`, when `spec.strategy.canary` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<CanaryStatus>,
     /// Standard conditions (Progressing, Available, Degraded).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
@@ -130,6 +136,125 @@ pub struct NodeStatus {
     /// starting slot-b (...)" while a handover waits on the kubelet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// The node's last preflight check of an image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preflight: Option<NodePreflight>,
+}
+
+/// Preflight progress of one image over the nodes to upgrade.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PreflightProgress {
+    /// The image checked.
+    pub image: String,
+    /// Nodes whose check passed.
+    pub passed: i32,
+    /// Nodes whose check failed.
+    pub failed: i32,
+    /// Nodes whose check runs.
+    pub running: i32,
+    /// Nodes still to check.
+    pub pending: i32,
+    /// One line for `kubectl get kmu`, e.g. `2/3 passed, 1 running`.
+    pub summary: String,
+}
+
+/// How a node's preflight check ended (or that it runs).
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PreflightResult {
+    /// The check pod runs (or waits for the kubelet).
+    Running,
+    /// Every check passed: the node may hand over to the image.
+    Passed,
+    /// A check failed, or the check could not run or timed out.
+    Failed,
+}
+
+/// One node's preflight of one image (`baton-agent preflight` in a check pod).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct NodePreflight {
+    /// The image checked.
+    pub image: String,
+    /// Running, Passed or Failed.
+    pub result: PreflightResult,
+    /// Why it failed (the check's own lines), or what the kubelet does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// The node's kernel release.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<String>,
+    /// Maps the handover would reuse as they are.
+    #[serde(default)]
+    pub maps_reused: i32,
+    /// Maps it would migrate (layout changed).
+    #[serde(default)]
+    pub maps_migrated: i32,
+    /// Entries it would copy.
+    #[serde(default)]
+    pub entries_to_copy: i64,
+    /// Estimated copy time at the rate measured on the node, milliseconds.
+    #[serde(default)]
+    pub estimated_copy_ms: i64,
+    /// Handover protocol version it would run at with the serving agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_protocol: Option<i32>,
+    /// When the check finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<Time>,
+}
+
+/// Where a canary stands.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CanaryPhase {
+    /// The canary nodes hand over to the new image.
+    Upgrading,
+    /// The canaries run the image; the rollout waits for the soak to end.
+    Soaking,
+    /// The soak ended with no threshold crossed; the rollout goes on.
+    Passed,
+    /// A threshold was crossed (`message` says which, with the numbers).
+    Failed,
+}
+
+/// The canary of one image.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CanaryStatus {
+    /// The image on trial.
+    pub image: String,
+    /// Where the canary stands.
+    pub phase: CanaryPhase,
+    /// The canary nodes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<String>,
+    /// Seconds of the soak so far (since the last canary committed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub soaked_seconds: Option<i64>,
+    /// The threshold that tripped, with the numbers; or why the soak waits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// What the datapath saw on a node from the start of its handover to the
+/// agent's last report (docs/operator.md, "Canary").
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Disruption {
+    /// Connects to a VIP since the handover started.
+    pub connects: i64,
+    /// Of those, refused by the datapath (no endpoint, missing backend, family).
+    pub refused: i64,
+    /// `refused` per million `connects`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused_per_million: Option<i64>,
+    /// The old agent's refused share before the handover, per million.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused_per_million_before: Option<i64>,
+    /// Length of the window, milliseconds.
+    pub window_ms: i64,
+    /// Failed syncs of the new agent since it committed.
+    pub sync_errors: i64,
 }
 
 /// What the last handover on a node cost and did.
@@ -161,4 +286,7 @@ pub struct HandoverFigures {
     /// When the agent reported, or the operator declared the failure.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub at: Option<Time>,
+    /// What the datapath saw across the handover (and a canary's soak).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disruption: Option<Disruption>,
 }

@@ -2,7 +2,7 @@
 
 use baton_api::pairpod::Slot;
 
-use crate::crd::{NodePhase, RolloutPhase};
+use crate::crd::{CanaryPhase, NodePhase, RolloutPhase};
 
 use super::model::Memory;
 
@@ -35,6 +35,9 @@ pub enum Action {
         /// no container restart (and no kubelet back-off). Otherwise the
         /// slot's image is patched and the kubelet restarts the container.
         warm: bool,
+        /// Seconds the new agent keeps its report up to date after it
+        /// commits: a canary's soak; 0 otherwise.
+        soak_seconds: u32,
     },
     /// Like [`Action::StartUpgrade`], but handing back to the stable image after a failure.
     StartRollback {
@@ -66,6 +69,22 @@ pub enum Action {
         image: String,
         /// Why, for the event and the node status.
         reason: String,
+        /// Which gate failed it.
+        cause: FailureCause,
+    },
+    /// Start a check pod on the node: `image` runs `baton-agent preflight`.
+    RunPreflight {
+        /// Node name.
+        node: String,
+        /// Image to check.
+        image: String,
+    },
+    /// Delete a check pod that has served its purpose.
+    DeletePreflight {
+        /// Node name.
+        node: String,
+        /// The check pod.
+        pod: String,
     },
     /// Park a slot whose handover failed on the empty image (a failed agent
     /// is no standby worth keeping).
@@ -87,7 +106,31 @@ impl Action {
             | Action::StartRollback { node, .. }
             | Action::FinishUpgrade { node, .. }
             | Action::MarkFailed { node, .. }
+            | Action::RunPreflight { node, .. }
+            | Action::DeletePreflight { node, .. }
             | Action::ResetStandby { node, .. } => node,
+        }
+    }
+}
+
+/// What failed an image on a node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailureCause {
+    /// Its handover failed or timed out.
+    Handover,
+    /// Its preflight check failed or timed out.
+    Preflight,
+    /// A canary threshold tripped on the node.
+    Canary,
+}
+
+impl FailureCause {
+    /// The event reason of such a failure.
+    pub fn event_reason(self) -> &'static str {
+        match self {
+            FailureCause::Handover => "HandoverFailed",
+            FailureCause::Preflight => "PreflightFailed",
+            FailureCause::Canary => "CanaryFailed",
         }
     }
 }
@@ -131,6 +174,36 @@ pub struct NodeOutcome {
     pub failure: Option<String>,
 }
 
+/// Preflight of the spec's image over the nodes it is to upgrade.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PreflightTally {
+    /// The image checked.
+    pub image: String,
+    /// Nodes whose check passed.
+    pub passed: u32,
+    /// Nodes whose check failed.
+    pub failed: u32,
+    /// Nodes whose check runs (including those started by this plan).
+    pub running: u32,
+    /// Nodes still to check.
+    pub pending: u32,
+}
+
+/// Where the canary of the spec's image stands after this plan.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CanaryOutcome {
+    /// The image on trial.
+    pub image: String,
+    /// Its phase.
+    pub phase: CanaryPhase,
+    /// The canary nodes (on the image, or handing over to it).
+    pub nodes: Vec<String>,
+    /// Seconds since the last canary committed, once all have.
+    pub soaked_seconds: Option<u64>,
+    /// The tripped threshold with its numbers, or what the soak waits for.
+    pub message: Option<String>,
+}
+
 /// The planner's answer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Plan {
@@ -144,4 +217,11 @@ pub struct Plan {
     pub memory: Memory,
     /// One entry per selected node, in name order.
     pub nodes: Vec<NodeOutcome>,
+    /// Preflight of the spec's image, when a check ran or is due.
+    pub preflight: Option<PreflightTally>,
+    /// The canary of the spec's image, when one applies.
+    pub canary: Option<CanaryOutcome>,
+    /// Something time-bound is under way (a handover, a check, a soak):
+    /// plan again soon even if nothing changes.
+    pub waiting: bool,
 }

@@ -8,13 +8,18 @@
 
 mod action;
 mod budget;
+mod gates;
 mod model;
 mod planner;
 
 #[cfg(test)]
 mod tests;
 
-pub use action::{Action, NodeOutcome, Plan, Summary};
+pub use action::{Action, CanaryOutcome, FailureCause, NodeOutcome, Plan, PreflightTally, Summary};
 pub use budget::{max_unavailable, BudgetError};
-pub use model::{KubeletWait, Memory, NodeView, PairView, Reported, Standby};
+pub use gates::before_ppm;
+pub use model::{
+    KubeletWait, Memory, NodeView, PairView, PreflightState, PreflightView, Reported, Serving,
+    Standby,
+};
 pub use planner::{plan, PlanError, BACKOFF_GRACE_SECONDS};

@@ -1,5 +1,6 @@
 //! What the planner is told about the fleet.
 
+use baton_api::datapath::DatapathWindow;
 use baton_api::pairpod::Slot;
 
 /// Facts remembered across reconciles (kept in the `KmeshUpgrade` status).
@@ -9,6 +10,8 @@ pub struct Memory {
     pub stable_image: Option<String>,
     /// Image whose handover failed; holds the rollout while it equals the spec's image.
     pub failed_image: Option<String>,
+    /// Image whose canary passed: the rollout of it is no longer held to the canary nodes.
+    pub canary_passed: Option<String>,
 }
 
 /// One node as the controller observed it.
@@ -22,6 +25,39 @@ pub struct NodeView {
     pub pod: Option<PairView>,
     /// Last image whose handover failed on this node (remembered in status).
     pub failed_image: Option<String>,
+    /// The node's preflight check pods (one per image checked).
+    pub preflights: Vec<PreflightView>,
+}
+
+/// A preflight check pod of one image on one node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PreflightView {
+    /// Name of the check pod.
+    pub pod: String,
+    /// The image it checks.
+    pub image: String,
+    /// Where the check stands.
+    pub state: PreflightState,
+}
+
+/// Where one preflight check stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PreflightState {
+    /// Its pod runs or waits; `wait` is what the kubelet says, if it holds it.
+    Running {
+        /// Seconds since the check pod was created.
+        elapsed_seconds: u64,
+        /// The kubelet's waiting reason, if any.
+        wait: Option<String>,
+    },
+    /// Every check passed.
+    Passed,
+    /// A check failed, the check could not run, or it is incompatible with
+    /// the serving agent.
+    Failed {
+        /// Why, in the check's own words.
+        message: String,
+    },
 }
 
 /// The agent pair pod of one node.
@@ -38,6 +74,21 @@ pub struct PairView {
     pub ready: bool,
     /// What the other slot is doing.
     pub standby: Standby,
+    /// The active agent since its handover committed, when it got the
+    /// datapath by one (what a canary is judged by).
+    pub serving: Option<Serving>,
+}
+
+/// The active agent since the handover that put it in charge.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Serving {
+    /// Seconds since it committed (its report's time).
+    pub committed_seconds_ago: u64,
+    /// What the datapath saw from its `Hello` to its last report; `None`
+    /// from agents that do not report it.
+    pub datapath: Option<DatapathWindow>,
+    /// Its container restarted (or stopped running) after the commit.
+    pub restarted: bool,
 }
 
 /// State of the non-active slot.

@@ -2,11 +2,16 @@
 
 use baton_api::pairpod::Slot;
 
-use crate::crd::{KmeshUpgradeSpec, NodePhase, OnFailure, RolloutPhase};
+use crate::crd::{
+    CanaryPhase, KmeshUpgradeSpec, NodePhase, OnFailure, PreflightMode, RolloutPhase,
+};
 
-use super::action::{Action, NodeOutcome, Plan, Summary};
+use super::action::{
+    Action, CanaryOutcome, FailureCause, NodeOutcome, Plan, PreflightTally, Summary,
+};
 use super::budget::{max_unavailable, BudgetError};
-use super::model::{KubeletWait, Memory, NodeView, Reported, Standby};
+use super::gates::{judge, preflight_failure, preflight_of, soak_done};
+use super::model::{KubeletWait, Memory, NodeView, PreflightState, Reported, Standby};
 
 /// Most seconds of kubelet crash-loop back-off that a handover's deadline is
 /// extended by: the kubelet's own back-off limit (5 min, pkg/kubelet
@@ -89,20 +94,147 @@ pub fn plan(
     let mut states: Vec<State> = Vec::with_capacity(order.len());
     let mut failed_now: Vec<Option<String>> = vec![None; order.len()];
     let mut failures: Vec<Option<String>> = vec![None; order.len()];
+    // Only a handover's own failure becomes the node's last handover.
+    let mut handover_failures: Vec<Option<String>> = vec![None; order.len()];
+    let preflight_mode = spec.strategy.preflight.mode;
+    let preflight_timeout =
+        u64::try_from(spec.strategy.preflight.timeout_seconds.max(1)).unwrap_or(1);
     for (i, node) in order.iter().enumerate() {
         let state = transition(node, timeout, &mut actions[i], &mut failed_now[i]);
+        // A failed check of the spec's image fails it on this node, once.
+        if let State::Idle { image, .. } = state {
+            let failure = (preflight_mode != PreflightMode::Disabled
+                && image != desired
+                && failed_now[i].is_none()
+                && node.failed_image.as_deref() != Some(desired))
+            .then(|| preflight_failure(node, desired, preflight_timeout))
+            .flatten();
+            if let Some((reason, delete)) = failure {
+                actions[i].push(Action::MarkFailed {
+                    node: node.name.clone(),
+                    image: desired.to_owned(),
+                    reason,
+                    cause: FailureCause::Preflight,
+                });
+                if let (true, Some(check)) = (delete, preflight_of(node, desired)) {
+                    actions[i].push(Action::DeletePreflight {
+                        node: node.name.clone(),
+                        pod: check.pod.clone(),
+                    });
+                }
+                failed_now[i] = Some(desired.to_owned());
+            }
+        }
         failures[i] = actions[i].iter().find_map(|a| match a {
             Action::MarkFailed { reason, .. } => Some(reason.clone()),
             _ => None,
         });
+        handover_failures[i] = actions[i].iter().find_map(|a| match a {
+            Action::MarkFailed {
+                reason,
+                cause: FailureCause::Handover,
+                ..
+            } => Some(reason.clone()),
+            _ => None,
+        });
         states.push(state);
+    }
+    let stable = memory.stable_image.as_deref();
+
+    // The canary: while the spec's image has not passed one, only the first
+    // nodes take it, and what their datapath saw since may fail it.
+    let remembered = memory.failed_image.as_deref() == Some(desired);
+    let canary = spec.strategy.canary.as_ref().filter(|_| {
+        stable.is_some_and(|s| s != desired)
+            && memory.canary_passed.as_deref() != Some(desired)
+            && !remembered
+    });
+    let mut canary_out: Option<CanaryOutcome> = None;
+    let mut canary_room: Option<usize> = None;
+    if let Some(c) = canary {
+        let members: Vec<usize> = (0..order.len())
+            .filter(|&i| match states[i] {
+                State::Idle { image, .. } | State::InFlight { image, .. } => image == desired,
+                _ => false,
+            })
+            .collect();
+        let mut tripped: Option<String> = None;
+        for &i in &members {
+            let (
+                State::Idle {
+                    ready,
+                    touched: false,
+                    ..
+                },
+                Some(serving),
+            ) = (
+                states[i],
+                order[i].pod.as_ref().and_then(|p| p.serving.as_ref()),
+            )
+            else {
+                continue;
+            };
+            if let Err(why) = judge(&order[i].name, serving, ready, c) {
+                actions[i].push(Action::MarkFailed {
+                    node: order[i].name.clone(),
+                    image: desired.to_owned(),
+                    reason: why.clone(),
+                    cause: FailureCause::Canary,
+                });
+                failed_now[i] = Some(desired.to_owned());
+                failures[i] = Some(why.clone());
+                tripped.get_or_insert(why);
+            }
+        }
+        let handover_failure = (0..order.len())
+            .find(|&i| failed_now[i].as_deref() == Some(desired))
+            .and_then(|i| failures[i].clone());
+        let wanted = usize::try_from(c.nodes.max(1))
+            .unwrap_or(1)
+            .min(selected.saturating_sub(partition).max(1));
+        let settled: Vec<&super::model::Serving> = members
+            .iter()
+            .filter_map(|&i| match states[i] {
+                State::Idle {
+                    ready: true,
+                    touched: false,
+                    ..
+                } => order[i].pod.as_ref()?.serving.as_ref(),
+                _ => None,
+            })
+            .collect();
+        let all_in = members.len() >= wanted && settled.len() == members.len();
+        let soaked = all_in
+            .then(|| settled.iter().map(|s| s.committed_seconds_ago).min())
+            .flatten();
+        let soak = u64::try_from(c.soak_seconds.max(0)).unwrap_or(0);
+        let (phase, message) = match (tripped.or(handover_failure), soaked) {
+            (Some(why), _) => (CanaryPhase::Failed, Some(why)),
+            (None, Some(t)) if soak_done(t, soak, settled.iter().copied()) => {
+                (CanaryPhase::Passed, None)
+            }
+            (None, Some(t)) => (
+                CanaryPhase::Soaking,
+                Some(format!("soaking: {t}s of {soak}s")),
+            ),
+            (None, None) => (CanaryPhase::Upgrading, None),
+        };
+        if !matches!(phase, CanaryPhase::Passed) {
+            canary_room = Some(wanted.saturating_sub(members.len()));
+        }
+        canary_out = Some(CanaryOutcome {
+            image: desired.to_owned(),
+            phase,
+            nodes: members.iter().map(|&i| order[i].name.clone()).collect(),
+            soaked_seconds: soaked,
+            message,
+        });
     }
 
     // The failure latch: a failure of the spec's image, now or remembered,
     // changes what this round may start.
     let latched = memory.failed_image.as_deref() == Some(desired)
         || failed_now.iter().flatten().any(|img| img == desired);
-    let stable = memory.stable_image.as_deref();
     let (mode, goal) = match (latched, spec.strategy.on_failure, stable) {
         (true, OnFailure::Rollback, Some(s)) if s != desired => (Mode::RollingBack, s),
         (true, _, _) => (Mode::Halted, desired),
@@ -142,6 +274,7 @@ pub fn plan(
 
     // Pass 2: starts, within maxUnavailable and the partition.
     let mut started = vec![false; order.len()];
+    let mut checking = vec![false; order.len()];
     let may_start = matches!(mode, Mode::Normal | Mode::RollingBack) && !spec.strategy.paused;
     if may_start {
         // A rollback restores every node; the partition only limits upgrades.
@@ -151,6 +284,11 @@ pub fn plan(
             partition
         };
         let mut partition_room = selected.saturating_sub(kept).saturating_sub(on_goal);
+        if mode == Mode::Normal {
+            if let Some(room) = canary_room {
+                partition_room = partition_room.min(room);
+            }
+        }
         let mut budget_room = usize::try_from(budget)
             .unwrap_or(usize::MAX)
             .saturating_sub(unavailable);
@@ -165,6 +303,29 @@ pub fn plan(
                 _ => None,
             }
         };
+        // Preflight, for upgrades only (a rollback returns to an image that served).
+        let gate = if mode == Mode::Normal {
+            preflight_mode
+        } else {
+            PreflightMode::Disabled
+        };
+        let passed = |i: usize| {
+            preflight_of(order[i], goal).is_some_and(|p| p.state == PreflightState::Passed)
+        };
+        if gate == PreflightMode::AllNodes {
+            let waiting: Vec<usize> = (0..order.len())
+                .filter(|&i| candidate(i).is_some() && !passed(i))
+                .collect();
+            for &i in &waiting {
+                if preflight_of(order[i], goal).is_none() {
+                    checking[i] = true;
+                }
+            }
+            // Every node checks before any hands over.
+            if !waiting.is_empty() {
+                partition_room = 0;
+            }
+        }
         // Nodes that are already unavailable first: upgrading them costs no
         // budget (as a DaemonSet rolling update does), and may well heal them.
         for want_ready in [false, true] {
@@ -182,7 +343,13 @@ pub fn plan(
                     budget_room -= 1;
                 }
                 partition_room -= 1;
-                *start = true;
+                // Each node checks right before its own handover; the
+                // check holds the node's place in the budget.
+                if gate == PreflightMode::EachNode && !passed(i) {
+                    checking[i] = preflight_of(order[i], goal).is_none();
+                } else {
+                    *start = true;
+                }
             }
         }
     }
@@ -259,6 +426,10 @@ pub fn plan(
                             slot: active.other(),
                             image: goal.to_owned(),
                             warm,
+                            soak_seconds: canary_room
+                                .and(canary)
+                                .map(|c| u32::try_from(c.soak_seconds.max(0)).unwrap_or(0))
+                                .unwrap_or(0),
                         }
                     };
                     starts.push(start);
@@ -286,6 +457,17 @@ pub fn plan(
                 (phase, Some(active), Some(image.to_owned()))
             }
         };
+        // A check of the goal that runs holds the node: say so.
+        if let Some(PreflightState::Running { wait, .. }) =
+            preflight_of(node, goal).map(|p| &p.state)
+        {
+            if message.is_none() && !started[i] {
+                message = Some(match wait {
+                    Some(w) => format!("preflight of {goal}: {w}"),
+                    None => format!("preflight of {goal} running"),
+                });
+            }
+        }
         outcomes.push(NodeOutcome {
             name: node.name.clone(),
             phase,
@@ -293,10 +475,59 @@ pub fn plan(
             version,
             failed_image,
             message,
-            failure: failures[i].clone(),
+            failure: handover_failures[i].clone(),
         });
     }
 
+    // Checks: start the due ones, remove those that served, count them.
+    let mut checks: Vec<Action> = Vec::new();
+    let mut tally = PreflightTally {
+        image: goal.to_owned(),
+        ..PreflightTally::default()
+    };
+    let mut any_check = false;
+    for (i, state) in states.iter().enumerate() {
+        let node = order[i];
+        let done = matches!(*state, State::Idle { image, ready: true, .. } if image == desired);
+        for check in &node.preflights {
+            let spent = check.image != desired
+                || !node.selected
+                || (done && !matches!(check.state, PreflightState::Failed { .. }));
+            let deleted = actions[i]
+                .iter()
+                .any(|a| matches!(a, Action::DeletePreflight { pod, .. } if *pod == check.pod));
+            if spent && !deleted {
+                checks.push(Action::DeletePreflight {
+                    node: node.name.clone(),
+                    pod: check.pod.clone(),
+                });
+            }
+        }
+        if checking[i] {
+            checks.push(Action::RunPreflight {
+                node: node.name.clone(),
+                image: goal.to_owned(),
+            });
+        }
+        if !node.selected || preflight_mode == PreflightMode::Disabled || goal != desired {
+            continue;
+        }
+        let is_candidate = matches!(*state, State::Idle { image, .. } if image != desired)
+            && node.failed_image.as_deref() != Some(desired);
+        match preflight_of(node, desired).map(|p| &p.state) {
+            _ if checking[i] => tally.running += 1,
+            // Timed out this round.
+            Some(PreflightState::Running { .. }) if failed_now[i].as_deref() == Some(desired) => {
+                tally.failed += 1
+            }
+            Some(PreflightState::Passed) => tally.passed += 1,
+            Some(PreflightState::Failed { .. }) => tally.failed += 1,
+            Some(PreflightState::Running { .. }) => tally.running += 1,
+            None if is_candidate => tally.pending += 1,
+            None => continue,
+        }
+        any_check = true;
+    }
     let settled = summary.upgrading == 0 && outcomes.iter().all(|o| o.active_slot.is_some());
     let complete = settled && idle_on_goal >= selected.saturating_sub(partition);
     let phase = match mode {
@@ -316,13 +547,31 @@ pub fn plan(
             memory.stable_image.clone()
         },
         failed_image: latched.then(|| desired.to_owned()),
+        canary_passed: match &canary_out {
+            Some(c) if c.phase == CanaryPhase::Passed => Some(desired.to_owned()),
+            _ => memory.canary_passed.clone(),
+        },
     };
+    let waiting = summary.upgrading > 0
+        || tally.running > 0
+        || canary_out
+            .as_ref()
+            .is_some_and(|c| matches!(c.phase, CanaryPhase::Soaking | CanaryPhase::Upgrading));
     Ok(Plan {
-        actions: actions.into_iter().flatten().chain(starts).collect(),
+        // Checks go with the starts, after every other action.
+        actions: actions
+            .into_iter()
+            .flatten()
+            .chain(checks)
+            .chain(starts)
+            .collect(),
         summary,
         phase,
         memory,
         nodes: outcomes,
+        preflight: any_check.then_some(tally),
+        canary: canary_out,
+        waiting,
     })
 }
 
@@ -404,6 +653,7 @@ fn transition<'a>(
         node: node.name.clone(),
         image: image.clone(),
         reason,
+        cause: FailureCause::Handover,
     });
     actions.push(Action::ResetStandby {
         node: node.name.clone(),

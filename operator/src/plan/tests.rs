@@ -10,13 +10,21 @@ const OLD: &str = "baton/agent:v1";
 const NEW: &str = "baton/agent:v2";
 const EMPTY: &str = "baton/empty:1";
 
+/// The spec with `strategy`, preflight off: these scenarios are about the
+/// rollout itself; the gates have their own (gate_tests.rs).
 fn spec(strategy: Strategy) -> KmeshUpgradeSpec {
     KmeshUpgradeSpec {
         node_selector: Default::default(),
         agent_image: NEW.into(),
         empty_image: EMPTY.into(),
         pod: Default::default(),
-        strategy,
+        strategy: Strategy {
+            preflight: crate::crd::Preflight {
+                mode: crate::crd::PreflightMode::Disabled,
+                ..Default::default()
+            },
+            ..strategy
+        },
     }
 }
 
@@ -41,8 +49,10 @@ fn on(i: usize, image: &str) -> NodeView {
             active_image: image.into(),
             ready: true,
             standby: Standby::Empty,
+            serving: None,
         }),
         failed_image: None,
+        preflights: vec![],
     }
 }
 
@@ -72,6 +82,8 @@ fn execute_kind(action: &Action) -> &'static str {
         Action::FinishUpgrade { .. } => "finish_upgrade",
         Action::MarkFailed { .. } => "mark_failed",
         Action::ResetStandby { .. } => "reset_standby",
+        Action::RunPreflight { .. } => "run_preflight",
+        Action::DeletePreflight { .. } => "delete_preflight",
     }
 }
 
@@ -79,6 +91,7 @@ fn stable(image: &str) -> Memory {
     Memory {
         stable_image: Some(image.into()),
         failed_image: None,
+        canary_passed: None,
     }
 }
 
@@ -118,12 +131,14 @@ fn missing_pods_are_created_and_unselected_ones_deleted() {
             selected: true,
             pod: None,
             failed_image: None,
+            preflights: vec![],
         },
         NodeView {
             name: "a".into(),
             selected: false,
             pod: None,
             failed_image: None,
+            preflights: vec![],
         },
         NodeView {
             selected: false,
@@ -159,6 +174,7 @@ fn one_node_at_a_time_by_default_in_name_order() {
             slot: Slot::B,
             image: NEW.into(),
             warm: false,
+            soak_seconds: 0,
         }]
     );
     assert_eq!(p.summary.upgrading, 1);
@@ -300,7 +316,8 @@ fn failure_with_pause_resets_the_slot_and_halts_at_once() {
             Action::MarkFailed {
                 node: name(1),
                 image: NEW.into(),
-                reason: "map layout refused".into()
+                reason: "map layout refused".into(),
+                cause: FailureCause::Handover,
             },
             Action::ResetStandby {
                 node: name(1),
@@ -326,6 +343,7 @@ fn failure_with_pause_resets_the_slot_and_halts_at_once() {
         selected: true,
         pod: None,
         failed_image: None,
+        preflights: vec![],
     });
     let p = run(&spec(max("100%")), &p.memory, &next);
     assert_eq!(
@@ -349,7 +367,8 @@ fn handover_timeout_counts_as_failure() {
         Action::MarkFailed {
             node: name(0),
             image: NEW.into(),
-            reason: "handover did not commit within 120s".into()
+            reason: "handover did not commit within 120s".into(),
+            cause: FailureCause::Handover,
         }
     );
     assert_eq!(p.actions.len(), 2);
@@ -428,6 +447,7 @@ fn a_node_where_the_goal_failed_is_not_retried() {
     let memory = Memory {
         stable_image: Some(OLD.into()),
         failed_image: Some(NEW.into()),
+        canary_passed: None,
     };
     let p = run(&spec(strategy), &memory, &nodes);
     assert_eq!(starts(&p), vec![name(1), name(2)]);
@@ -441,6 +461,7 @@ fn a_new_image_clears_the_failure_latch_and_stale_node_failures() {
     let memory = Memory {
         stable_image: Some(OLD.into()),
         failed_image: Some(NEW.into()),
+        canary_passed: None,
     };
     let mut s = spec(max("100%"));
     s.agent_image = "baton/agent:v3".into();
@@ -504,11 +525,18 @@ fn bad_input_is_an_error() {
 
 /// Plays rollouts round by round: the planner's actions are applied to the
 /// views as the controller and the agents would.
+#[path = "gate_tests.rs"]
+mod gate_tests;
+
 mod simulation {
     use super::*;
 
     /// Applies a plan; `verdict` says whether a started handover commits.
-    fn apply(nodes: &mut Vec<NodeView>, plan: &Plan, verdict: &dyn Fn(&str, &str) -> bool) {
+    pub(super) fn apply(
+        nodes: &mut Vec<NodeView>,
+        plan: &Plan,
+        verdict: &dyn Fn(&str, &str) -> bool,
+    ) {
         nodes.sort_by(|a, b| a.name.cmp(&b.name));
         let index = |n: &str, nodes: &Vec<NodeView>| {
             nodes
@@ -525,6 +553,7 @@ mod simulation {
                         active_image: image.clone(),
                         ready: true,
                         standby: Standby::Empty,
+                        serving: None,
                     })
                 }
                 (Action::DeletePod { .. }, _) => nodes[i].pod = None,
@@ -566,9 +595,26 @@ mod simulation {
                         image: old,
                         running: true,
                     };
+                    // Committed long enough ago for any canary soak.
+                    pod.serving = Some(Serving {
+                        committed_seconds_ago: 3600,
+                        datapath: None,
+                        restarted: false,
+                    });
                 }
                 (Action::ResetStandby { .. }, Some(pod)) => pod.standby = Standby::Empty,
                 (Action::MarkFailed { .. }, _) => {}
+                // Checks in this simulation pass at once.
+                (Action::RunPreflight { node, image }, _) => {
+                    nodes[i].preflights.push(PreflightView {
+                        pod: format!("check-{node}-{image}"),
+                        image: image.clone(),
+                        state: PreflightState::Passed,
+                    })
+                }
+                (Action::DeletePreflight { pod, .. }, _) => {
+                    nodes[i].preflights.retain(|c| c.pod != *pod)
+                }
                 (a, None) => panic!("{a:?} on a node without pod"),
             }
         }
@@ -596,7 +642,7 @@ mod simulation {
     }
 
     /// Runs rounds until nothing changes; checks maxUnavailable every round.
-    fn play(
+    pub(super) fn play(
         spec: &KmeshUpgradeSpec,
         mut memory: Memory,
         nodes: &mut Vec<NodeView>,
@@ -663,6 +709,7 @@ mod simulation {
                 selected: i % 5 != 0,
                 pod: None,
                 failed_image: None,
+                preflights: vec![],
             })
             .collect();
         let mut s = spec(max("5%"));
@@ -843,6 +890,7 @@ fn a_running_warm_standby_of_the_goal_is_woken_with_annotations_only() {
     let memory = Memory {
         stable_image: Some(OLD.into()),
         failed_image: Some("baton/agent:v3".into()),
+        canary_passed: None,
     };
     let p = run(&s, &memory, &[back]);
     assert_eq!(
