@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 images="${BATON_CACHE:-$HOME/.cache/baton}/images"
-e2e/images/build.sh --profile dev --tag rig --out "$images"
+e2e/images/build.sh --profile dev --tag rig --out "$images" --test-images
 cargo test -q -p baton-e2e --features real-node --test real_node --locked --no-run
 trap 'e2e/node/rig.sh down' EXIT
 e2e/node/rig.sh up --images "$images"

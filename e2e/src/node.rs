@@ -21,6 +21,10 @@ pub const TAG: &str = "rig";
 pub const AGENT_V1: &str = "ghcr.io/baton-dev/baton-agent:rig-v1";
 /// The layout-2 agent image.
 pub const AGENT_V2: &str = "ghcr.io/baton-dev/baton-agent:rig-v2";
+/// A test-hooks agent whose programs the verifier rejects (`build.sh --test-images`).
+pub const AGENT_BROKEN: &str = "ghcr.io/baton-dev/baton-agent:rig-broken";
+/// A test-hooks agent that refuses 1 connect to a VIP in 4 (`build.sh --test-images`).
+pub const AGENT_FAULTY: &str = "ghcr.io/baton-dev/baton-agent:rig-faulty";
 /// The empty image (idle slot, pod sandbox).
 pub const EMPTY: &str = "ghcr.io/baton-dev/baton-empty:1";
 /// The probe image (backends).
@@ -180,7 +184,9 @@ impl Rig {
 
     /// The agent pair pod on this node (label [`LABEL_UPGRADE`]`=<name>`).
     pub fn agent_pod(&self, name: &str) -> Option<Value> {
-        let list = self.get(&["pods", "-n", NS, "-l", &format!("{LABEL_UPGRADE}={name}")])?;
+        // Not its preflight check pods, which carry the same upgrade label.
+        let selector = format!("{LABEL_UPGRADE}={name},!baton.dev/role");
+        let list = self.get(&["pods", "-n", NS, "-l", &selector])?;
         list["items"].as_array()?.first().cloned()
     }
 }

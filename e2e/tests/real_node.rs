@@ -21,6 +21,11 @@
 //!   in the middle of a handover; the agent container SIGKILLed in each role:
 //!   0 failed connects, the pair converges, nothing left staged.
 //!
+//! * `gates::preflight_and_canary_stop_bad_builds`: a build the verifier
+//!   rejects stopped by preflight with zero handovers; a build refusing 1
+//!   connect in 4 stopped by the canary and rolled back; a good build
+//!   through both (real_node/gates.rs).
+//!
 //! Run: scripts/test.sh, or by hand (docs/operations.md):
 //!   e2e/images/build.sh --profile dev --tag rig --out /var/tmp/baton-images
 //!   e2e/node/rig.sh up --images /var/tmp/baton-images
@@ -38,6 +43,9 @@ use baton_e2e::node::{
 };
 use baton_e2e::Report;
 use serde_json::Value;
+
+#[path = "real_node/gates.rs"]
+mod gates;
 
 const RELEASE: &str = "baton";
 const UPGRADE: &str = "baton";

@@ -59,8 +59,9 @@ pub fn preflight_pod_name(upgrade: &str, node: &str, image: &str) -> String {
 }
 
 /// The check pod of `image` on `node`: the agent slot's privileges, mounts
-/// and cgroup, the bpffs read-only (the check opens pins read-only and
-/// changes nothing), `restartPolicy: Never`, and a deadline.
+/// and cgroup (the bpffs read-write: a pinned link opens only read-write,
+/// even to read its info; the check writes nothing), `restartPolicy:
+/// Never`, and a deadline.
 pub fn preflight_pod(
     target: &PodTarget<'_>,
     node: &str,
@@ -123,7 +124,7 @@ pub fn preflight_pod(
                 resources: spec.pod.resources.clone(),
                 security_context: Some(agent_security()),
                 volume_mounts: Some(vec![
-                    mount("bpffs", "/sys/fs/bpf", true),
+                    mount("bpffs", "/sys/fs/bpf", false),
                     mount("cgroup", "/sys/fs/cgroup", true),
                     mount("run", DEFAULT_RUN_DIR, false),
                 ]),

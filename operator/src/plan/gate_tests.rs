@@ -343,6 +343,21 @@ fn a_canary_that_refuses_connects_is_rolled_back_with_the_numbers() {
 }
 
 #[test]
+fn a_soaking_canary_is_neither_complete_nor_stable() {
+    // One node: the canary is the whole fleet.
+    let spec = spec(canary(60));
+    let nodes = vec![committed(0, 10, window(1000, 0, false))];
+    let p = run(&spec, &stable(OLD), &nodes);
+    assert_eq!(p.canary.as_ref().map(|c| c.phase), Some(CanaryPhase::Soaking));
+    assert_eq!(p.phase, RolloutPhase::Progressing);
+    assert_eq!(p.memory.stable_image.as_deref(), Some(OLD), "OLD stays the rollback target");
+    let nodes = vec![committed(0, 61, window(1000, 0, true))];
+    let p = run(&spec, &stable(OLD), &nodes);
+    assert_eq!(p.phase, RolloutPhase::Complete);
+    assert_eq!(p.memory.stable_image.as_deref(), Some(NEW));
+}
+
+#[test]
 fn no_canary_for_a_first_install_or_the_stable_image() {
     let spec = spec(canary(60));
     let nodes = fleet(3, OLD);

@@ -529,7 +529,11 @@ pub fn plan(
         any_check = true;
     }
     let settled = summary.upgrading == 0 && outcomes.iter().all(|o| o.active_slot.is_some());
-    let complete = settled && idle_on_goal >= selected.saturating_sub(partition);
+    // A canary still on trial holds both: the image has not proven itself.
+    let on_trial = canary_out
+        .as_ref()
+        .is_some_and(|c| c.phase != CanaryPhase::Passed);
+    let complete = settled && !on_trial && idle_on_goal >= selected.saturating_sub(partition);
     let phase = match mode {
         Mode::Halted => RolloutPhase::Failed,
         Mode::RollingBack if all_idle_on_goal => RolloutPhase::RolledBack,
@@ -541,7 +545,7 @@ pub fn plan(
     let memory = Memory {
         // Only a fleet wholly on the spec's image, every agent ready (so the
         // image has served), becomes the rollback target.
-        stable_image: if !latched && all_idle_on_goal && selected > 0 {
+        stable_image: if !latched && !on_trial && all_idle_on_goal && selected > 0 {
             Some(desired.to_owned())
         } else {
             memory.stable_image.clone()
