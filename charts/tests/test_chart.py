@@ -174,6 +174,8 @@ def test_strategy_and_pod_values_flow_into_the_kmeshupgrade():
                     "paused": True,
                     "handoverTimeoutSeconds": 30,
                     "onFailure": "Rollback",
+                    "preflight": {"mode": "EachNode", "timeoutSeconds": 60},
+                    "canary": {"nodes": 2, "soakSeconds": 300},
                 },
             }
         }
@@ -187,7 +189,12 @@ def test_strategy_and_pod_values_flow_into_the_kmeshupgrade():
         "paused": True,
         "handoverTimeoutSeconds": 30,
         "onFailure": "Rollback",
+        "preflight": {"mode": "EachNode", "timeoutSeconds": 60},
+        "canary": {"nodes": 2, "soakSeconds": 300},
     }
+    default = one(render_objects(), "KmeshUpgrade")["spec"]["strategy"]
+    assert default["preflight"] == {"mode": "AllNodes", "timeoutSeconds": 120}
+    assert "canary" not in default, "no canary unless asked for"
     assert cr["spec"]["pod"]["extraArgs"] == ["--handover-timeout-ms=20000"]
     assert "priorityClassName" not in cr["spec"]["pod"]
     assert isinstance(one(render_objects(), "KmeshUpgrade")["spec"]["strategy"]["maxUnavailable"], int)

@@ -109,7 +109,7 @@ def test_run_script_builds_the_images_with_docker():
 def test_build_script_builds_every_dockerfile_under_its_labelled_name():
     script = BUILD.read_text()
     for name, text in dockerfiles().items():
-        m = re.search(rf"^build {re.escape(name)} (\S+) \"([^\"]+)\"$", script, re.M)
+        m = re.search(rf"^\s*build {re.escape(name)} (\S+) \"([^\"]+)\"( .*)?$", script, re.M)
         assert m, f"build.sh does not build {name}"
         assert m.group(2).rsplit(":", 1)[0] == label_image(text), f"{name}: tagged {m.group(2)}"
 
@@ -119,8 +119,8 @@ def test_image_entrypoints_are_staged_workspace_binaries(name):
     text = dockerfiles()[name]
     script = BUILD.read_text()
     entry = re.search(r'^ENTRYPOINT \["([^"]+)"', text, re.M).group(1)
-    context = re.search(rf"^build {re.escape(name)} (\S+) ", script, re.M).group(1)
-    staged = re.search(rf"^stage {re.escape(context)} \S+ (\S+)$", script, re.M)
+    context = re.search(rf"^\s*build {re.escape(name)} (\S+) ", script, re.M).group(1)
+    staged = re.search(rf"^\s*stage {re.escape(context)} \S+ (\S+)$", script, re.M)
     assert staged and staged.group(1) == entry, f"{name}: entrypoint {entry} is not what build.sh stages"
     all_bins = set().union(*workspace_bins().values())
     assert Path(entry).name in all_bins, f"{name}: {entry} is not a workspace binary"

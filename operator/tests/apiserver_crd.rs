@@ -140,6 +140,19 @@ async fn kmeshupgrade_crd_validates_on_a_real_apiserver() {
         ("count-150", with_strategy(json!({"maxUnavailable": "150"}))),
         ("int-150", with_strategy(json!({"maxUnavailable": 150}))),
         (
+            "gates",
+            with_strategy(
+                json!({"preflight": {"mode": "EachNode", "timeoutSeconds": 3600},
+                                 "canary": {"nodes": 3, "soakSeconds": 0,
+                                            "maxRefusedPerMillion": 1000000,
+                                            "minConnects": 0, "maxSyncErrors": 5}}),
+            ),
+        ),
+        (
+            "canary-defaults",
+            with_strategy(json!({"canary": {}, "preflight": {"mode": "Disabled"}})),
+        ),
+        (
             "api-dns",
             with_pod(json!({"apiServer": {"host": "api.example", "port": 443}})),
         ),
@@ -277,6 +290,36 @@ async fn kmeshupgrade_crd_validates_on_a_real_apiserver() {
             "Unsupported value: \"Explode\"",
         ),
         ("no-images", json!({}), "spec.agentImage: Required value"),
+        (
+            "preflight-mode",
+            with_strategy(json!({"preflight": {"mode": "Sometimes"}})),
+            "Unsupported value: \"Sometimes\"",
+        ),
+        (
+            "preflight-timeout",
+            with_strategy(json!({"preflight": {"timeoutSeconds": 0}})),
+            "preflight.timeoutSeconds must be between 1 and 3600",
+        ),
+        (
+            "canary-nodes",
+            with_strategy(json!({"canary": {"nodes": 0}})),
+            "canary.nodes must be at least 1",
+        ),
+        (
+            "canary-soak",
+            with_strategy(json!({"canary": {"soakSeconds": 86401}})),
+            "canary.soakSeconds must be between 0 and 86400",
+        ),
+        (
+            "canary-ppm",
+            with_strategy(json!({"canary": {"maxRefusedPerMillion": 1000001}})),
+            "canary.maxRefusedPerMillion must be between 0 and 1000000",
+        ),
+        (
+            "canary-min-connects",
+            with_strategy(json!({"canary": {"minConnects": -1}})),
+            "should be greater than or equal to 0",
+        ),
         (
             "pct-150",
             with_strategy(json!({"maxUnavailable": "150%"})),
