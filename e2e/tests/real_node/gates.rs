@@ -34,7 +34,13 @@ fn node_status(status: &Value) -> &Value {
 /// Events about the KmeshUpgrade, as `reason: note` lines.
 fn events(rig: &Rig) -> Vec<String> {
     let list = rig
-        .get(&["events", "-n", NS, "--field-selector", "involvedObject.kind=KmeshUpgrade"])
+        .get(&[
+            "events",
+            "-n",
+            NS,
+            "--field-selector",
+            "involvedObject.kind=KmeshUpgrade",
+        ])
         .unwrap_or(Value::Null);
     list["items"]
         .as_array()
@@ -93,11 +99,18 @@ fn preflight_and_canary_stop_bad_builds() {
     assert_eq!(check["image"], AGENT_BROKEN);
     assert_eq!(status["preflight"]["failed"], 1, "{status}");
     let printed = rig.kubectl(&["get", "kmu", "-n", NS, UPGRADE]);
-    assert!(printed.contains("PREFLIGHT") && printed.contains("1 failed"), "{printed}");
+    assert!(
+        printed.contains("PREFLIGHT") && printed.contains("1 failed"),
+        "{printed}"
+    );
     // Zero handovers: nothing announced, no slot got the image, no restart.
     std::thread::sleep(Duration::from_secs(3));
     let pod = rig.agent_pod(UPGRADE).expect("agent pod");
-    assert_eq!(annotation(&pod, ANN_HANDOVER_STARTED), None, "a handover started");
+    assert_eq!(
+        annotation(&pod, ANN_HANDOVER_STARTED),
+        None,
+        "a handover started"
+    );
     assert!(
         !slot_images(&pod).iter().any(|i| i == AGENT_BROKEN),
         "a slot runs the broken build: {:?}",
@@ -106,11 +119,17 @@ fn preflight_and_canary_stop_bad_builds() {
     assert_eq!(restart_counts(&pod), restarts0, "a slot restarted");
     assert_eq!(active_container(&pod).1["image"], AGENT_V1);
     assert!(
-        events(&rig).iter().any(|e| e.starts_with("PreflightFailed")),
+        events(&rig)
+            .iter()
+            .any(|e| e.starts_with("PreflightFailed")),
         "events: {:?}",
         events(&rig)
     );
-    assert_clean(&traffic.stop(), &want, "a build the verifier rejects, stopped by preflight");
+    assert_clean(
+        &traffic.stop(),
+        &want,
+        "a build the verifier rejects, stopped by preflight",
+    );
 
     // 2. Passes preflight, refuses a share of connects: the canary trips.
     let traffic = Traffic::start(&rig, &dir, &vip, RATE, 0);
@@ -122,10 +141,17 @@ fn preflight_and_canary_stop_bad_builds() {
         let s = rig.upgrade_status(UPGRADE);
         (s["canary"]["phase"] == "Failed").then_some(s)
     });
-    eprintln!("faulty build: canary failed after {:?}: {}", t0.elapsed(), status["canary"]);
+    eprintln!(
+        "faulty build: canary failed after {:?}: {}",
+        t0.elapsed(),
+        status["canary"]
+    );
     assert_eq!(status["canary"]["image"], AGENT_FAULTY);
     let why = status["canary"]["message"].as_str().unwrap_or_default();
-    assert!(why.contains("refused") && why.contains("per million"), "{why}");
+    assert!(
+        why.contains("refused") && why.contains("per million"),
+        "{why}"
+    );
     // The tripped share is about 1 in 4: parse "N of M connects".
     let (refused, connects) = why
         .split_once(": ")
@@ -138,7 +164,10 @@ fn preflight_and_canary_stop_bad_builds() {
         })
         .unwrap_or_else(|| panic!("no figures in {why:?}"));
     let share = refused / connects;
-    assert!((0.15..0.35).contains(&share), "refused share {share:.3} in {why:?}");
+    assert!(
+        (0.15..0.35).contains(&share),
+        "refused share {share:.3} in {why:?}"
+    );
     rig.wait_until("rolled back to the stable image", CHANGE_TIMEOUT, || {
         let s = rig.upgrade_status(UPGRADE);
         let pod = rig.agent_pod(UPGRADE)?;
@@ -168,7 +197,11 @@ fn preflight_and_canary_stop_bad_builds() {
     let t0 = Instant::now();
     let canary = json!({"nodes": 1, "soakSeconds": SOAK});
     apply(&rig, &dir, &gated(&rig, AGENT_V2, canary));
-    let status = rig.wait_complete(UPGRADE, AGENT_V2, CHANGE_TIMEOUT + Duration::from_secs(SOAK));
+    let status = rig.wait_complete(
+        UPGRADE,
+        AGENT_V2,
+        CHANGE_TIMEOUT + Duration::from_secs(SOAK),
+    );
     eprintln!("good build: Complete after {:?}", t0.elapsed());
     assert_eq!(status["canary"]["phase"], "Passed", "{status}");
     let node = node_status(&status);
@@ -178,11 +211,21 @@ fn preflight_and_canary_stop_bad_builds() {
         "layout 1 -> 2 migrates maps: {node}"
     );
     let d = &node["lastHandover"]["disruption"];
-    assert!(d["connects"].as_i64().unwrap_or(0) > 0, "disruption figures: {node}");
+    assert!(
+        d["connects"].as_i64().unwrap_or(0) > 0,
+        "disruption figures: {node}"
+    );
     assert_eq!(d["refused"], 0, "{node}");
     assert_eq!(d["syncErrors"], 0, "{node}");
-    eprintln!("good build: preflight {} / disruption {d}", node["preflight"]);
-    assert_clean(&traffic.stop(), &want, "a good build through preflight and canary");
+    eprintln!(
+        "good build: preflight {} / disruption {d}",
+        node["preflight"]
+    );
+    assert_clean(
+        &traffic.stop(),
+        &want,
+        "a good build through preflight and canary",
+    );
 
     uninstall_with_kubectl(&rig);
 }

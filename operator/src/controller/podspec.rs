@@ -36,25 +36,39 @@ pub struct PodTarget<'a> {
     pub service_account: &'a str,
 }
 
+impl PodTarget<'_> {
+    /// Metadata of a pod of this upgrade: `name`, the app and upgrade labels
+    /// plus `labels`, `annotations`, owned by the `KmeshUpgrade`.
+    pub(super) fn metadata(
+        &self,
+        name: String,
+        labels: impl IntoIterator<Item = (String, String)>,
+        annotations: BTreeMap<String, String>,
+    ) -> ObjectMeta {
+        let mut all = BTreeMap::from([
+            (LABEL_APP_NAME.to_owned(), APP_NAME.to_owned()),
+            (LABEL_UPGRADE.to_owned(), self.upgrade.to_owned()),
+        ]);
+        all.extend(labels);
+        ObjectMeta {
+            name: Some(name),
+            namespace: Some(self.namespace.to_owned()),
+            labels: Some(all),
+            annotations: Some(annotations),
+            owner_references: Some(vec![self.owner.clone()]),
+            ..ObjectMeta::default()
+        }
+    }
+}
+
 /// The pair pod on `node`: `image` active in slot a, slot b parked on the empty image.
 pub fn build_pod(target: &PodTarget<'_>, node: &str, spec: &KmeshUpgradeSpec, image: &str) -> Pod {
     let mut annotations = BTreeMap::new();
     annotations.insert(ANN_ACTIVE_SLOT.to_owned(), Slot::A.to_string());
     annotations.insert(Slot::A.version_annotation(), image.to_owned());
     annotations.insert(Slot::B.version_annotation(), spec.empty_image.clone());
-    let labels = BTreeMap::from([
-        (LABEL_APP_NAME.to_owned(), APP_NAME.to_owned()),
-        (LABEL_UPGRADE.to_owned(), target.upgrade.to_owned()),
-    ]);
     Pod {
-        metadata: ObjectMeta {
-            name: Some(pod_name(target.upgrade, node)),
-            namespace: Some(target.namespace.to_owned()),
-            labels: Some(labels),
-            annotations: Some(annotations),
-            owner_references: Some(vec![target.owner.clone()]),
-            ..ObjectMeta::default()
-        },
+        metadata: target.metadata(pod_name(target.upgrade, node), [], annotations),
         spec: Some(PodSpec {
             // Bound directly: one pod per node, like a DaemonSet, no scheduler round trip.
             node_name: Some(node.to_owned()),

@@ -11,12 +11,9 @@ use std::collections::BTreeMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 
 use baton_api::admin::ProtocolRange;
-use baton_api::pairpod::{
-    APP_NAME, DEFAULT_RUN_DIR, ENV_CGROUP, ENV_RUN_DIR, LABEL_APP_NAME, LABEL_UPGRADE,
-};
+use baton_api::pairpod::{DEFAULT_RUN_DIR, ENV_CGROUP, ENV_RUN_DIR};
 use baton_api::preflight::{Summary, EXIT_PASSED};
 use k8s_openapi::api::core::v1::{Container, EnvVar, Pod, PodSpec};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 
@@ -68,11 +65,6 @@ pub fn preflight_pod(
     spec: &KmeshUpgradeSpec,
     image: &str,
 ) -> Pod {
-    let labels = BTreeMap::from([
-        (LABEL_APP_NAME.to_owned(), APP_NAME.to_owned()),
-        (LABEL_UPGRADE.to_owned(), target.upgrade.to_owned()),
-        (LABEL_ROLE.to_owned(), ROLE_PREFLIGHT.to_owned()),
-    ]);
     let annotations = BTreeMap::from([(ANN_PREFLIGHT_IMAGE.to_owned(), image.to_owned())]);
     let mut command = vec![
         AGENT_BINARY.to_owned(),
@@ -103,14 +95,11 @@ pub fn preflight_pod(
         });
     }
     Pod {
-        metadata: ObjectMeta {
-            name: Some(preflight_pod_name(target.upgrade, node, image)),
-            namespace: Some(target.namespace.to_owned()),
-            labels: Some(labels),
-            annotations: Some(annotations),
-            owner_references: Some(vec![target.owner.clone()]),
-            ..ObjectMeta::default()
-        },
+        metadata: target.metadata(
+            preflight_pod_name(target.upgrade, node, image),
+            [(LABEL_ROLE.to_owned(), ROLE_PREFLIGHT.to_owned())],
+            annotations,
+        ),
         spec: Some(PodSpec {
             node_name: Some(node.to_owned()),
             service_account_name: Some(target.service_account.to_owned()),

@@ -348,9 +348,16 @@ fn a_soaking_canary_is_neither_complete_nor_stable() {
     let spec = spec(canary(60));
     let nodes = vec![committed(0, 10, window(1000, 0, false))];
     let p = run(&spec, &stable(OLD), &nodes);
-    assert_eq!(p.canary.as_ref().map(|c| c.phase), Some(CanaryPhase::Soaking));
+    assert_eq!(
+        p.canary.as_ref().map(|c| c.phase),
+        Some(CanaryPhase::Soaking)
+    );
     assert_eq!(p.phase, RolloutPhase::Progressing);
-    assert_eq!(p.memory.stable_image.as_deref(), Some(OLD), "OLD stays the rollback target");
+    assert_eq!(
+        p.memory.stable_image.as_deref(),
+        Some(OLD),
+        "OLD stays the rollback target"
+    );
     let nodes = vec![committed(0, 61, window(1000, 0, true))];
     let p = run(&spec, &stable(OLD), &nodes);
     assert_eq!(p.phase, RolloutPhase::Complete);
