@@ -154,7 +154,22 @@ enum Cmd {
         /// Print the report as one line of JSON (baton_api::preflight::Report) instead of a summary.
         #[arg(long)]
         json: bool,
+        /// Also write the report's compact summary (baton_api::preflight::Summary,
+        /// one JSON line of at most 4096 bytes) to this file, e.g.
+        /// /dev/termination-log in a pod; when preflight cannot run (exit 2),
+        /// a one-line reason instead.
+        #[arg(long)]
+        summary_file: Option<PathBuf>,
     },
+}
+
+/// Whole seconds; empty is 0 (the downward API gives "" for an absent annotation).
+fn parse_seconds(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Ok(0);
+    }
+    s.parse().map_err(|e| format!("{s:?}: {e}"))
 }
 
 fn parse_kv(s: &str) -> Result<(String, u32), String> {
@@ -251,6 +266,40 @@ fn say_pins(by: &AnsweredBy, paths: &Paths) {
 fn print(v: &serde_json::Value) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
+}
+
+/// `baton-agent preflight`: runs the checks, prints the report (human or
+/// `--json`), then writes its summary to `summary_file`. An error here is
+/// the exit-2 path (the caller writes the reason to `summary_file`).
+fn preflight_cmd(
+    cfg: &PreflightConfig,
+    json: bool,
+    summary_file: Option<&std::path::Path>,
+) -> Result<ExitCode> {
+    let report = preflight::run(cfg);
+    let text = if json {
+        // One line: in a pod's log (stdout and stderr merged) the report is
+        // the line that starts with `{"report_version"`.
+        serde_json::to_string(&report)? + "\n"
+    } else {
+        preflight::render::human(&report)
+    };
+    // Not print!: a closed stdout is an error to report, not a panic.
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .context("writing the report")?;
+    if let Some(path) = summary_file {
+        // The kubelet keeps a container's termination message (at most 4096
+        // bytes, which the summary fits): the operator's preflight reads it.
+        let summary = report
+            .summary()
+            .to_bounded_json()
+            .context("encoding the summary")?;
+        std::fs::write(path, summary)
+            .with_context(|| format!("writing the summary to {}", path.display()))?;
+    }
+    Ok(ExitCode::from(report.exit_code()))
 }
 
 fn main() -> ExitCode {
@@ -484,27 +533,24 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             mount_bpffs,
             map_max_entries,
             json,
+            summary_file,
         } => {
-            let report = preflight::run(&PreflightConfig {
+            let cfg = PreflightConfig {
                 pin_dir: paths.bpffs,
                 run_dir: paths.run_dir,
                 cgroup: cgroup.or_else(sys::find_cgroup2_mount),
                 mount_bpffs,
                 max_entries: map_max_entries.into_iter().collect(),
-            });
-            let text = if json {
-                // One line: in a pod's log (stdout and stderr merged) the
-                // report is the line that starts with `{"report_version"`.
-                serde_json::to_string(&report)? + "\n"
-            } else {
-                preflight::render::human(&report)
             };
-            // Not print!: a closed stdout is an error to report, not a panic.
-            let mut out = std::io::stdout().lock();
-            out.write_all(text.as_bytes())
-                .and_then(|()| out.flush())
-                .context("writing the report")?;
-            Ok(ExitCode::from(report.exit_code()))
+            let res = preflight_cmd(&cfg, json, summary_file.as_deref());
+            if let (Err(e), Some(path)) = (&res, &summary_file) {
+                // Exit 2: no report. The operator shows this line instead.
+                let line = format!("baton-agent preflight could not run: {e:#}").replace('\n', " ");
+                if let Err(w) = std::fs::write(path, line) {
+                    eprintln!("baton-agent: writing {}: {w}", path.display());
+                }
+            }
+            res
         }
     }
 }
