@@ -24,7 +24,7 @@ use baton_agent::sys;
 use baton_api::admin::{Answer, Verify};
 use baton_api::pairpod::{
     HandoverOutcome, HandoverReport, DEFAULT_RUN_DIR, ENV_CGROUP, ENV_NODE_NAME, ENV_RUN_DIR,
-    ENV_SLOT,
+    ENV_SLOT, ENV_SOAK_SECONDS,
 };
 use clap::{Args, Parser, Subcommand};
 
@@ -102,6 +102,12 @@ enum Cmd {
         /// Do not try to take over from an agent on the handover socket.
         #[arg(long)]
         no_take_over: bool,
+        /// After a committed handover, keep its report's datapath window up
+        /// to date for this many seconds (the canary's soak; the pod
+        /// condition in a pair pod, `status.handover.datapath` anywhere).
+        /// Empty or 0: report once.
+        #[arg(long, env = ENV_SOAK_SECONDS, default_value = "0", value_parser = parse_seconds)]
+        soak_seconds: u64,
     },
     /// Read, parse and validate a services file exactly as `run` would, then
     /// exit: 0 when it would be applied, 1 (with the errors) when not.
@@ -209,30 +215,61 @@ fn owner_gone(cc: &ClusterClient, me: &SlotInfo) -> bool {
     }
 }
 
-/// Writes the pod condition the operator waits for.
-fn report(cc: &ClusterClient, me: &SlotInfo, r: Result<&Figures, &str>) {
+/// The successor's reports: the first (the handover's) is stamped now and
+/// writes the Started condition too; during a soak the later ones rewrite
+/// only the Handover condition, stamped with the first one's time.
+fn reporter(cc: Arc<ClusterClient>, me: SlotInfo) -> impl Fn(Result<&Figures, &str>) + Send {
+    let committed_at = std::sync::Mutex::new(None);
+    move |r| {
+        let mut at = committed_at.lock().unwrap_or_else(|p| p.into_inner());
+        match (r, at.clone()) {
+            (Ok(f), Some(t)) => {
+                if let Err(e) = cc.report_soak(&me, &handover_report(&me, f), t) {
+                    tracing::warn!(error = %e, "could not rewrite the handover condition");
+                }
+            }
+            (r, _) => {
+                let t = baton_agent::cluster::condition::now_in_seconds();
+                if r.is_ok() {
+                    *at = Some(t.clone());
+                }
+                report(&cc, &me, r, t);
+            }
+        }
+    }
+}
+
+/// The Committed report of `f`.
+fn handover_report(me: &SlotInfo, f: &Figures) -> HandoverReport {
+    HandoverReport {
+        slot: me.slot,
+        version: me.version.clone(),
+        duration_ms: f.handover_us.div_ceil(1000),
+        freeze_ms: f.freeze_us.div_ceil(1000),
+        maps_reused: f.maps.reused as u32,
+        maps_migrated: f.maps.migrated as u32,
+        entries_copied: f.maps.entries_copied as u64,
+        message: if f.from_version.is_empty() {
+            "no running agent answered; took the datapath over from the pins".into()
+        } else {
+            format!(
+                "took over from {} (layout {})",
+                f.from_version, f.from_layout
+            )
+        },
+        datapath: f.window,
+    }
+}
+
+/// Writes the pod condition the operator waits for, stamped `at`.
+fn report(
+    cc: &ClusterClient,
+    me: &SlotInfo,
+    r: Result<&Figures, &str>,
+    at: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
+) {
     let (outcome, rep) = match r {
-        Ok(f) => (
-            HandoverOutcome::Committed,
-            HandoverReport {
-                slot: me.slot,
-                version: me.version.clone(),
-                duration_ms: f.handover_us.div_ceil(1000),
-                freeze_ms: f.freeze_us.div_ceil(1000),
-                maps_reused: f.maps.reused as u32,
-                maps_migrated: f.maps.migrated as u32,
-                entries_copied: f.maps.entries_copied as u64,
-                message: if f.from_version.is_empty() {
-                    "no running agent answered; took the datapath over from the pins".into()
-                } else {
-                    format!(
-                        "took over from {} (layout {})",
-                        f.from_version, f.from_layout
-                    )
-                },
-                datapath: None,
-            },
-        ),
+        Ok(f) => (HandoverOutcome::Committed, handover_report(me, f)),
         Err(why) => (
             HandoverOutcome::Failed,
             HandoverReport {
@@ -248,7 +285,7 @@ fn report(cc: &ClusterClient, me: &SlotInfo, r: Result<&Figures, &str>) {
             },
         ),
     };
-    if let Err(e) = cc.report_handover(me, outcome, &rep) {
+    if let Err(e) = cc.report_handover_at(me, outcome, &rep, at) {
         tracing::error!(error = %e, "could not write the handover condition");
     }
 }
@@ -344,6 +381,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             handover_timeout_ms,
             freeze_timeout_ms,
             no_take_over,
+            soak_seconds,
         } => {
             if std::env::var_os(standby::ENV_STANDBY).is_some() {
                 let me = SlotInfo::from_env().context("reading the slot (standby)")?;
@@ -380,6 +418,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                     ..Timeouts::default()
                 },
                 take_over: !no_take_over,
+                soak: Duration::from_secs(soak_seconds),
             };
             // In a pair pod (BATON_SLOT set) the slot's role decides what to do.
             let slot = match std::env::var_os(ENV_SLOT) {
@@ -418,8 +457,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                         }));
                     }
                     Role::Successor => {
-                        let (cc, me) = (cc.clone(), me.clone());
-                        hooks.on_takeover = Some(Box::new(move |r| report(&cc, &me, r)));
+                        hooks.on_takeover = Some(Box::new(reporter(cc.clone(), me.clone())));
                     }
                 }
                 hooks.teardown_on_stop = Some(Box::new(move || owner_gone(&cc, &me)));
