@@ -9,7 +9,9 @@
 //!   `Hello`, none before, and the probe sees the failed connects;
 //! - a normal handover under traffic (layout 1 → 2): the rate before is
 //!   there, nothing refused after, no failed connect;
-//! - the status rate of a running agent grows with traffic.
+//! - the status rate of a running agent grows with traffic;
+//! - a successor that migrates the counters map (a larger one) counts
+//!   every connect once: its rate after matches the rate before.
 //!
 //! The successors run with `--soak-seconds` (the local-mode form of the
 //! operator's soak annotation), so the window keeps being updated for a
@@ -237,4 +239,38 @@ fn the_status_rate_grows_with_traffic() {
     );
     assert!(high.counts.connect >= high.counts.to_vip(), "{high:?}");
     agent.stop().unwrap();
+}
+
+#[test]
+fn a_migrated_counters_map_is_counted_once_across_the_handover() {
+    // A larger counters map is another layout: the successor migrates it
+    // (pre-copy), so the old programs count into the old map until the
+    // swap and the new ones into the new map (see rate::HandoverMarks).
+    let own = baton_ebpf::LAYOUT_VERSION;
+    let opts = Opts::default().with_args(&["--map-max-entries", "counters=32"]);
+    let (w, report, st) = handover_under_traffic("canary-migrate", own, own, opts);
+    let h = st.handover.as_ref().expect("takeover figures");
+    assert_eq!(h.maps.migrated, 1, "the counters map migrates: {st:?}");
+    let before = w.before.expect("the old agent's rate before the handover");
+    let per_s = |n: u64, ms: u64| n as f64 * 1000.0 / ms.max(1) as f64;
+    let (rate_before, rate_after) = (
+        per_s(before.counts.to_vip(), before.window_ms),
+        per_s(w.after.to_vip(), w.after_ms),
+    );
+    eprintln!(
+        "migrated counters: before {rate_before:.0}/s, after {rate_after:.0}/s ({} in {} ms); probe {} attempted, {} failed",
+        w.after.to_vip(),
+        w.after_ms,
+        report.totals.attempted,
+        report.totals.failed
+    );
+    // Pre-copied totals counted again, or the new map's part lost, would
+    // put the rate after far from the rate before.
+    assert!(
+        rate_after > rate_before * 0.7 && rate_after < rate_before * 1.3,
+        "rate before {rate_before:.0}/s, after {rate_after:.0}/s: {w:?}"
+    );
+    assert_eq!(w.after.refused(), 0, "{w:?}");
+    let problems = Fixture::at(0).traffic_problems(&report);
+    assert!(problems.is_empty(), "traffic: {problems:#?}");
 }
