@@ -217,23 +217,36 @@ fn owner_gone(cc: &ClusterClient, me: &SlotInfo) -> bool {
 
 /// The successor's reports: the first (the handover's) is stamped now and
 /// writes the Started condition too; during a soak the later ones rewrite
-/// only the Handover condition, stamped with the first one's time.
+/// only the Handover condition, stamped with the first one's time (the
+/// commit's). A first write that failed is retried whole by the next.
 fn reporter(cc: Arc<ClusterClient>, me: SlotInfo) -> impl Fn(Result<&Figures, &str>) + Send {
-    let committed_at = std::sync::Mutex::new(None);
+    // (the commit's time, whether the full report was written)
+    let state = std::sync::Mutex::new((None, false));
     move |r| {
-        let mut at = committed_at.lock().unwrap_or_else(|p| p.into_inner());
-        match (r, at.clone()) {
-            (Ok(f), Some(t)) => {
+        let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
+        let (at, written) = &mut *st;
+        match r {
+            Ok(f) if *written => {
+                let t = at
+                    .clone()
+                    .unwrap_or_else(baton_agent::cluster::condition::now_in_seconds);
                 if let Err(e) = cc.report_soak(&me, &handover_report(&me, f), t) {
                     tracing::warn!(error = %e, "could not rewrite the handover condition");
                 }
             }
-            (r, _) => {
-                let t = baton_agent::cluster::condition::now_in_seconds();
-                if r.is_ok() {
-                    *at = Some(t.clone());
-                }
-                report(&cc, &me, r, t);
+            Ok(_) => {
+                let t = at
+                    .get_or_insert_with(baton_agent::cluster::condition::now_in_seconds)
+                    .clone();
+                *written = report(&cc, &me, r, t);
+            }
+            Err(_) => {
+                report(
+                    &cc,
+                    &me,
+                    r,
+                    baton_agent::cluster::condition::now_in_seconds(),
+                );
             }
         }
     }
@@ -261,13 +274,14 @@ fn handover_report(me: &SlotInfo, f: &Figures) -> HandoverReport {
     }
 }
 
-/// Writes the pod condition the operator waits for, stamped `at`.
+/// Writes the pod condition the operator waits for, stamped `at`; `false`
+/// when the API server did not take it.
 fn report(
     cc: &ClusterClient,
     me: &SlotInfo,
     r: Result<&Figures, &str>,
     at: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
-) {
+) -> bool {
     let (outcome, rep) = match r {
         Ok(f) => (HandoverOutcome::Committed, handover_report(me, f)),
         Err(why) => (
@@ -285,8 +299,12 @@ fn report(
             },
         ),
     };
-    if let Err(e) = cc.report_handover_at(me, outcome, &rep, at) {
-        tracing::error!(error = %e, "could not write the handover condition");
+    match cc.report_handover_at(me, outcome, &rep, at) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::error!(error = %e, "could not write the handover condition");
+            false
+        }
     }
 }
 
