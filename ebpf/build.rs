@@ -16,6 +16,9 @@ fn main() {
     let src = manifest.join("src/bpf/baton.bpf.c");
     println!("cargo:rerun-if-changed=src/bpf");
     println!("cargo:rerun-if-env-changed=CLANG");
+    // Feature `test-hooks`: test-only switches in the datapath (see
+    // `test_refuse_one_in` in baton.bpf.c); never in a production object.
+    let test_hooks = env::var_os("CARGO_FEATURE_TEST_HOOKS").is_some();
 
     let clang = find_clang();
     let multiarch = Command::new("gcc")
@@ -38,6 +41,7 @@ fn main() {
             .args(["-g", "-O2", "-target", "bpf", "-Wall", "-Werror"])
             .arg(format!("-I/usr/include/{multiarch}"))
             .arg(format!("-DBATON_LAYOUT={layout}"))
+            .args(test_hooks.then_some("-DBATON_TEST_HOOKS"))
             .arg("-c")
             .arg(&src)
             .arg("-o")

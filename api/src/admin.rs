@@ -208,6 +208,11 @@ pub struct Takeover {
     pub from_layout: u32,
     /// Handover or recovery from the pins.
     pub via: Via,
+    /// What the datapath saw across the handover (and its soak), as the
+    /// pod report has it ([`crate::pairpod::HandoverReport::datapath`]);
+    /// absent after a start from the pins and from older agents.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub datapath: Option<crate::datapath::DatapathWindow>,
 }
 
 /// What one sync of the maps to the source did.
@@ -469,6 +474,7 @@ mod tests {
                 from_version: "0.0.9".into(),
                 from_layout: 1,
                 via: Via::Handover,
+                datapath: None,
             }),
             source: "file:/etc/baton/services.yaml".into(),
             frozen: false,

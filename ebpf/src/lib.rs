@@ -33,6 +33,14 @@ pub fn object_of_layout(v: u32) -> Option<&'static [u8]> {
     }
 }
 
+/// Whether the objects carry the test-only switches (feature `test-hooks`).
+pub const TEST_HOOKS: bool = cfg!(feature = "test-hooks");
+
+/// The test-only global (a `const volatile __u32` in `.rodata`, feature
+/// `test-hooks` only): refuse one in this many connects to a VIP that has
+/// endpoints, as if it had none; 0 = off.
+pub const TEST_REFUSE_ONE_IN_GLOBAL: &str = "test_refuse_one_in";
+
 /// Every layout generation this crate carries an object for.
 pub const LAYOUTS: [u32; 2] = [1, 2];
 

@@ -163,7 +163,15 @@ fn object_maps(obj: &[u8]) -> std::collections::BTreeMap<String, (u32, u32, u32,
 
 #[test]
 fn map_specs_match_the_object() {
-    let maps = object_maps(object());
+    let mut maps = object_maps(object());
+    // The test-only switch's `.rodata` (feature test-hooks) is a loader
+    // map of one `__u32`, not a datapath map.
+    let rodata = maps.remove(".rodata");
+    assert_eq!(
+        rodata.map(|(_, _, value_size, n)| (value_size, n)),
+        TEST_HOOKS.then_some((4, 1)),
+        "{maps:?}"
+    );
     assert_eq!(maps.len(), MAPS.len(), "{maps:?}");
     for spec in MAPS {
         let want = (
@@ -319,5 +327,24 @@ fn layouts_1_and_2_differ_exactly_as_documented() {
             }
             _ => assert_eq!(*d1, d2, "map {name} must be the same in both layouts"),
         }
+    }
+}
+
+/// The test-only switch is compiled into both objects with feature
+/// `test-hooks` and into neither without it: a production object has no
+/// `test_refuse_one_in` symbol (nor its `.rodata`).
+#[test]
+fn the_test_switch_exists_only_in_test_hook_objects() {
+    use object::{Object, ObjectSection};
+    for layout in LAYOUTS {
+        let elf = object::File::parse(object_of_layout(layout).unwrap()).unwrap();
+        let has_symbol = elf.symbol_by_name(TEST_REFUSE_ONE_IN_GLOBAL).is_some();
+        let has_rodata = elf.sections().any(|s| s.name() == Ok(".rodata"));
+        assert_eq!(
+            (has_symbol, has_rodata),
+            (TEST_HOOKS, TEST_HOOKS),
+            "layout {layout}: symbol {TEST_REFUSE_ONE_IN_GLOBAL} / .rodata present = \
+             {has_symbol}/{has_rodata}, test-hooks = {TEST_HOOKS}"
+        );
     }
 }

@@ -12,6 +12,7 @@ pub mod migrate;
 pub mod model;
 pub mod preflight;
 pub mod programmer;
+pub mod rate;
 pub mod source;
 pub mod sys;
 pub mod verify;

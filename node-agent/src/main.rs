@@ -24,7 +24,7 @@ use baton_agent::sys;
 use baton_api::admin::{Answer, Verify};
 use baton_api::pairpod::{
     HandoverOutcome, HandoverReport, DEFAULT_RUN_DIR, ENV_CGROUP, ENV_NODE_NAME, ENV_RUN_DIR,
-    ENV_SLOT,
+    ENV_SLOT, ENV_SOAK_SECONDS,
 };
 use clap::{Args, Parser, Subcommand};
 
@@ -102,6 +102,12 @@ enum Cmd {
         /// Do not try to take over from an agent on the handover socket.
         #[arg(long)]
         no_take_over: bool,
+        /// After a committed handover, keep its report's datapath window up
+        /// to date for this many seconds (the canary's soak; the pod
+        /// condition in a pair pod, `status.handover.datapath` anywhere).
+        /// Empty or 0: report once.
+        #[arg(long, env = ENV_SOAK_SECONDS, default_value = "0", value_parser = parse_seconds)]
+        soak_seconds: u64,
     },
     /// Read, parse and validate a services file exactly as `run` would, then
     /// exit: 0 when it would be applied, 1 (with the errors) when not.
@@ -154,7 +160,22 @@ enum Cmd {
         /// Print the report as one line of JSON (baton_api::preflight::Report) instead of a summary.
         #[arg(long)]
         json: bool,
+        /// Also write the report's compact summary (baton_api::preflight::Summary,
+        /// one JSON line of at most 4096 bytes) to this file, e.g.
+        /// /dev/termination-log in a pod; when preflight cannot run (exit 2),
+        /// a one-line reason instead.
+        #[arg(long)]
+        summary_file: Option<PathBuf>,
     },
+}
+
+/// Whole seconds; empty is 0 (the downward API gives "" for an absent annotation).
+fn parse_seconds(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Ok(0);
+    }
+    s.parse().map_err(|e| format!("{s:?}: {e}"))
 }
 
 fn parse_kv(s: &str) -> Result<(String, u32), String> {
@@ -194,30 +215,75 @@ fn owner_gone(cc: &ClusterClient, me: &SlotInfo) -> bool {
     }
 }
 
-/// Writes the pod condition the operator waits for.
-fn report(cc: &ClusterClient, me: &SlotInfo, r: Result<&Figures, &str>) {
+/// The successor's reports: the first (the handover's) is stamped now and
+/// writes the Started condition too; during a soak the later ones rewrite
+/// only the Handover condition, stamped with the first one's time (the
+/// commit's). A first write that failed is retried whole by the next.
+fn reporter(cc: Arc<ClusterClient>, me: SlotInfo) -> impl Fn(Result<&Figures, &str>) + Send {
+    // (the commit's time, whether the full report was written)
+    let state = std::sync::Mutex::new((None, false));
+    move |r| {
+        let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
+        let (at, written) = &mut *st;
+        match r {
+            Ok(f) if *written => {
+                let t = at
+                    .clone()
+                    .unwrap_or_else(baton_agent::cluster::condition::now_in_seconds);
+                if let Err(e) = cc.report_soak(&me, &handover_report(&me, f), t) {
+                    tracing::warn!(error = %e, "could not rewrite the handover condition");
+                }
+            }
+            Ok(_) => {
+                let t = at
+                    .get_or_insert_with(baton_agent::cluster::condition::now_in_seconds)
+                    .clone();
+                *written = report(&cc, &me, r, t);
+            }
+            Err(_) => {
+                report(
+                    &cc,
+                    &me,
+                    r,
+                    baton_agent::cluster::condition::now_in_seconds(),
+                );
+            }
+        }
+    }
+}
+
+/// The Committed report of `f`.
+fn handover_report(me: &SlotInfo, f: &Figures) -> HandoverReport {
+    HandoverReport {
+        slot: me.slot,
+        version: me.version.clone(),
+        duration_ms: f.handover_us.div_ceil(1000),
+        freeze_ms: f.freeze_us.div_ceil(1000),
+        maps_reused: f.maps.reused as u32,
+        maps_migrated: f.maps.migrated as u32,
+        entries_copied: f.maps.entries_copied as u64,
+        message: if f.from_version.is_empty() {
+            "no running agent answered; took the datapath over from the pins".into()
+        } else {
+            format!(
+                "took over from {} (layout {})",
+                f.from_version, f.from_layout
+            )
+        },
+        datapath: f.window,
+    }
+}
+
+/// Writes the pod condition the operator waits for, stamped `at`; `false`
+/// when the API server did not take it.
+fn report(
+    cc: &ClusterClient,
+    me: &SlotInfo,
+    r: Result<&Figures, &str>,
+    at: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
+) -> bool {
     let (outcome, rep) = match r {
-        Ok(f) => (
-            HandoverOutcome::Committed,
-            HandoverReport {
-                slot: me.slot,
-                version: me.version.clone(),
-                duration_ms: f.handover_us.div_ceil(1000),
-                freeze_ms: f.freeze_us.div_ceil(1000),
-                maps_reused: f.maps.reused as u32,
-                maps_migrated: f.maps.migrated as u32,
-                entries_copied: f.maps.entries_copied as u64,
-                message: if f.from_version.is_empty() {
-                    "no running agent answered; took the datapath over from the pins".into()
-                } else {
-                    format!(
-                        "took over from {} (layout {})",
-                        f.from_version, f.from_layout
-                    )
-                },
-                datapath: None,
-            },
-        ),
+        Ok(f) => (HandoverOutcome::Committed, handover_report(me, f)),
         Err(why) => (
             HandoverOutcome::Failed,
             HandoverReport {
@@ -233,8 +299,12 @@ fn report(cc: &ClusterClient, me: &SlotInfo, r: Result<&Figures, &str>) {
             },
         ),
     };
-    if let Err(e) = cc.report_handover(me, outcome, &rep) {
-        tracing::error!(error = %e, "could not write the handover condition");
+    match cc.report_handover_at(me, outcome, &rep, at) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::error!(error = %e, "could not write the handover condition");
+            false
+        }
     }
 }
 
@@ -251,6 +321,40 @@ fn say_pins(by: &AnsweredBy, paths: &Paths) {
 fn print(v: &serde_json::Value) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
+}
+
+/// `baton-agent preflight`: runs the checks, prints the report (human or
+/// `--json`), then writes its summary to `summary_file`. An error here is
+/// the exit-2 path (the caller writes the reason to `summary_file`).
+fn preflight_cmd(
+    cfg: &PreflightConfig,
+    json: bool,
+    summary_file: Option<&std::path::Path>,
+) -> Result<ExitCode> {
+    let report = preflight::run(cfg);
+    let text = if json {
+        // One line: in a pod's log (stdout and stderr merged) the report is
+        // the line that starts with `{"report_version"`.
+        serde_json::to_string(&report)? + "\n"
+    } else {
+        preflight::render::human(&report)
+    };
+    // Not print!: a closed stdout is an error to report, not a panic.
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .context("writing the report")?;
+    if let Some(path) = summary_file {
+        // The kubelet keeps a container's termination message (at most 4096
+        // bytes, which the summary fits): the operator's preflight reads it.
+        let summary = report
+            .summary()
+            .to_bounded_json()
+            .context("encoding the summary")?;
+        std::fs::write(path, summary)
+            .with_context(|| format!("writing the summary to {}", path.display()))?;
+    }
+    Ok(ExitCode::from(report.exit_code()))
 }
 
 fn main() -> ExitCode {
@@ -295,6 +399,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             handover_timeout_ms,
             freeze_timeout_ms,
             no_take_over,
+            soak_seconds,
         } => {
             if std::env::var_os(standby::ENV_STANDBY).is_some() {
                 let me = SlotInfo::from_env().context("reading the slot (standby)")?;
@@ -331,6 +436,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                     ..Timeouts::default()
                 },
                 take_over: !no_take_over,
+                soak: Duration::from_secs(soak_seconds),
             };
             // In a pair pod (BATON_SLOT set) the slot's role decides what to do.
             let slot = match std::env::var_os(ENV_SLOT) {
@@ -369,8 +475,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                         }));
                     }
                     Role::Successor => {
-                        let (cc, me) = (cc.clone(), me.clone());
-                        hooks.on_takeover = Some(Box::new(move |r| report(&cc, &me, r)));
+                        hooks.on_takeover = Some(Box::new(reporter(cc.clone(), me.clone())));
                     }
                 }
                 hooks.teardown_on_stop = Some(Box::new(move || owner_gone(&cc, &me)));
@@ -484,27 +589,24 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             mount_bpffs,
             map_max_entries,
             json,
+            summary_file,
         } => {
-            let report = preflight::run(&PreflightConfig {
+            let cfg = PreflightConfig {
                 pin_dir: paths.bpffs,
                 run_dir: paths.run_dir,
                 cgroup: cgroup.or_else(sys::find_cgroup2_mount),
                 mount_bpffs,
                 max_entries: map_max_entries.into_iter().collect(),
-            });
-            let text = if json {
-                // One line: in a pod's log (stdout and stderr merged) the
-                // report is the line that starts with `{"report_version"`.
-                serde_json::to_string(&report)? + "\n"
-            } else {
-                preflight::render::human(&report)
             };
-            // Not print!: a closed stdout is an error to report, not a panic.
-            let mut out = std::io::stdout().lock();
-            out.write_all(text.as_bytes())
-                .and_then(|()| out.flush())
-                .context("writing the report")?;
-            Ok(ExitCode::from(report.exit_code()))
+            let res = preflight_cmd(&cfg, json, summary_file.as_deref());
+            if let (Err(e), Some(path)) = (&res, &summary_file) {
+                // Exit 2: no report. The operator shows this line instead.
+                let line = format!("baton-agent preflight could not run: {e:#}").replace('\n', " ");
+                if let Err(w) = std::fs::write(path, line) {
+                    eprintln!("baton-agent: writing {}: {w}", path.display());
+                }
+            }
+            res
         }
     }
 }

@@ -30,6 +30,10 @@ pub struct SyncStats {
     pub writes: u64,
     /// Source errors (rejected files).
     pub source_errors: u64,
+    /// Syncs attempted (also the ones that failed).
+    pub attempts: u64,
+    /// Syncs that failed, or rolled a service back.
+    pub failed: u64,
 }
 
 /// Appends one metric family.

@@ -219,3 +219,113 @@ async fn handover_report_lands_on_the_pod_and_the_operator_reads_it() {
     );
     assert_eq!(old.current_role(&agent).await.expect("role"), Role::Active);
 }
+
+#[tokio::test]
+async fn a_soak_rewrites_the_report_and_keeps_the_commit_time() {
+    use baton_api::admin::ProtocolRange;
+    use baton_api::datapath::{DatapathRate, DatapathWindow, OutcomeCounts};
+    use baton_api::pairpod::StartedReport;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    let Some(server) = ApiServer::start().await else {
+        return;
+    };
+    let admin = server.client().await;
+    install_agent_rbac(&admin).await;
+    let started = Timestamp::from_second(Timestamp::now().as_second() - 5).expect("time");
+    let _: Pod = create(
+        &admin,
+        RELEASE_NAMESPACE,
+        json!({
+            "metadata": {"name": POD, "annotations": {
+                "baton.dev/active-slot": "a", "baton.dev/slot-a-version": "agent:v1",
+                "baton.dev/slot-b-version": "agent:v2", "baton.dev/soak-seconds": "10",
+                "baton.dev/handover-started": started.to_string()}},
+            "spec": {"nodeName": "n1", "serviceAccountName": "baton-agent", "containers": [
+                {"name": "slot-a", "image": "agent:v1"}, {"name": "slot-b", "image": "agent:v2"}]},
+        }),
+    )
+    .await;
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), RELEASE_NAMESPACE);
+    let new = slot_env("b", "agent:v2", "agent:v1");
+    let committed = Time(Timestamp::from_second(started.as_second() + 2).expect("time"));
+    let window = |redirected: u64, last: bool| DatapathWindow {
+        before: Some(DatapathRate {
+            window_ms: 30_000,
+            counts: OutcomeCounts {
+                connect: 900,
+                redirected: 900,
+                ..OutcomeCounts::default()
+            },
+        }),
+        after: OutcomeCounts {
+            connect: redirected + 3,
+            redirected,
+            no_endpoint: 3,
+            ..OutcomeCounts::default()
+        },
+        after_ms: redirected * 10,
+        syncs: 2,
+        sync_errors: 0,
+        last,
+    };
+    let with = |w: DatapathWindow| HandoverReport {
+        datapath: Some(w),
+        ..report("took over")
+    };
+    let config = server.config_as(AGENT_USER).await;
+    let (first, last) = (with(window(100, false)), with(window(500, true)));
+    let at = committed.clone();
+    tokio::task::spawn_blocking(move || {
+        let client = ClusterClient::connect(Some(config)).expect("blocking client");
+        client
+            .report_handover_at(&new, HandoverOutcome::Committed, &first, at.clone())
+            .expect("the commit's report");
+        // A soak's rewrite, seconds later.
+        client
+            .report_soak(&new, &last, at)
+            .expect("the soak's last report");
+    })
+    .await
+    .expect("blocking client thread");
+
+    let pod = pods.get(POD).await.expect("reading the pod back");
+    let conditions = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.clone())
+        .unwrap_or_default();
+    let c = conditions
+        .iter()
+        .find(|c| c.type_ == CONDITION_HANDOVER)
+        .expect("handover condition");
+    assert_eq!(c.last_transition_time, Some(committed), "{c:?}");
+    assert_eq!(c.reason.as_deref(), Some("Committed"));
+    let body = HandoverReport::from_message(c.message.as_deref().expect("message"))
+        .expect("a handover report");
+    assert_eq!(body.datapath, Some(window(500, true)));
+    let raw: serde_json::Value =
+        serde_json::from_str(c.message.as_deref().expect("message")).expect("JSON");
+    assert_eq!(raw["datapath"]["final"], true);
+    assert_eq!(raw["datapath"]["after"]["noEndpoint"], 3);
+    assert_eq!(raw["datapath"]["before"]["windowMs"], 30_000);
+    // Started, written with the first report, says the protocol range.
+    let s = conditions
+        .iter()
+        .find(|c| c.type_ == CONDITION_STARTED)
+        .expect("started condition");
+    let started_report = StartedReport::from_message(s.message.as_deref().expect("message"))
+        .expect("a start report");
+    assert!(
+        matches!(started_report.handover_protocol, Some(ProtocolRange { min, max }) if min >= 1 && max >= min),
+        "{started_report:?}"
+    );
+    // The operator still reads a fresh committed handover.
+    let seen = observe(&pod, "empty:1", Timestamp::now());
+    assert!(
+        matches!(&seen.view.standby, Standby::Upgrading { image, report: Some(Reported::Committed), .. }
+                 if image == "agent:v2"),
+        "{:?}",
+        seen.view.standby
+    );
+}

@@ -27,7 +27,7 @@ use baton_agent::maps::set::map_pin_path;
 use baton_agent::migrate::{dump, MapLayout, RawEntry};
 use baton_agent::sys::{self, AttachType};
 use baton_api::admin::{Dump, Status};
-use baton_api::preflight::{MapAction, Outcome, Report, JSON_PREFIX};
+use baton_api::preflight::{MapAction, Outcome, Report, Summary, JSON_PREFIX, SUMMARY_MAX_BYTES};
 use baton_e2e::kit::bins::{agent_bin, other_layout};
 use baton_e2e::kit::sandbox::{cgroup_root, BpffsMount, CgroupDir};
 use serde_json::Value;
@@ -167,9 +167,13 @@ impl Node {
         c.output().expect("running baton-agent preflight")
     }
 
-    /// `preflight --json`: the exit code and the report.
+    /// `preflight --json --summary-file`: the exit code and the report,
+    /// after checking the summary file against it.
     fn preflight_json(&self, bin: &Path, env: &[(&str, &str)]) -> (i32, Report) {
-        let out = self.preflight(bin, &["--json"], env);
+        let summary_file = self.tmp.path().join("termination-log");
+        let _ = std::fs::remove_file(&summary_file);
+        let file_arg = summary_file.display().to_string();
+        let out = self.preflight(bin, &["--json", "--summary-file", &file_arg], env);
         let stdout = String::from_utf8_lossy(&out.stdout);
         // The contract the operator reads by: one line, the report's.
         let report = (stdout.starts_with(JSON_PREFIX) && stdout.lines().count() == 1)
@@ -185,6 +189,7 @@ impl Node {
                 String::from_utf8_lossy(&out.stderr)
             )
         };
+        check_summary_file(&summary_file, &report);
         (out.status.code().unwrap_or(-1), report)
     }
 
@@ -584,6 +589,52 @@ fn a_fresh_node_passes_and_gets_no_directory() {
     assert!(!pins.exists(), "preflight created {}", pins.display());
     assert_eq!(listing(node.pin_dir()), before);
     assert_eq!(attached(node.cgroup.path()), attached_none());
+}
+
+/// The `--summary-file` a report came with: one JSON line a termination
+/// message keeps whole, read back as the report's own summary.
+fn check_summary_file(path: &Path, report: &Report) {
+    let text = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("no summary file {}: {e}", path.display()));
+    assert!(text.len() <= SUMMARY_MAX_BYTES, "{} bytes", text.len());
+    assert_eq!(text.lines().count(), 1, "{text}");
+    let summary: Summary = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+    assert_eq!(summary.passed, report.passed, "{text}");
+    assert_eq!(summary, report.summary(), "{text}");
+}
+
+#[test]
+fn preflight_that_cannot_run_writes_its_reason_as_text() {
+    let node = Node::new("error");
+    let summary_file = node.tmp.path().join("termination-log");
+    // The report cannot be written (stdout is /dev/full): exit 2, no report.
+    let out = Command::new(own_agent())
+        .arg("preflight")
+        .arg("--bpffs")
+        .arg(node.pin_dir())
+        .arg("--run-dir")
+        .arg(&node.run_dir)
+        .arg("--cgroup")
+        .arg(node.cgroup.path())
+        .arg("--json")
+        .arg("--summary-file")
+        .arg(&summary_file)
+        .env_remove("BATON_TEST_BREAK_PROGRAM")
+        .env_remove("BATON_TEST_REJECT_PROGRAMS")
+        .stdout(std::fs::File::create("/dev/full").expect("/dev/full"))
+        .output()
+        .expect("preflight");
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let reason = std::fs::read_to_string(&summary_file).expect("the reason");
+    assert_eq!(reason.lines().count(), 1, "{reason}");
+    assert!(
+        reason.starts_with("baton-agent preflight could not run: writing the report"),
+        "{reason}"
+    );
+    assert!(
+        serde_json::from_str::<Summary>(&reason).is_err(),
+        "{reason}"
+    );
 }
 
 /// What bpftool prints for a cgroup with nothing attached.

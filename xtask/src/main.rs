@@ -44,6 +44,19 @@ enum Task {
         #[arg(long)]
         no_default_features: bool,
     },
+    /// Build only the agent with its test-only switches (feature test-hooks),
+    /// into target/test-hooks/<profile>/baton-agent.
+    AgentHooks {
+        /// Cargo profile (dev, release, bench).
+        #[arg(long, default_value = "dev")]
+        profile: String,
+        /// Packages of the main build to share dependencies with (default: the workspace).
+        #[arg(short = 'p', long = "package")]
+        packages: Vec<String>,
+        /// As the main build's `--no-default-features` (same dependency features).
+        #[arg(long)]
+        no_default_features: bool,
+    },
     /// Run test tiers (default: all of them, in order).
     Test {
         /// Tiers to run.
@@ -76,6 +89,11 @@ fn main() -> Result<()> {
             packages,
             no_default_features,
         } => layouts::agent_v2(&profile, &packages, no_default_features),
+        Task::AgentHooks {
+            profile,
+            packages,
+            no_default_features,
+        } => layouts::agent_hooks(&profile, &packages, no_default_features),
         Task::Test { tiers, threads } => tiers::run(&tiers, threads),
         Task::Crdgen => crdgen(),
         Task::Fuzz { seconds } => run::program("scripts/fuzz.sh", &[&seconds.to_string()]),

@@ -129,6 +129,56 @@ pub fn other_layout(layout: u32) -> u32 {
     }
 }
 
+/// Overrides where the agent with test hooks ([`hooks_agent_bin`]) is found.
+pub const HOOKS_AGENT_BIN_ENV: &str = "BATON_AGENT_HOOKS";
+
+/// Whether the agent binary at `path` was built with the test-only datapath
+/// switches (feature `test-hooks`): its embedded object names the global.
+pub fn has_test_hooks(path: &Path) -> bool {
+    let marker = baton_ebpf::TEST_REFUSE_ONE_IN_GLOBAL.as_bytes();
+    std::fs::read(path).is_ok_and(|bin| bin.windows(marker.len()).any(|w| w == marker))
+}
+
+/// `baton-agent` of this build's layout with its test hooks
+/// (`BATON_TEST_REFUSE_ONE_IN`, ...): `$BATON_AGENT_HOOKS`, else
+/// `<target>/test-hooks/<profile>/baton-agent` (`cargo xtask agent-hooks`),
+/// else this build's own agent when it has them (a `cargo test --workspace`
+/// or `--all-targets` build turns the feature on through baton-agent's
+/// dev-dependency on itself).
+pub fn hooks_agent_bin() -> Result<PathBuf> {
+    let (target, profile) = target_and_profile();
+    let built = target.join("test-hooks").join(&profile).join("baton-agent");
+    if std::env::var_os(HOOKS_AGENT_BIN_ENV).is_none() && !built.is_file() {
+        if let Ok(own) = agent_bin(baton_ebpf::LAYOUT_VERSION) {
+            if has_test_hooks(&own) {
+                return Ok(own);
+            }
+        }
+    }
+    let p = match profile.as_str() {
+        "debug" => String::new(),
+        other => format!(" --profile {other}"),
+    };
+    let path = locate(
+        "baton-agent (test hooks)",
+        HOOKS_AGENT_BIN_ENV,
+        vec![built],
+        format!("cargo xtask agent-hooks{p}"),
+    )?;
+    if has_test_hooks(&path) {
+        Ok(path)
+    } else {
+        Err(Error::check(
+            "an agent with test hooks",
+            format!(
+                "{} has no {} (a production build?); rebuild it with `cargo xtask agent-hooks{p}`",
+                path.display(),
+                baton_ebpf::TEST_REFUSE_ONE_IN_GLOBAL
+            ),
+        ))
+    }
+}
+
 /// `baton-agent` of map layout `layout` (1 or 2), looked up once per process.
 ///
 /// `$BATON_AGENT_V<layout>` wins. For this build's layout

@@ -31,10 +31,12 @@ const WAIT: Duration = Duration::from_secs(20);
 /// How often a host polls the admin socket.
 const POLL: Duration = Duration::from_millis(20);
 /// The agent's test-only fault hooks, never inherited from the test's environment.
-const TEST_HOOKS: [&str; 3] = [
+const TEST_HOOKS: [&str; 5] = [
     "BATON_TEST_CRASH_AT",
     "BATON_TEST_REJECT_PROGRAMS",
     "BATON_TEST_PAUSE_AT",
+    "BATON_TEST_REFUSE_ONE_IN",
+    "BATON_SOAK_SECONDS",
 ];
 
 /// Extra settings of one agent start.
@@ -44,6 +46,8 @@ pub struct Opts {
     pub env: Vec<(String, String)>,
     /// Arguments after the host's own.
     pub args: Vec<String>,
+    /// The agent binary (default: the layout's, [`agent_bin`]).
+    pub bin: Option<PathBuf>,
 }
 
 impl Opts {
@@ -55,6 +59,13 @@ impl Opts {
     /// Adds an environment variable.
     pub fn with_env(mut self, k: &str, v: &str) -> Self {
         self.env.push((k.into(), v.into()));
+        self
+    }
+
+    /// Runs `bin` instead of the layout's agent (it must be of the layout
+    /// given to [`Host::spawn`]), e.g. [`super::bins::hooks_agent_bin`].
+    pub fn with_bin(mut self, bin: PathBuf) -> Self {
+        self.bin = Some(bin);
         self
     }
 
@@ -122,8 +133,12 @@ impl Host {
     /// to `agent-<n>.log`; no test hook inherited; SIGKILLed on drop).
     pub fn agent_cmd(&self, layout: u32, opts: &Opts) -> Result<(AgentCmd, PathBuf)> {
         let n = self.seq.fetch_add(1, Ordering::SeqCst);
+        let bin = match &opts.bin {
+            Some(b) => b.clone(),
+            None => agent_bin(layout)?,
+        };
         let mut cmd = AgentCmd::new(
-            &agent_bin(layout)?,
+            &bin,
             &self.services,
             self.sandbox.cgroup(),
             self.sandbox.pin_dir(),

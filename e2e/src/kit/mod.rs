@@ -33,7 +33,7 @@ pub mod sandbox;
 pub mod wait;
 
 pub use agent::{Agent, AgentCmd};
-pub use bins::{agent_bin, other_layout, probe_bin};
+pub use bins::{agent_bin, hooks_agent_bin, other_layout, probe_bin};
 pub use error::{Error, Result};
 pub use fixture::Fixture;
 pub use host::{Host, Opts};

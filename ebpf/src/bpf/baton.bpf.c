@@ -62,6 +62,17 @@ struct {
 	__type(value, struct meta_value);
 } meta SEC(".maps");
 
+#ifdef BATON_TEST_HOOKS
+/*
+ * Test builds only (cargo feature `test-hooks`, -DBATON_TEST_HOOKS): refuse
+ * one in this many connects to a VIP that has endpoints, as the no-endpoint
+ * path does (counted no_endpoint). 0 = off. The agent sets it at load from
+ * BATON_TEST_REFUSE_ONE_IN; production objects have neither the variable
+ * nor the code.
+ */
+const volatile __u32 test_refuse_one_in = 0;
+#endif
+
 static __always_inline void count(__u32 slot)
 {
 	__u64 *v = bpf_map_lookup_elem(&counters, &slot);
@@ -148,6 +159,10 @@ static __always_inline int resolve(const struct frontend_key *fk, __u32 dport,
 			count(BATON_CNT_BACKEND_MISS);
 			continue;
 		}
+#ifdef BATON_TEST_HOOKS
+		if (test_refuse_one_in && bpf_get_prandom_u32() % test_refuse_one_in == 0)
+			break;
+#endif
 		*out = bv;
 		*out_port = bv->port ? bv->port : target;
 		return VERDICT_PASS;

@@ -43,13 +43,23 @@ pub enum ClientError {
 
 /// Sends one request and returns the response.
 pub fn request(path: &Path, req: Request) -> Result<serde_json::Value, ClientError> {
+    request_within(path, req, Duration::from_secs(30))
+}
+
+/// [`request`], giving up when a read or write waits longer than `timeout`.
+pub fn request_within(
+    path: &Path,
+    req: Request,
+    timeout: Duration,
+) -> Result<serde_json::Value, ClientError> {
     let io = |source| ClientError::Io {
         path: path.display().to_string(),
         source,
     };
     let mut s = UnixStream::connect(path).map_err(io)?;
-    s.set_read_timeout(Some(Duration::from_secs(30)))
-        .map_err(io)?;
+    let timeout = Some(timeout.max(Duration::from_millis(1)));
+    s.set_read_timeout(timeout).map_err(io)?;
+    s.set_write_timeout(timeout).map_err(io)?;
     let mut line = serde_json::to_vec(&req).map_err(|source| ClientError::Decode {
         path: path.display().to_string(),
         source,

@@ -23,6 +23,7 @@ use crate::handover::successor::{self, Figures, HandoverError, SuccessorConfig};
 use crate::handover::{self, incumbent::Timeouts, Listener};
 use crate::metrics::{self, SyncStats};
 use crate::programmer::Programmer;
+use crate::rate::{self, Sampler};
 use crate::source::Source;
 
 /// Everything `baton-agent run` needs.
@@ -42,6 +43,9 @@ pub struct AgentConfig {
     pub handover: Timeouts,
     /// Try to take over from an agent listening on the handover socket first.
     pub take_over: bool,
+    /// After a committed handover, keep the report's datapath window up to
+    /// date this long (the canary's soak; zero: report once, `final`).
+    pub soak: Duration,
 }
 
 /// Errors that stop the agent.
@@ -69,6 +73,9 @@ pub enum AgentError {
     },
 }
 
+/// Receives a takeover's outcome (see [`Hooks::on_takeover`]).
+pub type ReportHook = Box<dyn Fn(Result<&Figures, &str>) + Send>;
+
 /// Callbacks for the agent's embedder (a cluster agent writes its pod
 /// condition from `on_takeover`).
 #[derive(Default)]
@@ -76,8 +83,8 @@ pub struct Hooks {
     /// Called once when this agent tried to take over from a running one:
     /// `Ok` with the figures when it owns the datapath, `Err` with the reason
     /// when the old agent keeps it.
-    #[allow(clippy::type_complexity)]
-    pub on_takeover: Option<Box<dyn Fn(Result<&Figures, &str>) + Send>>,
+    /// Called again with the updated window during a soak (`AgentConfig::soak`).
+    pub on_takeover: Option<ReportHook>,
     /// Asked once when a stop signal ends an agent that owns the datapath
     /// and keeps it (`keep_datapath`): `true` removes it anyway (the pair
     /// pod's owner is being deleted: an uninstall, not a restart).
@@ -155,6 +162,11 @@ fn start(cfg: &AgentConfig, hooks: &Hooks) -> Result<Start, AgentError> {
                     "handover committed: this agent owns the datapath"
                 );
                 figures.maps = dp.migration.clone();
+                figures.window = figures.marks.as_ref().and_then(|m| {
+                    let now = crate::rate::read(&dp.maps).ok()?;
+                    // Nothing synced yet: the loop has not run.
+                    Some(m.window(&now, Instant::now(), 0, 0, cfg.soak.is_zero()))
+                });
                 report(Ok(&figures));
                 return Ok(Start {
                     dp,
@@ -215,7 +227,7 @@ fn start(cfg: &AgentConfig, hooks: &Hooks) -> Result<Start, AgentError> {
 pub fn run(
     cfg: &AgentConfig,
     mut source: Box<dyn Source>,
-    hooks: Hooks,
+    mut hooks: Hooks,
     stop: Arc<AtomicBool>,
 ) -> Result<Exit, AgentError> {
     std::fs::create_dir_all(&cfg.run_dir).map_err(io("create run dir"))?;
@@ -266,7 +278,10 @@ pub fn run(
         tracing::info!(addr = ?m.local_addr().ok(), "metrics listening");
     }
 
+    let window = figures.as_ref().and_then(|f| f.window);
     let shared = Arc::new(Shared {
+        rate: Mutex::new(Sampler::default()),
+        window: Mutex::new(window),
         dp,
         inner: Mutex::new(Inner {
             programmer,
@@ -287,6 +302,16 @@ pub fn run(
     let metrics = metrics_l.map(|l| metrics::serve(l, shared.clone(), stop.clone()));
     let handover =
         handover::incumbent::serve(handover_l, shared.clone(), cfg.handover, stop.clone());
+    let sampler = spawn_sampler(shared.clone(), stop.clone());
+    // A canary's soak: the report's window rewritten until it ends.
+    let soak = match &shared.handover {
+        Some(f) if f.via == successor::Via::Handover && !cfg.soak.is_zero() => {
+            // Local mode has no hook: the window still shows in `status`.
+            let report = hooks.on_takeover.take().unwrap_or_else(|| Box::new(|_| {}));
+            spawn_soak(shared.clone(), cfg.soak, report, stop.clone())
+        }
+        _ => None,
+    };
 
     let cap = shared.capacity();
     while !stop.load(Ordering::Relaxed) {
@@ -312,6 +337,12 @@ pub fn run(
         let _ = m.join();
     }
     let _ = handover.join();
+    if let Some(s) = sampler {
+        let _ = s.join();
+    }
+    if let Some(s) = soak {
+        let _ = s.join();
+    }
     let retired = shared.retired.load(Ordering::SeqCst);
     let shared = Arc::try_unwrap(shared).map_err(|_| AgentError::Io {
         what: "shutdown".into(),
@@ -332,4 +363,117 @@ pub fn run(
         tracing::info!("datapath detached and unpinned");
     }
     Ok(Exit::Stopped)
+}
+
+/// Sleeps until `until` or `stop`, in short steps; `false` when stopped.
+fn sleep_until(until: Instant, stop: &AtomicBool) -> bool {
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            return false;
+        }
+        let now = Instant::now();
+        if now >= until {
+            return true;
+        }
+        std::thread::sleep((until - now).min(Duration::from_millis(100)));
+    }
+}
+
+/// Reads the datapath counters every [`rate::SAMPLE_INTERVAL`] into
+/// `shared.rate` (`status.datapath`): 8 lookups a second. It reads the
+/// maps this agent runs (`shared.dp`), which after a takeover or an
+/// adoption are the ones its programs count into.
+fn spawn_sampler(
+    shared: Arc<Shared>,
+    stop: Arc<AtomicBool>,
+) -> Option<std::thread::JoinHandle<()>> {
+    let spawned = std::thread::Builder::new()
+        .name("baton-rate".into())
+        .spawn(move || {
+            let mut next = Instant::now();
+            let mut failing = false;
+            while sleep_until(next, &stop) {
+                match rate::read(&shared.dp.maps) {
+                    Ok(c) => {
+                        failing = false;
+                        shared.rate_lock().push(Instant::now(), c);
+                    }
+                    Err(e) if !failing => {
+                        failing = true;
+                        tracing::warn!(error = %e, "reading the datapath counters");
+                    }
+                    Err(_) => {}
+                }
+                next += rate::SAMPLE_INTERVAL;
+                // Fell behind (a stopped process, a slow host): no burst of catch-up samples.
+                let now = Instant::now();
+                if next < now {
+                    next = now + rate::SAMPLE_INTERVAL;
+                }
+            }
+        });
+    match spawned {
+        Ok(h) => Some(h),
+        Err(e) => {
+            tracing::warn!(error = %e, "no datapath sampler");
+            None
+        }
+    }
+}
+
+/// The canary's soak: every `SOAK_REPORT_INTERVAL_SECONDS` after the commit
+/// the window is recomputed (counts since `Hello`, syncs since the commit),
+/// stored for `status.handover.datapath` and handed to `report` (the pod
+/// condition), until `soak` has passed; then once more with `final`.
+fn spawn_soak(
+    shared: Arc<Shared>,
+    soak: Duration,
+    report: ReportHook,
+    stop: Arc<AtomicBool>,
+) -> Option<std::thread::JoinHandle<()>> {
+    let marks = shared.handover.as_ref()?.marks.clone()?;
+    let interval = Duration::from_secs(baton_api::pairpod::SOAK_REPORT_INTERVAL_SECONDS);
+    let spawned = std::thread::Builder::new()
+        .name("baton-soak".into())
+        .spawn(move || {
+            for (at, last) in rate::soak_schedule(soak, interval) {
+                if !sleep_until(marks.committed_at + at, &stop) {
+                    return;
+                }
+                if shared.retired.load(Ordering::SeqCst) {
+                    return;
+                }
+                let now = match rate::read(&shared.dp.maps) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "soak: reading the datapath counters");
+                        continue;
+                    }
+                };
+                let (syncs, sync_errors) = shared.sync_counts();
+                let w = marks.window(&now, Instant::now(), syncs, sync_errors, last);
+                tracing::info!(
+                    after_ms = w.after_ms,
+                    to_vip = w.after.to_vip(),
+                    refused = w.after.refused(),
+                    syncs,
+                    sync_errors,
+                    last,
+                    "soak: datapath window"
+                );
+                *shared.window_lock() = Some(w);
+                if let Some(f) = &shared.handover {
+                    let mut f = f.clone();
+                    f.window = Some(w);
+                    report(Ok(&f));
+                }
+            }
+        });
+    match spawned {
+        Ok(h) => Some(h),
+        Err(e) => {
+            tracing::warn!(error = %e, "no soak reports");
+            None
+        }
+    }
 }

@@ -19,7 +19,9 @@ use crate::handover::successor::{self, Figures};
 use crate::metrics::{self, family, SyncStats};
 use crate::model::{Capacity, DesiredState};
 use crate::programmer::{Programmer, SyncReport, MISSING};
+use crate::rate::Sampler;
 use crate::verify;
+use baton_api::datapath::DatapathWindow;
 
 /// The mutable part, behind one lock.
 pub(super) struct Inner {
@@ -34,6 +36,10 @@ pub(super) struct Inner {
 
 /// State shared by the loop, the admin socket and the metrics endpoint.
 pub struct Shared {
+    /// The datapath counters of the last 30 s (`status.datapath`).
+    pub(super) rate: Mutex<Sampler>,
+    /// What the datapath saw across this agent's handover, as last reported.
+    pub(super) window: Mutex<Option<DatapathWindow>>,
     pub(super) dp: Datapath,
     pub(super) inner: Mutex<Inner>,
     pub(super) started: Instant,
@@ -53,6 +59,24 @@ impl Shared {
     pub(super) fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panicking holder must not take the agent down with a poisoned lock.
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(super) fn rate_lock(&self) -> MutexGuard<'_, Sampler> {
+        self.rate.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(super) fn window_lock(&self) -> MutexGuard<'_, Option<DatapathWindow>> {
+        self.window.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// (syncs run, of which failed or a source rejected) since this agent
+    /// started, i.e. since its handover committed.
+    pub(super) fn sync_counts(&self) -> (u64, u64) {
+        let g = self.lock();
+        (
+            g.stats.attempts,
+            g.stats.failed.saturating_add(g.stats.source_errors),
+        )
     }
 
     pub(super) fn capacity(&self) -> Capacity {
@@ -81,6 +105,10 @@ impl Shared {
         };
         let res = g.programmer.sync(&self.dp.maps, &desired);
         g.desired = Some(desired);
+        g.stats.attempts += 1;
+        if !res.as_ref().is_ok_and(|r| r.ok()) {
+            g.stats.failed += 1;
+        }
         match res {
             Ok(r) => {
                 g.stats.syncs += 1;
@@ -115,6 +143,8 @@ impl Shared {
     }
 
     fn status(&self) -> Status {
+        let datapath = self.rate_lock().rate();
+        let window = *self.window_lock();
         let g = self.lock();
         let st = g.programmer.state();
         Status {
@@ -126,7 +156,10 @@ impl Shared {
             pin_dir: self.dp.pin_dir.display().to_string(),
             adopted_maps: self.dp.reused_maps,
             maps: maps_summary(&self.dp.migration),
-            handover: self.handover.as_ref().map(takeover),
+            handover: self.handover.as_ref().map(|f| Takeover {
+                datapath: window,
+                ..takeover(f)
+            }),
             source: self.source.clone(),
             frozen: g.frozen,
             services: st.services.len() as u64,
@@ -139,7 +172,7 @@ impl Shared {
                 min: MIN_PROTO,
                 max: PROTO,
             }),
-            datapath: None,
+            datapath,
         }
     }
 
@@ -238,6 +271,7 @@ fn takeover(f: &Figures) -> Takeover {
             successor::Via::Handover => Via::Handover,
             successor::Via::Pins => Via::Pins,
         },
+        datapath: f.window,
     }
 }
 

@@ -8,10 +8,11 @@ use std::time::Duration;
 use baton_api::pairpod::{HandoverOutcome, HandoverReport};
 use kube::Client;
 
-use super::condition::{report_handover, report_started};
+use super::condition::{now_in_seconds, report_handover_at, report_soak, report_started};
 use super::owner::{owner_of, Owner};
 use super::slot::{Role, SlotInfo};
 use super::{connect, ClusterError};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 /// Deadline of one call when none is given.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -53,19 +54,49 @@ impl ClusterClient {
         outcome: HandoverOutcome,
         report: &HandoverReport,
     ) -> Result<(), ClusterError> {
+        self.report_handover_at(me, outcome, report, now_in_seconds())
+    }
+
+    /// [`report_handover`](Self::report_handover) stamped `at`.
+    pub fn report_handover_at(
+        &self,
+        me: &SlotInfo,
+        outcome: HandoverOutcome,
+        report: &HandoverReport,
+        at: Time,
+    ) -> Result<(), ClusterError> {
         let what = format!(
             "reporting the handover on {}/{}",
             me.pod_namespace, me.pod_name
         );
         self.call(
             what,
-            report_handover(
+            report_handover_at(
                 &self.client,
                 &me.pod_namespace,
                 &me.pod_name,
                 outcome,
                 report,
+                at,
             ),
+        )
+    }
+
+    /// Rewrites this agent's Committed handover condition with a soak's
+    /// updated report, `lastTransitionTime` kept at `at` (the commit's).
+    pub fn report_soak(
+        &self,
+        me: &SlotInfo,
+        report: &HandoverReport,
+        at: Time,
+    ) -> Result<(), ClusterError> {
+        let what = format!(
+            "rewriting the handover report on {}/{}",
+            me.pod_namespace, me.pod_name
+        );
+        self.call(
+            what,
+            report_soak(&self.client, &me.pod_namespace, &me.pod_name, report, at),
         )
     }
 

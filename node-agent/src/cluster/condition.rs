@@ -4,6 +4,7 @@
 //! [`StartedReport`] message). The contract is `baton_api::pairpod`; the
 //! operator reads it with the same types (`operator/src/controller/observe.rs`).
 
+use baton_api::admin::ProtocolRange;
 use baton_api::pairpod::{
     HandoverOutcome, HandoverReport, Slot, StartedReport, CONDITION_HANDOVER, CONDITION_STARTED,
     REASON_STARTED, STATUS_TRUE,
@@ -16,18 +17,29 @@ use kube::Client;
 use serde_json::json;
 
 use super::ClusterError;
+use crate::handover::msg::{MIN_PROTO, PROTO};
 
 /// The condition for `report`, stamped now (whole seconds, as the API keeps).
 pub fn handover_condition(
     outcome: HandoverOutcome,
     report: &HandoverReport,
 ) -> Result<PodCondition, ClusterError> {
+    handover_condition_at(outcome, report, now_in_seconds())
+}
+
+/// The condition for `report`, stamped `at` (a soak's rewrites keep the
+/// commit's time: the operator compares it with the handover's start).
+pub fn handover_condition_at(
+    outcome: HandoverOutcome,
+    report: &HandoverReport,
+    at: Time,
+) -> Result<PodCondition, ClusterError> {
     Ok(PodCondition {
         type_: CONDITION_HANDOVER.into(),
         status: outcome.status().into(),
         reason: Some(outcome.reason().into()),
         message: Some(report.to_message().map_err(ClusterError::Encode)?),
-        last_transition_time: Some(now_in_seconds()),
+        last_transition_time: Some(at),
         ..PodCondition::default()
     })
 }
@@ -43,7 +55,19 @@ pub async fn report_handover(
     outcome: HandoverOutcome,
     report: &HandoverReport,
 ) -> Result<(), ClusterError> {
-    let condition = handover_condition(outcome, report)?;
+    report_handover_at(client, namespace, pod, outcome, report, now_in_seconds()).await
+}
+
+/// [`report_handover`] stamped `at`.
+pub async fn report_handover_at(
+    client: &Client,
+    namespace: &str,
+    pod: &str,
+    outcome: HandoverOutcome,
+    report: &HandoverReport,
+    at: Time,
+) -> Result<(), ClusterError> {
+    let condition = handover_condition_at(outcome, report, at)?;
     let mut conditions = vec![condition];
     if outcome == HandoverOutcome::Committed {
         // The committed agent serves now: say so in the Started condition
@@ -57,6 +81,22 @@ pub async fn report_handover(
     Ok(())
 }
 
+/// Rewrites the Committed [`CONDITION_HANDOVER`] condition during a soak
+/// with `report`'s updated datapath window, keeping `at` (the commit's
+/// time) as its `lastTransitionTime`. The Started condition is left alone.
+pub async fn report_soak(
+    client: &Client,
+    namespace: &str,
+    pod: &str,
+    report: &HandoverReport,
+    at: Time,
+) -> Result<(), ClusterError> {
+    let c = handover_condition_at(HandoverOutcome::Committed, report, at)?;
+    patch_conditions(client, namespace, pod, &[c]).await?;
+    tracing::debug!(pod, "soak report written on the pod");
+    Ok(())
+}
+
 /// The [`CONDITION_STARTED`] condition of the agent of `slot` at `version`,
 /// stamped now. The operator counts the node ready only with this or a
 /// Committed report naming the active slot and image.
@@ -64,7 +104,11 @@ pub fn started_condition(slot: Slot, version: &str) -> Result<PodCondition, Clus
     let report = StartedReport {
         slot,
         version: version.to_owned(),
-        handover_protocol: None,
+        // The operator's preflight compares a new build's range with it.
+        handover_protocol: Some(ProtocolRange {
+            min: MIN_PROTO,
+            max: PROTO,
+        }),
     };
     Ok(PodCondition {
         type_: CONDITION_STARTED.into(),
@@ -91,7 +135,7 @@ pub async fn report_started(
 }
 
 /// Now, in whole seconds (how the API server stores condition times).
-fn now_in_seconds() -> Time {
+pub fn now_in_seconds() -> Time {
     Time(Timestamp::from_second(Timestamp::now().as_second()).unwrap_or_else(|_| Timestamp::now()))
 }
 
@@ -173,6 +217,24 @@ mod tests {
         );
         let at = c.last_transition_time.expect("time").0;
         assert_eq!(at.subsec_nanosecond(), 0, "whole seconds");
+    }
+
+    #[test]
+    fn started_says_the_protocol_range_and_a_soak_keeps_the_commit_time() {
+        let c = started_condition(Slot::A, "agent:v1").expect("condition");
+        let s = StartedReport::from_message(c.message.as_deref().expect("message"))
+            .expect("a start report");
+        assert_eq!(
+            s.handover_protocol,
+            Some(ProtocolRange {
+                min: MIN_PROTO,
+                max: PROTO
+            })
+        );
+        let at = Time(Timestamp::from_second(1_700_000_000).expect("time"));
+        let c = handover_condition_at(HandoverOutcome::Committed, &report(), at.clone())
+            .expect("condition");
+        assert_eq!(c.last_transition_time, Some(at));
     }
 
     #[test]

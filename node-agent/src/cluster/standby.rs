@@ -23,7 +23,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use baton_api::pairpod::{
-    ANN_ACTIVE_SLOT, ENV_ACTIVE_SLOT, ENV_SLOT_VERSION, ENV_SLOT_VERSION_ALT,
+    ANN_ACTIVE_SLOT, ANN_SOAK_SECONDS, ENV_ACTIVE_SLOT, ENV_SLOT_VERSION, ENV_SLOT_VERSION_ALT,
+    ENV_SOAK_SECONDS,
 };
 use futures::TryStreamExt;
 use k8s_openapi::api::core::v1::Pod;
@@ -63,6 +64,8 @@ pub fn successor_env(me: &SlotInfo, pod: &Pod) -> Vec<(&'static str, String)> {
             ann(&me.slot.other().version_annotation()),
         ),
         (ENV_ACTIVE_SLOT, ann(ANN_ACTIVE_SLOT)),
+        // The canary's soak is set with the handover that wakes us.
+        (ENV_SOAK_SECONDS, ann(ANN_SOAK_SECONDS)),
     ]
 }
 
@@ -279,7 +282,20 @@ mod tests {
                 ("BATON_SLOT_VERSION", "agent:v1".into()),
                 ("BATON_SLOT_VERSION_ALT", "agent:v2".into()),
                 ("BATON_ACTIVE_SLOT", "b".into()),
+                // No soak asked: empty, as the downward API gives it.
+                ("BATON_SOAK_SECONDS", String::new()),
             ]))
+        );
+        // A canary: the soak set with the handover reaches the successor.
+        let canary = json!({"baton.dev/active-slot": "b", "baton.dev/slot-a-version": "agent:v1",
+            "baton.dev/slot-b-version": "agent:v2", "baton.dev/soak-seconds": "300",
+            "baton.dev/handover-started": "2026-01-01T00:01:00Z"});
+        let Some(Wake::TakeOver(env)) = decide(&me(), &pod(canary)) else {
+            panic!("a canary wakes the standby");
+        };
+        assert!(
+            env.contains(&("BATON_SOAK_SECONDS", "300".into())),
+            "{env:?}"
         );
     }
 }

@@ -142,7 +142,12 @@ pub fn open_object(
     pins: Option<&Path>,
     max_entries: &BTreeMap<String, u32>,
 ) -> Result<Ebpf, LoadError> {
+    // Declared before the loader, which borrows it.
+    #[cfg(feature = "test-hooks")]
+    let refuse_one_in = super::test_hooks::refuse_one_in()?;
     let mut loader = EbpfLoader::new();
+    #[cfg(feature = "test-hooks")]
+    loader.override_global(baton_ebpf::TEST_REFUSE_ONE_IN_GLOBAL, &refuse_one_in, true);
     let paths: Vec<(&str, std::path::PathBuf)> = match pins {
         Some(dir) => MAPS
             .iter()

@@ -9,11 +9,39 @@
 //! program's entry, so the kernel's verifier itself rejects the program
 //! (`R2 !read_ok`) through the normal load path, log and all; nothing in
 //! the agent pretends.
+//!
+//! `BATON_TEST_REFUSE_ONE_IN=<n>`: the datapath refuses one in `n` connects
+//! to a VIP that has endpoints, as if it had none (counted `no_endpoint`);
+//! the agent sets the object's `test_refuse_one_in` global at load (it
+//! exists only in objects compiled with baton-ebpf's `test-hooks`). 0 or
+//! unset: off. The canary's tests use it to hand over to a build that
+//! disrupts traffic.
 
 use super::load::LoadError;
 
 /// Names the program whose first instruction is broken.
 pub const BREAK_ENV: &str = "BATON_TEST_BREAK_PROGRAM";
+
+/// Makes the datapath refuse one in N connects to a VIP with endpoints.
+pub const REFUSE_ENV: &str = "BATON_TEST_REFUSE_ONE_IN";
+
+/// [`REFUSE_ENV`] as the value of the object's `test_refuse_one_in` (0: off).
+pub fn refuse_one_in() -> Result<u32, LoadError> {
+    let Ok(v) = std::env::var(REFUSE_ENV) else {
+        return Ok(0);
+    };
+    let n: u32 = v
+        .trim()
+        .parse()
+        .map_err(|e| LoadError::Hook(format!("{REFUSE_ENV}={v:?}: {e}")))?;
+    if n > 0 {
+        tracing::warn!(
+            one_in = n,
+            "{REFUSE_ENV}: the datapath refuses a share of connects (test build)"
+        );
+    }
+    Ok(n)
+}
 
 /// `BPF_LDX | BPF_MEM | BPF_W`, dst r0, src r2, offset 0, imm 0.
 const READ_UNINIT_R2: [u8; 8] = [0x61, 0x20, 0, 0, 0, 0, 0, 0];

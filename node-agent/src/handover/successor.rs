@@ -18,9 +18,12 @@ use super::wire::{Conn, WireError};
 use crate::datapath::load::{self, Loaded};
 use crate::datapath::stage::{self, Stage};
 use crate::datapath::{link_pin_path, AttachedLink, DatapathError, MigrationSummary};
+use crate::maps::set::map_pin_path;
 use crate::maps::MapSet;
 use crate::migrate::{self, Decision, MapLayout};
+use crate::rate::{self, HandoverMarks};
 use crate::sys::{self, AttachType};
+use baton_api::datapath::{DatapathRate, DatapathWindow, OutcomeCounts};
 
 /// Why a takeover did not happen.
 #[derive(Debug, thiserror::Error)]
@@ -130,6 +133,14 @@ pub struct Figures {
     /// Handover or recovery from the pins (then `from_*` are empty, and
     /// `handover_us` is the whole start: plan, load, copy, link swap).
     pub via: Via,
+    /// The datapath counters read across the handover (`None` from the pins,
+    /// or when they could not be read).
+    #[serde(skip)]
+    pub marks: Option<HandoverMarks>,
+    /// What the datapath saw from `Hello` to the latest report (the pod
+    /// report's and `status.handover`'s `datapath`).
+    #[serde(skip)]
+    pub window: Option<DatapathWindow>,
 }
 
 /// What the new agent holds after a committed handover.
@@ -274,11 +285,53 @@ pub fn connect(socket: &Path) -> R<Conn> {
     }
 }
 
+/// Longest wait for the incumbent's `status` before `Hello`: the rate
+/// before the handover is worth a little, not a slower handover.
+pub const BEFORE_WAIT: Duration = Duration::from_millis(200);
+
+/// The incumbent's datapath rate from its admin socket (next to the
+/// handover socket, in the run directory), `None` when it does not answer
+/// within [`BEFORE_WAIT`] or does not say (an older agent).
+fn rate_before(cfg: &SuccessorConfig) -> Option<DatapathRate> {
+    let admin = cfg.socket.with_file_name(baton_api::admin::SOCKET_FILE);
+    let t0 = Instant::now();
+    let v = match crate::admin::client::request_within(
+        &admin,
+        crate::admin::Request::Status,
+        BEFORE_WAIT,
+    ) {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::info!(error = %e, "handover: no datapath rate from the old agent");
+            return None;
+        }
+    };
+    // Only this field: the old agent may be of another version.
+    let rate = v
+        .get("datapath")
+        .and_then(|d| serde_json::from_value::<DatapathRate>(d.clone()).ok());
+    tracing::debug!(
+        ?rate,
+        took_us = t0.elapsed().as_micros() as u64,
+        "handover: rate before"
+    );
+    rate
+}
+
+/// The incumbent's counters now, from its pinned `counters` map.
+fn pinned_counters(pin_dir: &Path) -> Option<OutcomeCounts> {
+    let fd = sys::obj_get(&map_pin_path(pin_dir, "counters")).ok()?;
+    rate::read_fd(fd.as_fd(), sys::possible_cpus()).ok()
+}
+
 /// Takes over from the agent listening on `cfg.socket`.
 pub fn take_over(cfg: &SuccessorConfig) -> R<Takeover> {
+    let before = rate_before(cfg);
+    // Read right before `Hello`: the handover window starts here.
+    let hello = (Instant::now(), pinned_counters(&cfg.pin_dir));
     let (s, welcome) = greet(cfg, versions())?;
     let mut stage = None;
-    let res = run(&s, welcome, cfg, &mut stage);
+    let res = run(&s, welcome, cfg, &mut stage, (before, hello));
     if let Err(e) = &res {
         s.abort(e);
         if let Some(st) = stage {
@@ -384,11 +437,15 @@ fn hello(s: &Session, proto: u32) -> R<Welcome> {
     })
 }
 
+/// The rate before and (`Hello` sent, the incumbent's counters then).
+type Before = (Option<DatapathRate>, (Instant, Option<OutcomeCounts>));
+
 fn run(
     s: &Session,
     welcome: Welcome,
     cfg: &SuccessorConfig,
     stage_out: &mut Option<Stage>,
+    (before, (hello_at, old_at_hello)): Before,
 ) -> R<Takeover> {
     let Welcome {
         proto,
@@ -424,6 +481,12 @@ fn run(
     let received =
         manifest::verify(entries, fds).map_err(|e| local(ErrorCode::BadFd)(e.to_string()))?;
     crash_point("new:after_offer");
+    let cpus = sys::possible_cpus();
+    let old_counters = received.maps.get("counters").map(|m| &m.fd);
+    // No pin to read at Hello (pinned elsewhere?): the offered map, a few
+    // milliseconds later, is the next best start.
+    let old_at_hello =
+        old_at_hello.or_else(|| old_counters.and_then(|fd| rate::read_fd(fd.as_fd(), cpus).ok()));
 
     // Plan every map of this build against what the old agent holds.
     let build = MapLayout::of_build(&cfg.max_entries)
@@ -547,6 +610,16 @@ fn run(
         })
         .collect();
     let prog_fds: Vec<_> = programs.iter().map(|(_, _, fd)| *fd).collect();
+    // A new counters map (migrated): no program counts into it before the
+    // links swap, so this is its start (see `rate::HandoverMarks`).
+    let counters_replaced = decisions
+        .iter()
+        .any(|(n, d)| n == "counters" && !matches!(d, Decision::Reuse));
+    let new_at_commit = if counters_replaced {
+        rate::read(&maps).ok()
+    } else {
+        None
+    };
     s.send(
         &Msg::Commit {
             programs: programs.iter().map(|(_, p, _)| p.clone()).collect(),
@@ -582,6 +655,27 @@ fn run(
     };
     crash_point("new:after_committed");
     let handover_us = ready.elapsed().as_micros() as u64;
+    let committed_at = Instant::now();
+    // The old programs are off the links: the old map's part is final.
+    let old_at_commit = old_counters.and_then(|fd| rate::read_fd(fd.as_fd(), cpus).ok());
+    let marks = match (old_at_hello, old_at_commit) {
+        (Some(old_at_hello), Some(old_at_commit))
+            if new_at_commit.is_some() || !counters_replaced =>
+        {
+            Some(HandoverMarks {
+                before,
+                hello_at,
+                old_at_hello,
+                old_at_commit,
+                new_at_commit,
+                committed_at,
+            })
+        }
+        _ => {
+            tracing::warn!("handover: the datapath counters could not be read; no window");
+            None
+        }
+    };
 
     // The staged pins of reused maps are duplicates of the live ones now.
     if let Some(st) = stage_out.take() {
@@ -617,6 +711,8 @@ fn run(
             from_version: agent_version,
             from_layout: layout_version,
             via: Via::Handover,
+            marks,
+            window: None,
         },
     })
 }

@@ -4,9 +4,9 @@ use std::collections::BTreeMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 
 use baton_api::pairpod::{
-    Slot, ANN_ACTIVE_SLOT, APP_NAME, DEFAULT_RUN_DIR, ENV_ACTIVE_SLOT, ENV_CGROUP, ENV_NODE_NAME,
-    ENV_POD_NAME, ENV_POD_NAMESPACE, ENV_RUN_DIR, ENV_SLOT, ENV_SLOT_VERSION, ENV_SLOT_VERSION_ALT,
-    LABEL_APP_NAME, LABEL_UPGRADE,
+    Slot, ANN_ACTIVE_SLOT, ANN_SOAK_SECONDS, APP_NAME, DEFAULT_RUN_DIR, ENV_ACTIVE_SLOT,
+    ENV_CGROUP, ENV_NODE_NAME, ENV_POD_NAME, ENV_POD_NAMESPACE, ENV_RUN_DIR, ENV_SLOT,
+    ENV_SLOT_VERSION, ENV_SLOT_VERSION_ALT, ENV_SOAK_SECONDS, LABEL_APP_NAME, LABEL_UPGRADE,
 };
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, HostPathVolumeSource,
@@ -192,6 +192,9 @@ fn slot_env(slot: Slot, spec: &KmeshUpgradeSpec) -> Vec<EnvVar> {
             annotation(slot.other().version_annotation()),
         ),
         field(ENV_ACTIVE_SLOT, annotation(ANN_ACTIVE_SLOT.to_owned())),
+        // The canary's soak: how long a successor keeps its handover report
+        // up to date (empty when the annotation is absent: no soak).
+        field(ENV_SOAK_SECONDS, annotation(ANN_SOAK_SECONDS.to_owned())),
         value(ENV_RUN_DIR, DEFAULT_RUN_DIR.into()),
         field(ENV_NODE_NAME, "spec.nodeName".into()),
         field(ENV_POD_NAME, "metadata.name".into()),
@@ -442,6 +445,10 @@ mod tests {
         assert_eq!(
             path("BATON_SLOT_VERSION_ALT").as_deref(),
             Some("metadata.annotations['baton.dev/slot-a-version']")
+        );
+        assert_eq!(
+            path("BATON_SOAK_SECONDS").as_deref(),
+            Some("metadata.annotations['baton.dev/soak-seconds']")
         );
     }
 }
