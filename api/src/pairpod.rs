@@ -246,20 +246,9 @@ pub struct HandoverReport {
     pub datapath: Option<crate::datapath::DatapathWindow>,
 }
 
-impl HandoverReport {
-    /// Parses a condition message.
-    pub fn from_message(message: &str) -> Result<Self, ContractError> {
-        serde_json::from_str(message).map_err(ContractError::Message)
-    }
-
-    /// The condition message.
-    pub fn to_message(&self) -> Result<String, ContractError> {
-        serde_json::to_string(self).map_err(ContractError::Message)
-    }
-
-    /// Whether the agent of `slot` at `version` wrote this report.
-    pub fn is_from(&self, slot: Slot, version: &str) -> bool {
-        self.slot == slot && self.version == version
+impl ConditionReport for HandoverReport {
+    fn author(&self) -> (Slot, &str) {
+        (self.slot, &self.version)
     }
 }
 
@@ -281,20 +270,31 @@ pub struct StartedReport {
     pub handover_protocol: Option<crate::admin::ProtocolRange>,
 }
 
-impl StartedReport {
+impl ConditionReport for StartedReport {
+    fn author(&self) -> (Slot, &str) {
+        (self.slot, &self.version)
+    }
+}
+
+/// A condition message written by an agent: JSON naming its author. Both
+/// reports are read and written the same way, by both sides.
+pub trait ConditionReport: Serialize + serde::de::DeserializeOwned {
+    /// The slot and version (image) of the agent that wrote it.
+    fn author(&self) -> (Slot, &str);
+
     /// Parses a condition message.
-    pub fn from_message(message: &str) -> Result<Self, ContractError> {
+    fn from_message(message: &str) -> Result<Self, ContractError> {
         serde_json::from_str(message).map_err(ContractError::Message)
     }
 
     /// The condition message.
-    pub fn to_message(&self) -> Result<String, ContractError> {
+    fn to_message(&self) -> Result<String, ContractError> {
         serde_json::to_string(self).map_err(ContractError::Message)
     }
 
     /// Whether the agent of `slot` at `version` wrote this report.
-    pub fn is_from(&self, slot: Slot, version: &str) -> bool {
-        self.slot == slot && self.version == version
+    fn is_from(&self, slot: Slot, version: &str) -> bool {
+        self.author() == (slot, version)
     }
 }
 

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 
 use baton_agent::cluster::{report_handover, ClusterClient, Role, SlotInfo};
 use baton_api::pairpod::{
-    HandoverOutcome, HandoverReport, Slot, CONDITION_HANDOVER, CONDITION_STARTED,
+    ConditionReport, HandoverOutcome, HandoverReport, Slot, CONDITION_HANDOVER, CONDITION_STARTED,
 };
 use baton_e2e::apiserver::ApiServer;
 use baton_operator::controller::observe::observe;

@@ -6,8 +6,8 @@
 
 use baton_api::admin::ProtocolRange;
 use baton_api::pairpod::{
-    HandoverOutcome, HandoverReport, Slot, StartedReport, CONDITION_HANDOVER, CONDITION_STARTED,
-    REASON_STARTED, STATUS_TRUE,
+    ConditionReport, HandoverOutcome, HandoverReport, Slot, StartedReport, CONDITION_HANDOVER,
+    CONDITION_STARTED, REASON_STARTED, STATUS_TRUE,
 };
 use k8s_openapi::api::core::v1::{Pod, PodCondition};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;

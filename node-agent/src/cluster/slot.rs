@@ -33,9 +33,9 @@
 use std::path::PathBuf;
 
 use baton_api::pairpod::{
-    active_slot, report_is_fresh, HandoverOutcome, Slot, ANN_ACTIVE_SLOT, ANN_HANDOVER_STARTED,
-    DEFAULT_RUN_DIR, ENV_ACTIVE_SLOT, ENV_NODE_NAME, ENV_POD_NAME, ENV_POD_NAMESPACE, ENV_RUN_DIR,
-    ENV_SLOT, ENV_SLOT_VERSION, ENV_SLOT_VERSION_ALT,
+    active_slot, report_is_fresh, ConditionReport, HandoverOutcome, Slot, ANN_ACTIVE_SLOT,
+    ANN_HANDOVER_STARTED, DEFAULT_RUN_DIR, ENV_ACTIVE_SLOT, ENV_NODE_NAME, ENV_POD_NAME,
+    ENV_POD_NAMESPACE, ENV_RUN_DIR, ENV_SLOT, ENV_SLOT_VERSION, ENV_SLOT_VERSION_ALT,
 };
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;

@@ -6,8 +6,8 @@
 use std::collections::BTreeMap;
 
 use baton_api::pairpod::{
-    self, report_is_fresh, HandoverOutcome, HandoverReport, Slot, StartedReport, ANN_ACTIVE_SLOT,
-    ANN_HANDOVER_STARTED, CONDITION_HANDOVER, CONDITION_STARTED, STATUS_TRUE,
+    self, report_is_fresh, ConditionReport, HandoverOutcome, HandoverReport, Slot, StartedReport,
+    ANN_ACTIVE_SLOT, ANN_HANDOVER_STARTED, CONDITION_HANDOVER, CONDITION_STARTED, STATUS_TRUE,
 };
 use k8s_openapi::api::core::v1::{ContainerStatus, Node, Pod, PodCondition};
 use k8s_openapi::jiff::Timestamp;
