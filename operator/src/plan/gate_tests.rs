@@ -103,6 +103,11 @@ fn one_failed_check_stops_the_rollout_before_any_handover() {
         assert!(reason.contains("rejected by the verifier"), "{reason}");
         assert_eq!(p.memory.failed_image.as_deref(), Some(NEW));
         assert_eq!(p.nodes[1].phase, NodePhase::Failed);
+        let t = p
+            .preflight
+            .as_ref()
+            .expect("the tally, also while rolling back");
+        assert_eq!((t.passed, t.failed, t.running), (2, 1, 0), "{on_failure:?}");
         // Not a handover: the node's last handover stays what it was.
         assert_eq!(p.nodes[1].failure, None);
         assert!(matches!(

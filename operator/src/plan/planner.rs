@@ -481,8 +481,9 @@ pub fn plan(
 
     // Checks: start the due ones, remove those that served, count them.
     let mut checks: Vec<Action> = Vec::new();
+    // The tally is about the spec's image, also while a failure of it rolls back.
     let mut tally = PreflightTally {
-        image: goal.to_owned(),
+        image: desired.to_owned(),
         ..PreflightTally::default()
     };
     let mut any_check = false;
@@ -509,7 +510,7 @@ pub fn plan(
                 image: goal.to_owned(),
             });
         }
-        if !node.selected || preflight_mode == PreflightMode::Disabled || goal != desired {
+        if !node.selected || preflight_mode == PreflightMode::Disabled {
             continue;
         }
         let is_candidate = matches!(*state, State::Idle { image, .. } if image != desired)
