@@ -74,6 +74,22 @@ fn all_nodes_check_before_any_handover() {
 }
 
 #[test]
+fn nodes_the_partition_keeps_are_not_checked() {
+    let spec = with_preflight(
+        PreflightMode::AllNodes,
+        Strategy {
+            partition: 2,
+            ..max("100%")
+        },
+    );
+    let p = run(&spec, &stable(OLD), &fleet(5, OLD));
+    let checked: Vec<&str> = p.actions.iter().map(|a| a.node()).collect();
+    assert_eq!(checked, [name(0), name(1), name(2)]);
+    let t = p.preflight.expect("a tally");
+    assert_eq!((t.running, t.pending), (3, 0), "the kept nodes are not due");
+}
+
+#[test]
 fn one_failed_check_stops_the_rollout_before_any_handover() {
     let mut nodes = fleet(3, OLD);
     for n in &mut nodes {

@@ -275,6 +275,8 @@ pub fn plan(
     // Pass 2: starts, within maxUnavailable and the partition.
     let mut started = vec![false; order.len()];
     let mut checking = vec![false; order.len()];
+    // Nodes this rollout is to upgrade (within the partition), for the tally.
+    let mut due = vec![false; order.len()];
     let may_start = matches!(mode, Mode::Normal | Mode::RollingBack) && !spec.strategy.paused;
     if may_start {
         // A rollback restores every node; the partition only limits upgrades.
@@ -284,6 +286,8 @@ pub fn plan(
             partition
         };
         let mut partition_room = selected.saturating_sub(kept).saturating_sub(on_goal);
+        // The nodes this rollout will upgrade, first ones first (as picked below).
+        let upgradable = partition_room;
         if mode == Mode::Normal {
             if let Some(room) = canary_room {
                 partition_room = partition_room.min(room);
@@ -312,10 +316,19 @@ pub fn plan(
         let passed = |i: usize| {
             preflight_of(order[i], goal).is_some_and(|p| p.state == PreflightState::Passed)
         };
+        // The nodes the partition keeps on the old image are not checked.
+        let to_upgrade: Vec<usize> = [false, true]
+            .into_iter()
+            .flat_map(|want_ready| {
+                (0..order.len()).filter(move |&i| candidate(i) == Some(want_ready))
+            })
+            .take(upgradable)
+            .collect();
+        for &i in &to_upgrade {
+            due[i] = true;
+        }
         if gate == PreflightMode::AllNodes {
-            let waiting: Vec<usize> = (0..order.len())
-                .filter(|&i| candidate(i).is_some() && !passed(i))
-                .collect();
+            let waiting: Vec<usize> = to_upgrade.into_iter().filter(|&i| !passed(i)).collect();
             for &i in &waiting {
                 if preflight_of(order[i], goal).is_none() {
                     checking[i] = true;
@@ -513,8 +526,6 @@ pub fn plan(
         if !node.selected || preflight_mode == PreflightMode::Disabled {
             continue;
         }
-        let is_candidate = matches!(*state, State::Idle { image, .. } if image != desired)
-            && node.failed_image.as_deref() != Some(desired);
         match preflight_of(node, desired).map(|p| &p.state) {
             _ if checking[i] => tally.running += 1,
             // Timed out this round.
@@ -524,7 +535,7 @@ pub fn plan(
             Some(PreflightState::Passed) => tally.passed += 1,
             Some(PreflightState::Failed { .. }) => tally.failed += 1,
             Some(PreflightState::Running { .. }) => tally.running += 1,
-            None if is_candidate => tally.pending += 1,
+            None if due[i] => tally.pending += 1,
             None => continue,
         }
         any_check = true;
