@@ -142,7 +142,15 @@ fn start(cfg: &AgentConfig, hooks: &Hooks) -> Result<Start, AgentError> {
                     t.loaded,
                     figures.maps.clone(),
                 )?;
-                let programmer = Programmer::adopt(&dp.maps)?;
+                // The view comes from what the handover already read: no
+                // map is walked again while the control plane waits.
+                let stale = t.view.stale_keys.len();
+                let programmer = Programmer::from_snapshot(&t.view.settle(&dp.maps)?);
+                tracing::info!(
+                    stale_keys = stale,
+                    adopt_us = t0.elapsed().as_micros() as u64,
+                    "view of the maps adopted"
+                );
                 tracing::info!(
                     from = %figures.from_version,
                     from_layout = figures.from_layout,

@@ -18,7 +18,7 @@ use super::wire::{Conn, WireError};
 use crate::datapath::load::{self, Loaded};
 use crate::datapath::stage::{self, Stage};
 use crate::datapath::{link_pin_path, AttachedLink, DatapathError, MigrationSummary};
-use crate::maps::MapSet;
+use crate::maps::{MapSet, Snapshot};
 use crate::migrate::{self, Decision, MapLayout};
 use crate::sys::{self, AttachType};
 
@@ -132,12 +132,36 @@ pub struct Figures {
     pub via: Via,
 }
 
+/// The successor's view of the maps, read while the old agent still
+/// served, and the keys it wrote since (its journal).
+#[derive(Debug, Default)]
+pub struct View {
+    /// The four lookup maps as read during the pre-copy.
+    pub snapshot: Snapshot,
+    /// (map, key in this build's layout) written by the old agent since `Prepare`.
+    pub stale_keys: Vec<(String, Vec<u8>)>,
+}
+
+impl View {
+    /// Re-reads the stale keys from `maps` (the maps this agent owns after
+    /// the commit, before it writes): the result equals the maps.
+    pub fn settle(mut self, maps: &MapSet) -> Result<Snapshot, crate::maps::MapError> {
+        for (map, key) in &self.stale_keys {
+            self.snapshot.refresh(maps, map, key)?;
+        }
+        Ok(self.snapshot)
+    }
+}
+
 /// What the new agent holds after a committed handover.
 pub struct Takeover {
     /// Loaded programs (keep alive).
     pub loaded: Loaded,
     /// The maps the links now use.
     pub maps: MapSet,
+    /// Their contents, read during the pre-copy; exact once
+    /// [`View::settle`]d.
+    pub view: View,
     /// The links (inherited, pinned).
     pub links: Vec<AttachedLink>,
     /// Inherited listening sockets by name.
@@ -479,6 +503,16 @@ fn run(
         }
     }
     let precopy_us = t0.elapsed().as_micros() as u64;
+    // This agent's view of the maps, read now, while the old agent serves:
+    // the migrated maps are complete but for the journal tail, and every
+    // key the old agent writes from here on (to any map) is in its journal
+    // and refreshed below, so after the commit the view equals the maps
+    // without reading them again (docs/handover.md, "The successor's view").
+    let t_view = Instant::now();
+    let view = maps
+        .snapshot()
+        .map_err(|e| local(ErrorCode::Internal)(format!("reading the maps: {e}")))?;
+    let view_read_us = t_view.elapsed().as_micros() as u64;
     crash_point("new:after_precopy");
 
     s.send(&Msg::Freeze, &[])?;
@@ -583,6 +617,39 @@ fn run(
     crash_point("new:after_committed");
     let handover_us = ready.elapsed().as_micros() as u64;
 
+    // The keys the old agent wrote since `Prepare`, in this build's layout:
+    // their final values are in the maps this build now owns (reused: the
+    // same objects; migrated: just replayed), and nobody has written since
+    // the freeze, so re-reading them makes the view exact. Done after the
+    // commit, not under the freeze.
+    let mut stale_keys = Vec::new();
+    for (name, keys) in &journal {
+        let conv = match decisions.iter().find(|(n, _)| n == name).map(|(_, d)| d) {
+            Some(Decision::Reuse) => None,
+            Some(Decision::Migrate(conv)) => Some(conv),
+            // Recreated maps were not copied (and are not lookup maps).
+            _ => continue,
+        };
+        for key in keys {
+            match conv {
+                None => stale_keys.push((name.clone(), key.clone())),
+                Some(conv) => {
+                    let mut nk = vec![0u8; conv.new_key_len()];
+                    // A key that does not convert was never copied either.
+                    if conv.convert_key(key, &mut nk).is_ok() {
+                        stale_keys.push((name.clone(), nk));
+                    }
+                }
+            }
+        }
+    }
+    tracing::info!(
+        entries = view.len(),
+        read_us = view_read_us,
+        stale_keys = stale_keys.len(),
+        "handover: view of the maps read during the pre-copy"
+    );
+
     // The staged pins of reused maps are duplicates of the live ones now.
     if let Some(st) = stage_out.take() {
         st.remove();
@@ -604,6 +671,10 @@ fn run(
     Ok(Takeover {
         loaded,
         maps,
+        view: View {
+            snapshot: view,
+            stale_keys,
+        },
         links,
         listeners,
         generation,

@@ -207,6 +207,15 @@ impl Programmer {
         })
     }
 
+    /// A view built from a copy of the maps' contents that equals them (a
+    /// handover's view, read during its pre-copy: no map is read again).
+    pub fn from_snapshot(snap: &crate::maps::Snapshot) -> Self {
+        Self {
+            state: State::adopt(snap),
+            ..Self::default()
+        }
+    }
+
     /// The current view.
     pub fn state(&self) -> &State {
         &self.state
