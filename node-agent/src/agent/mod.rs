@@ -4,6 +4,7 @@
 //! retire after handing over.
 
 mod incumbent;
+mod poller;
 mod shared;
 
 use std::net::{SocketAddr, TcpListener};
@@ -14,6 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use poller::Poller;
 use shared::Inner;
 pub use shared::Shared;
 
@@ -22,6 +24,7 @@ use crate::datapath::{Datapath, DatapathConfig, DatapathError};
 use crate::handover::successor::{self, Figures, HandoverError, SuccessorConfig};
 use crate::handover::{self, incumbent::Timeouts, Listener};
 use crate::metrics::{self, SyncStats};
+use crate::model::Capacity;
 use crate::programmer::Programmer;
 use crate::source::Source;
 
@@ -106,6 +109,26 @@ pub fn handover_socket(run_dir: &Path) -> PathBuf {
 fn io(what: &str) -> impl FnOnce(std::io::Error) -> AgentError {
     let what = what.to_string();
     move |source| AgentError::Io { what, source }
+}
+
+/// The capacity of this build's maps with the configured overrides: what
+/// the maps will have unless reused maps were made with other sizes
+/// (`Poller::set_capacity` corrects it then).
+fn build_capacity(cfg: &AgentConfig) -> Capacity {
+    let d = Capacity::default();
+    let of = |name: &str, default: u32| {
+        cfg.datapath
+            .max_entries
+            .get(name)
+            .copied()
+            .unwrap_or(default)
+    };
+    Capacity {
+        frontends: of("frontend", d.frontends),
+        services: of("service", d.services),
+        endpoints: of("endpoint", d.endpoints),
+        backends: of("backend", d.backends),
+    }
 }
 
 /// The datapath and what came with it.
@@ -222,11 +245,16 @@ fn start(cfg: &AgentConfig, hooks: &Hooks) -> Result<Start, AgentError> {
 /// Runs the agent until `stop` is set or a successor takes over.
 pub fn run(
     cfg: &AgentConfig,
-    mut source: Box<dyn Source>,
+    source: Box<dyn Source>,
     hooks: Hooks,
     stop: Arc<AtomicBool>,
 ) -> Result<Exit, AgentError> {
     std::fs::create_dir_all(&cfg.run_dir).map_err(io("create run dir"))?;
+    let describe = source.describe();
+    // Polled from now on, while the datapath starts: the first sync after a
+    // handover's commit then applies a state that is already parsed.
+    let poller = Poller::start(source, build_capacity(cfg), cfg.poll_interval)
+        .map_err(io("start the source thread"))?;
     let Start {
         dp,
         programmer,
@@ -286,7 +314,7 @@ pub fn run(
         }),
         started: Instant::now(),
         listeners,
-        source: source.describe(),
+        source: describe,
         handover: figures,
         retired: AtomicBool::new(false),
         stop: stop.clone(),
@@ -296,24 +324,30 @@ pub fn run(
     let handover =
         handover::incumbent::serve(handover_l, shared.clone(), cfg.handover, stop.clone());
 
-    let cap = shared.capacity();
-    while !stop.load(Ordering::Relaxed) {
-        match source.poll(&cap) {
-            Some(Ok(desired)) => {
-                shared.lock().source_error = None;
-                shared.sync(Some(desired));
-            }
-            Some(Err(e)) => {
-                tracing::error!(error = %e, "source rejected; previous state keeps serving");
-                let mut g = shared.lock();
-                g.source_error = Some(e.to_string());
-                g.stats.source_errors += 1;
-            }
-            None if shared.needs_retry() => shared.sync(None),
-            None => {}
-        }
-        std::thread::sleep(cfg.poll_interval);
+    if poller.set_capacity(shared.capacity()) {
+        tracing::info!("the maps' capacity differs from the build's: reading the source again");
     }
+    while !stop.load(Ordering::Relaxed) {
+        let outcomes = poller.next(cfg.poll_interval);
+        if outcomes.is_empty() && shared.needs_retry() {
+            shared.sync(None);
+        }
+        for outcome in outcomes {
+            match outcome {
+                Ok(desired) => {
+                    shared.lock().source_error = None;
+                    shared.sync(Some(desired));
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "source rejected; previous state keeps serving");
+                    let mut g = shared.lock();
+                    g.source_error = Some(e.to_string());
+                    g.stats.source_errors += 1;
+                }
+            }
+        }
+    }
+    drop(poller);
 
     let _ = admin.join();
     if let Some(m) = metrics {
