@@ -52,6 +52,14 @@ impl Round {
     pub fn adopt_ms(&self) -> f64 {
         self.adopt.map_or(f64::NAN, |d| d.as_secs_f64() * 1e3)
     }
+
+    pub fn gap_ms(&self) -> f64 {
+        self.gap.map_or(f64::NAN, |d| d.as_secs_f64() * 1e3)
+    }
+
+    pub fn cadence_ms(&self) -> f64 {
+        self.cadence.map_or(f64::NAN, |d| d.as_secs_f64() * 1e3)
+    }
 }
 
 impl<'a> Lab<'a> {
