@@ -168,9 +168,11 @@ fn start(cfg: &AgentConfig, hooks: &Hooks) -> Result<Start, AgentError> {
                 // The view comes from what the handover already read: no
                 // map is walked again while the control plane waits.
                 let stale = t.view.stale_keys.len();
-                let programmer = Programmer::from_snapshot(&t.view.settle(&dp.maps)?);
+                let (state, settled) = t.view.settle(&dp.maps)?;
+                let programmer = Programmer::from_state(state);
                 tracing::info!(
                     stale_keys = stale,
+                    ?settled,
                     adopt_us = t0.elapsed().as_micros() as u64,
                     "view of the maps adopted"
                 );

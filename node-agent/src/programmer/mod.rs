@@ -25,7 +25,7 @@ use serde::Serialize;
 
 use crate::maps::{MapError, MapSet};
 use crate::model::{DesiredState, ServiceSpec};
-pub use state::{State, Svc, ADOPTED_PREFIX, MISSING};
+pub use state::{Changed, State, Svc, ADOPTED_PREFIX, MISSING};
 pub use txn::FaultPlan;
 use txn::Txn;
 
@@ -207,11 +207,11 @@ impl Programmer {
         })
     }
 
-    /// A view built from a copy of the maps' contents that equals them (a
-    /// handover's view, read during its pre-copy: no map is read again).
-    pub fn from_snapshot(snap: &crate::maps::Snapshot) -> Self {
+    /// A view that equals the maps, built elsewhere (a handover's view,
+    /// adopted from what it read during its pre-copy: no map is read again).
+    pub fn from_state(state: State) -> Self {
         Self {
-            state: State::adopt(snap),
+            state,
             ..Self::default()
         }
     }
