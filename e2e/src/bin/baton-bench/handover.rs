@@ -115,8 +115,9 @@ fn gap_table(out: &mut String, same: &[lab::Round], changed: &[lab::Round]) {
         out,
         "\n#### Control-plane gap across handovers under the edit stream\n\n\
          | handovers | rounds | sync interval before, ms (median) | **gap** ms p50 / p99 / max | \
-         gap target (interval + 50 ms) | **adopt** ms p50 / p99 / max | adopt target 20 ms |\n\
-         |---|---:|---:|---:|---|---:|---|"
+         gap target (interval + 50 ms) | **adopt** ms p50 / p99 / max | adopt target 20 ms | \
+         successor's first sync ms p50 / max |\n\
+         |---|---:|---:|---:|---|---:|---|---:|"
     );
     let mut all = Vec::new();
     all.extend(same.iter());
@@ -130,6 +131,7 @@ fn gap_table(out: &mut String, same: &[lab::Round], changed: &[lab::Round]) {
     ] {
         let gap: Vec<f64> = rs.iter().map(|r| r.gap_ms()).collect();
         let adopt: Vec<f64> = rs.iter().map(|r| r.adopt_ms()).collect();
+        let first: Vec<f64> = rs.iter().map(|r| r.first_sync_ms()).collect();
         let interval = median_max(&rs.iter().map(|r| r.cadence_ms()).collect::<Vec<_>>()).0;
         let p = |v: &[f64], q: f64| quantile(v, q);
         let gap99 = p(&gap, 0.99);
@@ -138,7 +140,7 @@ fn gap_table(out: &mut String, same: &[lab::Round], changed: &[lab::Round]) {
         let _ = writeln!(
             out,
             "| {name} | {} | {interval:.0} | {:.0} / {gap99:.0} / {:.0} | {} ({gap99:.0} vs {:.0}) | \
-             {:.1} / {adopt99:.1} / {:.1} | {} |",
+             {:.1} / {adopt99:.1} / {:.1} | {} | {:.0} / {:.0} |",
             rs.len(),
             p(&gap, 0.5),
             p(&gap, 1.0),
@@ -147,6 +149,8 @@ fn gap_table(out: &mut String, same: &[lab::Round], changed: &[lab::Round]) {
             p(&adopt, 0.5),
             p(&adopt, 1.0),
             met(adopt99 < 20.0),
+            p(&first, 0.5),
+            p(&first, 1.0),
         );
     }
     let _ = writeln!(

@@ -65,13 +65,15 @@ pub fn run(opts: &Args, lab: &mut Lab<'_>, out: &mut String) -> Result<Vec<Round
                     round.settled = verify_violations(&lab.run_dir(sc));
                 }
                 eprintln!(
-                    "  pre-copy {:.1} ms ({} entries), freeze {:.3} ms, journal {} keys, handover {:.1} ms, adopt {:.0} ms",
+                    "  pre-copy {:.1} ms ({} entries), freeze {:.3} ms, journal {} keys, handover {:.1} ms, adopt {:.1} ms, first sync {:.0} ms, gap {:.0} ms",
                     round.figures.precopy_us as f64 / 1e3,
                     round.figures.maps.entries_copied,
                     round.figures.freeze_us as f64 / 1e3,
                     round.figures.journal_keys,
                     round.figures.handover_us as f64 / 1e3,
-                    round.adopt_ms()
+                    round.adopt_ms(),
+                    round.first_sync_ms(),
+                    round.gap_ms()
                 );
                 cur = next;
                 let key = (writes, layout, to);
