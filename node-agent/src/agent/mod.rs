@@ -24,7 +24,7 @@ use crate::datapath::{Datapath, DatapathConfig, DatapathError};
 use crate::handover::successor::{self, Figures, HandoverError, SuccessorConfig};
 use crate::handover::{self, incumbent::Timeouts, Listener};
 use crate::metrics::{self, SyncStats};
-use crate::model::Capacity;
+use crate::model::{Capacity, LatestState};
 use crate::programmer::Programmer;
 use crate::source::Source;
 
@@ -140,7 +140,7 @@ struct Start {
 }
 
 /// Takes over from a running agent, or starts from pins / fresh.
-fn start(cfg: &AgentConfig, hooks: &Hooks) -> Result<Start, AgentError> {
+fn start(cfg: &AgentConfig, hooks: &Hooks, latest: LatestState) -> Result<Start, AgentError> {
     let report = |r: Result<&Figures, &str>| {
         if let Some(f) = &hooks.on_takeover {
             f(r);
@@ -153,6 +153,7 @@ fn start(cfg: &AgentConfig, hooks: &Hooks) -> Result<Start, AgentError> {
             max_entries: cfg.datapath.max_entries.clone(),
             step_timeout: cfg.handover.step,
             queue_wait: cfg.handover.queue_wait(),
+            latest: Some(latest),
         };
         match successor::take_over(&scfg) {
             Ok(t) => {
@@ -168,8 +169,7 @@ fn start(cfg: &AgentConfig, hooks: &Hooks) -> Result<Start, AgentError> {
                 // The view comes from what the handover already read: no
                 // map is walked again while the control plane waits.
                 let stale = t.view.stale_keys.len();
-                let (state, settled) = t.view.settle(&dp.maps)?;
-                let programmer = Programmer::from_state(state);
+                let (programmer, settled) = t.view.settle(&dp.maps)?;
                 tracing::info!(
                     stale_keys = stale,
                     ?settled,
@@ -262,7 +262,8 @@ pub fn run(
         programmer,
         mut inherited,
         figures,
-    } = start(cfg, &hooks)?;
+    } = start(cfg, &hooks, poller.latest())?;
+    poller.stop_sharing();
     tracing::info!(pin_dir = %dp.pin_dir.display(), reused = dp.reused_maps,
         generation = dp.generation, maps = ?dp.migration, "datapath attached");
 

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::model::{Capacity, DesiredState};
+use crate::model::{Capacity, DesiredState, LatestState};
 use crate::source::{Source, SourceError};
 
 /// One outcome of the source, as `Source::poll` returned it.
@@ -19,6 +19,10 @@ pub(super) type Outcome = Result<DesiredState, SourceError>;
 /// The polling thread; stopped and joined on drop.
 pub(super) struct Poller {
     stop: Arc<AtomicBool>,
+    /// While the agent starts: the latest state, for a successor to match
+    /// its view against before its commit.
+    latest: LatestState,
+    sharing: Arc<AtomicBool>,
     cap: Arc<Mutex<Capacity>>,
     wake: SyncSender<()>,
     rx: Receiver<Outcome>,
@@ -39,6 +43,9 @@ impl Poller {
         // Wakes the thread from its sleep when it must stop or re-read.
         let (wake, wake_rx) = mpsc::sync_channel::<()>(1);
         let (stop2, cap2) = (stop.clone(), cap.clone());
+        let latest = LatestState::default();
+        let sharing = Arc::new(AtomicBool::new(true));
+        let (latest2, sharing2) = (latest.clone(), sharing.clone());
         let thread = std::thread::Builder::new()
             .name("baton-source".into())
             .spawn(move || {
@@ -49,6 +56,10 @@ impl Poller {
                             // Tells when a state was ready, which may be
                             // long before it could be applied (a handover).
                             tracing::info!(services = d.services.len(), "source state read");
+                            if sharing2.load(Ordering::SeqCst) {
+                                *latest2.lock().unwrap_or_else(PoisonError::into_inner) =
+                                    Some(Arc::new(d.clone()));
+                            }
                         }
                         if tx.send(o).is_err() {
                             return;
@@ -63,11 +74,27 @@ impl Poller {
             })?;
         Ok(Self {
             stop,
+            latest,
+            sharing,
             cap,
             wake,
             rx,
             thread: Some(thread),
         })
+    }
+
+    /// The latest state while the agent starts (see [`Poller::stop_sharing`]).
+    pub(super) fn latest(&self) -> LatestState {
+        self.latest.clone()
+    }
+
+    /// The agent owns its datapath: states only go to the main loop now.
+    pub(super) fn stop_sharing(&self) {
+        self.sharing.store(false, Ordering::SeqCst);
+        self.latest
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
     }
 
     /// The datapath's real capacity: when it differs from the one polled

@@ -216,6 +216,32 @@ impl Programmer {
         }
     }
 
+    /// Claims adopted services for `desired` and remembers the fingerprint
+    /// of every one that already matches it, writing nothing: a handover's
+    /// successor does this before its commit, so that its first sync after
+    /// the commit skips them instead of comparing all of them. Returns how
+    /// many matched.
+    pub fn prematch(&mut self, desired: &DesiredState) -> usize {
+        self.claim_adopted(desired);
+        let mut matched = 0;
+        for spec in &desired.services {
+            let Some(svc) = self.state.services.get(&spec.name) else {
+                continue;
+            };
+            if self.unchanged(svc, &Target::of(spec)) {
+                let fp = self.fingerprinter.of(spec);
+                self.state.fingerprints.insert(spec.name.clone(), fp);
+                matched += 1;
+            }
+        }
+        matched
+    }
+
+    /// [`State::patch`] of the view.
+    pub fn patch(&mut self, after: &crate::maps::Snapshot, changed: &Changed) -> bool {
+        self.state.patch(after, changed)
+    }
+
     /// The current view.
     pub fn state(&self) -> &State {
         &self.state

@@ -270,14 +270,25 @@ impl State {
     /// for the few cases left to the whole adoption (a duplicate backend
     /// whose primary would change among keys not in `changed`); the caller
     /// then adopts `after` in full. Id pools stay valid (never hand out an
-    /// id in use) but may order their free ids differently.
+    /// id in use) but may order their free ids differently. Service names
+    /// are kept (a new service is `adopted:<id>`), and the fingerprint of
+    /// every service it touches is dropped.
     pub fn patch(&mut self, after: &Snapshot, changed: &Changed) -> bool {
-        if !self.fingerprints.is_empty()
-            || self.services.keys().any(|n| !n.starts_with(ADOPTED_PREFIX))
-        {
-            return false;
-        }
-        let name = |id: u32| format!("{ADOPTED_PREFIX}{id}");
+        // Services may have been claimed by name already (`Programmer::
+        // prematch`): a rebuilt service keeps its name, a new one is
+        // adopted, and a service whose content may change loses its
+        // fingerprint (the next sync compares it in full).
+        let names: HashMap<u32, String> = self
+            .services
+            .iter()
+            .map(|(n, s)| (s.id, n.clone()))
+            .collect();
+        let name = |id: u32| {
+            names
+                .get(&id)
+                .cloned()
+                .unwrap_or_else(|| format!("{ADOPTED_PREFIX}{id}"))
+        };
         // Services to rebuild: those whose keys changed, those whose slots
         // name a changed backend, and those with a missing slot (it may
         // name anything).
@@ -296,6 +307,7 @@ impl State {
         // 1. Take the affected services out, with their backend references.
         let mut old_vips: HashMap<u32, Vec<FrontendKey>> = HashMap::new();
         for id in &affected {
+            self.fingerprints.remove(&name(*id));
             let Some(svc) = self.services.remove(&name(*id)) else {
                 continue;
             };
@@ -430,6 +442,7 @@ impl State {
         self.stale.frontends.retain(|(k, _)| !redo.contains(k));
         for fk in &redo {
             if let Some(owner) = self.vip_owner.remove(fk) {
+                self.fingerprints.remove(&name(owner));
                 if let Some(svc) = self.services.get_mut(&name(owner)) {
                     svc.vips.retain(|v| v != fk);
                 }
@@ -437,6 +450,7 @@ impl State {
             let Some(fv) = after.frontends.get(fk) else {
                 continue;
             };
+            self.fingerprints.remove(&name(fv.service_id));
             match self.services.get_mut(&name(fv.service_id)) {
                 Some(svc) => {
                     // Adoption lists a service's VIPs in key order.
