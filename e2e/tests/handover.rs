@@ -246,6 +246,9 @@ fn edits_during_a_handover_are_in_the_first_sync_after_the_commit() {
             new.log_text()
         );
         let log = new.log_text();
+        for l in log.lines().filter(|l| l.contains("view of the maps")) {
+            eprintln!("{when}: {l}");
+        }
         assert!(
             log.contains("view of the maps adopted") && !log.contains("stale_keys=0 "),
             "{when}: the journal's keys were not refreshed into the view:\n{log}"
