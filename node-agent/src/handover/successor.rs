@@ -519,6 +519,38 @@ fn run(
         MapSet::open_pinned(&stage_dir).map_err(|e| local(ErrorCode::Internal)(e.to_string()))?;
     let mut summary = MigrationSummary::of(decisions.iter().map(|(n, d)| (n.as_str(), Some(d))));
 
+    // When every lookup map is reused (no layout change), their contents
+    // are already here: adopt and match them before `Prepare`, so that
+    // between `Prepare` and `Freeze` (while the old agent must sync to keep
+    // the control plane moving) only a second read and a patch remain.
+    let lookup = ["frontend", "service", "endpoint", "backend"];
+    let all_reused = decisions
+        .iter()
+        .filter(|(n, _)| lookup.contains(&n.as_str()))
+        .all(|(_, d)| matches!(d, Decision::Reuse));
+    let latest = || {
+        cfg.latest
+            .as_ref()
+            .and_then(|l| l.lock().ok().and_then(|g| g.clone()))
+    };
+    let early = if all_reused {
+        let t = Instant::now();
+        let snap = maps
+            .snapshot()
+            .map_err(|e| local(ErrorCode::Internal)(format!("reading the maps: {e}")))?;
+        let mut p = Programmer::from_state(State::adopt(&snap));
+        let matched = latest().map(|d| p.prematch(&d));
+        tracing::info!(
+            entries = snap.len(),
+            ?matched,
+            us = t.elapsed().as_micros() as u64,
+            "handover: maps adopted before Prepare"
+        );
+        Some((snap, p))
+    } else {
+        None
+    };
+
     let ready = Instant::now();
     s.send(&Msg::Prepare, &[])?;
     s.recv_plain("prepared")?;
@@ -545,15 +577,24 @@ fn run(
         .map_err(|e| local(ErrorCode::Internal)(format!("reading the maps: {e}")))?;
     let view_read_us = t_view.elapsed().as_micros() as u64;
     let t_adopt = Instant::now();
-    let view_state = State::adopt(&view);
+    // The early view differs from this read only where the old agent wrote
+    // in between: patch it (a full adoption if the patch declines).
+    let early = early.and_then(|(snap, mut p)| {
+        p.patch(&view, &crate::programmer::state::diff(&snap, &view))
+            .then_some(p)
+    });
+    let patched_early = early.is_some();
+    let (mut programmer, fresh) = match early {
+        Some(p) => (p, false),
+        None => (Programmer::from_state(State::adopt(&view)), true),
+    };
     let view_adopt_us = t_adopt.elapsed().as_micros() as u64;
-    let mut programmer = Programmer::from_state(view_state);
     let t_match = Instant::now();
-    let latest = cfg
-        .latest
-        .as_ref()
-        .and_then(|l| l.lock().ok().and_then(|g| g.clone()));
-    let matched = latest.map(|d| programmer.prematch(&d));
+    let matched = if fresh {
+        latest().map(|d| programmer.prematch(&d))
+    } else {
+        None
+    };
     let view_match_us = t_match.elapsed().as_micros() as u64;
     crash_point("new:after_precopy");
 
@@ -689,6 +730,7 @@ fn run(
         entries = view.len(),
         read_us = view_read_us,
         adopt_us = view_adopt_us,
+        patched_early,
         matched,
         match_us = view_match_us,
         stale_keys = stale_keys.len(),

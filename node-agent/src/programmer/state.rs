@@ -170,6 +170,62 @@ impl Changed {
     }
 }
 
+/// The keys whose entries differ between `a` and `b` (one merged walk of
+/// each map, both in key order).
+pub fn diff(a: &Snapshot, b: &Snapshot) -> Changed {
+    fn walk<K: Ord + Copy, V: PartialEq>(
+        a: &BTreeMap<K, V>,
+        b: &BTreeMap<K, V>,
+        mut out: impl FnMut(K),
+    ) {
+        let (mut x, mut y) = (a.iter().peekable(), b.iter().peekable());
+        loop {
+            match (x.peek(), y.peek()) {
+                (None, None) => return,
+                (Some((k, _)), None) => {
+                    out(**k);
+                    x.next();
+                }
+                (None, Some((k, _))) => {
+                    out(**k);
+                    y.next();
+                }
+                (Some((ka, va)), Some((kb, vb))) => match ka.cmp(kb) {
+                    std::cmp::Ordering::Less => {
+                        out(**ka);
+                        x.next();
+                    }
+                    std::cmp::Ordering::Greater => {
+                        out(**kb);
+                        y.next();
+                    }
+                    std::cmp::Ordering::Equal => {
+                        if va != vb {
+                            out(**ka);
+                        }
+                        x.next();
+                        y.next();
+                    }
+                },
+            }
+        }
+    }
+    let mut c = Changed::default();
+    walk(&a.frontends, &b.frontends, |k| {
+        c.frontends.insert(k);
+    });
+    walk(&a.services, &b.services, |k| {
+        c.services.insert(k.service_id);
+    });
+    walk(&a.endpoints, &b.endpoints, |k| {
+        c.endpoints.insert(k);
+    });
+    walk(&a.backends, &b.backends, |k| {
+        c.backends.insert(k.backend_uid);
+    });
+    c
+}
+
 /// Leftovers found when adopting maps.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Stale {
@@ -690,6 +746,21 @@ mod tests {
             }
             let want = State::adopt(&after);
             let mut changed = diff(&before, &after);
+            let walked = super::diff(&before, &after);
+            assert_eq!(
+                (
+                    &walked.frontends,
+                    &walked.services,
+                    &walked.endpoints,
+                    &walked.backends
+                ),
+                (
+                    &changed.frontends,
+                    &changed.services,
+                    &changed.endpoints,
+                    &changed.backends
+                )
+            );
             // Keys written back to the same value count as changed too.
             changed.backends.insert(1);
             if st.patch(&after, &changed) {
