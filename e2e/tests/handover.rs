@@ -178,6 +178,99 @@ fn twenty_handovers_alternating_layouts_under_traffic() {
     );
 }
 
+/// The successor's control plane has no pause after the commit: its view of
+/// the maps comes from its pre-copy read plus the old agent's journal (no
+/// map is read again), and its source was polled all along, so its first
+/// sync applies the last edit, made while it was held after its pre-copy
+/// (the old agent applied that edit too, inside the journal window). Same
+/// layout and layout-changing handovers, both layouts.
+#[test]
+fn edits_during_a_handover_are_in_the_first_sync_after_the_commit() {
+    agent_bin(1).unwrap();
+    agent_bin(2).unwrap();
+    let mut bulk = 300;
+    let mut edits = 0u64;
+    let ctx = {
+        let mut c = Host::with_fixture("ho-gap", &Fixture::with_bulk(edits, bulk)).unwrap();
+        c.poll_ms = 10;
+        c
+    };
+    let mut current = ctx.start(1, &Opts::default()).unwrap();
+    ctx.wait_dump(&Fixture::with_bulk(edits, bulk)).unwrap();
+    for (round, to) in [1u32, 2, 2, 1, 1].into_iter().enumerate() {
+        let from = current.layout().unwrap();
+        let when = format!("round {round} (layout {from} → {to})");
+        let opts = Opts::default().with_env("BATON_TEST_PAUSE_AT", "new:after_precopy=600");
+        let new = ctx.spawn(to, &opts).unwrap();
+        // Edits every few ms until the successor is held after its
+        // pre-copy, then one last edit while it is held.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !new.log_text().contains("BATON_TEST_PAUSE_AT: pausing") {
+            assert!(Instant::now() < deadline, "{when}: {}", new.log_text());
+            edits += 1;
+            ctx.write_fixture(&Fixture::with_bulk(edits, bulk)).unwrap();
+            std::thread::sleep(Duration::from_millis(7));
+        }
+        // One more bulk service: unlike the churn (which repeats every few
+        // edits), a state the old agent cannot have applied already.
+        edits += 1;
+        bulk += 1;
+        let last = Fixture::with_bulk(edits, bulk);
+        ctx.write_fixture(&last).unwrap();
+        let exit = current.wait_exit(Duration::from_secs(30)).expect(&when);
+        assert!(exit.success(), "{when}: old agent: {}", current.log_text());
+        // Right after the commit, before or after the first sync: the view
+        // equals the maps.
+        let st = new.wait_status("the commit", Duration::from_secs(30), |s: &Status| {
+            s.handover.is_some()
+        });
+        let st: Status = st.unwrap();
+        assert_eq!(st.layout_version, to, "{when}: {st:?}");
+        ctx.verify_clean().expect(&when);
+        ctx.wait_dump(&last).expect(&when);
+        ctx.verify_clean().expect(&when);
+        let st = ctx.status().unwrap();
+        let h = st.handover.as_ref().unwrap();
+        assert!(
+            h.journal_keys > 0,
+            "{when}: the old agent wrote nothing in the journal window: {st:?}\nold agent:\n{}\nnew agent:\n{}",
+            current.log_text(),
+            new.log_text()
+        );
+        // One sync brought the maps to the last edit: the successor had
+        // parsed it before the commit.
+        assert_eq!(
+            st.syncs,
+            1,
+            "{when}: the last edit took more than the first sync: {st:?}\n{}",
+            new.log_text()
+        );
+        let log = new.log_text();
+        for l in log.lines().filter(|l| l.contains("view of the maps")) {
+            eprintln!("{when}: {l}");
+        }
+        assert!(
+            log.contains("view of the maps adopted") && !log.contains("stale_keys=0 "),
+            "{when}: the journal's keys were not refreshed into the view:\n{log}"
+        );
+        // The last edit was read while the successor was held, before the
+        // commit, and nothing was read after it: the first sync applied a
+        // state parsed before the commit.
+        let at = |what: &str| {
+            log.find(what)
+                .unwrap_or_else(|| panic!("{when}: no {what:?}:\n{log}"))
+        };
+        let (paused, committed) = (at("BATON_TEST_PAUSE_AT: pausing"), at("handover committed"));
+        let last_read = log.rfind("source state read").unwrap_or(0);
+        assert!(
+            paused < last_read && last_read < committed,
+            "{when}: the last edit was not read between the pause and the commit:\n{log}"
+        );
+        current = new;
+    }
+    current.stop().unwrap();
+}
+
 /// Figures of one handover as the new agent reports them.
 #[derive(Clone, Debug, Default)]
 struct HandoverFigures {

@@ -42,6 +42,11 @@ pub struct ServiceSpec {
     pub endpoints: Vec<EndpointSpec>,
 }
 
+/// The latest state a source produced, shared while the agent takes the
+/// datapath over (the successor matches its view against it before the
+/// commit).
+pub type LatestState = std::sync::Arc<std::sync::Mutex<Option<std::sync::Arc<DesiredState>>>>;
+
 /// Everything a source wants programmed.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DesiredState {

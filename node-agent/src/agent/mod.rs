@@ -4,6 +4,7 @@
 //! retire after handing over.
 
 mod incumbent;
+mod poller;
 mod shared;
 
 use std::net::{SocketAddr, TcpListener};
@@ -14,6 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use poller::Poller;
 use shared::Inner;
 pub use shared::Shared;
 
@@ -22,6 +24,7 @@ use crate::datapath::{Datapath, DatapathConfig, DatapathError};
 use crate::handover::successor::{self, Figures, HandoverError, SuccessorConfig};
 use crate::handover::{self, incumbent::Timeouts, Listener};
 use crate::metrics::{self, SyncStats};
+use crate::model::{Capacity, LatestState};
 use crate::programmer::Programmer;
 use crate::rate::{self, Sampler};
 use crate::source::Source;
@@ -115,6 +118,26 @@ fn io(what: &str) -> impl FnOnce(std::io::Error) -> AgentError {
     move |source| AgentError::Io { what, source }
 }
 
+/// The capacity of this build's maps with the configured overrides: what
+/// the maps will have unless reused maps were made with other sizes
+/// (`Poller::set_capacity` corrects it then).
+fn build_capacity(cfg: &AgentConfig) -> Capacity {
+    let d = Capacity::default();
+    let of = |name: &str, default: u32| {
+        cfg.datapath
+            .max_entries
+            .get(name)
+            .copied()
+            .unwrap_or(default)
+    };
+    Capacity {
+        frontends: of("frontend", d.frontends),
+        services: of("service", d.services),
+        endpoints: of("endpoint", d.endpoints),
+        backends: of("backend", d.backends),
+    }
+}
+
 /// The datapath and what came with it.
 struct Start {
     dp: Datapath,
@@ -124,7 +147,7 @@ struct Start {
 }
 
 /// Takes over from a running agent, or starts from pins / fresh.
-fn start(cfg: &AgentConfig, hooks: &Hooks) -> Result<Start, AgentError> {
+fn start(cfg: &AgentConfig, hooks: &Hooks, latest: LatestState) -> Result<Start, AgentError> {
     let report = |r: Result<&Figures, &str>| {
         if let Some(f) = &hooks.on_takeover {
             f(r);
@@ -137,6 +160,7 @@ fn start(cfg: &AgentConfig, hooks: &Hooks) -> Result<Start, AgentError> {
             max_entries: cfg.datapath.max_entries.clone(),
             step_timeout: cfg.handover.step,
             queue_wait: cfg.handover.queue_wait(),
+            latest: Some(latest),
         };
         match successor::take_over(&scfg) {
             Ok(t) => {
@@ -149,7 +173,16 @@ fn start(cfg: &AgentConfig, hooks: &Hooks) -> Result<Start, AgentError> {
                     t.loaded,
                     figures.maps.clone(),
                 )?;
-                let programmer = Programmer::adopt(&dp.maps)?;
+                // The view comes from what the handover already read: no
+                // map is walked again while the control plane waits.
+                let stale = t.view.stale_keys.len();
+                let (programmer, settled) = t.view.settle(&dp.maps)?;
+                tracing::info!(
+                    stale_keys = stale,
+                    ?settled,
+                    adopt_us = t0.elapsed().as_micros() as u64,
+                    "view of the maps adopted"
+                );
                 tracing::info!(
                     from = %figures.from_version,
                     from_layout = figures.from_layout,
@@ -226,17 +259,23 @@ fn start(cfg: &AgentConfig, hooks: &Hooks) -> Result<Start, AgentError> {
 /// Runs the agent until `stop` is set or a successor takes over.
 pub fn run(
     cfg: &AgentConfig,
-    mut source: Box<dyn Source>,
+    source: Box<dyn Source>,
     mut hooks: Hooks,
     stop: Arc<AtomicBool>,
 ) -> Result<Exit, AgentError> {
     std::fs::create_dir_all(&cfg.run_dir).map_err(io("create run dir"))?;
+    let describe = source.describe();
+    // Polled from now on, while the datapath starts: the first sync after a
+    // handover's commit then applies a state that is already parsed.
+    let poller = Poller::start(source, build_capacity(cfg), cfg.poll_interval)
+        .map_err(io("start the source thread"))?;
     let Start {
         dp,
         programmer,
         mut inherited,
         figures,
-    } = start(cfg, &hooks)?;
+    } = start(cfg, &hooks, poller.latest())?;
+    poller.stop_sharing();
     tracing::info!(pin_dir = %dp.pin_dir.display(), reused = dp.reused_maps,
         generation = dp.generation, maps = ?dp.migration, "datapath attached");
 
@@ -293,7 +332,7 @@ pub fn run(
         }),
         started: Instant::now(),
         listeners,
-        source: source.describe(),
+        source: describe,
         handover: figures,
         retired: AtomicBool::new(false),
         stop: stop.clone(),
@@ -313,24 +352,30 @@ pub fn run(
         _ => None,
     };
 
-    let cap = shared.capacity();
-    while !stop.load(Ordering::Relaxed) {
-        match source.poll(&cap) {
-            Some(Ok(desired)) => {
-                shared.lock().source_error = None;
-                shared.sync(Some(desired));
-            }
-            Some(Err(e)) => {
-                tracing::error!(error = %e, "source rejected; previous state keeps serving");
-                let mut g = shared.lock();
-                g.source_error = Some(e.to_string());
-                g.stats.source_errors += 1;
-            }
-            None if shared.needs_retry() => shared.sync(None),
-            None => {}
-        }
-        std::thread::sleep(cfg.poll_interval);
+    if poller.set_capacity(shared.capacity()) {
+        tracing::info!("the maps' capacity differs from the build's: reading the source again");
     }
+    while !stop.load(Ordering::Relaxed) {
+        let outcomes = poller.next(cfg.poll_interval);
+        if outcomes.is_empty() && shared.needs_retry() {
+            shared.sync(None);
+        }
+        for outcome in outcomes {
+            match outcome {
+                Ok(desired) => {
+                    shared.lock().source_error = None;
+                    shared.sync(Some(desired));
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "source rejected; previous state keeps serving");
+                    let mut g = shared.lock();
+                    g.source_error = Some(e.to_string());
+                    g.stats.source_errors += 1;
+                }
+            }
+        }
+    }
+    drop(poller);
 
     let _ = admin.join();
     if let Some(m) = metrics {

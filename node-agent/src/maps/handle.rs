@@ -156,8 +156,74 @@ impl MapHandle {
         }
     }
 
-    /// All entries (keys then values; entries deleted in between are skipped).
+    /// All entries. Read with `BPF_MAP_LOOKUP_BATCH` where the kernel has it
+    /// (one syscall per 8 192 entries instead of two per entry: at 220 000
+    /// entries that is the difference between milliseconds and most of a
+    /// second), per element otherwise. Of a hash map written concurrently,
+    /// every key not written meanwhile is read exactly once: the kernel reads
+    /// whole buckets and resumes at the next bucket, and a key never moves to
+    /// another bucket.
     pub fn entries<K: MapPod, V: MapPod>(&self) -> Result<Vec<(K, V)>, MapError> {
+        match self.entries_batch::<K, V>() {
+            Ok(Some(out)) => Ok(out),
+            Ok(None) => self.entries_each(),
+            Err(e) => Err(self.err(e)),
+        }
+    }
+
+    /// [`Self::entries`] through the batch syscall; `None` when the kernel
+    /// has no batch lookup for this map.
+    fn entries_batch<K: MapPod, V: MapPod>(&self) -> Result<Option<Vec<(K, V)>>, SysError> {
+        let (kl, vl) = (std::mem::size_of::<K>(), std::mem::size_of::<V>());
+        let mut chunk: u32 = 8192;
+        let tok = sys::batch_token_len(kl);
+        let (mut tin, mut tout) = (vec![0u8; tok], vec![0u8; tok]);
+        let mut keys = vec![0u8; chunk as usize * kl];
+        let mut values = vec![0u8; chunk as usize * vl];
+        let mut out = Vec::new();
+        let mut started = false;
+        loop {
+            let r = sys::map_lookup_batch(
+                self.fd(),
+                started.then_some(tin.as_slice()),
+                &mut tout,
+                &mut keys,
+                kl,
+                &mut values,
+                vl,
+                chunk,
+            );
+            let r = match r {
+                Ok(r) => r,
+                Err(e) if !started && sys::batch_unsupported(&e) => return Ok(None),
+                // One hash bucket holds more entries than a chunk.
+                Err(e) if e.errno == nix::errno::Errno::ENOSPC && chunk < 1 << 20 => {
+                    chunk *= 2;
+                    keys.resize(chunk as usize * kl, 0);
+                    values.resize(chunk as usize * vl, 0);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            started = true;
+            std::mem::swap(&mut tin, &mut tout);
+            for i in 0..r.count as usize {
+                let (mut k, mut v) = (K::default(), V::default());
+                k.as_bytes_mut()
+                    .copy_from_slice(&keys[i * kl..(i + 1) * kl]);
+                v.as_bytes_mut()
+                    .copy_from_slice(&values[i * vl..(i + 1) * vl]);
+                out.push((k, v));
+            }
+            if r.done {
+                return Ok(Some(out));
+            }
+        }
+    }
+
+    /// [`Self::entries`] per element (keys then values; entries deleted in
+    /// between are skipped).
+    fn entries_each<K: MapPod, V: MapPod>(&self) -> Result<Vec<(K, V)>, MapError> {
         let keys = self.keys::<K>()?;
         let mut out = Vec::with_capacity(keys.len());
         for k in keys {

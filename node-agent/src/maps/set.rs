@@ -9,7 +9,7 @@ use super::{Journal, MapError, MapHandle};
 use crate::sys;
 use baton_ebpf::{
     map_spec, BackendKey, BackendValue, Counter, EndpointKey, EndpointValue, FrontendKey,
-    FrontendValue, MetaValue, ServiceKey, ServiceValue, MAPS,
+    FrontendValue, MapPod, MetaValue, ServiceKey, ServiceValue, MAPS,
 };
 
 /// Handles on every datapath map.
@@ -176,4 +176,56 @@ pub struct Snapshot {
     pub endpoints: BTreeMap<EndpointKey, EndpointValue>,
     /// backend map.
     pub backends: BTreeMap<BackendKey, BackendValue>,
+}
+
+/// Sets `key`'s entry in `view` to what `map` holds now (removes it when absent).
+fn refresh_one<K: MapPod + Ord, V: MapPod>(
+    view: &mut BTreeMap<K, V>,
+    map: &MapHandle,
+    key: &[u8],
+) -> Result<(), MapError> {
+    let mut k = K::default();
+    if key.len() != k.as_bytes().len() {
+        return Err(MapError::Layout {
+            map: map.name().into(),
+            found: format!("a {}B key", key.len()),
+            expected: format!("{}B keys", k.as_bytes().len()),
+        });
+    }
+    k.as_bytes_mut().copy_from_slice(key);
+    match map.get::<K, V>(&k)? {
+        Some(v) => {
+            view.insert(k, v);
+        }
+        None => {
+            view.remove(&k);
+        }
+    }
+    Ok(())
+}
+
+impl Snapshot {
+    /// Re-reads the entry of `key` (this build's key bytes) in `map` from
+    /// `maps`: after a snapshot taken while someone else wrote, refreshing
+    /// every key they wrote (a handover's journal) makes the snapshot equal
+    /// the maps. Maps outside the four lookup maps are ignored.
+    pub fn refresh(&mut self, maps: &MapSet, map: &str, key: &[u8]) -> Result<(), MapError> {
+        match map {
+            "frontend" => refresh_one(&mut self.frontends, &maps.frontend, key),
+            "service" => refresh_one(&mut self.services, &maps.service, key),
+            "endpoint" => refresh_one(&mut self.endpoints, &maps.endpoint, key),
+            "backend" => refresh_one(&mut self.backends, &maps.backend, key),
+            _ => Ok(()),
+        }
+    }
+
+    /// Entries in the four maps.
+    pub fn len(&self) -> usize {
+        self.frontends.len() + self.services.len() + self.endpoints.len() + self.backends.len()
+    }
+
+    /// Whether the four maps are empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }

@@ -25,7 +25,7 @@ use serde::Serialize;
 
 use crate::maps::{MapError, MapSet};
 use crate::model::{DesiredState, ServiceSpec};
-pub use state::{State, Svc, ADOPTED_PREFIX, MISSING};
+pub use state::{Changed, State, Svc, ADOPTED_PREFIX, MISSING};
 pub use txn::FaultPlan;
 use txn::Txn;
 
@@ -205,6 +205,41 @@ impl Programmer {
             state: State::adopt(&maps.snapshot()?),
             ..Self::default()
         })
+    }
+
+    /// A view that equals the maps, built elsewhere (a handover's view,
+    /// adopted from what it read during its pre-copy: no map is read again).
+    pub fn from_state(state: State) -> Self {
+        Self {
+            state,
+            ..Self::default()
+        }
+    }
+
+    /// Claims adopted services for `desired` and remembers the fingerprint
+    /// of every one that already matches it, writing nothing: a handover's
+    /// successor does this before its commit, so that its first sync after
+    /// the commit skips them instead of comparing all of them. Returns how
+    /// many matched.
+    pub fn prematch(&mut self, desired: &DesiredState) -> usize {
+        self.claim_adopted(desired);
+        let mut matched = 0;
+        for spec in &desired.services {
+            let Some(svc) = self.state.services.get(&spec.name) else {
+                continue;
+            };
+            if self.unchanged(svc, &Target::of(spec)) {
+                let fp = self.fingerprinter.of(spec);
+                self.state.fingerprints.insert(spec.name.clone(), fp);
+                matched += 1;
+            }
+        }
+        matched
+    }
+
+    /// [`State::patch`] of the view.
+    pub fn patch(&mut self, after: &crate::maps::Snapshot, changed: &Changed) -> bool {
+        self.state.patch(after, changed)
     }
 
     /// The current view.

@@ -286,6 +286,12 @@ impl FileSource {
         &self.path
     }
 
+    /// Forgets the outcome last acted on: the next stable read is parsed
+    /// and returned again even if the file did not change.
+    pub fn forget(&mut self) {
+        self.done = None;
+    }
+
     /// The new desired state (or why the file is rejected) once a change is
     /// stable; `None` when nothing new is stable yet.
     pub fn poll(&mut self, cap: &Capacity) -> Option<Result<DesiredState, SourceError>> {

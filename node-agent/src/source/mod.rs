@@ -20,6 +20,13 @@ pub trait Source: Send {
 
     /// Human-readable description for logs and status (`file:/etc/…`, `kubernetes`).
     fn describe(&self) -> String;
+
+    /// The capacity passed to `poll` changed: the next outcome must be
+    /// checked against the new one even if the source did not change. The
+    /// agent polls its source before it knows its maps (while it takes the
+    /// datapath over), against the build's capacity. A source that checks
+    /// the capacity in `poll` itself needs nothing here.
+    fn capacity_changed(&mut self) {}
 }
 
 impl Source for FileSource {
@@ -29,6 +36,10 @@ impl Source for FileSource {
 
     fn describe(&self) -> String {
         format!("file:{}", self.path().display())
+    }
+
+    fn capacity_changed(&mut self) {
+        FileSource::forget(self);
     }
 }
 

@@ -95,8 +95,9 @@ pub fn run(
         loadavg()
     );
     let mut lab = Lab::new(setup, cgroup, bpffs)?;
-    same_layout::run(opts, &mut lab, out)?;
-    layout_change::run(opts, &mut lab, out)?;
+    let same = same_layout::run(opts, &mut lab, out)?;
+    let changed = layout_change::run(opts, &mut lab, out)?;
+    gap_table(out, &same, &changed);
     strategies::run(&mut lab, out)?;
     let _ = writeln!(
         out,
@@ -104,4 +105,59 @@ pub fn run(
         loadavg()
     );
     Ok(())
+}
+
+/// The control-plane gap across handovers under the edit stream, against the sync interval
+/// before them: p50 / p99 / max per kind of handover, and the adopt step after the commit.
+fn gap_table(out: &mut String, same: &[lab::Round], changed: &[lab::Round]) {
+    use crate::report::{median_max, quantile};
+    let _ = writeln!(
+        out,
+        "\n#### Control-plane gap across handovers under the edit stream\n\n\
+         | handovers | rounds | sync interval before, ms (median) | **gap** ms p50 / p99 / max | \
+         gap target (interval + 50 ms) | **adopt** ms p50 / p99 / max | adopt target 20 ms | \
+         successor's first sync ms p50 / max |\n\
+         |---|---:|---:|---:|---|---:|---|---:|"
+    );
+    let mut all = Vec::new();
+    all.extend(same.iter());
+    all.extend(changed.iter());
+    let same_refs: Vec<&lab::Round> = same.iter().collect();
+    let changed_refs: Vec<&lab::Round> = changed.iter().collect();
+    for (name, rs) in [
+        ("same layout (1 → 1)", &same_refs),
+        ("layout-changing (1 ↔ 2, incl. held)", &changed_refs),
+        ("all", &all),
+    ] {
+        let gap: Vec<f64> = rs.iter().map(|r| r.gap_ms()).collect();
+        let adopt: Vec<f64> = rs.iter().map(|r| r.adopt_ms()).collect();
+        let first: Vec<f64> = rs.iter().map(|r| r.first_sync_ms()).collect();
+        let interval = median_max(&rs.iter().map(|r| r.cadence_ms()).collect::<Vec<_>>()).0;
+        let p = |v: &[f64], q: f64| quantile(v, q);
+        let gap99 = p(&gap, 0.99);
+        let adopt99 = p(&adopt, 0.99);
+        let met = |ok: bool| if ok { "met" } else { "**missed**" };
+        let _ = writeln!(
+            out,
+            "| {name} | {} | {interval:.0} | {:.0} / {gap99:.0} / {:.0} | {} ({gap99:.0} vs {:.0}) | \
+             {:.1} / {adopt99:.1} / {:.1} | {} | {:.0} / {:.0} |",
+            rs.len(),
+            p(&gap, 0.5),
+            p(&gap, 1.0),
+            met(gap99 <= interval + 50.0),
+            interval + 50.0,
+            p(&adopt, 0.5),
+            p(&adopt, 1.0),
+            met(adopt99 < 20.0),
+            p(&first, 0.5),
+            p(&first, 1.0),
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\nGap = the old agent's last `synced` log line → the successor's first (both sync the \
+         latest state they parsed); interval = the old agent's median time between syncs under \
+         the same stream before the handover. p99 is nearest-rank over the rounds (with this few \
+         rounds it is the largest or second largest)."
+    );
 }

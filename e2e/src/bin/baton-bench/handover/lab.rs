@@ -8,7 +8,7 @@ use baton_api::admin::{Status, Takeover};
 use baton_e2e::kit::{Agent, AgentCmd};
 
 use super::edit::EditState;
-use super::logs::{adopt_time, line_times, log_text, sync_times};
+use super::logs::{adopt_time, first_sync_time, line_times, log_text, sync_times};
 use super::{UpgradeSetup, HOLD_MS, LONG};
 use crate::common::BIG;
 
@@ -46,11 +46,25 @@ pub struct Round {
     pub sync_wait: Option<Duration>,
     /// `verify` violations once the successor applied the last edit.
     pub settled: Option<usize>,
+    /// The successor's first sync (its log's `micros`).
+    pub first_sync: Option<Duration>,
 }
 
 impl Round {
     pub fn adopt_ms(&self) -> f64 {
         self.adopt.map_or(f64::NAN, |d| d.as_secs_f64() * 1e3)
+    }
+
+    pub fn first_sync_ms(&self) -> f64 {
+        self.first_sync.map_or(f64::NAN, |d| d.as_secs_f64() * 1e3)
+    }
+
+    pub fn gap_ms(&self) -> f64 {
+        self.gap.map_or(f64::NAN, |d| d.as_secs_f64() * 1e3)
+    }
+
+    pub fn cadence_ms(&self) -> f64 {
+        self.cadence.map_or(f64::NAN, |d| d.as_secs_f64() * 1e3)
     }
 }
 
@@ -187,6 +201,7 @@ impl<'a> Lab<'a> {
             held,
             gap,
             settled: None,
+            first_sync: first_sync_time(&new_log),
         };
         Ok((new, round))
     }

@@ -14,8 +14,8 @@ use crate::args::Args;
 use crate::common::{BIG, EPS_PER_SVC};
 use crate::report::{list, median_max, mm, violations_text};
 
-/// Runs 4b and appends its table to `out`.
-pub fn run(opts: &Args, lab: &mut Lab<'_>, out: &mut String) -> Result<()> {
+/// Runs 4b and appends its table to `out`; returns the rounds under the edit stream.
+pub fn run(opts: &Args, lab: &mut Lab<'_>, out: &mut String) -> Result<Vec<Round>> {
     let n = if opts.quick { 1 } else { 3 };
     let sc = "layout";
     let args = ["--poll-ms", FAST_POLL];
@@ -65,13 +65,15 @@ pub fn run(opts: &Args, lab: &mut Lab<'_>, out: &mut String) -> Result<()> {
                     round.settled = verify_violations(&lab.run_dir(sc));
                 }
                 eprintln!(
-                    "  pre-copy {:.1} ms ({} entries), freeze {:.3} ms, journal {} keys, handover {:.1} ms, adopt {:.0} ms",
+                    "  pre-copy {:.1} ms ({} entries), freeze {:.3} ms, journal {} keys, handover {:.1} ms, adopt {:.1} ms, first sync {:.0} ms, gap {:.0} ms",
                     round.figures.precopy_us as f64 / 1e3,
                     round.figures.maps.entries_copied,
                     round.figures.freeze_us as f64 / 1e3,
                     round.figures.journal_keys,
                     round.figures.handover_us as f64 / 1e3,
-                    round.adopt_ms()
+                    round.adopt_ms(),
+                    round.first_sync_ms(),
+                    round.gap_ms()
                 );
                 cur = next;
                 let key = (writes, layout, to);
@@ -188,7 +190,11 @@ pub fn run(opts: &Args, lab: &mut Lab<'_>, out: &mut String) -> Result<()> {
          Edit rounds made {edits} edits of the services file in total; agents poll it every \
          {FAST_POLL} ms."
     );
-    Ok(())
+    Ok(table
+        .into_iter()
+        .filter(|((w, _, _), _)| *w != Writes::Quiet)
+        .flat_map(|(_, rs)| rs)
+        .collect())
 }
 
 /// How the services file is treated during a layout-changing handover.
@@ -217,7 +223,7 @@ impl Writes {
 }
 
 /// Waits until the agent stopped syncing (it applied the last edit): `syncs` unchanged for 1 s.
-fn wait_settled(lab: &Lab<'_>, agent: &Agent) -> Result<()> {
+pub fn wait_settled(lab: &Lab<'_>, agent: &Agent) -> Result<()> {
     let deadline = Instant::now() + LONG;
     let mut last = None;
     let mut since = Instant::now();

@@ -70,8 +70,18 @@ pub fn line_times(log: &str, what: &str) -> Vec<f64> {
 
 /// The `adopt_us` the successor logs once it owns the datapath.
 pub fn adopt_time(text: &str) -> Option<Duration> {
-    let line = text.lines().find(|l| l.contains("handover committed"))?;
-    let rest = &line[line.find("adopt_us=")? + "adopt_us=".len()..];
+    field_us(text, "handover committed", "adopt_us=")
+}
+
+/// How long the agent's first sync took (its `micros`).
+pub fn first_sync_time(text: &str) -> Option<Duration> {
+    field_us(text, " synced ", "micros=")
+}
+
+/// The microseconds in `field` of the first line containing `what`.
+fn field_us(text: &str, what: &str, field: &str) -> Option<Duration> {
+    let line = text.lines().find(|l| l.contains(what))?;
+    let rest = &line[line.find(field)? + field.len()..];
     let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
     digits.parse().ok().map(Duration::from_micros)
 }

@@ -1,16 +1,20 @@
-//! 4a: handovers layout 1 → layout 1 in a row, no writes.
+//! 4a: handovers layout 1 → layout 1 in a row, no writes, then under the edit stream.
 
 use std::fmt::Write as _;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
-use super::lab::{Lab, Round};
-use super::POLL;
+use super::edit::Editor;
+use super::lab::{verify_violations, Lab, Round};
+use super::layout_change::wait_settled;
+use super::logs::{cadence, log_text, time_of_day};
+use super::{EDIT_INTERVAL, EDIT_SERVICES};
+use super::{FAST_POLL, POLL};
 use crate::args::Args;
-use crate::report::{list, median_max, violations_text};
+use crate::report::{list, median_max, mm, violations_text};
 
-/// Runs 4a and appends its table to `out`.
-pub fn run(opts: &Args, lab: &mut Lab<'_>, out: &mut String) -> Result<()> {
+/// Runs 4a and appends its table to `out`; returns the rounds under the edit stream.
+pub fn run(opts: &Args, lab: &mut Lab<'_>, out: &mut String) -> Result<Vec<Round>> {
     let n = if opts.quick { 3 } else { 7 };
     let sc = "same";
     eprintln!("handover: {n} handovers layout 1 -> layout 1, no writes");
@@ -27,6 +31,41 @@ pub fn run(opts: &Args, lab: &mut Lab<'_>, out: &mut String) -> Result<()> {
         );
         cur = next;
         rounds.push(round);
+    }
+    // Under the edit stream: agents polling fast, as in 4b; one handover to get there.
+    let fast = ["--poll-ms", FAST_POLL];
+    let (next, _) = lab.hand_over(&cur, 1, sc, &fast, &[])?;
+    cur = next;
+    // Its first sync compares every adopted service: let it pass before the stream starts.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let m = if opts.quick { 3 } else { 10 };
+    eprintln!("handover: {m} handovers layout 1 -> layout 1 under the edit stream");
+    let mut streamed = Vec::new();
+    for r in 0..m {
+        let since = time_of_day(std::time::SystemTime::now());
+        let state = lab.edits.take().context("edit state in use")?;
+        let editor = Editor::start(state, lab.services.clone())?;
+        // Let the old agent get into the stream before the successor starts.
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let (next, mut round) = lab.hand_over(&cur, 1, sc, &fast, &[])?;
+        let (state, edits) = editor.stop()?;
+        lab.edits = Some(state);
+        round.edits = edits;
+        round.cadence = cadence(&log_text(cur.log_path()), since);
+        wait_settled(lab, &next)?;
+        round.settled = verify_violations(&lab.run_dir(sc));
+        eprintln!(
+            "  {r}: handover {:.2} ms, freeze {:.3} ms, journal {} keys, adopt {:.1} ms, first sync {:.0} ms, gap {:.0} ms (syncs every {:.0} ms before)",
+            round.figures.handover_us as f64 / 1e3,
+            round.figures.freeze_us as f64 / 1e3,
+            round.figures.journal_keys,
+            round.adopt_ms(),
+            round.first_sync_ms(),
+            round.gap_ms(),
+            round.cadence_ms(),
+        );
+        cur = next;
+        streamed.push(round);
     }
     lab.retire(cur, sc)?;
 
@@ -63,7 +102,7 @@ pub fn run(opts: &Args, lab: &mut Lab<'_>, out: &mut String) -> Result<()> {
     );
     row(
         out,
-        "adopt after the commit (successor re-reads the maps; no agent writes meanwhile)",
+        "adopt after the commit (view from the pre-copy read + journal keys; no agent writes meanwhile)",
         col(&Round::adopt_ms),
         "ms",
         0,
@@ -86,5 +125,24 @@ pub fn run(opts: &Args, lab: &mut Lab<'_>, out: &mut String) -> Result<()> {
          time; `verify` violations right after each commit: {}.",
         violations_text(&rounds.iter().map(|r| r.violations).collect::<Vec<_>>())
     );
-    Ok(())
+    let scol = |f: &dyn Fn(&Round) -> f64| streamed.iter().map(f).collect::<Vec<_>>();
+    let _ =
+        writeln!(
+        out,
+        "\nUnder the edit stream (as in 4b: {EDIT_SERVICES} services every {} ms, agents polling \
+         every {FAST_POLL} ms), {m} more handovers layout 1 → layout 1: handover_us {} ms, \
+         freeze_us {} ms, journal keys {}, adopt {} ms, control-plane gap {} ms (median / max; \
+         the old agent synced every {:.0} ms before, median); `verify` after each commit: {}, \
+         after the last edit: {}.",
+        EDIT_INTERVAL.as_millis(),
+        mm(&scol(&|r| r.figures.handover_us as f64 / 1e3), 2),
+        mm(&scol(&|r| r.figures.freeze_us as f64 / 1e3), 3),
+        list(&streamed.iter().map(|r| r.figures.journal_keys).collect::<Vec<_>>()),
+        mm(&scol(&Round::adopt_ms), 1),
+        mm(&scol(&Round::gap_ms), 0),
+        median_max(&scol(&Round::cadence_ms)).0,
+        violations_text(&streamed.iter().map(|r| r.violations).collect::<Vec<_>>()),
+        violations_text(&streamed.iter().map(|r| r.settled).collect::<Vec<_>>()),
+    );
+    Ok(streamed)
 }
