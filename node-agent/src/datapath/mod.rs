@@ -272,6 +272,14 @@ impl Datapath {
 
     /// Detaches the programs and removes every pin (full teardown).
     pub fn teardown(self) -> Result<(), DatapathError> {
+        // Detached here, not when the descriptors close: the kernel releases
+        // a closed link from a work item, and connects must stop being
+        // rewritten by the time the agent has exited.
+        for link in &self.links {
+            if let Err(e) = crate::sys::link_detach(link.fd.as_fd()) {
+                tracing::warn!(attach = ?link.attach, error = %e, "detaching a link; it goes when closed");
+            }
+        }
         let pin_dir = self.pin_dir.clone();
         drop(self);
         remove_pins(&pin_dir)

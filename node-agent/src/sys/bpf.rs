@@ -15,6 +15,7 @@ const BPF_OBJ_GET: u32 = 7;
 const BPF_OBJ_GET_INFO_BY_FD: u32 = 15;
 const BPF_LINK_CREATE: u32 = 28;
 const BPF_LINK_UPDATE: u32 = 29;
+const BPF_LINK_DETACH: u32 = 34;
 
 /// `BPF_F_REPLACE`: link update only if the link still runs the expected program.
 const BPF_F_REPLACE: u32 = 1 << 2;
@@ -335,6 +336,22 @@ pub fn link_update(
         old_prog_fd: expected_old.map_or(0, |f| f.as_raw_fd() as u32),
     };
     sys_bpf(BPF_LINK_UPDATE, &mut a, "link_update").map(|_| ())
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct LinkDetachAttr {
+    link_fd: u32,
+}
+
+/// Detaches a link from its hook now (kernel >= 5.9). Closing the last
+/// descriptor of a link detaches it too, but from a kernel work item, so
+/// its program may still run for a moment after the owner has exited.
+pub fn link_detach(link: BorrowedFd<'_>) -> Result<(), SysError> {
+    let mut a = LinkDetachAttr {
+        link_fd: link.as_raw_fd() as u32,
+    };
+    sys_bpf(BPF_LINK_DETACH, &mut a, "link_detach").map(|_| ())
 }
 
 /// Number of possible CPUs (the per-CPU map value multiplier).
