@@ -90,13 +90,13 @@ pub struct Args {
         value_enum,
         value_delimiter = ',',
         value_name = "MODE,..",
-        default_value = "baton,iptables,nftables"
+        default_value = "baton,baton-fast,iptables,nftables"
     )]
     kube_modes: Vec<Mode>,
     /// kube-proxy section: endpoint churn rates (changes/s) [default: 10,100,1000]
     #[arg(long, value_delimiter = ',', value_name = "R,..")]
     kube_rates: Vec<u32>,
-    /// kube-proxy section: propagation samples per rate [default: 30; --quick: 6]
+    /// kube-proxy section: propagation samples per rate [default: 20; --quick: 6]
     #[arg(long, value_name = "N")]
     kube_samples: Option<usize>,
     /// kube-proxy section: connect latency rounds per proxy and size [default: 2000; --quick: 200]
@@ -145,7 +145,7 @@ impl Args {
     }
 
     pub fn kube_samples(&self) -> usize {
-        self.kube_samples.unwrap_or(if self.quick { 6 } else { 30 })
+        self.kube_samples.unwrap_or(if self.quick { 6 } else { 20 })
     }
 
     pub fn kube_rounds(&self) -> usize {
