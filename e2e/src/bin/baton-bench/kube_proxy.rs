@@ -131,6 +131,7 @@ pub fn run(opts: &Args, bpffs: &Path, cgroup: &Path, out: &mut String) -> Result
                 &mut rng,
             );
             proxy.stop()?;
+            wait_dark()?;
             let m = m.with_context(|| format!("{} at {size} services", mode.label()))?;
             rows.push(m);
         }
@@ -142,6 +143,19 @@ pub fn run(opts: &Args, bpffs: &Path, cgroup: &Path, out: &mut String) -> Result
 }
 
 use std::process::Command;
+
+/// Waits until no proxy answers a probe VIP any more, so the next proxy's "programmed" time
+/// starts from nothing (an agent's teardown or a rule flush seen late would count as ready).
+fn wait_dark() -> Result<()> {
+    let start = Instant::now();
+    while (0..PROBES).any(|j| answer(sock(probe_vip(j), SVC_PORT), PROBE_CONNECT).is_some()) {
+        if start.elapsed() > Duration::from_secs(20) {
+            bail!("a probe VIP still answers 20 s after its proxy stopped");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
 
 /// Lets this thread (and what it starts) run on every online CPU again.
 fn unpin() -> Result<()> {
