@@ -310,6 +310,7 @@ fn connect_latency(
     let direct = sock(ep_addr(objects.probe_eps[0]), EP_PORT);
     let fixed = sock(probe_vip(0), SVC_PORT);
     let mut s: [Vec<u64>; 3] = [Vec::new(), Vec::new(), Vec::new()];
+    let mut failed = [0usize; 3];
     let warm = (rounds / 20).max(20);
     for r in 0..warm + rounds {
         let random = sock(vip(rng.below(size.max(1))), SVC_PORT);
@@ -317,13 +318,22 @@ fn connect_latency(
             let start = Instant::now();
             let a = answer(t, Duration::from_secs(2));
             let ns = start.elapsed().as_nanos() as u64;
+            // A failed connect is counted and left out (a proxy resyncing under a loaded
+            // machine may drop one); too many fail the section.
             if a.is_none() {
-                bail!("connect to {t} failed during the latency rounds");
+                failed[k] += 1;
+                if failed[k] > rounds / 100 + 3 {
+                    bail!("{} connects to {t} failed during the latency rounds", failed[k]);
+                }
+                continue;
             }
             if r >= warm {
                 s[k].push(ns);
             }
         }
+    }
+    if failed.iter().any(|&f| f > 0) {
+        eprintln!("  failed connects (direct, fixed VIP, random VIP): {failed:?}");
     }
     let row = |name: String, mut v: Vec<u64>| {
         v.sort_unstable();
