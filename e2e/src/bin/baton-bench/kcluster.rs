@@ -343,8 +343,11 @@ pub struct Churn {
     pub done: Arc<AtomicU64>,
     pub failed: Arc<AtomicU64>,
     pub behind: Arc<AtomicU64>,
-    thread: Option<JoinHandle<Result<(Vec<Vec<u32>>, u32)>>>,
+    thread: Option<JoinHandle<Result<ChurnEnd>>>,
 }
+
+/// What a churn hands back: every bulk Service's endpoints and the next unused endpoint number.
+type ChurnEnd = (Vec<Vec<u32>>, u32);
 
 impl Churn {
     /// Starts churning the bulk Services of `objects` (whose view it takes over until
@@ -365,7 +368,7 @@ impl Churn {
         );
         let thread = std::thread::Builder::new()
             .name("kube-churn".into())
-            .spawn(move || -> Result<(Vec<Vec<u32>>, u32)> {
+            .spawn(move || -> Result<ChurnEnd> {
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()?;
@@ -415,7 +418,7 @@ async fn churn(
     done: Arc<AtomicU64>,
     failed: Arc<AtomicU64>,
     behind: Arc<AtomicU64>,
-) -> Result<(Vec<Vec<u32>>, u32)> {
+) -> Result<ChurnEnd> {
     let client = kube::Client::try_from(config)?;
     let slices: Api<EndpointSlice> = Api::namespaced(client, NS);
     // Only the churn writes bulk slices, so its view is what the API server holds.
