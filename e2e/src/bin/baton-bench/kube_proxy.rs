@@ -132,10 +132,26 @@ pub fn run(opts: &Args, bpffs: &Path, cgroup: &Path, out: &mut String) -> Result
             );
             proxy.stop()?;
             wait_dark()?;
-            let m = m.with_context(|| format!("{} at {size} services", mode.label()))?;
-            rows.push(m);
+            // A proxy that cannot program this size (or dies) is a result, not the end of the
+            // section: the other proxies and sizes still run.
+            match m {
+                Ok(m) => rows.push(m),
+                Err(e) => {
+                    eprintln!("  {}: {e:#}", mode.label());
+                    let _ = writeln!(
+                        out,
+                        "\n- **{} at {size} Services: {}**",
+                        mode.label(),
+                        format!("{e:#}").lines().next().unwrap_or_default()
+                    );
+                }
+            }
         }
-        report(out, size, &rows);
+        let mut part = String::new();
+        report(&mut part, size, &rows);
+        // Also on stderr as soon as a size is done, so a long run that is cut short keeps it.
+        eprintln!("{part}");
+        out.push_str(&part);
         all.push((size, rows));
     }
     drop(server);
