@@ -81,7 +81,7 @@ pub struct Args {
     #[arg(long, value_enum, value_name = "SECTION")]
     only: Vec<Section>,
     /// kube-proxy section: cluster sizes in bulk Services, grown in order
-    /// [default: 10,1000,10000; --quick: 100,1000]
+    /// [default: 10,1000,10000; --quick: 1000]
     #[arg(long, value_delimiter = ',', value_name = "N,..")]
     kube_sizes: Vec<usize>,
     /// kube-proxy section: the proxies compared, one after the other
@@ -93,10 +93,11 @@ pub struct Args {
         default_value = "baton,baton-fast,iptables,nftables"
     )]
     kube_modes: Vec<Mode>,
-    /// kube-proxy section: endpoint churn rates (changes/s) [default: 10,100,1000]
+    /// kube-proxy section: endpoint churn rates (changes/s) [default: 10,100,1000; --quick:
+    /// 100,1000]
     #[arg(long, value_delimiter = ',', value_name = "R,..")]
     kube_rates: Vec<u32>,
-    /// kube-proxy section: propagation samples per rate [default: 20; --quick: 6]
+    /// kube-proxy section: propagation samples per rate [default: 20; --quick: 5]
     #[arg(long, value_name = "N")]
     kube_samples: Option<usize>,
     /// kube-proxy section: connect latency rounds per proxy and size [default: 2000; --quick: 200]
@@ -127,7 +128,7 @@ impl Args {
     pub fn kube_sizes(&self) -> Vec<usize> {
         match (self.kube_sizes.is_empty(), self.quick) {
             (false, _) => self.kube_sizes.clone(),
-            (true, true) => vec![100, 1_000],
+            (true, true) => vec![1_000],
             (true, false) => vec![10, 1_000, 10_000],
         }
     }
@@ -138,14 +139,24 @@ impl Args {
 
     pub fn kube_rates(&self) -> Vec<u32> {
         if self.kube_rates.is_empty() {
-            vec![10, 100, 1_000]
+            if self.quick {
+                vec![100, 1_000]
+            } else {
+                vec![10, 100, 1_000]
+            }
         } else {
             self.kube_rates.clone()
         }
     }
 
     pub fn kube_samples(&self) -> usize {
-        self.kube_samples.unwrap_or(if self.quick { 6 } else { 20 })
+        self.kube_samples.unwrap_or(if self.quick { 5 } else { 20 })
+    }
+
+    /// kube-proxy section: how long one endpoint change may take to show before it counts as
+    /// a timeout (three timeouts end that rate).
+    pub fn kube_change_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(if self.quick { 10 } else { 30 })
     }
 
     pub fn kube_rounds(&self) -> usize {

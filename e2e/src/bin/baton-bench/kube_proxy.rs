@@ -26,9 +26,8 @@ use crate::kcluster::{
 use crate::kproxy::{self, Env, Mode, Running};
 use crate::report::{q, Row};
 
-/// Longest wait for a proxy to program the cluster, and for one change to show.
+/// Longest wait for a proxy to program the cluster.
 const READY_TIMEOUT: Duration = Duration::from_secs(600);
-const CHANGE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Connect timeout of the watching loop: an unprogrammed VIP leads to the dummy interface.
 const PROBE_CONNECT: Duration = Duration::from_millis(50);
 
@@ -125,6 +124,7 @@ pub fn run(opts: &Args, bpffs: &Path, cgroup: &Path, out: &mut String) -> Result
                 &rates,
                 samples,
                 opts.kube_rounds(),
+                opts.kube_change_timeout(),
                 &config,
                 &mut objects,
                 &rt,
@@ -191,6 +191,7 @@ fn measure(
     rates: &[u32],
     samples: usize,
     rounds: usize,
+    change_timeout: Duration,
     config: &kube::Config,
     objects: &mut Objects,
     rt: &tokio::runtime::Runtime,
@@ -259,7 +260,7 @@ fn measure(
                         got.push(acked.elapsed().as_nanos() as u64);
                         break;
                     }
-                    if acked.elapsed() > CHANGE_TIMEOUT {
+                    if acked.elapsed() > change_timeout {
                         timeouts += 1;
                         break;
                     }
@@ -271,7 +272,7 @@ fn measure(
                 if timeouts >= 3 {
                     // The proxy does not keep up with this rate: more samples would only
                     // add 30 s each.
-                    eprintln!("  3 changes not seen within {CHANGE_TIMEOUT:?}: stopping this rate");
+                    eprintln!("  3 changes not seen within {change_timeout:?}: stopping this rate");
                     break;
                 }
                 // Decorrelate the next write from the proxy's sync cycle.
