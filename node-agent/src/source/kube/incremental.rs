@@ -58,6 +58,13 @@ pub fn slice_owner(slice: &EndpointSlice) -> Option<Key> {
     Some((ns.clone(), svc.clone()))
 }
 
+/// [`slice_owner`] without copying.
+fn slice_owner_ref(slice: &EndpointSlice) -> Option<(&str, &str)> {
+    let ns = slice.metadata.namespace.as_deref()?;
+    let svc = slice.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL)?;
+    Some((ns, svc.as_str()))
+}
+
 /// The Service of a Service object.
 pub fn service_key(svc: &Service) -> Option<Key> {
     Some((svc.metadata.namespace.clone()?, svc.metadata.name.clone()?))
@@ -157,19 +164,31 @@ impl Incremental {
         let all_slices = slices.state();
         let here = here.with_zone_from(all_slices.iter().map(|s| &**s));
         let full = dirty.all || self.here.as_ref() != Some(&here);
-        let wanted = (!full).then_some(&dirty.keys);
-        let mut by_service: HashMap<Key, Vec<&EndpointSlice>> = HashMap::new();
+        // Borrowed keys: this scan runs over every slice at every build, so no clones here.
+        let wanted: Option<HashSet<(&str, &str)>> = (!full).then(|| {
+            dirty
+                .keys
+                .iter()
+                .map(|(ns, n)| (ns.as_str(), n.as_str()))
+                .collect()
+        });
+        let mut by_service: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
         if full || !dirty.keys.is_empty() {
             for s in &all_slices {
-                let Some(key) = slice_owner(s) else { continue };
-                if wanted.is_none_or(|w| w.contains(&key)) {
+                let Some(key) = slice_owner_ref(s) else {
+                    continue;
+                };
+                if wanted.as_ref().is_none_or(|w| w.contains(&key)) {
                     by_service.entry(key).or_default().push(s);
                 }
             }
         }
         let entry = |key: &Key, svc: &Service| {
             let mut notes = Vec::new();
-            let slices = by_service.get(key).map(Vec::as_slice).unwrap_or_default();
+            let slices = by_service
+                .get(&(key.0.as_str(), key.1.as_str()))
+                .map(Vec::as_slice)
+                .unwrap_or_default();
             let name = format!("{}/{}", key.0, key.1);
             let specs = service_specs(&name, svc, slices, &here, &mut notes);
             Entry { specs, notes }
