@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds (or reuses) the Kubernetes binaries the tests start on loopback:
 # etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kubelet (the real-node rig,
-# e2e/node/). No Docker, no kind: all are built from their Go modules through
+# e2e/node/), and kube-proxy (baton-bench's side-by-side comparison, run only
+# inside the bench's private network namespace). No Docker, no kind: all are built from their Go modules through
 # the Go module proxy, the Kubernetes commands in one `go build` so they
 # share one compilation of the tree.
 #
@@ -61,7 +62,7 @@ for r in mod.get("Replace") or []:
 ' "$2" | xargs "$GO" mod edit)
 }
 
-K8S_CMDS=(kube-apiserver kube-controller-manager kube-scheduler kubelet)
+K8S_CMDS=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy)
 
 # build_k8s CMD...: build the given commands of k8s.io/kubernetes in one go.
 build_k8s() {

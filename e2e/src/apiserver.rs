@@ -64,9 +64,33 @@ fn spawn(name: &str, bin: &Path, args: &[String], log: &Path) -> Process {
         .unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// What a caller may change about the API server (the defaults are the tests').
+#[derive(Clone, Debug)]
+pub struct ApiServerOptions {
+    /// `--service-cluster-ip-range`. The tests' default (a /24 and a /112,
+    /// dual-stack) is too small for the bench's 10 000 Services.
+    pub service_cidr: String,
+    /// More arguments, appended last (so they win over the defaults).
+    pub extra_args: Vec<String>,
+}
+
+impl Default for ApiServerOptions {
+    fn default() -> Self {
+        Self {
+            service_cidr: "10.96.0.0/24,fd00:10:96::/112".into(),
+            extra_args: Vec::new(),
+        }
+    }
+}
+
 impl ApiServer {
     /// Starts etcd and kube-apiserver; `None` when skipped by `BATON_SKIP_APISERVER=1`.
     pub async fn start() -> Option<ApiServer> {
+        Self::start_with(&ApiServerOptions::default()).await
+    }
+
+    /// [`ApiServer::start`] with `options`.
+    pub async fn start_with(options: &ApiServerOptions) -> Option<ApiServer> {
         if std::env::var("BATON_SKIP_APISERVER").as_deref() == Ok("1") {
             eprintln!(
                 "SKIPPED: real API server test (BATON_SKIP_APISERVER=1); \
@@ -126,34 +150,36 @@ impl ApiServer {
         )
         .expect("writing tokens.csv");
         let certs = d.join("certs");
+        let mut args = vec![
+            format!("--etcd-servers=http://127.0.0.1:{client_port}"),
+            "--bind-address=127.0.0.1".into(),
+            "--advertise-address=127.0.0.1".into(),
+            format!("--secure-port={secure_port}"),
+            // Self-signed serving cert (with its CA) written here.
+            format!("--cert-dir={}", certs.display()),
+            format!("--token-auth-file={}", d.join("tokens.csv").display()),
+            "--authorization-mode=RBAC".into(),
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
+            format!("--service-account-key-file={}", d.join("sa.pub").display()),
+            format!(
+                "--service-account-signing-key-file={}",
+                d.join("sa.key").display()
+            ),
+            // Dual-stack by default, so Services may ask for both families.
+            format!("--service-cluster-ip-range={}", options.service_cidr),
+            "--allow-privileged=true".into(),
+            // Stricter than the default: owner references with
+            // blockOwnerDeletion need RBAC on the owner's finalizers.
+            "--enable-admission-plugins=OwnerReferencesPermissionEnforcement".into(),
+            "--enable-priority-and-fairness=false".into(),
+            "--profiling=false".into(),
+            "--v=1".into(),
+        ];
+        args.extend(options.extra_args.iter().cloned());
         let apiserver = spawn(
             "kube-apiserver",
             &apiserver_bin,
-            &[
-                format!("--etcd-servers=http://127.0.0.1:{client_port}"),
-                "--bind-address=127.0.0.1".into(),
-                "--advertise-address=127.0.0.1".into(),
-                format!("--secure-port={secure_port}"),
-                // Self-signed serving cert (with its CA) written here.
-                format!("--cert-dir={}", certs.display()),
-                format!("--token-auth-file={}", d.join("tokens.csv").display()),
-                "--authorization-mode=RBAC".into(),
-                "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
-                format!("--service-account-key-file={}", d.join("sa.pub").display()),
-                format!(
-                    "--service-account-signing-key-file={}",
-                    d.join("sa.key").display()
-                ),
-                // Dual-stack, so Services may ask for both families.
-                "--service-cluster-ip-range=10.96.0.0/24,fd00:10:96::/112".into(),
-                "--allow-privileged=true".into(),
-                // Stricter than the default: owner references with
-                // blockOwnerDeletion need RBAC on the owner's finalizers.
-                "--enable-admission-plugins=OwnerReferencesPermissionEnforcement".into(),
-                "--enable-priority-and-fairness=false".into(),
-                "--profiling=false".into(),
-                "--v=1".into(),
-            ],
+            &args,
             &d.join("kube-apiserver.log"),
         );
         let kubeconfig = d.join("kubeconfig");

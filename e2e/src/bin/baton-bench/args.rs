@@ -14,6 +14,42 @@ pub enum Section {
     Rss,
     /// 4. agent hot upgrade (handover); also runs the layout-2 agent
     Handover,
+    /// 5. Kubernetes source vs kube-proxy on a real kube-apiserver (not in the default run)
+    KubeProxy,
+}
+
+/// A proxy setup of the comparison.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Mode {
+    /// baton-agent --source kubernetes, default settings (--poll-ms 200)
+    Baton,
+    /// baton-agent --source kubernetes --poll-ms 10
+    BatonFast,
+    /// kube-proxy --proxy-mode iptables, default settings
+    Iptables,
+    /// kube-proxy --proxy-mode nftables, default settings
+    Nftables,
+    /// kube-proxy iptables with the docs' large-cluster advice: --iptables-min-sync-period 10s
+    IptablesLarge,
+    /// kube-proxy nftables with --nftables-min-sync-period 10s
+    NftablesLarge,
+}
+
+impl Mode {
+    pub fn label(self) -> &'static str {
+        match self {
+            Mode::Baton => "Baton (defaults: poll 200 ms)",
+            Mode::BatonFast => "Baton --poll-ms 10",
+            Mode::Iptables => "kube-proxy iptables (defaults)",
+            Mode::Nftables => "kube-proxy nftables (defaults)",
+            Mode::IptablesLarge => "kube-proxy iptables, min-sync-period 10s",
+            Mode::NftablesLarge => "kube-proxy nftables, min-sync-period 10s",
+        }
+    }
+
+    pub fn is_baton(self) -> bool {
+        matches!(self, Mode::Baton | Mode::BatonFast)
+    }
 }
 
 /// Connect latency (direct / BPF VIP / iptables DNAT), map programming speed, agent memory and
@@ -41,9 +77,32 @@ pub struct Args {
     /// Do not pin the bench to a CPU (the later of --cpu and --no-pin wins)
     #[arg(long, overrides_with = "cpu")]
     no_pin: bool,
-    /// Run only this section; repeatable [default: all sections]
+    /// Run only this section; repeatable [default: sections 1-4]
     #[arg(long, value_enum, value_name = "SECTION")]
     only: Vec<Section>,
+    /// kube-proxy section: cluster sizes in bulk Services, grown in order
+    /// [default: 10,1000,10000; --quick: 1000]
+    #[arg(long, value_delimiter = ',', value_name = "N,..")]
+    kube_sizes: Vec<usize>,
+    /// kube-proxy section: the proxies compared, one after the other
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        value_name = "MODE,..",
+        default_value = "baton,baton-fast,iptables,nftables"
+    )]
+    kube_modes: Vec<Mode>,
+    /// kube-proxy section: endpoint churn rates (changes/s) [default: 10,100,1000; --quick:
+    /// 100,1000]
+    #[arg(long, value_delimiter = ',', value_name = "R,..")]
+    kube_rates: Vec<u32>,
+    /// kube-proxy section: propagation samples per rate [default: 20; --quick: 5]
+    #[arg(long, value_name = "N")]
+    kube_samples: Option<usize>,
+    /// kube-proxy section: connect latency rounds per proxy and size [default: 2000; --quick: 200]
+    #[arg(long, value_name = "N")]
+    kube_rounds: Option<usize>,
 }
 
 impl Args {
@@ -57,9 +116,52 @@ impl Args {
         (!self.no_pin).then_some(self.cpu)
     }
 
-    /// Whether `section` runs (every section does without `--only`).
+    /// Whether `section` runs (sections 1-4 do without `--only`; the kube-proxy section, which
+    /// needs the Kubernetes binaries and runs for minutes, only when named).
     pub fn runs(&self, section: Section) -> bool {
-        self.only.is_empty() || self.only.contains(&section)
+        if self.only.is_empty() {
+            return section != Section::KubeProxy;
+        }
+        self.only.contains(&section)
+    }
+
+    pub fn kube_sizes(&self) -> Vec<usize> {
+        match (self.kube_sizes.is_empty(), self.quick) {
+            (false, _) => self.kube_sizes.clone(),
+            (true, true) => vec![1_000],
+            (true, false) => vec![10, 1_000, 10_000],
+        }
+    }
+
+    pub fn kube_modes(&self) -> Vec<Mode> {
+        self.kube_modes.clone()
+    }
+
+    pub fn kube_rates(&self) -> Vec<u32> {
+        if self.kube_rates.is_empty() {
+            if self.quick {
+                vec![100, 1_000]
+            } else {
+                vec![10, 100, 1_000]
+            }
+        } else {
+            self.kube_rates.clone()
+        }
+    }
+
+    pub fn kube_samples(&self) -> usize {
+        self.kube_samples.unwrap_or(if self.quick { 5 } else { 20 })
+    }
+
+    /// kube-proxy section: how long one endpoint change may take to show before it counts as
+    /// a timeout (three timeouts end that rate).
+    pub fn kube_change_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(if self.quick { 10 } else { 30 })
+    }
+
+    pub fn kube_rounds(&self) -> usize {
+        self.kube_rounds
+            .unwrap_or(if self.quick { 200 } else { 2_000 })
     }
 }
 
@@ -143,7 +245,7 @@ mod tests {
         let msg = e.to_string();
         assert!(msg.contains("'bogus'"), "{msg}");
         assert!(
-            msg.contains("[possible values: latency, programming, rss, handover]"),
+            msg.contains("[possible values: latency, programming, rss, handover, kube-proxy]"),
             "{msg}"
         );
     }

@@ -9,14 +9,21 @@
 //! [`baton_e2e::kit::sandbox::enter`]; only loopback backends are used. Run as root:
 //! `baton-bench [--quick] [--rounds N]`.
 //!
-//! One module per section (`--only latency|programming|rss|handover`), each a `run` function:
-//! [`latency`], [`programming`], [`rss`], [`handover`]; [`report`] formats the tables, [`args`]
-//! parses the command line, [`common`] holds the generated services and datapath helpers.
+//! One module per section (`--only latency|programming|rss|handover|kube-proxy`), each a `run`
+//! function: [`latency`], [`programming`], [`rss`], [`handover`], `kube_proxy` (with its cluster
+//! in `kcluster` and the proxies in `kproxy`); [`report`] formats the tables, [`args`] parses
+//! the command line, [`common`] holds the generated services and datapath helpers.
 
 mod args;
 mod common;
 mod handover;
 mod iptables;
+#[cfg(feature = "shim")]
+mod kcluster;
+#[cfg(feature = "shim")]
+mod kproxy;
+#[cfg(feature = "shim")]
+mod kube_proxy;
 mod latency;
 mod programming;
 mod report;
@@ -99,6 +106,12 @@ fn real_main() -> Result<()> {
     }
     if let Some(setup) = &upgrade {
         handover::run(&opts, setup, bpffs.path(), cgroup.path(), &mut out)?;
+    }
+    if opts.runs(Section::KubeProxy) {
+        #[cfg(feature = "shim")]
+        kube_proxy::run(&opts, bpffs.path(), cgroup.path(), &mut out)?;
+        #[cfg(not(feature = "shim"))]
+        bail!("--only kube-proxy needs baton-e2e's default feature `shim` (the Kubernetes client)");
     }
     let _ = writeln!(
         out,

@@ -86,7 +86,7 @@ pub fn build<'a>(
 /// The services of one Service: one per address family of its cluster IPs
 /// (the datapath wants one family per service). The primary family keeps the
 /// plain `namespace/name`; the secondary one gets `/ipv4` or `/ipv6` appended.
-fn service_specs(
+pub(super) fn service_specs(
     name: &str,
     svc: &Service,
     slices: &[&EndpointSlice],

@@ -16,6 +16,7 @@ use kube::{Client, Resource, ResourceExt};
 use tokio::sync::oneshot;
 
 use super::build::SERVICE_NAME_LABEL;
+use super::incremental::{service_key, Dirty, SliceOwners};
 
 /// What the watches did, read by `poll` without locking the caches.
 #[derive(Debug, Default)]
@@ -26,6 +27,9 @@ pub struct Progress {
     errors: AtomicU64,
     /// The latest error while the watches have not recovered from it.
     error: Mutex<Option<String>>,
+    /// Services touched since the last [`Progress::take_dirty`]; marked before `changes`
+    /// is bumped, after the cache holds the change.
+    dirty: Mutex<Dirty>,
     services_ready: AtomicBool,
     slices_ready: AtomicBool,
 }
@@ -51,6 +55,15 @@ impl Progress {
     pub fn fail(&self, message: String) {
         *self.lock() = Some(message);
         self.errors.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// What changed since the last call (the incremental build's input).
+    pub fn take_dirty(&self) -> Dirty {
+        std::mem::take(&mut *self.dirty.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    fn mark(&self, f: impl FnOnce(&mut Dirty)) {
+        f(&mut self.dirty.lock().unwrap_or_else(PoisonError::into_inner));
     }
 
     fn changed(&self) {
@@ -97,7 +110,18 @@ pub async fn run(
         progress,
         &progress.services_ready,
         "services",
+        |event: &Event<Service>| match event {
+            Event::Apply(s) | Event::Delete(s) => {
+                if let Some(key) = service_key(s) {
+                    progress.mark(|d| d.mark(key));
+                }
+            }
+            // A (re)listing replaces the cache: deletions during a gap are not events.
+            Event::InitDone => progress.mark(Dirty::mark_all),
+            Event::Init | Event::InitApply(_) => {}
+        },
     );
+    let mut owners = SliceOwners::default();
     let slices = reflect(
         slices,
         config.labels(SERVICE_NAME_LABEL),
@@ -105,6 +129,14 @@ pub async fn run(
         progress,
         &progress.slices_ready,
         "endpointslices",
+        move |event: &Event<EndpointSlice>| match event {
+            Event::Apply(s) | Event::InitApply(s) => {
+                progress.mark(|d| owners.slice_event(s, false, d));
+            }
+            Event::Delete(s) => progress.mark(|d| owners.slice_event(s, true, d)),
+            Event::Init => owners.clear(),
+            Event::InitDone => progress.mark(Dirty::mark_all),
+        },
     );
     tokio::select! {
         _ = stop => {}
@@ -130,6 +162,7 @@ async fn reflect<K>(
     progress: &Progress,
     ready: &AtomicBool,
     what: &'static str,
+    mut mark: impl FnMut(&Event<K>),
 ) where
     K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
     K::DynamicType: Clone + Default + Eq + std::hash::Hash,
@@ -140,6 +173,7 @@ async fn reflect<K>(
         .for_each(|item| {
             match item {
                 Ok(event) => {
+                    mark(&event);
                     progress.healthy();
                     match event {
                         Event::Apply(_) | Event::Delete(_) => progress.changed(),
