@@ -56,6 +56,9 @@ pub struct KubeOptions {
     /// the last build's duration apart: the source spends at most about
     /// 1/factor of a CPU building, however large the cluster.
     pub build_cost_factor: u32,
+    /// The cost-based spacing never exceeds this (a build's wall time
+    /// includes waiting for a busy CPU, which would otherwise feed back).
+    pub max_build_interval: Duration,
 }
 
 impl Default for KubeOptions {
@@ -66,7 +69,8 @@ impl Default for KubeOptions {
             locality: Locality::default(),
             coalesce: Duration::from_millis(10),
             min_build_interval: Duration::from_millis(80),
-            build_cost_factor: 20,
+            build_cost_factor: 8,
+            max_build_interval: Duration::from_millis(250),
         }
     }
 }
@@ -274,8 +278,12 @@ impl KubeSource {
     /// One build per this while the cluster churns.
     fn spacing(&self) -> Duration {
         let o = &self.options;
-        o.min_build_interval
-            .max(self.seen.cost.saturating_mul(o.build_cost_factor))
+        let by_cost = self
+            .seen
+            .cost
+            .saturating_mul(o.build_cost_factor)
+            .min(o.max_build_interval);
+        o.min_build_interval.max(by_cost)
     }
 
     /// Wakes `n` when the watches see a change (the first since the last build).
