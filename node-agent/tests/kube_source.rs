@@ -11,7 +11,7 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use baton_agent::model::{Capacity, DesiredState, EndpointSpec, PortSpec, ServiceSpec};
-use baton_agent::source::kube::Locality;
+use baton_agent::source::kube::{Locality, BUILD_BURST};
 use baton_agent::source::{KubeOptions, KubeSource, SourceError};
 use baton_e2e::apiserver::ApiServer;
 use baton_ebpf::LbPolicy;
@@ -439,7 +439,8 @@ async fn source_reports_watch_errors_and_debounces_churn() {
     .await;
 
     // 40 endpoint changes as fast as the API server takes them, polled every
-    // 5 ms: at most one build per 100 ms, and the last state wins.
+    // 5 ms: a burst of builds, then at most one per `min_build_interval`, and
+    // the last state wins.
     let slices: Api<EndpointSlice> = Api::namespaced(admin.clone(), "apps");
     let start = Instant::now();
     let mut yielded = 0u32;
@@ -465,10 +466,11 @@ async fn source_reports_watch_errors_and_debounces_churn() {
     .await;
     yielded += 1;
     let elapsed = start.elapsed();
-    let bound = (elapsed.as_millis() / 100) as u32 + 2;
+    let spacing = KubeOptions::default().min_build_interval;
+    let bound = (elapsed.as_millis() / spacing.as_millis()) as u32 + BUILD_BURST as u32 + 1;
     assert!(
         yielded <= bound,
-        "{yielded} states in {elapsed:?}: more than one build per 100 ms"
+        "{yielded} states in {elapsed:?}: more than {BUILD_BURST} + one build per {spacing:?}"
     );
     assert_eq!(last.services[0].name, "apps/churn");
     eprintln!("churn: 40 changes in {elapsed:?}, {yielded} states yielded (bound {bound})");

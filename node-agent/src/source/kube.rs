@@ -1,8 +1,13 @@
 //! The Kubernetes source: Services and EndpointSlices (discovery.k8s.io/v1),
 //! cluster-wide or in one namespace, cached by reflectors on a tokio runtime
 //! in a background thread. `poll` (synchronous, from the agent's loop) builds
-//! the desired state from the caches when they changed, at most once per
-//! `min_build_interval`, and returns it only when it differs from the last.
+//! the desired state from the caches when they changed and returns it only
+//! when it differs from the last. The watches wake the agent's source thread
+//! on the first change after a build ([`Notify`]); the build waits `coalesce`
+//! after that change (so a burst is one build). Builds are rate-limited by a
+//! token bucket: a few at once after a quiet time, then one per
+//! `min_build_interval` while the cluster churns, or fewer when builds are
+//! costly (see [`KubeOptions::build_cost_factor`]).
 //! Builds are incremental: only the Services the watches saw change are
 //! rebuilt (`incremental.rs`).
 //! Mapping rules: `build.rs` and docs/kubernetes-source.md.
@@ -25,7 +30,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::reflector::{self, Store};
 use tokio::sync::oneshot;
 
-use super::SourceError;
+use super::{Notify, SourceError};
 use crate::cluster::{connect, ClusterError};
 use crate::model::{Capacity, DesiredState, Invalid};
 use watch::{Progress, Writers};
@@ -40,8 +45,20 @@ pub struct KubeOptions {
     pub namespace: Option<String>,
     /// Where the agent runs (node from `NODE_NAME`), for topology-aware Services.
     pub locality: Locality,
-    /// Minimum time between two builds while the cluster churns.
+    /// How long a build waits after the first change since the last one,
+    /// so that the changes of one update (a Service and its slices, a
+    /// rollout step) make one build.
+    pub coalesce: Duration,
+    /// Time between two builds while the cluster churns (after a quiet
+    /// time, up to [`BUILD_BURST`] builds go at once).
     pub min_build_interval: Duration,
+    /// While the cluster churns, builds are also at least this many times
+    /// the last build's duration apart: the source spends at most about
+    /// 1/factor of a CPU building, however large the cluster.
+    pub build_cost_factor: u32,
+    /// The cost-based spacing never exceeds this (a build's wall time
+    /// includes waiting for a busy CPU, which would otherwise feed back).
+    pub max_build_interval: Duration,
 }
 
 impl Default for KubeOptions {
@@ -50,10 +67,17 @@ impl Default for KubeOptions {
             config: None,
             namespace: None,
             locality: Locality::default(),
-            min_build_interval: Duration::from_millis(100),
+            coalesce: Duration::from_millis(10),
+            min_build_interval: Duration::from_millis(80),
+            build_cost_factor: 8,
+            max_build_interval: Duration::from_millis(250),
         }
     }
 }
+
+/// Builds that may follow each other without spacing after a quiet time
+/// (the token bucket's size).
+pub const BUILD_BURST: f64 = 4.0;
 
 /// Desired state from the cluster's Services and EndpointSlices.
 pub struct KubeSource {
@@ -76,6 +100,12 @@ struct Seen {
     /// `Progress::error` count already reported.
     errors: u64,
     at: Option<Instant>,
+    /// Builds allowed now (token bucket, refilled one per spacing since `at`).
+    tokens: f64,
+    /// How long the last build took (the state's build and check).
+    cost: Duration,
+    /// A change waits until then (coalescing, spacing): poll again at that time.
+    retry: Option<Instant>,
     /// The capacity the last state returned (valid or not) was checked against; `None`
     /// before the first. The state itself is not kept: the incremental build says whether
     /// it changed, which at 10 000 Services is much cheaper than comparing two states.
@@ -158,9 +188,10 @@ impl KubeSource {
 
     /// The new desired state when the cluster changed it since the last call
     /// (the first once both caches are listed); `None` when unchanged, not yet
-    /// listed, or within `min_build_interval` of the last build. A watch error
+    /// listed, or still waiting (see [`KubeSource::poll_again_in`]). A watch error
     /// is returned once per error; the state is returned again after recovery.
     pub fn poll(&mut self, cap: &Capacity) -> Option<Result<DesiredState, SourceError>> {
+        self.seen.retry = None;
         let (errors, error) = self.progress.error();
         if errors != self.seen.errors {
             self.seen.errors = errors;
@@ -170,21 +201,31 @@ impl KubeSource {
             }
         }
         if !self.progress.ready() {
+            // The listing that completes it notifies.
+            self.progress.clear_pending();
+            if !self.progress.ready() {
+                return None;
+            }
+        }
+        if self.seen.changes == Some(self.progress.changes()) && !self.capacity_changed(cap) {
+            // Nothing new: the next change notifies. Cleared before the
+            // second look, so a change between the two is seen or notifies.
+            self.progress.clear_pending();
+            if self.seen.changes == Some(self.progress.changes()) {
+                return None;
+            }
+        }
+        let now = Instant::now();
+        let ready_at = self.ready_at(now);
+        if ready_at > now {
+            self.seen.retry = Some(ready_at);
             return None;
         }
-        let changes = self.progress.changes();
-        if self.seen.changes == Some(changes) && !self.capacity_changed(cap) {
-            return None;
-        }
-        if self
-            .seen
-            .at
-            .is_some_and(|t| t.elapsed() < self.options.min_build_interval)
-        {
-            return None;
-        }
-        self.seen.changes = Some(changes);
-        self.seen.at = Some(Instant::now());
+        // Before reading `changes`: any later change notifies again.
+        self.progress.clear_pending();
+        self.seen.changes = Some(self.progress.changes());
+        self.seen.tokens = self.tokens(now) - 1.0;
+        self.seen.at = Some(now);
         let dirty = self.progress.take_dirty();
         let changed =
             self.incremental
@@ -198,6 +239,7 @@ impl KubeSource {
         let state = built.state;
         self.seen.force = false;
         let invalid = state.validate(cap);
+        self.seen.cost = now.elapsed();
         self.seen.last = Some(*cap);
         if invalid.is_empty() {
             return Some(Ok(state));
@@ -205,6 +247,55 @@ impl KubeSource {
         Some(Err(SourceError::Cluster {
             message: describe_invalid(&state, &invalid),
         }))
+    }
+
+    /// When the pending change may be built: `coalesce` after the first
+    /// change since the last build, and far enough from the last build.
+    fn ready_at(&self, now: Instant) -> Instant {
+        let first = self
+            .progress
+            .pending_since()
+            .map_or(now, |t| t + self.options.coalesce);
+        let missing = 1.0 - self.tokens(now);
+        if missing <= 0.0 {
+            return first;
+        }
+        first.max(now + self.spacing().mul_f64(missing))
+    }
+
+    /// Builds allowed at `now`.
+    fn tokens(&self, now: Instant) -> f64 {
+        match self.seen.at {
+            None => BUILD_BURST,
+            Some(at) => {
+                let refill = now.saturating_duration_since(at).as_secs_f64()
+                    / self.spacing().as_secs_f64().max(1e-6);
+                (self.seen.tokens + refill).min(BUILD_BURST)
+            }
+        }
+    }
+
+    /// One build per this while the cluster churns.
+    fn spacing(&self) -> Duration {
+        let o = &self.options;
+        let by_cost = self
+            .seen
+            .cost
+            .saturating_mul(o.build_cost_factor)
+            .min(o.max_build_interval);
+        o.min_build_interval.max(by_cost)
+    }
+
+    /// Wakes `n` when the watches see a change (the first since the last build).
+    pub fn set_notify(&mut self, n: Notify) {
+        self.progress.set_notify(n);
+    }
+
+    /// After a `poll` that returned `None` with a change waiting: when to poll again.
+    pub fn poll_again_in(&self) -> Option<Duration> {
+        self.seen
+            .retry
+            .map(|t| t.saturating_duration_since(Instant::now()))
     }
 
     fn capacity_changed(&self, cap: &Capacity) -> bool {

@@ -3,6 +3,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
+use std::time::Instant;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Service;
@@ -17,6 +18,7 @@ use tokio::sync::oneshot;
 
 use super::build::SERVICE_NAME_LABEL;
 use super::incremental::{service_key, Dirty, SliceOwners};
+use crate::source::Notify;
 
 /// What the watches did, read by `poll` without locking the caches.
 #[derive(Debug, Default)]
@@ -32,6 +34,10 @@ pub struct Progress {
     dirty: Mutex<Dirty>,
     services_ready: AtomicBool,
     slices_ready: AtomicBool,
+    /// Since when changes wait for `poll` (set by the first change after
+    /// [`Progress::clear_pending`]); the poller is notified on that first one only.
+    pending: Mutex<Option<Instant>>,
+    notify: Mutex<Option<Notify>>,
 }
 
 impl Progress {
@@ -55,6 +61,31 @@ impl Progress {
     pub fn fail(&self, message: String) {
         *self.lock() = Some(message);
         self.errors.fetch_add(1, Ordering::AcqRel);
+        self.wake();
+    }
+
+    /// Who to wake on news.
+    pub fn set_notify(&self, n: Notify) {
+        *self.notify.lock().unwrap_or_else(PoisonError::into_inner) = Some(n);
+    }
+
+    /// Since when a change waits, if one does.
+    pub fn pending_since(&self) -> Option<Instant> {
+        *self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// `poll` is about to read `changes`: a change after this notifies again.
+    pub fn clear_pending(&self) {
+        self.pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+    }
+
+    fn wake(&self) {
+        if let Some(n) = &*self.notify.lock().unwrap_or_else(PoisonError::into_inner) {
+            n.notify();
+        }
     }
 
     /// What changed since the last call (the incremental build's input).
@@ -68,6 +99,12 @@ impl Progress {
 
     fn changed(&self) {
         self.changes.fetch_add(1, Ordering::AcqRel);
+        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        if pending.is_none() {
+            *pending = Some(Instant::now());
+            drop(pending);
+            self.wake();
+        }
     }
 
     fn healthy(&self) {
