@@ -63,28 +63,39 @@ fn conditions_sorted(pod: &Pod) -> Vec<(String, String, Option<String>)> {
         .collect()
 }
 
+/// The agent's RBAC, and the pod mid-handover as the operator leaves it
+/// after StartUpgrade (slot a active, b starting 5 s ago), with `extra`
+/// annotations; returns when the handover started.
+async fn pod_mid_handover(admin: &kube::Client, extra: serde_json::Value) -> Timestamp {
+    install_agent_rbac(admin).await;
+    let started = Timestamp::from_second(Timestamp::now().as_second() - 5).expect("time");
+    let mut annotations = json!({
+        "baton.dev/active-slot": "a", "baton.dev/slot-a-version": "agent:v1",
+        "baton.dev/slot-b-version": "agent:v2",
+        "baton.dev/handover-started": started.to_string()});
+    if let (Some(a), Some(e)) = (annotations.as_object_mut(), extra.as_object()) {
+        a.extend(e.clone());
+    }
+    let _: Pod = create(
+        admin,
+        RELEASE_NAMESPACE,
+        json!({
+            "metadata": {"name": POD, "annotations": annotations},
+            "spec": {"nodeName": "n1", "serviceAccountName": "baton-agent", "containers": [
+                {"name": "slot-a", "image": "agent:v1"}, {"name": "slot-b", "image": "agent:v2"}]},
+        }),
+    )
+    .await;
+    started
+}
+
 #[tokio::test]
 async fn handover_report_lands_on_the_pod_and_the_operator_reads_it() {
     let Some(server) = ApiServer::start().await else {
         return;
     };
     let admin = server.client().await;
-    install_agent_rbac(&admin).await;
-    // The pod mid-handover, as the operator leaves it after StartUpgrade.
-    let started = Timestamp::from_second(Timestamp::now().as_second() - 5).expect("time");
-    let _: Pod = create(
-        &admin,
-        RELEASE_NAMESPACE,
-        json!({
-            "metadata": {"name": POD, "annotations": {
-                "baton.dev/active-slot": "a", "baton.dev/slot-a-version": "agent:v1",
-                "baton.dev/slot-b-version": "agent:v2",
-                "baton.dev/handover-started": started.to_string()}},
-            "spec": {"nodeName": "n1", "serviceAccountName": "baton-agent", "containers": [
-                {"name": "slot-a", "image": "agent:v1"}, {"name": "slot-b", "image": "agent:v2"}]},
-        }),
-    )
-    .await;
+    let started = pod_mid_handover(&admin, json!({})).await;
     // Plays the kubelet: conditions the report must leave alone.
     let pods: Api<Pod> = Api::namespaced(admin.clone(), RELEASE_NAMESPACE);
     let kubelet = json!({"status": {"phase": "Running", "conditions": [
@@ -231,21 +242,7 @@ async fn a_soak_rewrites_the_report_and_keeps_the_commit_time() {
         return;
     };
     let admin = server.client().await;
-    install_agent_rbac(&admin).await;
-    let started = Timestamp::from_second(Timestamp::now().as_second() - 5).expect("time");
-    let _: Pod = create(
-        &admin,
-        RELEASE_NAMESPACE,
-        json!({
-            "metadata": {"name": POD, "annotations": {
-                "baton.dev/active-slot": "a", "baton.dev/slot-a-version": "agent:v1",
-                "baton.dev/slot-b-version": "agent:v2", "baton.dev/soak-seconds": "10",
-                "baton.dev/handover-started": started.to_string()}},
-            "spec": {"nodeName": "n1", "serviceAccountName": "baton-agent", "containers": [
-                {"name": "slot-a", "image": "agent:v1"}, {"name": "slot-b", "image": "agent:v2"}]},
-        }),
-    )
-    .await;
+    let started = pod_mid_handover(&admin, json!({"baton.dev/soak-seconds": "10"})).await;
     let pods: Api<Pod> = Api::namespaced(admin.clone(), RELEASE_NAMESPACE);
     let new = slot_env("b", "agent:v2", "agent:v1");
     let committed = Time(Timestamp::from_second(started.as_second() + 2).expect("time"));

@@ -110,11 +110,7 @@ fn slot_container(slot: Slot, image: &str, spec: &KmeshUpgradeSpec) -> Container
         env: Some(slot_env(slot, spec)),
         resources: spec.pod.resources.clone(),
         security_context: Some(agent_security()),
-        volume_mounts: Some(vec![
-            mount("bpffs", "/sys/fs/bpf", false),
-            mount("cgroup", "/sys/fs/cgroup", true),
-            mount("run", DEFAULT_RUN_DIR, false),
-        ]),
+        volume_mounts: Some(agent_mounts()),
         ..Container::default()
     }
 }
@@ -213,8 +209,18 @@ fn slot_env(slot: Slot, spec: &KmeshUpgradeSpec) -> Vec<EnvVar> {
     env
 }
 
+/// Where an agent container (a slot, or its preflight check, which must
+/// see the same) mounts [`agent_volumes`].
+pub(super) fn agent_mounts() -> Vec<VolumeMount> {
+    vec![
+        mount("bpffs", "/sys/fs/bpf", false),
+        mount("cgroup", "/sys/fs/cgroup", true),
+        mount("run", DEFAULT_RUN_DIR, false),
+    ]
+}
+
 /// A mount of one of [`agent_volumes`].
-pub(super) fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
+fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
     VolumeMount {
         name: name.to_owned(),
         mount_path: path.to_owned(),

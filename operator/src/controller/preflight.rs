@@ -18,7 +18,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 
 use super::podspec::PodTarget;
-use super::podspec::{agent_security, agent_volumes, mount, pod_security};
+use super::podspec::{agent_mounts, agent_security, agent_volumes, pod_security};
 use crate::crd::{KmeshUpgradeSpec, NodePreflight, PreflightResult};
 use crate::plan::{PreflightState, PreflightView};
 
@@ -112,11 +112,7 @@ pub fn preflight_pod(
                 env: Some(env),
                 resources: spec.pod.resources.clone(),
                 security_context: Some(agent_security()),
-                volume_mounts: Some(vec![
-                    mount("bpffs", "/sys/fs/bpf", false),
-                    mount("cgroup", "/sys/fs/cgroup", true),
-                    mount("run", DEFAULT_RUN_DIR, false),
-                ]),
+                volume_mounts: Some(agent_mounts()),
                 ..Container::default()
             }],
             volumes: Some(agent_volumes()),
