@@ -31,7 +31,7 @@ pub enum Mode {
     Nftables,
     /// kube-proxy iptables with the docs' large-cluster advice: --iptables-min-sync-period 10s
     IptablesLarge,
-    /// kube-proxy nftables with --nftables-min-sync-period 10s
+    /// kube-proxy nftables with a 10 s minSyncPeriod (`--iptables-min-sync-period`, shared by both modes)
     NftablesLarge,
 }
 

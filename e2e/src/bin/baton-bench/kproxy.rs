@@ -169,10 +169,11 @@ pub fn start(mode: Mode, env: &Env, run: usize) -> Result<Running> {
         "--metrics-bind-address=127.0.0.1:10249".into(),
         "--v=2".into(),
     ];
-    match mode {
-        Mode::IptablesLarge => args.push("--iptables-min-sync-period=10s".into()),
-        Mode::NftablesLarge => args.push("--nftables-min-sync-period=10s".into()),
-        _ => {}
+    // One flag for both modes: kube-proxy v1.34 has no nftables-named one,
+    // and `--iptables-min-sync-period` sets the shared `minSyncPeriod` in
+    // every mode but IPVS (cmd/kube-proxy/app/options.go).
+    if matches!(mode, Mode::IptablesLarge | Mode::NftablesLarge) {
+        args.push("--iptables-min-sync-period=10s".into());
     }
     let mut cmd = Command::new("unshare");
     cmd.args(["--mount", "--propagation", "private", "--", "sh", "-c"])
