@@ -38,7 +38,7 @@ pub enum Mode {
 impl Mode {
     pub fn label(self) -> &'static str {
         match self {
-            Mode::Baton => "Baton (defaults: poll 200 ms)",
+            Mode::Baton => "Baton (defaults: watch events wake the build)",
             Mode::BatonFast => "Baton --poll-ms 10",
             Mode::Iptables => "kube-proxy iptables (defaults)",
             Mode::Nftables => "kube-proxy nftables (defaults)",
