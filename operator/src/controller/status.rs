@@ -7,8 +7,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 
 use crate::crd::{
-    CanaryStatus, HandoverFigures, KmeshUpgradeStatus, NodePhase, NodePreflight, NodeStatus,
-    PreflightProgress, RolloutPhase,
+    CanaryPhase, CanaryStatus, HandoverFigures, KmeshUpgradeStatus, NodePhase, NodePreflight,
+    NodeStatus, PreflightProgress, PreflightResult, RolloutPhase,
 };
 use crate::plan::{Plan, PreflightTally};
 
@@ -90,6 +90,31 @@ pub fn build_status(
         .as_ref()
         .map(|img| format!("{img} failed on {} node(s)", s.failed))
         .unwrap_or_else(|| format!("{} node(s) failed their last handover", s.failed));
+    let preflight = match &plan.preflight {
+        Some(t) => Some(progress(t)),
+        None => previous
+            .and_then(|p| p.preflight.clone())
+            .filter(|p| p.image == seen.desired),
+    };
+    let canary = match &plan.canary {
+        Some(c) => Some(CanaryStatus {
+            image: c.image.clone(),
+            phase: c.phase,
+            nodes: c.nodes.clone(),
+            soaked_seconds: c
+                .soaked_seconds
+                .map(|v| i64::try_from(v).unwrap_or(i64::MAX)),
+            message: c.message.clone(),
+        }),
+        None => previous
+            .and_then(|p| p.canary.clone())
+            .filter(|c| c.image == seen.desired),
+    };
+    let degraded_reason = degraded_reason(
+        plan.memory.failed_image.as_deref(),
+        canary.as_ref(),
+        &node_statuses,
+    );
     let old_conditions = previous
         .map(|p| p.conditions.as_slice())
         .unwrap_or_default();
@@ -106,26 +131,8 @@ pub fn build_status(
         stable_image: plan.memory.stable_image.clone(),
         failed_image: plan.memory.failed_image.clone(),
         node_statuses,
-        preflight: match &plan.preflight {
-            Some(t) => Some(progress(t)),
-            None => previous
-                .and_then(|p| p.preflight.clone())
-                .filter(|p| p.image == seen.desired),
-        },
-        canary: match &plan.canary {
-            Some(c) => Some(CanaryStatus {
-                image: c.image.clone(),
-                phase: c.phase,
-                nodes: c.nodes.clone(),
-                soaked_seconds: c
-                    .soaked_seconds
-                    .map(|v| i64::try_from(v).unwrap_or(i64::MAX)),
-                message: c.message.clone(),
-            }),
-            None => previous
-                .and_then(|p| p.canary.clone())
-                .filter(|c| c.image == seen.desired),
-        },
+        preflight,
+        canary,
         node_statuses_omitted: (omitted > 0).then(|| i32::try_from(omitted).unwrap_or(i32::MAX)),
         conditions: vec![
             condition(
@@ -151,13 +158,36 @@ pub fn build_status(
                 "Degraded",
                 degraded,
                 if degraded {
-                    "HandoverFailed"
+                    degraded_reason
                 } else {
                     "AsExpected"
                 },
                 failed_message,
             ),
         ],
+    }
+}
+
+/// The Degraded condition's reason: which gate failed the failed image
+/// (its canary, its preflight on a node) or, by default, a handover.
+fn degraded_reason(
+    failed_image: Option<&str>,
+    canary: Option<&CanaryStatus>,
+    nodes: &[NodeStatus],
+) -> &'static str {
+    let Some(image) = failed_image else {
+        return "HandoverFailed";
+    };
+    if canary.is_some_and(|c| c.image == image && c.phase == CanaryPhase::Failed) {
+        "CanaryFailed"
+    } else if nodes.iter().any(|n| {
+        n.preflight
+            .as_ref()
+            .is_some_and(|p| p.image == image && p.result == PreflightResult::Failed)
+    }) {
+        "PreflightFailed"
+    } else {
+        "HandoverFailed"
     }
 }
 
@@ -300,6 +330,65 @@ mod tests {
 
     fn t(s: &str) -> Timestamp {
         s.parse().expect("timestamp")
+    }
+
+    #[test]
+    fn degraded_names_the_gate_that_failed_the_image() {
+        let figures = HashMap::new();
+        let reason = |p: &Plan, seen: &Seen<'_>| {
+            let s = build_status(p, seen, None, None, t("2026-01-01T00:00:00Z"));
+            let c = s.conditions.iter().find(|c| c.type_ == "Degraded");
+            c.map(|c| (c.status.clone(), c.reason.clone()))
+        };
+        let failed = plan(RolloutPhase::Failed, 1);
+        assert_eq!(
+            reason(&failed, &seen(&figures)),
+            Some(("True".into(), "HandoverFailed".into()))
+        );
+        // Its canary tripped.
+        let mut canary = plan(RolloutPhase::RolledBack, 1);
+        canary.canary = Some(crate::plan::CanaryOutcome {
+            image: "v2".into(),
+            phase: CanaryPhase::Failed,
+            nodes: vec!["n1".into()],
+            soaked_seconds: Some(5),
+            message: Some("canary n1: 3 of 100 connects refused".into()),
+        });
+        assert_eq!(
+            reason(&canary, &seen(&figures)),
+            Some(("True".into(), "CanaryFailed".into()))
+        );
+        // Its check failed on a node (a passed one, or another image's
+        // failed one, would not say so).
+        let check = |image: &str, result| NodePreflight {
+            image: image.into(),
+            result,
+            message: None,
+            kernel: None,
+            maps_reused: 0,
+            maps_migrated: 0,
+            entries_to_copy: 0,
+            estimated_copy_ms: 0,
+            session_protocol: None,
+            at: None,
+        };
+        for (pf, want) in [
+            (check("v2", PreflightResult::Failed), "PreflightFailed"),
+            (check("v2", PreflightResult::Passed), "HandoverFailed"),
+            (check("v3", PreflightResult::Failed), "HandoverFailed"),
+        ] {
+            let preflights = HashMap::from([("n1".to_string(), pf)]);
+            let seen = Seen {
+                figures: &figures,
+                preflights: &preflights,
+                desired: "v2",
+            };
+            assert_eq!(reason(&failed, &seen), Some(("True".into(), want.into())));
+        }
+        assert_eq!(
+            reason(&plan(RolloutPhase::Complete, 0), &seen(&figures)),
+            Some(("False".into(), "AsExpected".into()))
+        );
     }
 
     #[test]
