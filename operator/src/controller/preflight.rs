@@ -154,16 +154,8 @@ pub fn observe_check(
         .and_then(|c| c.state.as_ref())
         .and_then(|s| s.terminated.as_ref());
     let mut entry = NodePreflight {
-        image: image.clone(),
-        result: PreflightResult::Running,
-        message: None,
-        kernel: None,
-        maps_reused: 0,
-        maps_migrated: 0,
-        entries_to_copy: 0,
-        estimated_copy_ms: 0,
-        session_protocol: None,
         at: terminated.and_then(|t| t.finished_at.clone()),
+        ..NodePreflight::new(image.clone(), PreflightResult::Running)
     };
     let state = match terminated {
         Some(t) => {

@@ -360,18 +360,7 @@ mod tests {
         );
         // Its check failed on a node (a passed one, or another image's
         // failed one, would not say so).
-        let check = |image: &str, result| NodePreflight {
-            image: image.into(),
-            result,
-            message: None,
-            kernel: None,
-            maps_reused: 0,
-            maps_migrated: 0,
-            entries_to_copy: 0,
-            estimated_copy_ms: 0,
-            session_protocol: None,
-            at: None,
-        };
+        let check = |image: &str, result| NodePreflight::new(image.into(), result);
         for (pf, want) in [
             (check("v2", PreflightResult::Failed), "PreflightFailed"),
             (check("v2", PreflightResult::Passed), "HandoverFailed"),

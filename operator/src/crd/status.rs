@@ -204,6 +204,24 @@ pub struct NodePreflight {
     pub at: Option<Time>,
 }
 
+impl NodePreflight {
+    /// A check of `image` with `result` and nothing else known yet.
+    pub fn new(image: String, result: PreflightResult) -> Self {
+        Self {
+            image,
+            result,
+            message: None,
+            kernel: None,
+            maps_reused: 0,
+            maps_migrated: 0,
+            entries_to_copy: 0,
+            estimated_copy_ms: 0,
+            session_protocol: None,
+            at: None,
+        }
+    }
+}
+
 /// Where a canary stands.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CanaryPhase {
