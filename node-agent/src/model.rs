@@ -123,7 +123,7 @@ impl DesiredState {
         );
         let mut seen_ports = FastSet::default();
         let mut seen_eps = FastSet::default();
-        let (mut n_frontends, mut n_endpoints) = (0u64, 0u64);
+        let mut n_frontends = 0u64;
         for (i, s) in self.services.iter().enumerate() {
             let at = |f: &str| format!("services[{i}]{f}");
             if s.name.is_empty() {
@@ -217,7 +217,6 @@ impl DesiredState {
                 }
             }
             n_frontends += s.vips.len() as u64;
-            n_endpoints += s.endpoints.len() as u64;
         }
         let over = |what: &str, n: u64, max: u32| {
             (n > u64::from(max)).then(|| {
@@ -229,7 +228,7 @@ impl DesiredState {
         };
         errs.extend(over("services", self.services.len() as u64, cap.services));
         errs.extend(over("VIPs", n_frontends, cap.frontends));
-        errs.extend(over("endpoints", n_endpoints, cap.endpoints));
+        errs.extend(over("endpoints", n_eps as u64, cap.endpoints));
         errs.extend(over(
             "distinct backends",
             backends.len() as u64,
