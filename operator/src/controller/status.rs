@@ -10,7 +10,7 @@ use crate::crd::{
     CanaryPhase, CanaryStatus, HandoverFigures, KmeshUpgradeStatus, NodePhase, NodePreflight,
     NodeStatus, PreflightProgress, PreflightResult, RolloutPhase,
 };
-use crate::plan::{Plan, PreflightTally};
+use crate::plan::{FailureCause, Plan, PreflightTally};
 
 /// What this observation saw on the nodes, besides the plan.
 pub struct Seen<'a> {
@@ -110,7 +110,7 @@ pub fn build_status(
             .and_then(|p| p.canary.clone())
             .filter(|c| c.image == seen.desired),
     };
-    let degraded_reason = degraded_reason(
+    let failure = failure_cause(
         plan.memory.failed_image.as_deref(),
         canary.as_ref(),
         &node_statuses,
@@ -158,7 +158,7 @@ pub fn build_status(
                 "Degraded",
                 degraded,
                 if degraded {
-                    degraded_reason
+                    failure.event_reason()
                 } else {
                     "AsExpected"
                 },
@@ -168,26 +168,26 @@ pub fn build_status(
     }
 }
 
-/// The Degraded condition's reason: which gate failed the failed image
-/// (its canary, its preflight on a node) or, by default, a handover.
-fn degraded_reason(
+/// Which gate failed the failed image, for the Degraded condition: its
+/// canary, its preflight on a node, or (by default) a handover.
+fn failure_cause(
     failed_image: Option<&str>,
     canary: Option<&CanaryStatus>,
     nodes: &[NodeStatus],
-) -> &'static str {
+) -> FailureCause {
     let Some(image) = failed_image else {
-        return "HandoverFailed";
+        return FailureCause::Handover;
     };
     if canary.is_some_and(|c| c.image == image && c.phase == CanaryPhase::Failed) {
-        "CanaryFailed"
+        FailureCause::Canary
     } else if nodes.iter().any(|n| {
         n.preflight
             .as_ref()
             .is_some_and(|p| p.image == image && p.result == PreflightResult::Failed)
     }) {
-        "PreflightFailed"
+        FailureCause::Preflight
     } else {
-        "HandoverFailed"
+        FailureCause::Handover
     }
 }
 

@@ -125,7 +125,7 @@ pub enum FailureCause {
 }
 
 impl FailureCause {
-    /// The event reason of such a failure.
+    /// The reason of such a failure, in its event and the Degraded condition.
     pub fn event_reason(self) -> &'static str {
         match self {
             FailureCause::Handover => "HandoverFailed",
