@@ -15,6 +15,7 @@ pub mod state;
 pub mod txn;
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use baton_ebpf::{
@@ -25,7 +26,7 @@ use serde::Serialize;
 
 use crate::maps::{MapError, MapSet};
 use crate::model::{DesiredState, ServiceSpec};
-pub use state::{Changed, State, Svc, ADOPTED_PREFIX, MISSING};
+pub use state::{Changed, Fingerprint, State, Svc, ADOPTED_PREFIX, MISSING};
 pub use txn::FaultPlan;
 use txn::Txn;
 
@@ -191,6 +192,9 @@ pub struct Programmer {
     faults: FaultPlan,
     /// A rollback failed: the view may differ from the maps; rebuild before the next sync.
     dirty: bool,
+    /// The view may hold adopted services not yet claimed (only adoption makes them):
+    /// saves looking at every name on every sync.
+    unclaimed: bool,
 }
 
 impl Programmer {
@@ -203,6 +207,7 @@ impl Programmer {
     pub fn adopt(maps: &MapSet) -> Result<Self, MapError> {
         Ok(Self {
             state: State::adopt(&maps.snapshot()?),
+            unclaimed: true,
             ..Self::default()
         })
     }
@@ -212,6 +217,7 @@ impl Programmer {
     pub fn from_state(state: State) -> Self {
         Self {
             state,
+            unclaimed: true,
             ..Self::default()
         }
     }
@@ -230,7 +236,7 @@ impl Programmer {
             };
             if self.unchanged(svc, &Target::of(spec)) {
                 let fp = self.fingerprinter.of(spec);
-                self.state.fingerprints.insert(spec.name.clone(), fp);
+                self.remember(spec, fp);
                 matched += 1;
             }
         }
@@ -239,6 +245,7 @@ impl Programmer {
 
     /// [`State::patch`] of the view.
     pub fn patch(&mut self, after: &crate::maps::Snapshot, changed: &Changed) -> bool {
+        self.unclaimed = true;
         self.state.patch(after, changed)
     }
 
@@ -269,26 +276,35 @@ impl Programmer {
         if self.dirty {
             self.state = State::adopt(&maps.snapshot().map_err(SyncError::Adopt)?);
             self.dirty = false;
+            self.unclaimed = true;
             report.resynced = true;
         }
         self.claim_adopted(desired);
         for spec in &desired.services {
+            let last = self.state.fingerprints.get_mut(&spec.name);
+            if last.as_ref().is_some_and(|l| Arc::ptr_eq(&l.spec, spec)) {
+                report.unchanged += 1;
+                continue;
+            }
             let fp = self.fingerprinter.of(spec);
-            if self.state.fingerprints.get(&spec.name) == Some(&fp) {
+            if let Some(l) = last.filter(|l| l.hash == fp) {
+                // Equal content from another source read: keep the new `Arc`, so the
+                // next sync from the same state skips it without hashing.
+                l.spec = Arc::clone(spec);
                 report.unchanged += 1;
                 continue;
             }
             let target = Target::of(spec);
             let existing = self.state.services.get(&spec.name);
             if existing.is_some_and(|svc| self.unchanged(svc, &target)) {
-                self.state.fingerprints.insert(spec.name.clone(), fp);
+                self.remember(spec, fp);
                 report.unchanged += 1;
                 continue;
             }
             let created = existing.is_none();
             match self.apply(maps, &spec.name, &target) {
                 Ok(w) => {
-                    self.state.fingerprints.insert(spec.name.clone(), fp);
+                    self.remember(spec, fp);
                     report.writes += w;
                     if created {
                         report.created += 1;
@@ -352,10 +368,23 @@ impl Programmer {
         Ok(report)
     }
 
+    /// Records that the maps hold `spec` (hashed `fp`).
+    fn remember(&mut self, spec: &Arc<ServiceSpec>, fp: u64) {
+        let f = Fingerprint {
+            hash: fp,
+            spec: Arc::clone(spec),
+        };
+        self.state.fingerprints.insert(spec.name.clone(), f);
+    }
+
     /// Renames adopted services to the desired service that owns one of their VIPs.
     fn claim_adopted(&mut self, desired: &DesiredState) {
+        if !self.unclaimed {
+            return;
+        }
         let st = &mut self.state;
         if !st.services.keys().any(|n| n.starts_with(ADOPTED_PREFIX)) {
+            self.unclaimed = false;
             return;
         }
         let by_id: HashMap<u32, String> =

@@ -127,12 +127,22 @@ pub struct State {
     pub backend_uids: IdPool,
     /// Map keys found at adoption that nothing accounts for (deleted by the next sync).
     pub stale: Stale,
-    /// Hash of the spec each service was last programmed from, so a sync skips
+    /// The spec each service was last programmed from and its hash, so a sync skips
     /// unchanged services without rebuilding them. Absent = compare in full.
-    pub fingerprints: HashMap<String, u64>,
+    pub fingerprints: HashMap<String, Fingerprint>,
     /// Backends may have lost their last reference outside a transaction
     /// (adoption): the next sync scans for them.
     pub orphans_possible: bool,
+}
+
+/// The spec a service was last programmed from.
+#[derive(Clone, Debug)]
+pub struct Fingerprint {
+    /// Hash of the spec's content.
+    pub hash: u64,
+    /// The spec itself: a source that hands the same `Arc` again changed nothing,
+    /// and that needs no hashing to see.
+    pub spec: std::sync::Arc<crate::model::ServiceSpec>,
 }
 
 /// Keys of the four lookup maps that may differ between two snapshots.
