@@ -31,10 +31,58 @@ type Problems = Vec<(String, String)>;
 /// What a service `Arc` was found to break on its own.
 struct Checked {
     /// Held so that the address keying it is not reused while remembered.
-    _spec: Arc<ServiceSpec>,
+    spec: Arc<ServiceSpec>,
     problems: Problems,
     /// The last `validate` call that saw it.
     seen: u64,
+}
+
+/// The names and VIPs of the remembered services, counted: when every service
+/// of a state is remembered, clean, and no name or VIP is counted twice, the
+/// state needs no pass that hashes every name and VIP again.
+#[derive(Default)]
+struct Counts {
+    names: HashMap<String, u32, Hasher>,
+    vips: HashMap<IpAddr, u32, Hasher>,
+    /// Names and VIPs counted more than once.
+    repeated: usize,
+}
+
+impl Counts {
+    fn add(&mut self, s: &ServiceSpec) {
+        let mut up = |n: &mut u32| {
+            *n += 1;
+            if *n == 2 {
+                self.repeated += 1;
+            }
+        };
+        up(self.names.entry(s.name.clone()).or_default());
+        for v in &s.vips {
+            up(self.vips.entry(*v).or_default());
+        }
+    }
+
+    fn remove(&mut self, s: &ServiceSpec) {
+        fn down<K: std::hash::Hash + Eq>(
+            m: &mut HashMap<K, u32, Hasher>,
+            k: &K,
+            repeated: &mut usize,
+        ) {
+            if let Some(n) = m.get_mut(k) {
+                *n -= 1;
+                if *n == 1 {
+                    *repeated -= 1;
+                }
+                if *n == 0 {
+                    m.remove(k);
+                }
+            }
+        }
+        down(&mut self.names, &s.name, &mut self.repeated);
+        for v in &s.vips {
+            down(&mut self.vips, v, &mut self.repeated);
+        }
+    }
 }
 
 /// Validates desired states, remembering the per-service results of the last
@@ -43,6 +91,7 @@ struct Checked {
 pub struct Validator {
     /// By the service `Arc`'s address.
     checked: HashMap<usize, Checked, Hasher>,
+    counts: Counts,
     calls: u64,
     /// `false` for a one-off check: nothing is kept.
     remember: bool,
@@ -75,9 +124,76 @@ impl Validator {
     /// Checks every rule; returns all violations (empty = valid), per service in
     /// order: its name, its VIPs used before, then its own fields.
     pub fn validate(&mut self, state: &DesiredState, cap: &Capacity) -> Vec<Invalid> {
+        let n_eps: usize = if self.remember {
+            match self.remembered_totals(state) {
+                Totals::Clean { endpoints, vips }
+                    if endpoints as u64 <= u64::from(cap.backends) =>
+                {
+                    let mut errs = Vec::new();
+                    capacity(
+                        &mut errs,
+                        cap,
+                        state.services.len() as u64,
+                        vips,
+                        endpoints as u64,
+                        0,
+                    );
+                    return errs;
+                }
+                Totals::Clean { endpoints, .. } | Totals::Unclean { endpoints } => endpoints,
+            }
+        } else {
+            state.services.iter().map(|s| s.endpoints.len()).sum()
+        };
+        self.positional(state, cap, n_eps)
+    }
+
+    /// Marks every service of `state` as seen, checking the new ones on their own, and
+    /// forgets the others; whether the state is clean (every service, and no name or VIP
+    /// twice), with its totals.
+    fn remembered_totals(&mut self, state: &DesiredState) -> Totals {
         self.calls += 1;
+        let calls = self.calls;
+        let (mut endpoints, mut vips, mut clean) = (0usize, 0u64, true);
+        let Self {
+            checked,
+            counts,
+            ports,
+            endpoints: eps,
+            ..
+        } = self;
+        for s in &state.services {
+            let c = checked.entry(Arc::as_ptr(s) as usize).or_insert_with(|| {
+                counts.add(s);
+                Checked {
+                    spec: Arc::clone(s),
+                    problems: check_service(s, ports, eps),
+                    seen: 0,
+                }
+            });
+            // The same `Arc` twice is a duplicate name the counts cannot see.
+            clean &= c.seen != calls && c.problems.is_empty() && !c.spec.name.is_empty();
+            c.seen = calls;
+            endpoints += c.spec.endpoints.len();
+            vips += c.spec.vips.len() as u64;
+        }
+        checked.retain(|_, c| {
+            let keep = c.seen == calls;
+            if !keep {
+                counts.remove(&c.spec);
+            }
+            keep
+        });
+        if clean && counts.repeated == 0 {
+            Totals::Clean { endpoints, vips }
+        } else {
+            Totals::Unclean { endpoints }
+        }
+    }
+
+    /// Every rule service by service, with paths by position.
+    fn positional(&mut self, state: &DesiredState, cap: &Capacity, n_eps: usize) -> Vec<Invalid> {
         let n = state.services.len();
-        let n_eps: usize = state.services.iter().map(|s| s.endpoints.len()).sum();
         let mut errs = Vec::new();
         let mut names = FastSet::with_capacity_and_hasher(n, Hasher::default());
         let mut vips: HashMap<IpAddr, usize, Hasher> =
@@ -109,22 +225,12 @@ impl Validator {
                 }
             }
             let fresh;
-            let own = if self.remember {
-                let calls = self.calls;
-                let (ports, endpoints) = (&mut self.ports, &mut self.endpoints);
-                let c = self
-                    .checked
-                    .entry(Arc::as_ptr(s) as usize)
-                    .or_insert_with(|| Checked {
-                        _spec: Arc::clone(s),
-                        problems: check_service(s, ports, endpoints),
-                        seen: calls,
-                    });
-                c.seen = calls;
-                &c.problems
-            } else {
-                fresh = check_service(s, &mut self.ports, &mut self.endpoints);
-                &fresh
+            let own = match self.checked.get(&(Arc::as_ptr(s) as usize)) {
+                Some(c) => &c.problems,
+                None => {
+                    fresh = check_service(s, &mut self.ports, &mut self.endpoints);
+                    &fresh
+                }
             };
             errs.extend(own.iter().map(|(f, r)| invalid(at(f), r.clone())));
             if count_backends {
@@ -132,26 +238,47 @@ impl Validator {
             }
             n_frontends += s.vips.len() as u64;
         }
-        let calls = self.calls;
-        self.checked.retain(|_, c| c.seen == calls);
-        let over = |what: &str, n: u64, max: u32| {
-            (n > u64::from(max)).then(|| {
-                invalid(
-                    "services".into(),
-                    format!("{n} {what} exceed the map capacity of {max}"),
-                )
-            })
-        };
-        errs.extend(over("services", n as u64, cap.services));
-        errs.extend(over("VIPs", n_frontends, cap.frontends));
-        errs.extend(over("endpoints", n_eps as u64, cap.endpoints));
-        errs.extend(over(
-            "distinct backends",
+        capacity(
+            &mut errs,
+            cap,
+            n as u64,
+            n_frontends,
+            n_eps as u64,
             backends.len() as u64,
-            cap.backends,
-        ));
+        );
         errs
     }
+}
+
+/// What the remembered services add up to.
+enum Totals {
+    /// No rule broken but perhaps a capacity.
+    Clean { endpoints: usize, vips: u64 },
+    /// Some rule broken: the positional pass names it.
+    Unclean { endpoints: usize },
+}
+
+/// The map capacity rules.
+fn capacity(
+    errs: &mut Vec<Invalid>,
+    cap: &Capacity,
+    services: u64,
+    vips: u64,
+    endpoints: u64,
+    backends: u64,
+) {
+    let over = |what: &str, n: u64, max: u32| {
+        (n > u64::from(max)).then(|| {
+            invalid(
+                "services".into(),
+                format!("{n} {what} exceed the map capacity of {max}"),
+            )
+        })
+    };
+    errs.extend(over("services", services, cap.services));
+    errs.extend(over("VIPs", vips, cap.frontends));
+    errs.extend(over("endpoints", endpoints, cap.endpoints));
+    errs.extend(over("distinct backends", backends, cap.backends));
 }
 
 /// The rules of one service alone; `ports` and `endpoints` are scratch sets.
@@ -325,5 +452,70 @@ mod tests {
         assert_eq!(v.checked.len(), 5);
         assert_eq!(mended.len(), 1);
         assert!(mended[0].reason.contains("duplicate VIP"), "{mended:?}");
+    }
+
+    #[test]
+    fn random_edits_give_what_a_fresh_check_gives() {
+        let mut x = 0x2545_F491_4F6C_DD1Du64;
+        let mut below = |n: usize| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % n as u64) as usize
+        };
+        let cap = Capacity {
+            endpoints: 70,
+            backends: 60,
+            ..Capacity::default()
+        };
+        let mut v = Validator::new();
+        let mut st = state(12, 3, |i| 3 * i);
+        // Valid states, invalid states.
+        let mut outcomes = [0; 2];
+        for step in 0..2000 {
+            let i = below(st.services.len());
+            let j = below(st.services.len());
+            match below(9) {
+                0 => {
+                    let name = st.services[j].name.clone();
+                    Arc::make_mut(&mut st.services[i]).name = name;
+                }
+                1 => {
+                    let vip = st.services[j].vips[0];
+                    Arc::make_mut(&mut st.services[i]).vips = vec![vip];
+                }
+                2 => Arc::make_mut(&mut st.services[i]).ports[0].port = below(3) as u16,
+                3 => st.services.swap(i, j),
+                4 if st.services.len() > 2 => {
+                    st.services.remove(i);
+                }
+                5 => {
+                    let again = Arc::clone(&st.services[i]);
+                    st.services.push(again);
+                }
+                6 => {
+                    let mut fresh = state(1, 1 + below(8) as u32, |_| 100 + step as u32);
+                    let mut one = Arc::make_mut(&mut fresh.services[0]).clone();
+                    one.name = format!("n{step}");
+                    one.vips = vec![IpAddr::from([10, 9, (step >> 8) as u8, step as u8])];
+                    st.services.push(Arc::new(one));
+                }
+                _ => {
+                    let k = below(st.services.len());
+                    let s = Arc::make_mut(&mut st.services[k]);
+                    if let Some(e) = s.endpoints.first_mut() {
+                        e.priority = below(PRIO_COUNT + 1) as u8;
+                    }
+                }
+            }
+            let got = v.validate(&st, &cap);
+            assert_eq!(got, st.validate(&cap), "step {step}");
+            outcomes[usize::from(!got.is_empty())] += 1;
+            if step % 6 == 0 {
+                // Start over clean now and then, so that both outcomes keep coming.
+                st = state(12, 3, |i| 3 * i + step as u32);
+            }
+        }
+        assert!(outcomes.iter().all(|&n| n > 100), "{outcomes:?}");
     }
 }

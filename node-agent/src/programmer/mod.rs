@@ -11,6 +11,7 @@
 //!   the next sync retries it.
 
 pub mod bucket;
+pub mod fingerprint;
 pub mod state;
 pub mod txn;
 
@@ -26,7 +27,9 @@ use serde::Serialize;
 
 use crate::maps::{MapError, MapSet};
 use crate::model::{DesiredState, ServiceSpec};
-pub use state::{Changed, Fingerprint, State, Svc, ADOPTED_PREFIX, MISSING};
+use fingerprint::Fingerprinter;
+pub use fingerprint::{Fingerprint, Fingerprints};
+pub use state::{Changed, State, Svc, ADOPTED_PREFIX, MISSING};
 pub use txn::FaultPlan;
 use txn::Txn;
 
@@ -116,57 +119,6 @@ impl Target {
             buckets,
         }
     }
-}
-
-/// Hashes specs for the unchanged-service fast path. Keyed per process
-/// (a source's user cannot aim for a collision that hides an update), and
-/// fed one contiguous encoding per spec: one hasher call instead of dozens.
-#[derive(Debug, Default)]
-struct Fingerprinter {
-    keys: std::hash::RandomState,
-    buf: Vec<u8>,
-}
-
-impl Fingerprinter {
-    fn of(&mut self, spec: &ServiceSpec) -> u64 {
-        use std::hash::BuildHasher;
-        let b = &mut self.buf;
-        b.clear();
-        b.extend_from_slice(&(spec.name.len() as u32).to_le_bytes());
-        b.extend_from_slice(spec.name.as_bytes());
-        b.push(spec.policy as u8);
-        b.push(spec.vips.len() as u8);
-        for ip in &spec.vips {
-            b.extend_from_slice(&ip_bytes(ip));
-        }
-        b.push(spec.ports.len() as u8);
-        for p in &spec.ports {
-            b.extend_from_slice(&p.port.to_le_bytes());
-            b.extend_from_slice(&p.target_port.to_le_bytes());
-        }
-        for e in &spec.endpoints {
-            b.extend_from_slice(&ip_bytes(&e.address));
-            b.extend_from_slice(&e.port.to_le_bytes());
-            b.push(e.priority);
-        }
-        self.keys.hash_one(&b[..])
-    }
-}
-
-/// 16 bytes plus the family, so a v4 address never equals its v4-mapped v6 twin.
-fn ip_bytes(ip: &std::net::IpAddr) -> [u8; 17] {
-    let mut out = [0u8; 17];
-    match ip {
-        std::net::IpAddr::V4(v4) => {
-            out[0] = 4;
-            out[13..].copy_from_slice(&v4.octets());
-        }
-        std::net::IpAddr::V6(v6) => {
-            out[0] = 6;
-            out[1..].copy_from_slice(&v6.octets());
-        }
-    }
-    out
 }
 
 fn without_counts(v: &ServiceValue) -> ServiceValue {
@@ -280,18 +232,21 @@ impl Programmer {
             report.resynced = true;
         }
         self.claim_adopted(desired);
+        // Desired services the view holds (all of them in the view's services).
+        let mut present = 0;
         for spec in &desired.services {
-            let last = self.state.fingerprints.get_mut(&spec.name);
-            if last.as_ref().is_some_and(|l| Arc::ptr_eq(&l.spec, spec)) {
+            if self.state.fingerprints.holds(spec) {
                 report.unchanged += 1;
+                present += 1;
                 continue;
             }
             let fp = self.fingerprinter.of(spec);
-            if let Some(l) = last.filter(|l| l.hash == fp) {
+            if self.state.fingerprints.hash_of(&spec.name) == Some(fp) {
                 // Equal content from another source read: keep the new `Arc`, so the
                 // next sync from the same state skips it without hashing.
-                l.spec = Arc::clone(spec);
+                self.remember(spec, fp);
                 report.unchanged += 1;
+                present += 1;
                 continue;
             }
             let target = Target::of(spec);
@@ -299,11 +254,13 @@ impl Programmer {
             if existing.is_some_and(|svc| self.unchanged(svc, &target)) {
                 self.remember(spec, fp);
                 report.unchanged += 1;
+                present += 1;
                 continue;
             }
             let created = existing.is_none();
             match self.apply(maps, &spec.name, &target) {
                 Ok(w) => {
+                    present += 1;
                     self.remember(spec, fp);
                     report.writes += w;
                     if created {
@@ -323,11 +280,6 @@ impl Programmer {
         }
         // Names are unique in a desired state: when the view holds exactly the
         // desired services, nothing is gone and the name set need not be built.
-        let present = desired
-            .services
-            .iter()
-            .filter(|s| self.state.fingerprints.contains_key(&s.name))
-            .count();
         let gone: Vec<String> = if present == self.state.services.len() {
             Vec::new()
         } else {
@@ -370,11 +322,7 @@ impl Programmer {
 
     /// Records that the maps hold `spec` (hashed `fp`).
     fn remember(&mut self, spec: &Arc<ServiceSpec>, fp: u64) {
-        let f = Fingerprint {
-            hash: fp,
-            spec: Arc::clone(spec),
-        };
-        self.state.fingerprints.insert(spec.name.clone(), f);
+        self.state.fingerprints.insert(spec, fp);
     }
 
     /// Renames adopted services to the desired service that owns one of their VIPs.

@@ -129,20 +129,10 @@ pub struct State {
     pub stale: Stale,
     /// The spec each service was last programmed from and its hash, so a sync skips
     /// unchanged services without rebuilding them. Absent = compare in full.
-    pub fingerprints: HashMap<String, Fingerprint>,
+    pub fingerprints: super::Fingerprints,
     /// Backends may have lost their last reference outside a transaction
     /// (adoption): the next sync scans for them.
     pub orphans_possible: bool,
-}
-
-/// The spec a service was last programmed from.
-#[derive(Clone, Debug)]
-pub struct Fingerprint {
-    /// Hash of the spec's content.
-    pub hash: u64,
-    /// The spec itself: a source that hands the same `Arc` again changed nothing,
-    /// and that needs no hashing to see.
-    pub spec: std::sync::Arc<crate::model::ServiceSpec>,
 }
 
 /// Keys of the four lookup maps that may differ between two snapshots.
