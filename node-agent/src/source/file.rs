@@ -116,6 +116,17 @@ pub fn parse(file: &str, text: &str, cap: &Capacity) -> Result<DesiredState, Sou
         line: l.line,
         source: l.error,
     })?;
+    validated(file, state, cap, |path| lines.of(path))
+}
+
+/// `state` when it is valid, else its first problems, each at the line
+/// `line_of` gives for its field path.
+pub(super) fn validated(
+    file: &str,
+    state: DesiredState,
+    cap: &Capacity,
+    line_of: impl Fn(&str) -> usize,
+) -> Result<DesiredState, SourceError> {
     let invalid = state.validate(cap);
     if invalid.is_empty() {
         return Ok(state);
@@ -127,7 +138,7 @@ pub fn parse(file: &str, text: &str, cap: &Capacity) -> Result<DesiredState, Sou
             .into_iter()
             .take(MAX_PROBLEMS)
             .map(|i| Problem {
-                line: lines.of(&i.path),
+                line: line_of(&i.path),
                 path: i.path,
                 reason: i.reason,
             })
@@ -138,17 +149,19 @@ pub fn parse(file: &str, text: &str, cap: &Capacity) -> Result<DesiredState, Sou
 
 /// Parses and validates a services file's bytes (UTF-8 checked first).
 pub fn parse_bytes(file: &str, bytes: &[u8], cap: &Capacity) -> Result<DesiredState, SourceError> {
-    match std::str::from_utf8(bytes) {
-        Ok(t) => parse(file, t, cap),
-        Err(source) => Err(SourceError::NotUtf8 {
-            file: file.into(),
-            line: 1 + bytes[..source.valid_up_to()]
-                .iter()
-                .filter(|&&b| b == b'\n')
-                .count(),
-            source,
-        }),
-    }
+    parse(file, utf8(file, bytes)?, cap)
+}
+
+/// The bytes as text, or the line of the first byte that is not UTF-8.
+pub(super) fn utf8<'b>(file: &str, bytes: &'b [u8]) -> Result<&'b str, SourceError> {
+    std::str::from_utf8(bytes).map_err(|source| SourceError::NotUtf8 {
+        file: file.into(),
+        line: 1 + bytes[..source.valid_up_to()]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count(),
+        source,
+    })
 }
 
 fn kind_of(ft: std::fs::FileType) -> &'static str {
