@@ -10,6 +10,7 @@ use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use super::chunked::{self, Chunked};
 use super::reader::{self, ParseError};
 use crate::model::{Capacity, DesiredState};
 
@@ -108,7 +109,8 @@ pub enum SourceError {
     },
 }
 
-/// Parses and validates a services file's text.
+/// Parses and validates a services file's text (the whole text at once;
+/// [`FileSource`] reuses what did not change, see `chunked.rs`).
 pub fn parse(file: &str, text: &str, cap: &Capacity) -> Result<DesiredState, SourceError> {
     let max = usize::try_from(cap.services).unwrap_or(usize::MAX);
     let (state, lines) = reader::read(text, max).map_err(|l| SourceError::Syntax {
@@ -267,6 +269,8 @@ pub struct FileSource {
     done_id: Option<FileId>,
     /// A new outcome and when it was first seen.
     pending: Option<(Seen, Instant, Option<FileId>)>,
+    /// Parses what changed since the last parse only.
+    parser: Chunked,
 }
 
 impl FileSource {
@@ -279,6 +283,7 @@ impl FileSource {
             done: None,
             done_id: None,
             pending: None,
+            parser: Chunked::new(),
         }
     }
 
@@ -297,6 +302,12 @@ impl FileSource {
     /// The watched file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// What the last parse did (how many items it parsed, or why it parsed
+    /// the whole file).
+    pub fn parse_stats(&self) -> chunked::Stats {
+        self.parser.stats()
     }
 
     /// Forgets the outcome last acted on: the next stable read is parsed
@@ -348,7 +359,13 @@ impl FileSource {
             self.done_id = id;
         }
         let file = self.path.display().to_string();
-        Some(read.and_then(|b| parse_bytes(&file, &b, cap)))
+        Some(read.and_then(|b| {
+            let parsed = self.parser.parse_bytes(&file, &b, cap);
+            let s = self.parser.stats();
+            tracing::debug!(file, items = s.items, parsed = s.parsed, full = ?s.full,
+                "services file parsed");
+            parsed
+        }))
     }
 }
 
