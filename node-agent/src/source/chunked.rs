@@ -8,7 +8,7 @@
 //!
 //! The result must be exactly the full parse's, errors included, so the
 //! cut is made only when the layout leaves no doubt where items start (see
-//! [`split`]), and anything else falls back to the full parse: another
+//! [`layout::split`]), and anything else falls back to the full parse: another
 //! layout, more items than the service map holds, an item or the header
 //! that does not parse alone (every error message and line is then the
 //! full parser's). Why an item parses alone as it does in the file: a line
@@ -21,7 +21,10 @@
 //! Validation runs on the assembled state as in the full parse, its
 //! problems placed with each item's lines shifted to where the item is.
 
-use std::collections::HashMap;
+mod cache;
+mod layout;
+
+use std::ops::Range;
 
 use super::file::{self, SourceError};
 use super::reader::{self, ServiceLines};
@@ -47,28 +50,18 @@ pub struct Stats {
     pub parsed: usize,
     /// Why the whole file was parsed, when it was.
     pub full: Option<Full>,
-}
-
-/// A parsed item and the last parse that saw it.
-#[derive(Debug)]
-struct Entry {
-    spec: ServiceSpec,
-    /// Lines in the item's own document (the item starts on line 2).
-    lines: ServiceLines,
-    seen: u64,
+    /// Items kept for the next parse (at most the file's items).
+    pub cached: usize,
 }
 
 /// A services-file parser that reuses the items unchanged since its last
 /// parse; its results equal [`file::parse`]'s.
 #[derive(Debug, Default)]
 pub struct Chunked {
-    /// Items of the last parse by text (hashed with foldhash, confirmed by
-    /// comparing the text): at most the items of the last file cut.
-    cache: HashMap<Box<str>, Entry, foldhash::fast::RandomState>,
+    /// Items of the last parse (at most as many as the last file had).
+    cache: cache::Cache,
     /// The last header that parsed alone and its `services` key's line.
     header: Option<(Box<str>, usize)>,
-    /// Number of the current parse, to evict entries it did not see.
-    generation: u64,
     stats: Stats,
 }
 
@@ -79,88 +72,6 @@ const ITEM_DOC: &str = "services:\n";
 /// line breaks) or that only mean something at the stream's start (BOM).
 const ODD: [char; 5] = ['\r', '\u{85}', '\u{2028}', '\u{2029}', '\u{feff}'];
 
-/// The simple block layout cut into pieces.
-#[derive(Debug)]
-struct Pieces<'t> {
-    /// Everything before the first item (blank and comment lines,
-    /// `services:`).
-    header: &'t str,
-    /// Each item's text (its lines from the `-` one to the next item) and
-    /// its first line (0-based).
-    items: Vec<(&'t str, usize)>,
-}
-
-/// Cuts `text` into its header and items when the layout is the simple one:
-/// blank and comment lines, then `services:` at column 0 (maybe a comment
-/// after it), then only blank lines, comment lines, item starts (`-` then a
-/// space or the end of the line) all at one column I, and lines indented
-/// deeper than I. At most `max` items.
-fn split(text: &str, max: usize) -> Result<Pieces<'_>, Full> {
-    let mut header = None;
-    let mut key = false;
-    let mut column = None;
-    let mut items = Vec::new();
-    let (mut pos, mut line) = (0, 0);
-    while pos < text.len() {
-        let end = text[pos..].find('\n').map_or(text.len(), |i| pos + i + 1);
-        let body = &text.as_bytes()[pos..end];
-        let indent = body.iter().take_while(|&&b| b == b' ').count();
-        let rest = &body[indent..];
-        let deeper = column.is_some_and(|c| indent > c);
-        let blank = matches!(rest, [] | [b'\n', ..] | [b'#', ..]);
-        if !deeper && !blank {
-            if rest.first() == Some(&b'\t') {
-                return Err(Full::Layout);
-            }
-            if !key {
-                if indent != 0 || !services_key(rest) {
-                    return Err(Full::Layout);
-                }
-                key = true;
-            } else if item_start(rest) && column.is_none_or(|c| c == indent) {
-                if items.len() >= max {
-                    return Err(Full::TooMany);
-                }
-                column = Some(indent);
-                header.get_or_insert(pos);
-                items.push((pos, line));
-            } else {
-                return Err(Full::Layout);
-            }
-        }
-        pos = end;
-        line += 1;
-    }
-    let Some(header) = header else {
-        return Err(Full::Layout);
-    };
-    let ends = items.iter().skip(1).map(|&(p, _)| p).chain([text.len()]);
-    let items = items
-        .iter()
-        .zip(ends)
-        .map(|(&(start, line), end)| (&text[start..end], line))
-        .collect();
-    Ok(Pieces {
-        header: &text[..header],
-        items,
-    })
-}
-
-/// `services:`, then nothing, spaces, or spaces and a comment.
-fn services_key(line: &[u8]) -> bool {
-    let Some(after) = line.strip_prefix(b"services:") else {
-        return false;
-    };
-    let after = after.strip_suffix(b"\n").unwrap_or(after);
-    let spaces = after.iter().take_while(|&&b| b == b' ').count();
-    spaces == after.len() || (spaces > 0 && after[spaces] == b'#')
-}
-
-/// `-` then a space or the end of the line.
-fn item_start(rest: &[u8]) -> bool {
-    matches!(rest, [b'-'] | [b'-', b' ' | b'\n', ..])
-}
-
 impl Chunked {
     /// A parser with nothing cached.
     pub fn new() -> Self {
@@ -169,7 +80,10 @@ impl Chunked {
 
     /// What the last parse did.
     pub fn stats(&self) -> Stats {
-        self.stats
+        Stats {
+            cached: self.cache.len(),
+            ..self.stats
+        }
     }
 
     /// [`file::parse_bytes`], reusing the items parsed before.
@@ -192,30 +106,30 @@ impl Chunked {
     ) -> Result<DesiredState, SourceError> {
         let max = usize::try_from(cap.services).unwrap_or(usize::MAX);
         self.stats = Stats::default();
-        let pieces = match split(text, max) {
+        let pieces = match layout::split(text, max) {
             Ok(p) => p,
             Err(why) => {
                 if why == Full::Layout {
                     // Another layout: keep no memory for one that may not
                     // come back.
-                    self.cache = HashMap::default();
+                    self.cache.clear();
                 }
                 return self.full(why, file, text, cap);
             }
         };
         self.stats.items = pieces.items.len();
-        let Some(key) = self.header(pieces.header) else {
+        let Some(key) = self.header(&text[..pieces.header]) else {
             return self.full(Full::Piece, file, text, cap);
         };
-        let Some(state) = self.assemble(&pieces.items) else {
+        let Some((state, ids)) = self.assemble(text, &pieces.items) else {
             return self.full(Full::Piece, file, text, cap);
         };
         let cache = &self.cache;
         file::validated(file, state, cap, |path| {
             reader::line_of(path, key, |i| {
-                let &(item, first) = pieces.items.get(i)?;
+                let lines = &cache.entry(*ids.get(i)?)?.lines;
                 // The item's document starts it on line 2 (index 1).
-                Some((&cache.get(item)?.lines, first.checked_sub(1)?))
+                Some((lines, pieces.items.get(i)?.1.checked_sub(1)?))
             })
         })
     }
@@ -252,39 +166,45 @@ impl Chunked {
         Some(line)
     }
 
-    /// The state from the cached and newly parsed items; `None` when an
-    /// item does not parse alone. Entries of items no longer in the file
-    /// are evicted either way.
-    fn assemble(&mut self, items: &[(&str, usize)]) -> Option<DesiredState> {
-        self.generation += 1;
-        let generation = self.generation;
+    /// The state from the cached and newly parsed items, and each item's
+    /// cache entry; `None` when an item does not parse alone. Entries of
+    /// items no longer in the file are evicted either way.
+    fn assemble(
+        &mut self,
+        text: &str,
+        items: &[(Range<usize>, usize)],
+    ) -> Option<(DesiredState, Vec<usize>)> {
+        self.cache.begin();
         let mut services = Vec::with_capacity(items.len());
+        let mut ids = Vec::with_capacity(items.len());
         let mut failed = false;
-        for &(item, _) in items {
-            if let Some(e) = self.cache.get_mut(item) {
-                e.seen = generation;
-                if !failed {
-                    services.push(e.spec.clone());
-                }
-                continue;
-            }
-            // After a failure the file is parsed whole anyway: the items
-            // left are not parsed now, the next parse will.
-            if failed {
-                continue;
-            }
-            match parse_item(item) {
-                Some((spec, lines)) => {
-                    services.push(spec.clone());
-                    self.stats.parsed += 1;
-                    let seen = generation;
-                    self.cache.insert(item.into(), Entry { spec, lines, seen });
-                }
+        for (at, _) in items {
+            let id = match self.cache.get(text, at.clone()) {
+                Ok(id) => id,
+                // After a failure the file is parsed whole anyway: the
+                // items left are not parsed now (the next parse will), only
+                // kept in the cache when they are there.
+                Err(_) if failed => continue,
+                Err(hash) => match parse_item(&text[at.clone()]) {
+                    Some((spec, lines)) => {
+                        self.stats.parsed += 1;
+                        self.cache.insert(at.clone(), hash, spec, lines)
+                    }
+                    None => {
+                        failed = true;
+                        continue;
+                    }
+                },
+            };
+            match self.cache.entry(id) {
+                Some(e) if !failed => services.push(e.spec.clone()),
+                Some(_) => {}
                 None => failed = true,
             }
+            ids.push(id);
         }
-        self.cache.retain(|_, e| e.seen == generation);
-        (!failed).then_some(DesiredState { services })
+        self.cache.end(text);
+        (!failed).then_some((DesiredState { services }, ids))
     }
 }
 
@@ -306,5 +226,4 @@ fn parse_item(item: &str) -> Option<(ServiceSpec, ServiceLines)> {
 }
 
 #[cfg(test)]
-#[path = "chunked_tests.rs"]
 mod tests;
