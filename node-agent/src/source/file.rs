@@ -325,7 +325,7 @@ impl FileSource {
         let seen = match &read {
             Ok(b) => Seen::Content {
                 len: b.len() as u64,
-                hash: fnv1a(b),
+                hash: content_hash(b),
             },
             Err(e) => Seen::Failed(e.to_string()),
         };
@@ -369,10 +369,12 @@ impl FileSource {
     }
 }
 
-fn fnv1a(b: &[u8]) -> u64 {
-    b.iter().fold(0xcbf29ce484222325u64, |h, &c| {
-        (h ^ u64::from(c)).wrapping_mul(0x100000001b3)
-    })
+/// The content's fingerprint, taken on every poll (every 10 ms in the
+/// handover benchmark): foldhash reads 8-16 bytes a step where FNV-1a took
+/// one, ~0.2 ms instead of ~5 ms for a 4 MB file (`benches/parse.rs`).
+fn content_hash(b: &[u8]) -> u64 {
+    use std::hash::BuildHasher;
+    foldhash::fast::FixedState::with_seed(0).hash_one(b)
 }
 
 #[cfg(test)]
