@@ -1,0 +1,136 @@
+//! Services-file parse cost at 10 000 services x 10 endpoints (the file
+//! baton-bench's edit stream writes, ~4 MB): the full parse against the
+//! file source's chunked parse of the same file with one service edited,
+//! and the per-poll content hash (FNV-1a before, foldhash now).
+//!
+//! `cargo bench -p baton-agent --bench parse` (no root needed).
+//! `BATON_BENCH_ROUNDS=N` sets the edits measured (default 30).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // bench code: a failed step panics
+
+use std::fmt::Write as _;
+use std::hash::BuildHasher;
+use std::time::{Duration, Instant};
+
+use baton_agent::model::Capacity;
+use baton_agent::source::chunked::Chunked;
+use baton_agent::source::file::parse_bytes;
+
+const SERVICES: usize = 10_000;
+const EPS: usize = 10;
+
+/// Service `i` as baton-bench writes it (`e2e/src/bin/baton-bench/common.rs`).
+fn item(i: usize, eps: &[u32]) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "  - {{name: svc-{i}, vips: [10.96.{}.{}], ports: [{{port: 80, targetPort: 8080}}], policy: random, endpoints: [",
+        i / 250,
+        i % 250
+    );
+    for (j, &k) in eps.iter().enumerate() {
+        let k = k + 65_536;
+        let sep = if j + 1 < eps.len() { "," } else { "" };
+        let _ = writeln!(
+            s,
+            "      {{address: 127.{}.{}.{}}}{sep}",
+            k >> 16,
+            (k >> 8) & 255,
+            k & 255
+        );
+    }
+    s.push_str("    ]}\n");
+    s
+}
+
+fn text(items: &[String]) -> Vec<u8> {
+    let mut t = String::from("services:\n");
+    items.iter().for_each(|i| t.push_str(i));
+    t.into_bytes()
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1e3)
+}
+
+fn fnv1a(b: &[u8]) -> u64 {
+    b.iter().fold(0xcbf29ce484222325u64, |h, &c| {
+        (h ^ u64::from(c)).wrapping_mul(0x100000001b3)
+    })
+}
+
+fn main() {
+    let rounds: usize = std::env::var("BATON_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(30);
+    let cap = Capacity::default();
+    let mut eps: Vec<Vec<u32>> = (0..SERVICES)
+        .map(|i| (0..EPS).map(|j| (i * EPS + j) as u32).collect())
+        .collect();
+    let mut items: Vec<String> = eps.iter().enumerate().map(|(i, e)| item(i, e)).collect();
+    let first = text(&items);
+    println!(
+        "file: {SERVICES} services x {EPS} endpoints, {} bytes",
+        first.len()
+    );
+
+    let mut chunked = Chunked::new();
+    let t = Instant::now();
+    let state = chunked.parse_bytes("f", &first, &cap).expect("valid");
+    println!(
+        "chunked, first parse (empty cache): {} ({} items parsed)",
+        ms(t.elapsed()),
+        chunked.stats().parsed
+    );
+    assert_eq!(state.services.len(), SERVICES);
+
+    // One service edited per round (an endpoint replaced), as the edit
+    // stream does; xorshift picks which.
+    let mut rng = 0x5851_F42D_4C95_7F2Du64;
+    let (mut full, mut inc, mut fnv, mut fold) = (vec![], vec![], vec![], vec![]);
+    for round in 0..rounds {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        let i = (rng % SERVICES as u64) as usize;
+        eps[i][(rng >> 32) as usize % EPS] = (SERVICES * EPS + round) as u32;
+        items[i] = item(i, &eps[i]);
+        let bytes = text(&items);
+
+        let t = Instant::now();
+        let got = chunked.parse_bytes("f", &bytes, &cap).expect("valid");
+        inc.push(t.elapsed());
+        let stats = chunked.stats();
+        assert_eq!((stats.parsed, stats.full), (1, None), "one item parsed");
+
+        let t = Instant::now();
+        let want = parse_bytes("f", &bytes, &cap).expect("valid");
+        full.push(t.elapsed());
+        assert_eq!(got, want, "chunked == full");
+
+        let t = Instant::now();
+        std::hint::black_box(fnv1a(&bytes));
+        fnv.push(t.elapsed());
+        let t = Instant::now();
+        std::hint::black_box(foldhash::fast::FixedState::with_seed(0).hash_one(&bytes[..]));
+        fold.push(t.elapsed());
+    }
+    let (full, inc) = (median(full), median(inc));
+    println!("{rounds} rounds, one service edited each, medians:");
+    println!("  full parse:    {}", ms(full));
+    println!("  chunked parse: {}", ms(inc));
+    println!(
+        "  ratio: {:.1}x less CPU per edit",
+        full.as_secs_f64() / inc.as_secs_f64()
+    );
+    println!(
+        "  content hash per poll: FNV-1a {}, foldhash {}",
+        ms(median(fnv)),
+        ms(median(fold))
+    );
+}
