@@ -1,25 +1,28 @@
 //! Incremental parsing of the services file. A writer that changes one
 //! service rewrites the whole file, and a full parse of 10 000 services of
-//! 10 endpoints (4 MB) costs ~150 ms of CPU, once per agent polling it. So
-//! the common layout, a top-level `services:` block sequence, is cut into its
-//! items at line boundaries, each item's text is looked up in a cache of
-//! items already parsed, and only the new or changed ones go through the
-//! parser, each alone as the document `services:\n` + item.
+//! 10 endpoints (4 MB) costs 120-150 ms of CPU, in every agent polling it.
+//! So the common layout, a top-level `services:` block sequence, is cut
+//! into its items at line boundaries, each item's text is looked up in a
+//! cache of the items parsed before, and only new or changed items are
+//! parsed: each run of them as the document `services:\n` + their text.
 //!
-//! The result must be exactly the full parse's, errors included, so the
-//! cut is made only when the layout leaves no doubt where items start (see
-//! [`layout::split`]), and anything else falls back to the full parse: another
-//! layout, more items than the service map holds, an item or the header
-//! that does not parse alone (every error message and line is then the
-//! full parser's). Why an item parses alone as it does in the file: a line
-//! `- ` at the sequence's column I ends every block node and plain scalar
-//! of the item before it (all indented deeper than I), and what can run on
-//! past it, a quoted scalar or a flow collection, would be unterminated in
-//! that item's own document, which then fails. The lines between items
-//! (blank, comments) stay with the item before them, so a block scalar that
-//! keeps its trailing blank lines (`|+`) sees the same lines alone.
-//! Validation runs on the assembled state as in the full parse, its
-//! problems placed with each item's lines shifted to where the item is.
+//! The result must be exactly the full parse's, errors included. So the cut
+//! is made only where the layout leaves no doubt about where items start
+//! ([`layout::split`]), and anything else is parsed whole: another layout,
+//! more items than the service map holds, a header or a run of items that
+//! does not read as one service per item (every error message and line is
+//! then the full parser's). Why a run reads as the same services as in the
+//! file: each entry of the top-level sequence starts a line at column I
+//! with `- `, so when a run of k such lines reads as k services, each of
+//! them starts an entry (not, say, a line inside a quoted scalar), the
+//! parser is in the same state at each (a block sequence at column I,
+//! expecting an entry: the item before ended, all of it indented deeper
+//! than I), and each service comes from its own item's lines. The blank
+//! and comment lines between items stay with the item before them, so a
+//! block scalar that keeps its trailing blank lines (`|+`) sees the same
+//! lines. Validation runs on the assembled state as in the full parse; a
+//! problem's line comes from its item read alone again, shifted to where
+//! the item is.
 
 mod cache;
 mod layout;
@@ -121,15 +124,17 @@ impl Chunked {
         let Some(key) = self.header(&text[..pieces.header]) else {
             return self.full(Full::Piece, file, text, cap);
         };
-        let Some((state, ids)) = self.assemble(text, &pieces.items) else {
+        let Some(state) = self.assemble(text, &pieces.items) else {
             return self.full(Full::Piece, file, text, cap);
         };
-        let cache = &self.cache;
         file::validated(file, state, cap, |path| {
             reader::line_of(path, key, |i| {
-                let lines = &cache.entry(*ids.get(i)?)?.lines;
+                // Read again for its lines (it was read alone before, so it
+                // is again): only for the few problems listed.
+                let (at, first) = pieces.items.get(i)?;
+                let lines = item_lines(text.get(at.clone())?)?;
                 // The item's document starts it on line 2 (index 1).
-                Some((lines, pieces.items.get(i)?.1.checked_sub(1)?))
+                Some((lines, first.checked_sub(1)?))
             })
         })
     }
@@ -166,63 +171,72 @@ impl Chunked {
         Some(line)
     }
 
-    /// The state from the cached and newly parsed items, and each item's
-    /// cache entry; `None` when an item does not parse alone. Entries of
-    /// items no longer in the file are evicted either way.
-    fn assemble(
-        &mut self,
-        text: &str,
-        items: &[(Range<usize>, usize)],
-    ) -> Option<(DesiredState, Vec<usize>)> {
+    /// The state from the cached and newly parsed items; `None` when the
+    /// new items do not read as one service each. Entries of items no
+    /// longer in the file are evicted either way.
+    fn assemble(&mut self, text: &str, items: &[(Range<usize>, usize)]) -> Option<DesiredState> {
         self.cache.begin();
-        let mut services = Vec::with_capacity(items.len());
+        // Each item's entry, or the hash to store it under once parsed.
+        let found: Vec<Result<usize, u64>> = items
+            .iter()
+            .map(|(at, _)| self.cache.get(text, at.clone()))
+            .collect();
         let mut ids = Vec::with_capacity(items.len());
-        let mut failed = false;
-        for (at, _) in items {
-            let id = match self.cache.get(text, at.clone()) {
-                Ok(id) => id,
-                // After a failure the file is parsed whole anyway: the
-                // items left are not parsed now (the next parse will), only
-                // kept in the cache when they are there.
-                Err(_) if failed => continue,
-                Err(hash) => match parse_item(&text[at.clone()]) {
-                    Some((spec, lines)) => {
-                        self.stats.parsed += 1;
-                        self.cache.insert(at.clone(), hash, spec, lines)
-                    }
-                    None => {
-                        failed = true;
-                        continue;
-                    }
-                },
-            };
-            match self.cache.entry(id) {
-                Some(e) if !failed => services.push(e.spec.clone()),
-                Some(_) => {}
-                None => failed = true,
+        let mut ok = true;
+        let mut k = 0;
+        while ok && k < items.len() {
+            if let Ok(id) = found[k] {
+                ids.push(id);
+                k += 1;
+                continue;
             }
-            ids.push(id);
+            // A run of new items is read as one document: one parser for
+            // all the items of a first parse, not one per item.
+            let end = (k..items.len())
+                .find(|&j| found[j].is_ok())
+                .unwrap_or(items.len());
+            let run = items[k].0.start..items[end - 1].0.end;
+            match parse_run(&text[run], end - k) {
+                Some(specs) => {
+                    self.stats.parsed += specs.len();
+                    for (j, spec) in (k..end).zip(specs) {
+                        let hash = found[j].err().unwrap_or_default();
+                        ids.push(self.cache.insert(items[j].0.clone(), hash, spec));
+                    }
+                }
+                None => ok = false,
+            }
+            k = end;
         }
         self.cache.end(text);
-        (!failed).then_some((DesiredState { services }, ids))
+        let services = ids
+            .iter()
+            .map(|&id| Some(self.cache.entry(id)?.spec.clone()));
+        let services = services.collect::<Option<Vec<_>>>().filter(|_| ok)?;
+        Some(DesiredState { services })
     }
 }
 
-/// One item parsed alone: exactly one service, or `None`.
-fn parse_item(item: &str) -> Option<(ServiceSpec, ServiceLines)> {
-    if item.contains(ODD) {
+/// A run of items read as the document `services:\n` + their text: their
+/// services, or `None` unless there is exactly one per item (a line `- ` at
+/// column I inside a quoted scalar starts no service: the count tells).
+fn parse_run(run: &str, items: usize) -> Option<Vec<ServiceSpec>> {
+    if run.contains(ODD) {
         return None;
     }
-    let mut doc = String::with_capacity(ITEM_DOC.len() + item.len());
+    let mut doc = String::with_capacity(ITEM_DOC.len() + run.len());
     doc.push_str(ITEM_DOC);
-    doc.push_str(item);
-    let (state, lines) = reader::read(&doc, 1).ok()?;
-    let mut services = state.services;
+    doc.push_str(run);
+    let (state, _) = reader::read(&doc, items).ok()?;
+    (state.services.len() == items).then_some(state.services)
+}
+
+/// An item's lines, read alone (its document starts it on line 2).
+fn item_lines(item: &str) -> Option<ServiceLines> {
+    let (_, lines) = reader::read(&format!("{ITEM_DOC}{item}"), 1).ok()?;
     let mut lines = lines.into_services();
-    match (services.pop(), lines.pop()) {
-        (Some(spec), Some(lines)) if services.is_empty() => Some((spec, lines)),
-        _ => None,
-    }
+    let one = lines.pop();
+    one.filter(|_| lines.is_empty())
 }
 
 #[cfg(test)]

@@ -183,12 +183,12 @@ impl Lines {
 }
 
 /// [`Lines::of`] for services whose lines are kept apart: `service(i)` gives
-/// service `i`'s lines and how many lines to add to them (where the text
-/// they were read from starts in the file).
-pub fn line_of<'a>(
+/// service `i`'s lines (borrowed or just read) and how many lines to add to
+/// them (where the text they were read from starts in the file).
+pub fn line_of<L: std::borrow::Borrow<ServiceLines>>(
     path: &str,
     services_key: usize,
-    service: impl FnOnce(usize) -> Option<(&'a ServiceLines, usize)>,
+    service: impl FnOnce(usize) -> Option<(L, usize)>,
 ) -> usize {
     let mut parts = path.split('.');
     let Some(first) = parts.next() else {
@@ -198,7 +198,7 @@ pub fn line_of<'a>(
         return services_key;
     };
     // Never 0: a service's own line is always known.
-    svc.of(parts).saturating_add(offset)
+    svc.borrow().of(parts).saturating_add(offset)
 }
 
 impl ServiceLines {

@@ -10,16 +10,14 @@ use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::ops::Range;
 
-use super::super::reader::ServiceLines;
 use crate::model::ServiceSpec;
 
 /// One parsed item.
 #[derive(Debug)]
 pub(super) struct Entry {
-    /// The service.
+    /// The service. Its lines are not kept (a third of the memory, for
+    /// the rare invalid file): the item is read again to place a problem.
     pub spec: ServiceSpec,
-    /// Its lines in the item's own document (the item starts on line 2).
-    pub lines: ServiceLines,
     /// Where the item's text is: in the pass's text once `seen` is the
     /// current pass, else in the last pass's.
     at: Range<usize>,
@@ -73,17 +71,10 @@ impl Cache {
     }
 
     /// Stores an item parsed in this pass, found at `text[at]`.
-    pub fn insert(
-        &mut self,
-        at: Range<usize>,
-        hash: u64,
-        spec: ServiceSpec,
-        lines: ServiceLines,
-    ) -> usize {
+    pub fn insert(&mut self, at: Range<usize>, hash: u64, spec: ServiceSpec) -> usize {
         let seen = self.pass;
         let e = Some(Entry {
             spec,
-            lines,
             at,
             hash,
             seen,

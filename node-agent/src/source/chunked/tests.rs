@@ -252,6 +252,23 @@ fn a_broken_item_gives_the_full_parse_error_and_line() {
     assert_eq!((c.stats().parsed, c.stats().full), (1, None));
 }
 
+/// A line `- ` at the items' column inside a quoted scalar starts no
+/// service: the run reads as fewer services than items, and the file is
+/// parsed whole (here it is valid: one service named `a - b`).
+#[test]
+fn a_dash_line_inside_a_quoted_scalar_starts_no_item() {
+    let text = "services:\n  - name: \"a\n  - b\"\n    vips: [10.96.0.1]\n    ports: [{port: 1}]\n";
+    for warm in [false, true] {
+        let mut c = Chunked::new();
+        if warm {
+            check(&mut c, &file(&[block(2, 0, 0), block(2, 1, 1)]), &cap()).expect("valid");
+        }
+        let s = check(&mut c, text, &cap()).expect("valid");
+        assert_eq!(s.services[0].name, "a - b");
+        assert_eq!(c.stats().full, Some(Full::Piece));
+    }
+}
+
 #[test]
 fn more_items_than_the_service_map_holds() {
     let cap = Capacity {
