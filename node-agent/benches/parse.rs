@@ -1,7 +1,7 @@
 //! Services-file parse cost at 10 000 services x 10 endpoints (the file
 //! baton-bench's edit stream writes, ~4 MB): the full parse against the
-//! file source's chunked parse of the same file with one service edited,
-//! and the per-poll content hash (FNV-1a before, foldhash now).
+//! file source's chunked parse of the same file with 1 and with 20 services
+//! edited, and the per-poll content hash (FNV-1a before, foldhash now).
 //!
 //! `cargo bench -p baton-agent --bench parse` (no root needed).
 //! `BATON_BENCH_ROUNDS=N` sets the edits measured (default 30).
@@ -108,43 +108,53 @@ fn main() {
     );
     assert_eq!(state.services.len(), SERVICES);
 
-    // One service edited per round (an endpoint replaced), as the edit
-    // stream does; xorshift picks which.
+    // Per round, `per` services get one endpoint replaced, as baton-bench's
+    // edit stream does (20 per edit there); xorshift picks which.
     let mut rng = 0x5851_F42D_4C95_7F2Du64;
-    let (mut full, mut inc, mut fnv, mut fold) = (vec![], vec![], vec![], vec![]);
-    for round in 0..rounds {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        let i = (rng % SERVICES as u64) as usize;
-        eps[i][(rng >> 32) as usize % EPS] = (SERVICES * EPS + round) as u32;
-        items[i] = item(i, &eps[i]);
-        let bytes = text(&items);
+    let mut next = (SERVICES * EPS) as u32;
+    for per in [1, 20] {
+        let (mut full, mut inc, mut fnv, mut fold) = (vec![], vec![], vec![], vec![]);
+        for _ in 0..rounds {
+            let mut edited = std::collections::HashSet::new();
+            while edited.len() < per {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                let i = (rng % SERVICES as u64) as usize;
+                eps[i][(rng >> 32) as usize % EPS] = next;
+                next += 1;
+                items[i] = item(i, &eps[i]);
+                edited.insert(i);
+            }
+            let bytes = text(&items);
 
-        let (got, took) = timed(|| chunked.parse_bytes("f", &bytes, &cap).expect("valid"));
-        inc.push(took);
-        let stats = chunked.stats();
-        assert_eq!((stats.parsed, stats.full), (1, None), "one item parsed");
+            let (got, took) = timed(|| chunked.parse_bytes("f", &bytes, &cap).expect("valid"));
+            inc.push(took);
+            let stats = chunked.stats();
+            assert_eq!((stats.parsed, stats.full), (per, None), "items parsed");
 
-        let (want, took) = timed(|| parse_bytes("f", &bytes, &cap).expect("valid"));
-        full.push(took);
-        assert_eq!(got, want, "chunked == full");
+            let (want, took) = timed(|| parse_bytes("f", &bytes, &cap).expect("valid"));
+            full.push(took);
+            assert_eq!(got, want, "chunked == full");
 
-        fnv.push(timed(|| std::hint::black_box(fnv1a(&bytes))).1);
-        let fixed = foldhash::fast::FixedState::with_seed(0);
-        fold.push(timed(|| std::hint::black_box(fixed.hash_one(&bytes[..]))).1);
+            fnv.push(timed(|| std::hint::black_box(fnv1a(&bytes))).1);
+            let fixed = foldhash::fast::FixedState::with_seed(0);
+            fold.push(timed(|| std::hint::black_box(fixed.hash_one(&bytes[..]))).1);
+        }
+        let (full, inc) = (median(full), median(inc));
+        println!("{rounds} rounds, {per} service(s) edited each, medians of CPU time:");
+        println!("  full parse:    {}", ms(full));
+        println!("  chunked parse: {}", ms(inc));
+        println!(
+            "  ratio: {:.1}x less CPU per edit",
+            full.as_secs_f64() / inc.as_secs_f64()
+        );
+        if per == 1 {
+            println!(
+                "  content hash per poll: FNV-1a {}, foldhash {}",
+                ms(median(fnv)),
+                ms(median(fold))
+            );
+        }
     }
-    let (full, inc) = (median(full), median(inc));
-    println!("{rounds} rounds, one service edited each, medians of CPU time:");
-    println!("  full parse:    {}", ms(full));
-    println!("  chunked parse: {}", ms(inc));
-    println!(
-        "  ratio: {:.1}x less CPU per edit",
-        full.as_secs_f64() / inc.as_secs_f64()
-    );
-    println!(
-        "  content hash per poll: FNV-1a {}, foldhash {}",
-        ms(median(fnv)),
-        ms(median(fold))
-    );
 }
