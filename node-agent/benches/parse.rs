@@ -15,6 +15,34 @@ use baton_agent::model::Capacity;
 use baton_agent::source::chunked::Chunked;
 use baton_agent::source::file::parse_bytes;
 
+/// Counts the bytes allocated and not yet freed, to tell what the chunked
+/// parser keeps between parses.
+struct Counting;
+
+static LIVE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+// SAFETY: forwards to the system allocator unchanged, only counting.
+unsafe impl std::alloc::GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: std::alloc::Layout) -> *mut u8 {
+        LIVE.fetch_add(l.size(), std::sync::atomic::Ordering::Relaxed);
+        // SAFETY: the caller's contract is passed on.
+        unsafe { std::alloc::System.alloc(l) }
+    }
+
+    unsafe fn dealloc(&self, p: *mut u8, l: std::alloc::Layout) {
+        LIVE.fetch_sub(l.size(), std::sync::atomic::Ordering::Relaxed);
+        // SAFETY: the caller's contract is passed on.
+        unsafe { std::alloc::System.dealloc(p, l) }
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+fn live_mib() -> f64 {
+    LIVE.load(std::sync::atomic::Ordering::Relaxed) as f64 / f64::from(1 << 20)
+}
+
 const SERVICES: usize = 10_000;
 const EPS: usize = 10;
 
@@ -99,6 +127,7 @@ fn main() {
         first.len()
     );
 
+    let before = live_mib();
     let mut chunked = Chunked::new();
     let (state, took) = timed(|| chunked.parse_bytes("f", &first, &cap).expect("valid"));
     println!(
@@ -107,6 +136,13 @@ fn main() {
         chunked.stats().parsed
     );
     assert_eq!(state.services.len(), SERVICES);
+    let with_state = live_mib() - before;
+    drop(state);
+    println!(
+        "memory: the chunked parser keeps {:.1} MiB between parses (the state it returns: {:.1} MiB)",
+        live_mib() - before,
+        with_state - (live_mib() - before)
+    );
 
     // Per round, `per` services get one endpoint replaced, as baton-bench's
     // edit stream does (20 per edit there); xorshift picks which.

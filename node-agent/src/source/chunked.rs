@@ -181,6 +181,8 @@ impl Chunked {
             .iter()
             .map(|(at, _)| self.cache.get(text, at.clone()))
             .collect();
+        self.cache
+            .reserve(found.iter().filter(|f| f.is_err()).count());
         let mut ids = Vec::with_capacity(items.len());
         let mut ok = true;
         let mut k = 0;
