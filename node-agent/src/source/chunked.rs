@@ -40,7 +40,8 @@ pub enum Full {
     Layout,
     /// More items than the service map holds.
     TooMany,
-    /// The header or an item did not parse alone (the file has an error).
+    /// The header, or a run of new items, did not read as one service
+    /// per item (the file has an error, or an odd shape).
     Piece,
 }
 
@@ -211,11 +212,15 @@ impl Chunked {
             k = end;
         }
         self.cache.end(text);
+        if !ok {
+            return None;
+        }
         let services = ids
             .iter()
             .map(|&id| Some(self.cache.entry(id)?.spec.clone()));
-        let services = services.collect::<Option<Vec<_>>>().filter(|_| ok)?;
-        Some(DesiredState { services })
+        Some(DesiredState {
+            services: services.collect::<Option<_>>()?,
+        })
     }
 }
 
