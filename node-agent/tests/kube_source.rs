@@ -273,56 +273,56 @@ async fn source_follows_services_and_endpoint_slices() {
     let mut src = start_source(server.config_as(AGENT_USER).await, None);
     let dual_ips = cluster_ips(&dual);
     assert_eq!(dual_ips.len(), 2, "dual-stack Service: {dual_ips:?}");
-    let expected = DesiredState {
-        services: vec![
-            service(
-                "apps/dual",
-                vec![dual_ips[0]],
-                &[(443, 8443)],
-                LbPolicy::Random,
-                vec![endpoint("fd02::1", 0, 0)],
-            ),
-            service(
-                "apps/dual/ipv4",
-                vec![dual_ips[1]],
-                &[(443, 8443)],
-                LbPolicy::Random,
-                vec![endpoint("10.2.0.1", 0, 0)],
-            ),
-            service(
-                "apps/local",
-                cluster_ips(&local),
-                &[(53, 5353)],
-                LbPolicy::Strict,
-                vec![endpoint("10.4.0.1", 0, 0)],
-            ),
-            service(
-                "apps/named",
-                cluster_ips(&named),
-                &[(80, 8080)],
-                LbPolicy::Random,
-                vec![
-                    endpoint("10.3.0.1", 0, 0),
-                    endpoint("10.3.0.2", 0, 0),
-                    endpoint("10.3.0.3", 9090, 0),
-                ],
-            ),
-            service(
-                "apps/web",
-                cluster_ips(&web),
-                &[(80, 8080)],
-                LbPolicy::Random,
-                vec![endpoint("10.1.0.1", 0, 0), endpoint("10.1.0.4", 0, 0)],
-            ),
-            service(
-                "other/api",
-                cluster_ips(&other),
-                &[(8443, 8443)],
-                LbPolicy::Random,
-                vec![],
-            ),
-        ],
-    };
+    let expected: DesiredState = [
+        service(
+            "apps/dual",
+            vec![dual_ips[0]],
+            &[(443, 8443)],
+            LbPolicy::Random,
+            vec![endpoint("fd02::1", 0, 0)],
+        ),
+        service(
+            "apps/dual/ipv4",
+            vec![dual_ips[1]],
+            &[(443, 8443)],
+            LbPolicy::Random,
+            vec![endpoint("10.2.0.1", 0, 0)],
+        ),
+        service(
+            "apps/local",
+            cluster_ips(&local),
+            &[(53, 5353)],
+            LbPolicy::Strict,
+            vec![endpoint("10.4.0.1", 0, 0)],
+        ),
+        service(
+            "apps/named",
+            cluster_ips(&named),
+            &[(80, 8080)],
+            LbPolicy::Random,
+            vec![
+                endpoint("10.3.0.1", 0, 0),
+                endpoint("10.3.0.2", 0, 0),
+                endpoint("10.3.0.3", 9090, 0),
+            ],
+        ),
+        service(
+            "apps/web",
+            cluster_ips(&web),
+            &[(80, 8080)],
+            LbPolicy::Random,
+            vec![endpoint("10.1.0.1", 0, 0), endpoint("10.1.0.4", 0, 0)],
+        ),
+        service(
+            "other/api",
+            cluster_ips(&other),
+            &[(8443, 8443)],
+            LbPolicy::Random,
+            vec![],
+        ),
+    ]
+    .into_iter()
+    .collect();
     let state = wait_state(&mut src, &cap, "the initial state", |s| *s == expected).await;
     assert!(state.validate(&cap).is_empty());
     assert_eq!(src.poll(&cap).map(|r| r.is_ok()), None, "nothing changed");

@@ -32,7 +32,7 @@ fn svc(name: &str, vip: &str, policy: LbPolicy, eps: &[(&str, u8)]) -> ServiceSp
 }
 
 fn state(services: Vec<ServiceSpec>) -> DesiredState {
-    DesiredState { services }
+    services.into_iter().collect()
 }
 
 /// Maps agree with the agent's view and have no invariant violation.

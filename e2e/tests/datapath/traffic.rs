@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use baton_agent::datapath::Datapath;
@@ -32,8 +33,8 @@ fn service(
     ports: &[(u16, u16)],
     policy: LbPolicy,
     endpoints: Vec<EndpointSpec>,
-) -> ServiceSpec {
-    ServiceSpec {
+) -> Arc<ServiceSpec> {
+    Arc::new(ServiceSpec {
         name: name.into(),
         vips: vec![vip.parse().expect("vip literal")],
         ports: ports
@@ -42,7 +43,7 @@ fn service(
             .collect(),
         policy,
         endpoints,
-    }
+    })
 }
 
 fn probe(cgroup: &Path, backends: &[&str], targets: &[&str], connects: u64) -> Report {

@@ -11,10 +11,12 @@
 //!   the next sync retries it.
 
 pub mod bucket;
+pub mod fingerprint;
 pub mod state;
 pub mod txn;
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use baton_ebpf::{
@@ -25,6 +27,8 @@ use serde::Serialize;
 
 use crate::maps::{MapError, MapSet};
 use crate::model::{DesiredState, ServiceSpec};
+use fingerprint::Fingerprinter;
+pub use fingerprint::{Fingerprint, Fingerprints};
 pub use state::{Changed, State, Svc, ADOPTED_PREFIX, MISSING};
 pub use txn::FaultPlan;
 use txn::Txn;
@@ -117,57 +121,6 @@ impl Target {
     }
 }
 
-/// Hashes specs for the unchanged-service fast path. Keyed per process
-/// (a source's user cannot aim for a collision that hides an update), and
-/// fed one contiguous encoding per spec: one hasher call instead of dozens.
-#[derive(Debug, Default)]
-struct Fingerprinter {
-    keys: std::hash::RandomState,
-    buf: Vec<u8>,
-}
-
-impl Fingerprinter {
-    fn of(&mut self, spec: &ServiceSpec) -> u64 {
-        use std::hash::BuildHasher;
-        let b = &mut self.buf;
-        b.clear();
-        b.extend_from_slice(&(spec.name.len() as u32).to_le_bytes());
-        b.extend_from_slice(spec.name.as_bytes());
-        b.push(spec.policy as u8);
-        b.push(spec.vips.len() as u8);
-        for ip in &spec.vips {
-            b.extend_from_slice(&ip_bytes(ip));
-        }
-        b.push(spec.ports.len() as u8);
-        for p in &spec.ports {
-            b.extend_from_slice(&p.port.to_le_bytes());
-            b.extend_from_slice(&p.target_port.to_le_bytes());
-        }
-        for e in &spec.endpoints {
-            b.extend_from_slice(&ip_bytes(&e.address));
-            b.extend_from_slice(&e.port.to_le_bytes());
-            b.push(e.priority);
-        }
-        self.keys.hash_one(&b[..])
-    }
-}
-
-/// 16 bytes plus the family, so a v4 address never equals its v4-mapped v6 twin.
-fn ip_bytes(ip: &std::net::IpAddr) -> [u8; 17] {
-    let mut out = [0u8; 17];
-    match ip {
-        std::net::IpAddr::V4(v4) => {
-            out[0] = 4;
-            out[13..].copy_from_slice(&v4.octets());
-        }
-        std::net::IpAddr::V6(v6) => {
-            out[0] = 6;
-            out[1..].copy_from_slice(&v6.octets());
-        }
-    }
-    out
-}
-
 fn without_counts(v: &ServiceValue) -> ServiceValue {
     ServiceValue {
         prio_endpoint_count: [0; PRIO_COUNT],
@@ -191,6 +144,9 @@ pub struct Programmer {
     faults: FaultPlan,
     /// A rollback failed: the view may differ from the maps; rebuild before the next sync.
     dirty: bool,
+    /// The view may hold adopted services not yet claimed (only adoption makes them):
+    /// saves looking at every name on every sync.
+    unclaimed: bool,
 }
 
 impl Programmer {
@@ -203,6 +159,7 @@ impl Programmer {
     pub fn adopt(maps: &MapSet) -> Result<Self, MapError> {
         Ok(Self {
             state: State::adopt(&maps.snapshot()?),
+            unclaimed: true,
             ..Self::default()
         })
     }
@@ -212,6 +169,7 @@ impl Programmer {
     pub fn from_state(state: State) -> Self {
         Self {
             state,
+            unclaimed: true,
             ..Self::default()
         }
     }
@@ -230,7 +188,7 @@ impl Programmer {
             };
             if self.unchanged(svc, &Target::of(spec)) {
                 let fp = self.fingerprinter.of(spec);
-                self.state.fingerprints.insert(spec.name.clone(), fp);
+                self.remember(spec, fp);
                 matched += 1;
             }
         }
@@ -239,6 +197,7 @@ impl Programmer {
 
     /// [`State::patch`] of the view.
     pub fn patch(&mut self, after: &crate::maps::Snapshot, changed: &Changed) -> bool {
+        self.unclaimed = true;
         self.state.patch(after, changed)
     }
 
@@ -269,26 +228,40 @@ impl Programmer {
         if self.dirty {
             self.state = State::adopt(&maps.snapshot().map_err(SyncError::Adopt)?);
             self.dirty = false;
+            self.unclaimed = true;
             report.resynced = true;
         }
         self.claim_adopted(desired);
+        // Desired services the view holds (all of them in the view's services).
+        let mut present = 0;
         for spec in &desired.services {
-            let fp = self.fingerprinter.of(spec);
-            if self.state.fingerprints.get(&spec.name) == Some(&fp) {
+            if self.state.fingerprints.holds(spec) {
                 report.unchanged += 1;
+                present += 1;
+                continue;
+            }
+            let fp = self.fingerprinter.of(spec);
+            if self.state.fingerprints.hash_of(&spec.name) == Some(fp) {
+                // Equal content from another source read: keep the new `Arc`, so the
+                // next sync from the same state skips it without hashing.
+                self.remember(spec, fp);
+                report.unchanged += 1;
+                present += 1;
                 continue;
             }
             let target = Target::of(spec);
             let existing = self.state.services.get(&spec.name);
             if existing.is_some_and(|svc| self.unchanged(svc, &target)) {
-                self.state.fingerprints.insert(spec.name.clone(), fp);
+                self.remember(spec, fp);
                 report.unchanged += 1;
+                present += 1;
                 continue;
             }
             let created = existing.is_none();
             match self.apply(maps, &spec.name, &target) {
                 Ok(w) => {
-                    self.state.fingerprints.insert(spec.name.clone(), fp);
+                    present += 1;
+                    self.remember(spec, fp);
                     report.writes += w;
                     if created {
                         report.created += 1;
@@ -307,11 +280,6 @@ impl Programmer {
         }
         // Names are unique in a desired state: when the view holds exactly the
         // desired services, nothing is gone and the name set need not be built.
-        let present = desired
-            .services
-            .iter()
-            .filter(|s| self.state.fingerprints.contains_key(&s.name))
-            .count();
         let gone: Vec<String> = if present == self.state.services.len() {
             Vec::new()
         } else {
@@ -352,10 +320,19 @@ impl Programmer {
         Ok(report)
     }
 
+    /// Records that the maps hold `spec` (hashed `fp`).
+    fn remember(&mut self, spec: &Arc<ServiceSpec>, fp: u64) {
+        self.state.fingerprints.insert(spec, fp);
+    }
+
     /// Renames adopted services to the desired service that owns one of their VIPs.
     fn claim_adopted(&mut self, desired: &DesiredState) {
+        if !self.unclaimed {
+            return;
+        }
         let st = &mut self.state;
         if !st.services.keys().any(|n| n.starts_with(ADOPTED_PREFIX)) {
+            self.unclaimed = false;
             return;
         }
         let by_id: HashMap<u32, String> =

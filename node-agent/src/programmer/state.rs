@@ -127,9 +127,9 @@ pub struct State {
     pub backend_uids: IdPool,
     /// Map keys found at adoption that nothing accounts for (deleted by the next sync).
     pub stale: Stale,
-    /// Hash of the spec each service was last programmed from, so a sync skips
+    /// The spec each service was last programmed from and its hash, so a sync skips
     /// unchanged services without rebuilding them. Absent = compare in full.
-    pub fingerprints: HashMap<String, u64>,
+    pub fingerprints: super::Fingerprints,
     /// Backends may have lost their last reference outside a transaction
     /// (adoption): the next sync scans for them.
     pub orphans_possible: bool,

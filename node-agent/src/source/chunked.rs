@@ -28,6 +28,7 @@ mod cache;
 mod layout;
 
 use std::ops::Range;
+use std::sync::Arc;
 
 use super::file::{self, SourceError};
 use super::reader::{self, ServiceLines};
@@ -227,7 +228,7 @@ impl Chunked {
 /// A run of items read as the document `services:\n` + their text: their
 /// services, or `None` unless there is exactly one per item (a line `- ` at
 /// column I inside a quoted scalar starts no service: the count tells).
-fn parse_run(run: &str, items: usize) -> Option<Vec<ServiceSpec>> {
+fn parse_run(run: &str, items: usize) -> Option<Vec<Arc<ServiceSpec>>> {
     if run.contains(ODD) {
         return None;
     }

@@ -18,7 +18,7 @@ mod topology;
 mod watch;
 
 pub use build::{build, Built, SERVICE_NAME_LABEL};
-pub use incremental::{Dirty, Incremental};
+pub use incremental::{Changes, Dirty, Incremental, Tracker};
 pub use topology::{Locality, Preference};
 
 use std::sync::Arc;
@@ -32,7 +32,7 @@ use tokio::sync::oneshot;
 
 use super::{Notify, SourceError};
 use crate::cluster::{connect, ClusterError};
-use crate::model::{Capacity, DesiredState, Invalid};
+use crate::model::{Capacity, DesiredState, Invalid, Validator};
 use watch::{Progress, Writers};
 
 /// Settings of the Kubernetes source.
@@ -88,6 +88,8 @@ pub struct KubeSource {
     seen: Seen,
     /// Every Service's part of the state, rebuilt only for the Services that changed.
     incremental: Incremental,
+    /// Checks only the services that changed on their own.
+    validator: Validator,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
 }
@@ -176,6 +178,7 @@ impl KubeSource {
             options,
             seen: Seen::default(),
             incremental: Incremental::default(),
+            validator: Validator::new(),
             stop: Some(stop),
             thread: Some(thread),
         })
@@ -226,10 +229,13 @@ impl KubeSource {
         self.seen.changes = Some(self.progress.changes());
         self.seen.tokens = self.tokens(now) - 1.0;
         self.seen.at = Some(now);
-        let dirty = self.progress.take_dirty();
-        let changed =
-            self.incremental
-                .update(&dirty, &self.services, &self.slices, &self.options.locality);
+        let changes = self.progress.take_changes();
+        let changed = self.incremental.update(
+            &changes,
+            &self.services,
+            &self.slices,
+            &self.options.locality,
+        );
         let unchanged = !changed && self.seen.last.as_ref() == Some(cap);
         if unchanged && !self.seen.force {
             return None;
@@ -238,7 +244,7 @@ impl KubeSource {
         self.note(built.notes);
         let state = built.state;
         self.seen.force = false;
-        let invalid = state.validate(cap);
+        let invalid = self.validator.validate(&state, cap);
         self.seen.cost = now.elapsed();
         self.seen.last = Some(*cap);
         if invalid.is_empty() {
@@ -367,13 +373,13 @@ mod tests {
     #[test]
     fn invalid_paths_name_the_service() {
         let state = DesiredState {
-            services: vec![ServiceSpec {
+            services: vec![std::sync::Arc::new(ServiceSpec {
                 name: "ns/web".into(),
                 vips: vec![],
                 ports: vec![],
                 policy: baton_ebpf::LbPolicy::Random,
                 endpoints: vec![],
-            }],
+            })],
         };
         let invalid = [
             Invalid {

@@ -531,7 +531,7 @@ impl<'a> Reader<'a> {
             }
         }
         match self.next()? {
-            (Event::StreamEnd, _) => Ok((DesiredState { services }, lines)),
+            (Event::StreamEnd, _) => Ok((services.into_iter().collect(), lines)),
             (_, m) => Err(at(m, ParseError::MultipleDocuments)),
         }
     }

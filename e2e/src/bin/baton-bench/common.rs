@@ -70,11 +70,9 @@ pub fn service(
 
 /// `n` latency services on VIPs 10.96.x.y, each balancing over the three live backends.
 pub fn latency_state(n: usize) -> DesiredState {
-    DesiredState {
-        services: (0..n)
-            .map(|i| service(format!("lat-{i}"), vip(96, i), BACKENDS.iter().copied()))
-            .collect(),
-    }
+    (0..n)
+        .map(|i| service(format!("lat-{i}"), vip(96, i), BACKENDS.iter().copied()))
+        .collect()
 }
 
 /// Distinct backend address number `k` inside 127.0.0.0/8, avoiding 127.0.0.0/16.
@@ -85,14 +83,12 @@ pub fn backend_addr(k: u32) -> Ipv4Addr {
 
 /// `BIG` services × `EPS_PER_SVC` distinct backends.
 pub fn big_state() -> DesiredState {
-    DesiredState {
-        services: (0..BIG)
-            .map(|i| {
-                let eps = (0..EPS_PER_SVC).map(|j| backend_addr((i * EPS_PER_SVC + j) as u32));
-                service(format!("svc-{i}"), vip(96, i), eps)
-            })
-            .collect(),
-    }
+    (0..BIG)
+        .map(|i| {
+            let eps = (0..EPS_PER_SVC).map(|j| backend_addr((i * EPS_PER_SVC + j) as u32));
+            service(format!("svc-{i}"), vip(96, i), eps)
+        })
+        .collect()
 }
 
 /// Service `svc-<i>` of the big state as a services-file item, with backends number `eps`.

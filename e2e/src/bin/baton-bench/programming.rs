@@ -48,7 +48,9 @@ pub fn run(opts: &Args, bpffs: &Path, cgroup: &Path, out: &mut String) -> Result
         let start = Instant::now();
         while start.elapsed().as_secs_f64() < secs {
             for _ in 0..batch {
-                let s = &mut st.services[rng.below(BIG)];
+                // A copy when the programmer still holds this spec: a new `Arc`, as a
+                // source hands over a changed service.
+                let s = std::sync::Arc::make_mut(&mut st.services[rng.below(BIG)]);
                 let idx = rng.below(s.endpoints.len());
                 s.endpoints.swap_remove(idx);
                 s.endpoints.push(EndpointSpec {

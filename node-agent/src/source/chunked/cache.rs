@@ -9,15 +9,18 @@
 use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::ops::Range;
+use std::sync::Arc;
 
 use crate::model::ServiceSpec;
 
 /// One parsed item.
 #[derive(Debug)]
 pub(super) struct Entry {
-    /// The service. Its lines are not kept (a third of the memory, for
-    /// the rare invalid file): the item is read again to place a problem.
-    pub spec: ServiceSpec,
+    /// The service, shared with the states built from it (an unchanged
+    /// service is the same `Arc`, which the validator and the programmer
+    /// skip). Its lines are not kept (a third of the memory, for the rare
+    /// invalid file): the item is read again to place a problem.
+    pub spec: Arc<ServiceSpec>,
     /// Where the item's text is: in the pass's text once `seen` is the
     /// current pass, else in the last pass's.
     at: Range<usize>,
@@ -78,7 +81,7 @@ impl Cache {
     }
 
     /// Stores an item parsed in this pass, found at `text[at]`.
-    pub fn insert(&mut self, at: Range<usize>, hash: u64, spec: ServiceSpec) -> usize {
+    pub fn insert(&mut self, at: Range<usize>, hash: u64, spec: Arc<ServiceSpec>) -> usize {
         let seen = self.pass;
         let e = Some(Entry {
             spec,

@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use baton_ebpf::MAX_PORTS;
 use k8s_openapi::api::core::v1::{Service, ServicePort};
@@ -48,9 +49,7 @@ pub fn build<'a>(
     here: &Locality,
 ) -> Built {
     let mut by_service: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
-    let mut all_slices = Vec::new();
     for slice in slices {
-        all_slices.push(slice);
         let svc = slice
             .metadata
             .labels
@@ -60,7 +59,9 @@ pub fn build<'a>(
             by_service.entry((ns, svc)).or_default().push(slice);
         }
     }
-    let here = here.with_zone_from(all_slices);
+    // Only slices of a Service count (the watch selects nothing else), as in
+    // the incremental build, which keeps the zone per Service.
+    let here = here.with_zone_from(by_service.values().flatten().copied());
     let mut built = Built::default();
     for svc in services {
         let (Some(ns), Some(name)) = (
@@ -74,10 +75,11 @@ pub fn build<'a>(
             .map(Vec::as_slice)
             .unwrap_or_default();
         let name = format!("{ns}/{name}");
-        built
-            .state
-            .services
-            .extend(service_specs(&name, svc, slices, &here, &mut built.notes));
+        built.state.services.extend(
+            service_specs(&name, svc, slices, &here, &mut built.notes)
+                .into_iter()
+                .map(Arc::new),
+        );
     }
     built.state.services.sort_by(|a, b| a.name.cmp(&b.name));
     built

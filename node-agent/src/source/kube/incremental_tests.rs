@@ -23,8 +23,7 @@ struct Cluster {
     slices: Store<EndpointSlice>,
     svc_writer: Writer<Service>,
     slice_writer: Writer<EndpointSlice>,
-    owners: SliceOwners,
-    dirty: Dirty,
+    tracker: Tracker,
     /// The last full build's state and sorted notes.
     last: Option<(crate::model::DesiredState, Vec<String>)>,
 }
@@ -38,19 +37,19 @@ impl Cluster {
             slices,
             svc_writer,
             slice_writer,
-            owners: SliceOwners::default(),
-            dirty: Dirty {
-                all: true,
-                keys: HashSet::new(),
+            tracker: Tracker {
+                dirty: Dirty {
+                    all: true,
+                    keys: HashSet::new(),
+                },
+                ..Tracker::default()
             },
             last: None,
         }
     }
 
     fn service(&mut self, svc: Service, deleted: bool) {
-        if let Some(k) = service_key(&svc) {
-            self.dirty.mark(k);
-        }
+        self.tracker.service_event(&svc);
         let ev = if deleted {
             Event::Delete(svc)
         } else {
@@ -60,7 +59,7 @@ impl Cluster {
     }
 
     fn slice(&mut self, slice: EndpointSlice, deleted: bool) {
-        self.owners.slice_event(&slice, deleted, &mut self.dirty);
+        self.tracker.slice_event(&slice, deleted);
         let ev = if deleted {
             Event::Delete(slice)
         } else {
@@ -71,8 +70,9 @@ impl Cluster {
 
     /// The incremental build of what changed, checked against a full build.
     fn check(&mut self, inc: &mut Incremental, here: &Locality) -> usize {
-        let dirty = std::mem::take(&mut self.dirty);
-        let changed = inc.update(&dirty, &self.services, &self.slices, here);
+        let changes = self.tracker.take();
+        let dirty = &changes.dirty;
+        let changed = inc.update(&changes, &self.services, &self.slices, here);
         let got = inc.built();
         let (svcs, slices) = (self.services.state(), self.slices.state());
         let want = build(svcs.iter().map(|s| &**s), slices.iter().map(|s| &**s), here);
@@ -171,10 +171,10 @@ fn random_changes_give_what_the_full_build_gives() {
                 }
             }
             next += 10;
-            let touched = c.dirty.keys.len();
-            let full = c.dirty.all;
+            let touched = c.tracker.dirty.keys.len();
+            let full = c.tracker.dirty.all;
             let rebuilt = c.check(&mut inc, &here);
-            if !full && here.node.is_none() {
+            if !full && rebuilt != n {
                 assert_eq!(rebuilt, touched, "step {step}: only the touched Services");
             }
         }
@@ -189,19 +189,44 @@ impl Cluster {
 
 #[test]
 fn a_slice_moving_to_another_service_marks_both() {
-    let mut owners = SliceOwners::default();
-    let mut d = Dirty::default();
-    owners.slice_event(&slice("x", 1, false, &[]), false, &mut d);
-    assert_eq!(d.keys, HashSet::from([("ns".into(), "s1".into())]));
-    let mut d = Dirty::default();
-    owners.slice_event(&slice("x", 2, false, &[]), false, &mut d);
+    let key = |s: &str| ("ns".to_string(), s.to_string());
+    let mut t = Tracker::default();
+    t.slice_event(&slice("x", 1, false, &[]), false);
+    let c = t.take();
+    assert_eq!(c.dirty.keys, HashSet::from([key("s1")]));
+    assert_eq!(c.slices[&key("s1")], ["x"]);
+    t.slice_event(&slice("x", 2, false, &[]), false);
+    let c = t.take();
+    assert_eq!(c.dirty.keys, HashSet::from([key("s1"), key("s2")]));
+    assert!(c.slices[&key("s1")].is_empty(), "x left s1");
+    assert_eq!(c.slices[&key("s2")], ["x"]);
+    t.slice_event(&slice("x", 2, false, &[]), true);
+    let c = t.take();
+    assert_eq!(c.dirty.keys, HashSet::from([key("s2")]));
+    assert!(c.slices[&key("s2")].is_empty());
+}
+
+#[test]
+fn a_relisting_replaces_the_slice_index_only_when_complete() {
+    let key = |s: &str| ("ns".to_string(), s.to_string());
+    let mut t = Tracker::default();
+    t.slice_event(&slice("x", 1, false, &[]), false);
+    t.slice_event(&slice("y", 1, false, &[]), false);
+    t.take();
+    // The cache still holds x and y until the listing is done: so does the index.
+    t.slices_relisting();
+    t.slice_event(&slice("y", 1, false, &[]), false);
+    t.service_event(&svc(1, 0));
+    assert_eq!(t.take().slices[&key("s1")], ["x", "y"]);
+    t.slices_relisted();
+    let c = t.take();
+    assert!(c.dirty.all, "a relisting rebuilds everything");
+    t.service_event(&svc(1, 0));
     assert_eq!(
-        d.keys,
-        HashSet::from([("ns".into(), "s1".into()), ("ns".into(), "s2".into())])
+        t.take().slices[&key("s1")],
+        ["y"],
+        "x was deleted during the gap"
     );
-    let mut d = Dirty::default();
-    owners.slice_event(&slice("x", 2, false, &[]), true, &mut d);
-    assert_eq!(d.keys, HashSet::from([("ns".into(), "s2".into())]));
 }
 
 #[test]
@@ -235,7 +260,7 @@ fn a_change_and_its_revert_between_two_builds_is_no_change() {
     c.check(&mut inc, &here);
     c.slice_of("s1-a", 1, false, &[(2, 0)]);
     c.slice_of("s1-a", 1, false, &[(1, 0)]);
-    let dirty = std::mem::take(&mut c.dirty);
-    assert!(!inc.update(&dirty, &c.services, &c.slices, &here));
+    let changes = c.tracker.take();
+    assert!(!inc.update(&changes, &c.services, &c.slices, &here));
     assert_eq!(inc.last_rebuilt, 1);
 }

@@ -19,15 +19,33 @@ impl Locality {
     /// the EndpointSlice controller copies the node's zone label into every
     /// endpoint, and the agent may not read Node objects.
     pub fn with_zone_from<'a>(&self, slices: impl IntoIterator<Item = &'a EndpointSlice>) -> Self {
-        if self.zone.is_some() || self.node.is_none() {
+        if !self.learns_zone() {
             return self.clone();
         }
-        let zone = slices
+        self.with_zone(self.zone_in(slices))
+    }
+
+    /// Whether the zone comes from the slices: known node, unknown zone.
+    pub fn learns_zone(&self) -> bool {
+        self.zone.is_none() && self.node.is_some()
+    }
+
+    /// The least zone of this node's endpoints in `slices`.
+    pub fn zone_in<'a>(
+        &self,
+        slices: impl IntoIterator<Item = &'a EndpointSlice>,
+    ) -> Option<String> {
+        slices
             .into_iter()
             .flat_map(|s| &s.endpoints)
             .filter(|e| e.node_name.is_some() && e.node_name == self.node)
-            .filter_map(|e| e.zone.clone())
-            .min();
+            .filter_map(|e| e.zone.as_deref())
+            .min()
+            .map(str::to_owned)
+    }
+
+    /// This locality in `zone`.
+    pub fn with_zone(&self, zone: Option<String>) -> Self {
         Self {
             node: self.node.clone(),
             zone,

@@ -17,7 +17,7 @@ use kube::{Client, Resource, ResourceExt};
 use tokio::sync::oneshot;
 
 use super::build::SERVICE_NAME_LABEL;
-use super::incremental::{service_key, Dirty, SliceOwners};
+use super::incremental::{Changes, Tracker};
 use crate::source::Notify;
 
 /// What the watches did, read by `poll` without locking the caches.
@@ -29,9 +29,9 @@ pub struct Progress {
     errors: AtomicU64,
     /// The latest error while the watches have not recovered from it.
     error: Mutex<Option<String>>,
-    /// Services touched since the last [`Progress::take_dirty`]; marked before `changes`
-    /// is bumped, after the cache holds the change.
-    dirty: Mutex<Dirty>,
+    /// Services touched since the last [`Progress::take_changes`], and the slice index;
+    /// marked before `changes` is bumped, after the cache holds the change.
+    tracker: Mutex<Tracker>,
     services_ready: AtomicBool,
     slices_ready: AtomicBool,
     /// Since when changes wait for `poll` (set by the first change after
@@ -89,12 +89,12 @@ impl Progress {
     }
 
     /// What changed since the last call (the incremental build's input).
-    pub fn take_dirty(&self) -> Dirty {
-        std::mem::take(&mut *self.dirty.lock().unwrap_or_else(PoisonError::into_inner))
+    pub fn take_changes(&self) -> Changes {
+        self.mark(Tracker::take)
     }
 
-    fn mark(&self, f: impl FnOnce(&mut Dirty)) {
-        f(&mut self.dirty.lock().unwrap_or_else(PoisonError::into_inner));
+    fn mark<T>(&self, f: impl FnOnce(&mut Tracker) -> T) -> T {
+        f(&mut self.tracker.lock().unwrap_or_else(PoisonError::into_inner))
     }
 
     fn changed(&self) {
@@ -148,17 +148,12 @@ pub async fn run(
         &progress.services_ready,
         "services",
         |event: &Event<Service>| match event {
-            Event::Apply(s) | Event::Delete(s) => {
-                if let Some(key) = service_key(s) {
-                    progress.mark(|d| d.mark(key));
-                }
-            }
+            Event::Apply(s) | Event::Delete(s) => progress.mark(|t| t.service_event(s)),
             // A (re)listing replaces the cache: deletions during a gap are not events.
-            Event::InitDone => progress.mark(Dirty::mark_all),
+            Event::InitDone => progress.mark(Tracker::services_relisted),
             Event::Init | Event::InitApply(_) => {}
         },
     );
-    let mut owners = SliceOwners::default();
     let slices = reflect(
         slices,
         config.labels(SERVICE_NAME_LABEL),
@@ -166,13 +161,11 @@ pub async fn run(
         progress,
         &progress.slices_ready,
         "endpointslices",
-        move |event: &Event<EndpointSlice>| match event {
-            Event::Apply(s) | Event::InitApply(s) => {
-                progress.mark(|d| owners.slice_event(s, false, d));
-            }
-            Event::Delete(s) => progress.mark(|d| owners.slice_event(s, true, d)),
-            Event::Init => owners.clear(),
-            Event::InitDone => progress.mark(Dirty::mark_all),
+        |event: &Event<EndpointSlice>| match event {
+            Event::Apply(s) | Event::InitApply(s) => progress.mark(|t| t.slice_event(s, false)),
+            Event::Delete(s) => progress.mark(|t| t.slice_event(s, true)),
+            Event::Init => progress.mark(Tracker::slices_relisting),
+            Event::InitDone => progress.mark(Tracker::slices_relisted),
         },
     );
     tokio::select! {
