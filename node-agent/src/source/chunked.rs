@@ -20,9 +20,11 @@
 //! than I), and each service comes from its own item's lines. The blank
 //! and comment lines between items stay with the item before them, so a
 //! block scalar that keeps its trailing blank lines (`|+`) sees the same
-//! lines. Validation runs on the assembled state as in the full parse; a
-//! problem's line comes from its item read alone again, shifted to where
-//! the item is.
+//! lines. The assembled state is validated whole, by a `Validator` that
+//! checks each service's own rules once per `Arc` (an unchanged item is
+//! the same `Arc`) and the rules across services every time, so its
+//! problems are the full parse's; a problem's line comes from its item
+//! read alone again, shifted to where the item is.
 
 mod cache;
 mod layout;
@@ -32,7 +34,7 @@ use std::sync::Arc;
 
 use super::file::{self, SourceError};
 use super::reader::{self, ServiceLines};
-use crate::model::{Capacity, DesiredState, ServiceSpec};
+use crate::model::{Capacity, DesiredState, ServiceSpec, Validator};
 
 /// Why a file was parsed whole instead of item by item.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -61,13 +63,28 @@ pub struct Stats {
 
 /// A services-file parser that reuses the items unchanged since its last
 /// parse; its results equal [`file::parse`]'s.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Chunked {
     /// Items of the last parse (at most as many as the last file had).
     cache: cache::Cache,
     /// The last header that parsed alone and its `services` key's line.
     header: Option<(Box<str>, usize)>,
+    /// Checks a service's own rules once per `Arc`: the unchanged services
+    /// are the same `Arc`s, so only the changed ones and the rules across
+    /// services (names, VIPs, capacities) cost anything.
+    validator: Validator,
     stats: Stats,
+}
+
+impl Default for Chunked {
+    fn default() -> Self {
+        Self {
+            cache: cache::Cache::default(),
+            header: None,
+            validator: Validator::new(),
+            stats: Stats::default(),
+        }
+    }
 }
 
 /// The prefix that makes an item a document of its own.
@@ -129,7 +146,7 @@ impl Chunked {
         let Some(state) = self.assemble(text, &pieces.items) else {
             return self.full(Full::Piece, file, text, cap);
         };
-        file::validated(file, state, cap, |path| {
+        file::validated(file, state, cap, &mut self.validator, |path| {
             reader::line_of(path, key, |i| {
                 // Read again for its lines (it was read alone before, so it
                 // is again): only for the few problems listed.

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use super::chunked::{self, Chunked};
 use super::reader::{self, ParseError};
-use crate::model::{Capacity, DesiredState};
+use crate::model::{Capacity, DesiredState, Validator};
 
 /// Default `--max-services-bytes`: 64 MiB. 10 000 services of 10 endpoints
 /// each (every field written out) take 8.3 MB in block style, so this is
@@ -118,18 +118,21 @@ pub fn parse(file: &str, text: &str, cap: &Capacity) -> Result<DesiredState, Sou
         line: l.line,
         source: l.error,
     })?;
-    validated(file, state, cap, |path| lines.of(path))
+    validated(file, state, cap, &mut Validator::once(), |path| {
+        lines.of(path)
+    })
 }
 
-/// `state` when it is valid, else its first problems, each at the line
-/// `line_of` gives for its field path.
+/// `state` when `validator` finds it valid, else its first problems, each
+/// at the line `line_of` gives for its field path.
 pub(super) fn validated(
     file: &str,
     state: DesiredState,
     cap: &Capacity,
+    validator: &mut Validator,
     line_of: impl Fn(&str) -> usize,
 ) -> Result<DesiredState, SourceError> {
-    let invalid = state.validate(cap);
+    let invalid = validator.validate(&state, cap);
     if invalid.is_empty() {
         return Ok(state);
     }
