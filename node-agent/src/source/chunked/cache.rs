@@ -125,8 +125,12 @@ impl Cache {
             self.free.push(id);
         }
         self.text.clear();
-        // Exactly: a file one byte larger must not double the copy.
-        self.text.reserve_exact(text.len());
+        if self.text.capacity() < text.len() {
+            // With 1/16 to spare, not doubled (a file one byte larger would
+            // double a 4 MB copy) nor exact (every edit that adds a byte
+            // would move it, and fault in fresh pages).
+            self.text.reserve_exact(text.len() + text.len() / 16);
+        }
         self.text.push_str(text);
     }
 
