@@ -1,6 +1,7 @@
 //! Where the desired state comes from: a YAML file on one machine, Services +
 //! EndpointSlices in a cluster. Both produce the same `DesiredState`.
 
+pub mod chunked;
 pub mod file;
 pub mod kube;
 pub mod reader;

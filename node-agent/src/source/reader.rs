@@ -138,9 +138,9 @@ struct ItemLines {
     fields: [u32; 3],
 }
 
-/// Lines of one service's fields.
+/// Lines of one service's fields (1-based, in the document it was read from).
 #[derive(Clone, Debug, Default)]
-struct ServiceLines {
+pub struct ServiceLines {
     item: u32,
     name: u32,
     vips_key: u32,
@@ -166,15 +166,46 @@ impl Lines {
     /// The line of a validation path like `services[3].endpoints[1].address`
     /// (the closest enclosing node that has one; 0 when none).
     pub fn of(&self, path: &str) -> usize {
-        let mut best = self.services_key;
-        let mut parts = path.split('.');
-        let Some(first) = parts.next() else {
-            return best as usize;
-        };
-        let Some(svc) = index(first).and_then(|i| self.services.get(i)) else {
-            return best as usize;
-        };
-        best = svc.item;
+        line_of(path, self.services_key as usize, |i| {
+            self.services.get(i).map(|s| (s, 0))
+        })
+    }
+
+    /// The line of the `services` key (0 when none).
+    pub fn services_key(&self) -> usize {
+        self.services_key as usize
+    }
+
+    /// Each service's lines, in order.
+    pub fn into_services(self) -> Vec<ServiceLines> {
+        self.services
+    }
+}
+
+/// [`Lines::of`] for services whose lines are kept apart: `service(i)` gives
+/// service `i`'s lines (borrowed or just read) and how many lines to add to
+/// them (where the text they were read from starts in the file).
+pub fn line_of<L: std::borrow::Borrow<ServiceLines>>(
+    path: &str,
+    services_key: usize,
+    service: impl FnOnce(usize) -> Option<(L, usize)>,
+) -> usize {
+    let mut parts = path.split('.');
+    let Some(first) = parts.next() else {
+        return services_key;
+    };
+    let Some((svc, offset)) = index(first).and_then(service) else {
+        return services_key;
+    };
+    // Never 0: a service's own line is always known.
+    svc.borrow().of(parts).saturating_add(offset)
+}
+
+impl ServiceLines {
+    /// The line of the rest of a path below `services[i]` (`parts`: the
+    /// field, then the sub-field); at least the service's own line.
+    fn of(&self, mut parts: std::str::Split<'_, char>) -> usize {
+        let mut best = self.item;
         let Some(field) = parts.next() else {
             return best as usize;
         };
@@ -183,17 +214,17 @@ impl Lines {
             None => (field, None),
         };
         let (key, list, names): (u32, &[ItemLines], &[&str]) = match name {
-            "name" => (svc.name, &[], &[]),
-            "policy" => (svc.policy, &[], &[]),
+            "name" => (self.name, &[], &[]),
+            "policy" => (self.policy, &[], &[]),
             "vips" => {
-                best = pick(best, svc.vips_key);
-                if let Some(&l) = idx.and_then(|i| svc.vips.get(i)) {
+                best = pick(best, self.vips_key);
+                if let Some(&l) = idx.and_then(|i| self.vips.get(i)) {
                     best = pick(best, l);
                 }
                 return best as usize;
             }
-            "ports" => (svc.ports_key, &svc.ports, &PORT_FIELDS),
-            "endpoints" => (svc.endpoints_key, &svc.endpoints, &ENDPOINT_FIELDS),
+            "ports" => (self.ports_key, &self.ports, &PORT_FIELDS),
+            "endpoints" => (self.endpoints_key, &self.endpoints, &ENDPOINT_FIELDS),
             _ => (0, &[], &[]),
         };
         best = pick(best, key);
