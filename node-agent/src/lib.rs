@@ -15,4 +15,6 @@ pub mod programmer;
 pub mod rate;
 pub mod source;
 pub mod sys;
+#[cfg(test)]
+mod testing;
 pub mod verify;

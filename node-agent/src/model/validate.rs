@@ -456,13 +456,8 @@ mod tests {
 
     #[test]
     fn random_edits_give_what_a_fresh_check_gives() {
-        let mut x = 0x2545_F491_4F6C_DD1Du64;
-        let mut below = |n: usize| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x % n as u64) as usize
-        };
+        let mut rng = crate::testing::Rng(0x2545_F491_4F6C_DD1D);
+        let mut below = |n: usize| rng.below(n);
         let cap = Capacity {
             endpoints: 70,
             backends: 60,

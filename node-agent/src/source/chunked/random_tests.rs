@@ -5,21 +5,7 @@ use std::collections::HashMap;
 
 use super::*;
 
-/// xorshift64*: deterministic randomness without a dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: usize) -> usize {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        (self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n.max(1) as u64) as usize
-    }
-
-    fn pick<'a>(&mut self, of: &[&'a str]) -> &'a str {
-        of[self.below(of.len())]
-    }
-}
+use crate::testing::Rng;
 
 /// Service `k` with endpoint number `ep`, in one of several styles.
 fn item(rng: &mut Rng, col: usize, k: usize, ep: usize) -> String {

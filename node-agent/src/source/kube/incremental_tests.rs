@@ -5,17 +5,7 @@ use serde_json::{json, Value};
 use super::*;
 use crate::source::kube::build;
 
-/// xorshift64*: deterministic randomness without a dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: usize) -> usize {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        (self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n as u64) as usize
-    }
-}
+use crate::testing::Rng;
 
 /// Stores and writers fed like the watches feed them, with the watches' marking rules.
 struct Cluster {
