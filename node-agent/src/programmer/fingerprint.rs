@@ -60,11 +60,6 @@ impl Fingerprints {
             self.specs.remove(&addr(&old.spec));
         }
     }
-
-    /// Whether `name` has a fingerprint.
-    pub fn contains_key(&self, name: &str) -> bool {
-        self.by_name.contains_key(name)
-    }
 }
 
 /// Hashes specs for the unchanged-service fast path. Keyed per process

@@ -144,12 +144,13 @@ impl Tracker {
         let Some(id) = slice_id(slice) else {
             return;
         };
-        let owner = if deleted { None } else { slice_owner(slice) };
+        let labelled = slice_owner(slice);
+        let owner = if deleted { None } else { labelled.clone() };
         let index = self.relisting.as_mut().unwrap_or(&mut self.index);
-        if let Some(b) = index.set(id, owner.clone()) {
+        if let Some(b) = index.set(id, owner) {
             self.dirty.mark(b);
         }
-        if let Some(o) = owner.or_else(|| deleted.then(|| slice_owner(slice)).flatten()) {
+        if let Some(o) = labelled {
             self.dirty.mark(o);
         }
     }
@@ -165,11 +166,6 @@ impl Tracker {
             self.index = index;
         }
         self.dirty.mark_all();
-    }
-
-    /// Whether nothing is marked.
-    pub fn is_clean(&self) -> bool {
-        self.dirty.is_empty()
     }
 
     /// The changes since the last call, with the slice names of every touched Service.
@@ -195,19 +191,6 @@ pub struct Changes {
     pub dirty: Dirty,
     /// The slice names of every Service in `dirty.keys` (empty when `dirty.all`).
     pub slices: HashMap<Key, Vec<String>>,
-}
-
-impl Changes {
-    /// Rebuild everything.
-    pub fn all() -> Self {
-        Self {
-            dirty: Dirty {
-                all: true,
-                keys: HashSet::new(),
-            },
-            slices: HashMap::new(),
-        }
-    }
 }
 
 /// A slice's own namespace and name.
